@@ -1,0 +1,61 @@
+# glasscockpit developer commands. `make help` lists them.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+EXTRAS := agent,server,demo,dev
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: help demo test test-all test-gpu lint fmt types system-deps install bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first, from the CPU build on this disk; constraints keep BackPACK's
+	# torchvision from pulling a multi-GB CUDA torch.
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(BIN)/.installed  ## create .venv and install glasscockpit with all extras
+
+system-deps:  ## Debian packages for browser and compose tests (chromium, docker-compose)
+	@command -v chromium >/dev/null && command -v docker-compose >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  chromium docker-compose >/dev/null; }
+
+demo: $(BIN)/.installed  ## serve the dashboard and stream a real training run into it
+	$(BIN)/glasscockpit demo
+
+test: $(BIN)/.installed system-deps  ## run the test suite (no slow, no GPU tests)
+	$(BIN)/pytest -m "not slow and not cuda"
+
+test-all: $(BIN)/.installed system-deps  ## every test except GPU ones
+	$(BIN)/pytest -m "not cuda"
+
+test-gpu: $(BIN)/.installed  ## GPU tests (needs CUDA)
+	$(BIN)/pytest -m cuda
+
+.typecheck: $(wildcard glasscockpit/*.py)
+	rm -rf .typecheck && mkdir -p .typecheck/glasscockpit
+	for d in agent server dashboard protocol; do ln -s ../../$$d .typecheck/glasscockpit/$$d; done
+	for f in glasscockpit/*.py; do ln -s ../../$$f .typecheck/glasscockpit/; done
+
+types: $(BIN)/.installed .typecheck  ## mypy --strict over the installed layout
+	$(BIN)/mypy
+
+lint: $(BIN)/.installed .typecheck  ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(BIN)/.installed  ## format and fix what ruff can
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(BIN)/.installed  ## run the benchmarks (writes numbers to stdout)
+	$(BIN)/python -m bench
+
+clean:  ## remove caches and test output
+	rm -rf .typecheck .mypy_cache .ruff_cache .pytest_cache test-output

@@ -1,0 +1,39 @@
+"""Euclidean norm of the mini-batch gradient, per parameter and total."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from typing_extensions import override
+
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.needs import Need
+from glasscockpit.agent.step import StepView
+from glasscockpit.protocol import Kind, PanelSpec
+
+
+class GradNorm(Instrument):
+    """‖g‖₂ for each parameter tensor and for the whole network."""
+
+    name = "grad_norm"
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.GRAD})
+    cost = Cost.CHEAP
+    kind = Kind.PER_LAYER
+    panel = PanelSpec(
+        title="Gradient norm",
+        y_label="‖g‖₂",
+        log_y=True,
+        group="gradients",
+        help="Size of the mini-batch gradient; spikes warn of instability, "
+        "a steady fall to ~0 of convergence or vanishing gradients.",
+    )
+
+    @override
+    def compute(self, step: StepView) -> Reading:
+        """Returns {"total": [], name: [] for each parameter}, scalar tensors."""
+        norms = {name: g.detach().norm() for name, g in step.grads()}
+        if not norms:
+            return None
+        total = torch.stack([n.double() for n in norms.values()]).square().sum().sqrt()
+        return {"total": total, **norms}

@@ -1,0 +1,33 @@
+"""Mini-batch training loss."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from typing_extensions import override
+
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.needs import Need
+from glasscockpit.agent.step import StepView
+from glasscockpit.protocol import Kind, PanelSpec
+
+
+class Loss(Instrument):
+    """The loss value passed to ``cockpit.step``; NaN/Inf are reported as they are."""
+
+    name = "loss"
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    cost = Cost.CHEAP
+    kind = Kind.SCALAR
+    panel = PanelSpec(
+        title="Mini-batch loss",
+        y_label="loss",
+        log_y=True,
+        group="performance",
+        help="Training loss per step; watch the trend, not single noisy values.",
+    )
+
+    @override
+    def compute(self, step: StepView) -> Reading:
+        """Returns a scalar tensor, or None when no loss was given."""
+        return None if step.loss is None else step.loss.detach()

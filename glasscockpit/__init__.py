@@ -1,0 +1,5 @@
+"""glasscockpit: a live, in-browser debugger for deep-network training."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,126 @@
+"""Frame types of the agent → server wire format (pure data, no I/O).
+
+A run sends one ``Hello`` (run metadata and instrument descriptions), then one
+``Readings`` per tracked step, then a ``Bye``. Every frame carries the run id and
+a per-run sequence number that increases by one per frame, so the server can
+acknowledge cumulatively and insert idempotently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+PROTOCOL_VERSION = 1
+
+#: Array element types allowed on the wire (always little-endian).
+DTYPES: dict[str, int] = {
+    "<f4": 4,
+    "<f8": 8,
+    "<i4": 4,
+    "<i8": 8,
+    "|u1": 1,
+}
+
+
+class Kind(StrEnum):
+    """How an instrument's readings are shaped, and so how they are drawn."""
+
+    SCALAR = "scalar"  # one float per step
+    PER_LAYER = "per_layer"  # {"total": float, parameter name: float, ...}
+    HISTOGRAM = "histogram"  # Array [bins] counts + "edges" Array [bins + 1]
+    HEATMAP = "heatmap"  # Array [ny, nx] counts + x/y edges
+
+
+@dataclass(frozen=True, slots=True)
+class PanelSpec:
+    """How the dashboard should show an instrument; plain data, no plotting code."""
+
+    title: str
+    y_label: str = ""
+    log_y: bool = False
+    group: str = "other"
+    help: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentSpec:
+    """Description of one instrument, sent in the hello frame."""
+
+    name: str
+    kind: Kind
+    panel: PanelSpec
+    schedule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Array:
+    """An n-dimensional array as raw little-endian bytes with dtype and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"Unsupported dtype {self.dtype!r}; expected {sorted(DTYPES)}"
+            )
+        if any(not isinstance(n, int) or n < 0 for n in self.shape):
+            raise ValueError(f"Shape must be non-negative ints, got {self.shape!r}")
+        expected = math.prod(self.shape) * DTYPES[self.dtype]
+        if len(self.data) != expected:
+            raise ValueError(
+                f"Array of dtype {self.dtype} and shape {self.shape} needs "
+                f"{expected} bytes, got {len(self.data)}"
+            )
+
+
+#: One instrument's reading at one step: a number (NaN/Inf allowed), a mapping of
+#: names to numbers or arrays, an array, or None when undefined at this step.
+Value: TypeAlias = "float | None | Array | dict[str, float | None | Array]"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame of a connection: who the run is and what it will send."""
+
+    run: str
+    seq: int
+    instruments: tuple[InstrumentSpec, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """All readings of one tracked step."""
+
+    run: str
+    seq: int
+    step: int
+    wall_time: float
+    values: dict[str, Value]
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """Last frame of a run; ``status`` is "finished" or "failed"."""
+
+    run: str
+    seq: int
+    status: str = "finished"
+
+
+Frame: TypeAlias = Hello | Readings | Bye
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Server → agent: every frame of ``run`` up to and including ``seq`` is stored."""
+
+    run: str
+    seq: int
