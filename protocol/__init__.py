@@ -5,7 +5,9 @@ from __future__ import annotations
 from glasscockpit.protocol.codec import check_run_id, decode, encode
 from glasscockpit.protocol.errors import (
     FrameTooLarge,
+    InvalidRunId,
     MalformedFrame,
+    NotMsgpack,
     ProtocolError,
     UnsupportedVersion,
 )
@@ -32,8 +34,10 @@ __all__ = [
     "FrameTooLarge",
     "Hello",
     "InstrumentSpec",
+    "InvalidRunId",
     "Kind",
     "MalformedFrame",
+    "NotMsgpack",
     "PanelSpec",
     "ProtocolError",
     "Readings",

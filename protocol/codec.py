@@ -15,7 +15,9 @@ import msgpack
 
 from glasscockpit.protocol.errors import (
     FrameTooLarge,
+    InvalidRunId,
     MalformedFrame,
+    NotMsgpack,
     UnsupportedVersion,
 )
 from glasscockpit.protocol.frames import (
@@ -43,7 +45,7 @@ def check_run_id(run: str) -> str:
     """Return ``run`` if it is a valid run id, else raise ``MalformedFrame``."""
     if not isinstance(run, str) or not RUN_ID.match(run) or ".." in run:
         shown = run[:40] + "…" if isinstance(run, str) and len(run) > 40 else run
-        raise MalformedFrame(
+        raise InvalidRunId(
             f"Invalid run id {shown!r}: expected 1-128 characters of letters, digits, "
             "'.', '_' or '-', starting with a letter or digit, without '..'"
         )
@@ -187,9 +189,7 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Frame | Ack:
     except MalformedFrame:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise MalformedFrame(
-            f"Not a msgpack frame: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise NotMsgpack(f"Not a msgpack frame: {type(exc).__name__}: {exc}") from exc
     if not isinstance(body, dict):
         raise MalformedFrame(f"Frame must be a map, got {type(body).__name__}")
     version = _get(body, "v", int)

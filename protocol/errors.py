@@ -4,6 +4,8 @@ Tree::
 
     ProtocolError
     ├── MalformedFrame        bytes are not a valid msgpack frame of a known type
+    │   ├── NotMsgpack        the bytes are not msgpack at all
+    │   └── InvalidRunId      the run id is not a safe name (path-like, too long, ...)
     ├── UnsupportedVersion    the peer speaks another protocol version
     └── FrameTooLarge         the frame exceeds the configured size limit
 """
@@ -17,6 +19,14 @@ class ProtocolError(ValueError):
 
 class MalformedFrame(ProtocolError):
     """The bytes are not a well-formed frame (bad msgpack, wrong schema or types)."""
+
+
+class NotMsgpack(MalformedFrame):
+    """The bytes do not parse as msgpack."""
+
+
+class InvalidRunId(MalformedFrame):
+    """The run id is not 1-128 safe characters (it names files and URLs)."""
 
 
 class UnsupportedVersion(ProtocolError):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from collections import Counter
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
+from glasscockpit.server.auth import authorized
 from glasscockpit.server.errors import Unauthorized
 from glasscockpit.server.settings import Settings
 from glasscockpit.server.store import RunStore
@@ -35,22 +35,18 @@ def get_metrics(conn: HTTPConnection) -> Counter[str]:
 def token_ok(settings: Settings, conn: HTTPConnection) -> bool:
     """True when no token is configured or the request presents the right one.
 
-    Agents and REST clients send ``Authorization: Bearer <token>``; browsers, which
-    cannot set websocket headers, carry it in the ``glasscockpit_token`` cookie.
+    Agents and REST clients send ``Authorization: Bearer <token>``; browsers carry
+    the session cookie set by ``/login`` (see ``server/auth.py``).
     """
-    if not settings.token:
-        return True
-    header = conn.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else ""
-    given = given or conn.cookies.get("glasscockpit_token", "")
-    return hmac.compare_digest(given.encode(), settings.token.encode())
+    return authorized(settings.token, conn)
 
 
 def require_token(request: Request) -> None:
     """Dependency for REST routes: raise ``Unauthorized`` on a wrong token."""
     if not token_ok(get_settings_dep(request), request):
         raise Unauthorized(
-            "Missing or wrong token: send 'Authorization: Bearer <token>'"
+            "Missing or wrong token: send 'Authorization: Bearer <token>' "
+            "or sign in at /login"
         )
 
 

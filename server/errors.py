@@ -3,15 +3,31 @@
 Tree::
 
     PublicError
-    ├── Unauthorized       HTTP 401 / ws 1008
+    ├── Unauthorized       HTTP 401 / ws 1008 (before accept: HTTP 403)
     ├── UnknownRun         HTTP 404
     ├── UnknownInstrument  HTTP 404
-    └── InvalidFrame       ws 1007 (UnsupportedVersion: 1002, FrameTooLarge: 1009)
+    ├── NoFrameLog         HTTP 404 (raw frame export without GLASSCOCKPIT_DATA_DIR)
+    └── Rejected           a frame was refused; ``reason`` names a metrics counter
+        └── LimitExceeded  ws 1008: too many instruments/keys, too large arrays/meta
+
+Every rejected frame closes its connection with ``Rejected.ws_code`` and a reason
+text, and increments ``rejected.<reason>`` on ``/v1/metrics``. The codes follow
+RFC 6455: 1002 protocol error (wrong version), 1003 unsupported data (text frame),
+1007 invalid payload (bad msgpack, wrong schema, bad run id, NaN where none may be),
+1008 policy (limits, auth), 1009 too big, 1011 server bug. The agent treats all of
+them but 1011 as fatal (no retry): resending the same frame cannot help.
 """
 
 from __future__ import annotations
 
-from glasscockpit.protocol import FrameTooLarge, ProtocolError, UnsupportedVersion
+from glasscockpit.protocol import (
+    FrameTooLarge,
+    InvalidRunId,
+    MalformedFrame,
+    NotMsgpack,
+    ProtocolError,
+    UnsupportedVersion,
+)
 
 
 class PublicError(Exception):
@@ -40,10 +56,38 @@ class UnknownInstrument(PublicError, LookupError):
     http_status = 404
 
 
-def close_code(exc: ProtocolError) -> int:
-    """Websocket close code for a rejected frame."""
+class NoFrameLog(PublicError, LookupError):
+    """The raw frame log is only kept when GLASSCOCKPIT_DATA_DIR is set."""
+
+    http_status = 404
+
+
+class Rejected(PublicError):
+    """A frame the server will not store; closes the connection."""
+
+    def __init__(self, reason: str, message: str, ws_code: int = 1007) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.ws_code = ws_code
+
+
+class LimitExceeded(Rejected):
+    """A frame would push a run past a configured limit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("limit", message, 1008)
+
+
+def rejection(exc: ProtocolError) -> Rejected:
+    """The ``Rejected`` for a frame the decoder refused, with its reason slug."""
     if isinstance(exc, UnsupportedVersion):
-        return 1002
+        return Rejected("version", str(exc), 1002)
     if isinstance(exc, FrameTooLarge):
-        return 1009
-    return 1007
+        return Rejected("too_large", str(exc), 1009)
+    if isinstance(exc, NotMsgpack):
+        return Rejected("bad_msgpack", str(exc), 1007)
+    if isinstance(exc, InvalidRunId):
+        return Rejected("run_id", str(exc), 1007)
+    if isinstance(exc, MalformedFrame):
+        return Rejected("schema", str(exc), 1007)
+    return Rejected("protocol", str(exc), 1007)

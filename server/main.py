@@ -11,28 +11,67 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from glasscockpit import __version__
+from glasscockpit.server.auth import AuthMiddleware
 from glasscockpit.server.errors import PublicError
+from glasscockpit.server.framelog import FrameLogs
 from glasscockpit.server.provider import StoreProvider
-from glasscockpit.server.routes import health, ingest, runs
+from glasscockpit.server.routes import health, ingest, login, runs
 from glasscockpit.server.settings import Settings
-from glasscockpit.server.store import RunStore
+from glasscockpit.server.store import Limits, RunStore
 
 log = logging.getLogger("glasscockpit.server")
 
 
 def create_app(settings: Settings | None = None, dashboard: bool = True) -> FastAPI:
-    """Build the server; the store lives as long as the app."""
+    """Build the server; the store lives as long as the app.
+
+    With ``settings.data_dir`` the store logs every accepted frame there and the
+    lifespan replays the logs before the server accepts connections.
+    """
     settings = settings or Settings()
-    store = RunStore(settings.max_points, settings.max_histograms, settings.max_runs)
+    logs = FrameLogs(settings.data_dir, settings.fsync) if settings.data_dir else None
+    store = RunStore(
+        settings.max_points,
+        settings.max_histograms,
+        settings.max_runs,
+        Limits(
+            max_instruments=settings.max_instruments,
+            max_keys=settings.max_keys,
+            max_array_elements=settings.max_array_elements,
+            max_meta_bytes=settings.max_meta_bytes,
+        ),
+        logs,
+    )
+    metrics: Counter[str] = Counter()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
+        if logs is not None:
+            replayed = store.replay(settings.max_frame_bytes)
+            metrics.update(replayed)
+            log.info(
+                "glasscockpit: replayed %d frames of %d runs from %s",
+                replayed["replay.frames"],
+                replayed["replay.runs"],
+                settings.data_dir,
+            )
+        try:
+            yield
+        finally:
+            if logs is not None:
+                logs.close()
 
-    app = FastAPI(title="glasscockpit", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="glasscockpit",
+        version=__version__,
+        lifespan=lifespan,
+        description="Live training diagnostics: agent ingest (websocket "
+        "/v1/agent), runs, series, histograms and exports. With GLASSCOCKPIT_TOKEN "
+        "set, send 'Authorization: Bearer <token>' (browsers: sign in at /login).",
+    )
     app.state.settings = settings
     app.state.store = store
-    app.state.metrics = Counter()
+    app.state.metrics = metrics
 
     @app.exception_handler(PublicError)
     async def public_error(_request: Request, exc: PublicError) -> JSONResponse:
@@ -41,6 +80,7 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
         )
 
     app.include_router(health.router)
+    app.include_router(login.router)
     app.include_router(ingest.router)
     app.include_router(runs.router)
     if dashboard:
@@ -49,4 +89,6 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
         create_dash(
             app, StoreProvider(store, settings.stale_after_s), settings.refresh_ms
         )
+    # Outermost: Dash's pages, assets and callbacks are guarded like the REST API.
+    app.add_middleware(AuthMiddleware, token=settings.token)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,6 +25,26 @@ class Settings(BaseSettings):
     max_runs: int = 100
     #: Largest accepted websocket frame, in bytes.
     max_frame_bytes: int = 8 * 2**20
+    #: Instruments per run (declared in hello frames or seen in readings).
+    max_instruments: int = 256
+    #: Keys (e.g. parameter names) per per-layer instrument.
+    max_keys: int = 4096
+    #: Elements per array (histogram counts, edges, heatmaps).
+    max_array_elements: int = 1_000_000
+    #: Size of a run's metadata, in bytes of its JSON form.
+    max_meta_bytes: int = 64 * 2**10
+    #: Per-connection token bucket: sustained frames per second ...
+    rate_frames_per_s: float = 5_000.0
+    #: ... and burst size in frames. Past the burst the server reads (and acks)
+    #: more slowly instead of closing: backpressure, never data loss.
+    rate_burst: int = 10_000
+    #: Per-connection sustained bytes per second (burst: one second's worth).
+    rate_bytes_per_s: float = 64 * 2**20
+    #: Folder for append-only frame logs replayed at start-up (None: memory only).
+    data_dir: Path | None = None
+    #: fsync every logged frame (survives power loss; a process crash or restart
+    #: loses nothing without it, because each frame is written before its ack).
+    fsync: bool = False
     #: A live run with no frame for this many seconds is reported as stale.
     stale_after_s: float = 60.0
     #: Dashboard refresh period in milliseconds.

@@ -1,27 +1,62 @@
-"""RunStore: every run's metadata, series and histograms, bounded in memory."""
+"""RunStore: every run's metadata, series and histograms, bounded in memory.
+
+Bounds: each series keeps at most ``max_points`` buckets (``series.Series``), each
+histogram instrument at most ``max_histograms`` snapshots (``history.History``), and
+the store at most ``max_runs`` runs. A new run beyond ``max_runs`` evicts the finished
+(or failed) run with the oldest last frame, then the disconnected run with the oldest
+last frame; if every run is live and connected the new run is refused
+(``LimitExceeded``), because evicting a run that is still writing would silently
+lose its data. Evictions are logged and counted (``runs_evicted`` on /v1/metrics).
+
+With a ``FrameLogs`` the store writes each accepted frame to disk before it returns,
+so an acknowledged frame survives a restart, and ``replay`` rebuilds the store from
+the logs at start-up.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import threading
 import time
-from collections import deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from glasscockpit.protocol import (
+    Ack,
     Array,
     Bye,
     Frame,
     Hello,
     InstrumentSpec,
+    ProtocolError,
     Readings,
     Value,
+    decode,
 )
+from glasscockpit.server.errors import LimitExceeded, Rejected
+from glasscockpit.server.framelog import FrameLogs
+from glasscockpit.server.history import History
 from glasscockpit.server.series import Series
 
 TOTAL = "total"  # series key of scalar instruments and of per-layer totals
+#: Largest step and sequence number accepted (exact in float64 and in JSON).
+MAX_INT = 2**53
+log = logging.getLogger("glasscockpit.server")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-frame and per-run limits; see ``Settings`` for the meaning of each."""
+
+    max_instruments: int = 256
+    max_keys: int = 4096
+    max_array_elements: int = 1_000_000
+    max_meta_bytes: int = 64 * 2**10
 
 
 @dataclass
@@ -41,7 +76,7 @@ class Run:
     meta: dict[str, Any] = field(default_factory=dict)
     instruments: dict[str, InstrumentSpec] = field(default_factory=dict)
     series: dict[tuple[str, str], Series] = field(default_factory=dict)
-    histograms: dict[str, deque[Histogram]] = field(default_factory=dict)
+    histograms: dict[str, History[Histogram]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     last_seq: int = -1
     last_step: int | None = None
@@ -51,11 +86,23 @@ class Run:
     connected: int = 0
     created: float = field(default_factory=time.time)
     last_frame_time: float = field(default_factory=time.time)
+    #: Instrument names seen in hello or readings frames (bounded by max_instruments).
+    names: set[str] = field(default_factory=set)
+    #: Series keys per instrument (bounded by max_keys).
+    key_count: Counter[str] = field(default_factory=Counter)
 
     def keys(self, name: str) -> list[str]:
         """Series keys of one instrument: "total" first, then layers as they came."""
         keys = [k for (n, k) in self.series if n == name]
         return sorted(keys, key=lambda k: k != TOTAL)
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated memory held by the run's series and histograms."""
+        total = sum(s.nbytes for s in self.series.values())
+        for hist in self.histograms.values():
+            total += sum(a.nbytes for h in hist for a in h.arrays.values())
+        return total
 
 
 def as_numpy(a: Array) -> np.ndarray:
@@ -63,34 +110,136 @@ def as_numpy(a: Array) -> np.ndarray:
     return np.frombuffer(a.data, dtype=a.dtype).reshape(a.shape)
 
 
+def _check_meta(meta: dict[str, Any], limits: Limits) -> None:
+    try:
+        # allow_nan=False: NaN/Inf in metadata would make the run's JSON invalid.
+        text = json.dumps(meta, allow_nan=False)
+    except ValueError as exc:
+        raise Rejected("nonfinite", f"Run metadata holds NaN or Inf: {exc}") from exc
+    except (TypeError, RecursionError) as exc:
+        raise Rejected(
+            "schema",
+            f"Run metadata must be JSON-like (maps, lists, str, numbers): "
+            f"{type(exc).__name__}: {exc}",
+        ) from exc
+    if len(text) > limits.max_meta_bytes:
+        raise LimitExceeded(
+            f"Run metadata of {len(text)} bytes exceeds the limit of "
+            f"{limits.max_meta_bytes} (GLASSCOCKPIT_MAX_META_BYTES)"
+        )
+
+
+def _check_array(a: Array, where: str, limits: Limits) -> None:
+    size = math.prod(a.shape)
+    if len(a.shape) > 3 or size > limits.max_array_elements:
+        raise LimitExceeded(
+            f"Array {where} of shape {list(a.shape)} exceeds the limits of 3 "
+            f"dimensions and {limits.max_array_elements} elements "
+            "(GLASSCOCKPIT_MAX_ARRAY_ELEMENTS)"
+        )
+
+
+def check_frame(frame: Frame, limits: Limits) -> None:
+    """Checks that need no run state; raise ``Rejected`` with a specific reason."""
+    if not 0 <= frame.seq <= MAX_INT:
+        raise Rejected("schema", f"Sequence number {frame.seq} is out of [0, 2**53]")
+    if isinstance(frame, Hello):
+        if len(frame.instruments) > limits.max_instruments:
+            raise LimitExceeded(
+                f"Hello declares {len(frame.instruments)} instruments; the limit is "
+                f"{limits.max_instruments} (GLASSCOCKPIT_MAX_INSTRUMENTS)"
+            )
+        _check_meta(frame.meta, limits)
+    elif isinstance(frame, Readings):
+        if not math.isfinite(frame.wall_time):
+            raise Rejected(
+                "nonfinite", f"wall_time must be finite, got {frame.wall_time}"
+            )
+        if not 0 <= frame.step <= MAX_INT:
+            raise Rejected("schema", f"Step {frame.step} is out of [0, 2**53]")
+        if len(frame.values) > limits.max_instruments or (
+            len(frame.errors) > limits.max_instruments
+        ):
+            raise LimitExceeded(
+                f"Readings name more than {limits.max_instruments} instruments "
+                "(GLASSCOCKPIT_MAX_INSTRUMENTS)"
+            )
+        for name, value in frame.values.items():
+            if isinstance(value, Array):
+                _check_array(value, repr(name), limits)
+            elif isinstance(value, dict):
+                if len(value) > limits.max_keys:
+                    raise LimitExceeded(
+                        f"Reading {name!r} has {len(value)} keys; the limit is "
+                        f"{limits.max_keys} (GLASSCOCKPIT_MAX_KEYS)"
+                    )
+                for key, v in value.items():
+                    if isinstance(v, Array):
+                        _check_array(v, f"{name}.{key}", limits)
+
+
 class RunStore:
     """Thread-safe store of runs; ingest is idempotent per (run, seq)."""
 
     def __init__(
-        self, max_points: int = 4096, max_histograms: int = 256, max_runs: int = 100
+        self,
+        max_points: int = 4096,
+        max_histograms: int = 256,
+        max_runs: int = 100,
+        limits: Limits | None = None,
+        logs: FrameLogs | None = None,
     ):
+        if max_runs < 1:
+            raise ValueError(f"max_runs must be >= 1, got {max_runs}")
         self.max_points = max_points
         self.max_histograms = max_histograms
         self.max_runs = max_runs
+        self.limits = limits or Limits()
+        self.logs = logs
         self.runs: dict[str, Run] = {}
-        self.evicted: list[str] = []
+        self.evicted: list[str] = []  # the last 100 evicted run ids
+        self.evicted_count = 0
         self.lock = threading.RLock()
 
-    def ingest(self, frame: Frame) -> bool:
-        """Store one frame; False when it is a duplicate (already stored)."""
+    def ingest(self, frame: Frame, raw: bytes | None = None) -> bool:
+        """Check and store one frame; False when it is a duplicate (already stored).
+
+        Raises ``Rejected`` (nothing stored) when the frame breaks a limit. ``raw``
+        (the frame's wire bytes) is appended to the run's log when the store has one.
+        """
+        check_frame(frame, self.limits)
         with self.lock:
             run = self.runs.get(frame.run)
-            if run is None:
-                run = self._new_run(frame.run)
-            run.last_frame_time = time.time()
+            fresh_run = run is None
             if isinstance(frame, Hello):
+                instruments = {s.name: s for s in frame.instruments}
+                reopen = (
+                    run is not None
+                    and run.status != "live"
+                    and frame.seq > run.last_seq
+                )
+                if run is not None:
+                    self._check_names(run, set(instruments))
+                    same = run.meta == frame.meta and run.instruments == instruments
+                    if same and not reopen:
+                        run.last_frame_time = time.time()
+                        return True  # a reconnect's hello: nothing new to log
+                run = run or self._new_run(frame.run)
                 run.meta = dict(frame.meta)
-                run.instruments = {s.name: s for s in frame.instruments}
-                if run.status != "live" and frame.seq > run.last_seq:
+                run.instruments = instruments
+                run.names |= set(instruments)
+                if reopen:
                     run.status = "live"
+                self._log(frame.run, raw, fresh_run)
+                run.last_frame_time = time.time()
                 return True
-            if frame.seq <= run.last_seq:
+            if run is not None and frame.seq <= run.last_seq:
                 return False
+            if isinstance(frame, Readings):
+                self._check_readings(run or Run(frame.run), frame)
+            run = run or self._new_run(frame.run)
+            self._log(frame.run, raw, fresh_run)
+            run.last_frame_time = time.time()
             run.last_seq = frame.seq
             run.frames += 1
             if isinstance(frame, Bye):
@@ -99,23 +248,79 @@ class RunStore:
                 self._add_readings(run, frame)
             return True
 
+    def _log(self, run_id: str, raw: bytes | None, fresh_run: bool) -> None:
+        if self.logs is None or raw is None:
+            return
+        if fresh_run:
+            self.logs.delete(run_id)  # a stale file of a run evicted earlier
+        self.logs.append(run_id, raw)
+
+    def _check_names(self, run: Run, names: set[str]) -> None:
+        total = len(run.names | names)
+        if total > self.limits.max_instruments:
+            raise LimitExceeded(
+                f"Run {run.run_id!r} would have {total} instruments; the limit is "
+                f"{self.limits.max_instruments} (GLASSCOCKPIT_MAX_INSTRUMENTS)"
+            )
+
+    def _check_readings(self, run: Run, frame: Readings) -> None:
+        self._check_names(run, set(frame.values) | set(frame.errors))
+        for name, value in frame.values.items():
+            if isinstance(value, dict):
+                new = sum(1 for k in value if (name, k) not in run.series)
+                if run.key_count[name] + new > self.limits.max_keys:
+                    raise LimitExceeded(
+                        f"Instrument {name!r} of run {run.run_id!r} would have "
+                        f"{run.key_count[name] + new} keys; the limit is "
+                        f"{self.limits.max_keys} (GLASSCOCKPIT_MAX_KEYS)"
+                    )
+
     def _new_run(self, run_id: str) -> Run:
         if len(self.runs) >= self.max_runs:
-            done = [r for r in self.runs.values() if r.status != "live"]
-            victim = min(done or self.runs.values(), key=lambda r: r.last_frame_time)
-            del self.runs[victim.run_id]
-            self.evicted.append(victim.run_id)
+            self._evict_one(run_id)
         run = Run(run_id)
         self.runs[run_id] = run
         return run
+
+    def _evict_one(self, for_run: str) -> None:
+        done = [r for r in self.runs.values() if r.status != "live"]
+        idle = [r for r in self.runs.values() if r.status == "live" and not r.connected]
+        pool = done or idle
+        if not pool:
+            raise LimitExceeded(
+                f"Cannot store run {for_run!r}: all {self.max_runs} stored runs are "
+                "live and connected (GLASSCOCKPIT_MAX_RUNS)"
+            )
+        victim = min(pool, key=lambda r: r.last_frame_time)
+        del self.runs[victim.run_id]
+        if self.logs is not None:
+            self.logs.delete(victim.run_id)
+        self.evicted = [*self.evicted[-99:], victim.run_id]
+        self.evicted_count += 1
+        log.warning(
+            "glasscockpit: evicted run %r (%s, last frame %.0f s ago) to make room "
+            "for %r: GLASSCOCKPIT_MAX_RUNS=%d",
+            victim.run_id,
+            victim.status,
+            time.time() - victim.last_frame_time,
+            for_run,
+            self.max_runs,
+        )
 
     def _add_readings(self, run: Run, frame: Readings) -> None:
         run.last_step = (
             frame.step if run.last_step is None else max(run.last_step, frame.step)
         )
         run.errors.update(frame.errors)
+        run.names |= set(frame.values) | set(frame.errors)
         for name, value in frame.values.items():
             self._add_value(run, name, frame.step, frame.wall_time, value)
+
+    def _history(self, run: Run, name: str) -> History[Histogram]:
+        hist = run.histograms.get(name)
+        if hist is None:
+            hist = run.histograms[name] = History(self.max_histograms)
+        return hist
 
     def _add_value(
         self, run: Run, name: str, step: int, wall: float, value: Value
@@ -125,17 +330,15 @@ class RunStore:
         if isinstance(value, dict):
             arrays = {k: as_numpy(v) for k, v in value.items() if isinstance(v, Array)}
             if arrays:
-                hist = run.histograms.setdefault(
-                    name, deque(maxlen=self.max_histograms)
-                )
-                hist.append(Histogram(step, wall, arrays))
+                self._history(run, name).append(Histogram(step, wall, arrays))
             for key, v in value.items():
                 if isinstance(v, float):
                     self._append(run, name, key, step, wall, v)
             return
         if isinstance(value, Array):
-            hist = run.histograms.setdefault(name, deque(maxlen=self.max_histograms))
-            hist.append(Histogram(step, wall, {"counts": as_numpy(value)}))
+            self._history(run, name).append(
+                Histogram(step, wall, {"counts": as_numpy(value)})
+            )
             return
         self._append(run, name, TOTAL, step, wall, value)
 
@@ -145,9 +348,45 @@ class RunStore:
         series = run.series.get((name, key))
         if series is None:
             series = run.series[(name, key)] = Series(self.max_points)
-        if v != v or v in (float("inf"), float("-inf")):
+            run.key_count[name] += 1
+        if not math.isfinite(v):
             run.nonfinite += 1
         series.append(step, wall, v)
+
+    # -- persistence -------------------------------------------------------------
+    def replay(self, max_frame_bytes: int) -> Counter[str]:
+        """Rebuild runs from the frame logs (start-up); returns what happened."""
+        stats: Counter[str] = Counter()
+        if self.logs is None:
+            return stats
+        logs, self.logs = self.logs, None  # replayed frames are not logged again
+        try:
+            for run_id in logs.run_ids():
+                try:
+                    frames, torn = logs.load(run_id)
+                except (OSError, ProtocolError) as exc:
+                    log.warning("glasscockpit: cannot replay %r: %s", run_id, exc)
+                    stats["replay.unreadable_logs"] += 1
+                    continue
+                stats["replay.torn_bytes"] += torn
+                stats["replay.runs"] += 1
+                for data in frames:
+                    try:
+                        frame = decode(data, max_frame_bytes)
+                        if isinstance(frame, Ack):
+                            raise Rejected("schema", "an ack frame in a run's log")
+                        self.ingest(frame)
+                        stats["replay.frames"] += 1
+                    except (ProtocolError, Rejected) as exc:
+                        # Limits may have been lowered since the frame was logged.
+                        log.warning("glasscockpit: replay of %r: %s", run_id, exc)
+                        stats["replay.rejected_frames"] += 1
+                run = self.runs.get(run_id)
+                if run is not None:
+                    run.connected = 0
+        finally:
+            self.logs = logs
+        return stats
 
     # -- reads ------------------------------------------------------------------
     def get(self, run_id: str) -> Run | None:
@@ -163,6 +402,19 @@ class RunStore:
         return "stale" if silent or not run.connected else "live"
 
     def delete(self, run_id: str) -> bool:
-        """Remove a run; False if unknown."""
+        """Remove a run (and its log); False if unknown."""
         with self.lock:
-            return self.runs.pop(run_id, None) is not None
+            found = self.runs.pop(run_id, None) is not None
+            if found and self.logs is not None:
+                self.logs.delete(run_id)
+            return found
+
+    def nbytes(self) -> int:
+        """Estimated memory of every stored series and histogram."""
+        with self.lock:
+            return sum(r.nbytes for r in self.runs.values())
+
+    def points(self) -> int:
+        """Buckets stored over all series."""
+        with self.lock:
+            return sum(len(s) for r in self.runs.values() for s in r.series.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 from glasscockpit.server.errors import UnknownInstrument, UnknownRun
@@ -105,10 +107,12 @@ def histograms_view(
         hist = run.histograms.get(name)
         if hist is None:
             raise UnknownInstrument(f"Run {run_id!r} has no histogram {name!r}")
-        items = list(hist)[-last:]
+        items = hist.last(last)
+        count = hist.count
     return {
         "run": run_id,
         "name": name,
+        "count": count,
         "snapshots": [
             {
                 "step": h.step,
@@ -122,3 +126,83 @@ def histograms_view(
             for h in items
         ],
     }
+
+
+def layers_view(
+    store: RunStore, run_id: str, name: str, max_points: int | None = 2000
+) -> dict[str, Any]:
+    """Every key's series of one instrument (per-layer instruments have many)."""
+    with store.lock:
+        run = find_run(store, run_id)
+        keys = run.keys(name)
+        if not keys:
+            raise UnknownInstrument(f"Run {run_id!r} has no series {name!r}")
+        return {
+            "run": run_id,
+            "name": name,
+            "keys": keys,
+            "series": {
+                k: series_view(store, run_id, name, k, max_points) for k in keys
+            },
+        }
+
+
+def export_json(store: RunStore, run_id: str, stale_after_s: float) -> dict[str, Any]:
+    """Everything stored about a run, at full stored resolution."""
+    with store.lock:
+        run = find_run(store, run_id)
+        return {
+            "run": run_detail(store, run_id, stale_after_s),
+            "series": [
+                series_view(store, run_id, n, k, None) for (n, k) in list(run.series)
+            ],
+            "histograms": [
+                histograms_view(store, run_id, n, len(h))
+                for n, h in run.histograms.items()
+            ],
+        }
+
+
+CSV_COLUMNS = ("instrument", "key", "step", "wall_time", "value", "min", "max")
+
+
+def export_csv(store: RunStore, run_id: str) -> str:
+    """Every series as CSV rows, one per stored bucket (NaN/Inf spelled out)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    with store.lock:
+        run = find_run(store, run_id)
+        for (name, key), series in run.series.items():
+            v = series.view()
+            for row in zip(
+                v.step,
+                v.wall_time,
+                safe_list(v.value),
+                safe_list(v.min),
+                safe_list(v.max),
+                strict=True,
+            ):
+                writer.writerow((name, key, *row))
+    return out.getvalue()
+
+
+def metrics_view(
+    store: RunStore, counters: dict[str, int], stale_after_s: float
+) -> dict[str, Any]:
+    """Counters, runs by status, series, points and estimated memory."""
+    with store.lock:
+        by_status: dict[str, int] = {}
+        for run in store.runs.values():
+            status = store.status(run, stale_after_s)
+            by_status[status] = by_status.get(status, 0) + 1
+        return {
+            "counters": dict(counters),
+            "runs": len(store.runs),
+            "runs_by_status": by_status,
+            "series": sum(len(r.series) for r in store.runs.values()),
+            "points": store.points(),
+            "memory_bytes": store.nbytes(),
+            "runs_evicted": store.evicted_count,
+            "evicted_runs": list(store.evicted),
+        }

@@ -6,7 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from glasscockpit.server.deps import MetricsDep, StoreDep, require_token
+from glasscockpit.server import views
+from glasscockpit.server.deps import MetricsDep, SettingsDep, StoreDep, require_token
+from glasscockpit.server.models import ErrorOut, MetricsOut
 
 router = APIRouter(tags=["health"])
 
@@ -17,15 +19,14 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/v1/metrics", dependencies=[Depends(require_token)])
-def metrics(store: StoreDep, counters: MetricsDep) -> dict[str, Any]:
-    """Frames in, frames rejected by reason, runs stored and evicted."""
-    with store.lock:
-        runs = len(store.runs)
-        series = sum(len(r.series) for r in store.runs.values())
-    return {
-        "counters": dict(counters),
-        "runs": runs,
-        "series": series,
-        "evicted_runs": list(store.evicted[-100:]),
-    }
+@router.get(
+    "/v1/metrics",
+    dependencies=[Depends(require_token)],
+    response_model=MetricsOut,
+    responses={401: {"model": ErrorOut, "description": "Missing or wrong token"}},
+)
+def metrics(
+    store: StoreDep, counters: MetricsDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Frames in, frames rejected by reason, runs, evictions, estimated memory."""
+    return views.metrics_view(store, dict(counters), settings.stale_after_s)

@@ -1,18 +1,36 @@
-"""Websocket ingest: agents send msgpack frames, the server stores and acks them."""
+"""Websocket ingest: agents send msgpack frames, the server stores and acks them.
+
+One connection carries one run: a hello frame first, then readings and a bye, each
+acknowledged once stored (and logged, with a data dir). A frame the server refuses
+closes the connection with a specific code and reason (see ``server/errors.py``) and
+increments ``rejected.<reason>``; it never affects another connection or run.
+Connections are rate limited by token buckets that delay reading (backpressure, see
+``server/ratelimit.py``), counted as ``ingest.throttled``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from glasscockpit.protocol import Ack, Hello, ProtocolError, decode, encode
 from glasscockpit.server.deps import get_metrics, get_settings_dep, get_store, token_ok
-from glasscockpit.server.errors import close_code
+from glasscockpit.server.errors import Rejected, rejection
+from glasscockpit.server.ratelimit import TokenBucket
 from glasscockpit.server.store import Run
 
 router = APIRouter(tags=["ingest"])
 log = logging.getLogger("glasscockpit.server")
+MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame can carry, on a character boundary."""
+    raw = text.encode()[:MAX_REASON_BYTES]
+    return raw.decode("utf-8", "ignore")
 
 
 @router.websocket("/v1/agent")
@@ -23,41 +41,48 @@ async def ingest(ws: WebSocket) -> None:
     metrics = get_metrics(ws)
     if not token_ok(settings, ws):
         metrics["rejected.unauthorized"] += 1
-        await ws.close(
-            code=1008, reason="missing or wrong token"
-        )  # before accept: HTTP 403
+        # Closing before accept answers the handshake with HTTP 403.
+        await ws.close(code=1008, reason="missing or wrong token")
         return
     await ws.accept()
+    metrics["connections"] += 1
+    frames = TokenBucket(settings.rate_frames_per_s, settings.rate_burst)
+    volume = TokenBucket(
+        settings.rate_bytes_per_s,
+        max(settings.rate_bytes_per_s, settings.max_frame_bytes),
+    )
     run: Run | None = None
     run_id: str | None = None
     try:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
+                if message.get("code") == 1009:
+                    # uvicorn refused a message above ws_max_size before we saw it.
+                    metrics["rejected.too_large"] += 1
                 return
             data = message.get("bytes")
             if data is None:
-                metrics["rejected.text_frame"] += 1
-                await ws.close(code=1003, reason="frames must be binary msgpack")
-                return
-            try:
-                frame = decode(data, max_size=settings.max_frame_bytes)
-                if run_id is None and not isinstance(frame, Hello):
-                    raise ProtocolError(
-                        "the first frame of a connection must be a hello frame"
-                    )
-                if run_id is not None and frame.run != run_id:
-                    raise ProtocolError(
-                        f"frame for run {frame.run!r} on the connection of {run_id!r}"
-                    )
-                if isinstance(frame, Ack):
-                    raise ProtocolError("agents do not send ack frames")
-            except ProtocolError as exc:
-                metrics[f"rejected.{type(exc).__name__}"] += 1
-                await ws.close(code=close_code(exc), reason=str(exc)[:120])
-                return
-            fresh = store.ingest(frame)
+                raise Rejected("text_frame", "frames must be binary msgpack", 1003)
+            wait = max(frames.take(1), volume.take(len(data)))
+            if wait > 0:
+                metrics["ingest.throttled"] += 1
+                await asyncio.sleep(wait)
+            frame = decode(data, max_size=settings.max_frame_bytes)
+            if isinstance(frame, Ack):
+                raise Rejected("schema", "agents do not send ack frames")
+            if run_id is None and not isinstance(frame, Hello):
+                raise Rejected(
+                    "no_hello", "the first frame of a connection must be a hello frame"
+                )
+            if run_id is not None and frame.run != run_id:
+                raise Rejected(
+                    "run_switch",
+                    f"frame for run {frame.run!r} on the connection of {run_id!r}",
+                )
+            fresh = store.ingest(frame, raw=data)
             metrics["frames.in" if fresh else "frames.duplicate"] += 1
+            metrics["bytes.in"] += len(data)
             if run_id is None:
                 run_id = frame.run
                 run = store.get(run_id)
@@ -66,6 +91,25 @@ async def ingest(ws: WebSocket) -> None:
             await ws.send_bytes(encode(Ack(frame.run, frame.seq)))
     except WebSocketDisconnect:
         return
+    except (Rejected, ProtocolError) as exc:
+        rejected = exc if isinstance(exc, Rejected) else rejection(exc)
+        metrics[f"rejected.{rejected.reason}"] += 1
+        log.info(
+            "glasscockpit: rejected a frame (%s) from %s: %s",
+            rejected.reason,
+            ws.client,
+            rejected,
+        )
+        await _close(ws, rejected.ws_code, str(rejected))
+    except Exception:  # a bug must cost one connection, never the server
+        metrics["rejected.internal"] += 1
+        log.exception("glasscockpit: ingest failed for run %r", run_id)
+        await _close(ws, 1011, "internal server error")
     finally:
         if run is not None:
             run.connected -= 1
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(RuntimeError, OSError):  # the client may be gone
+        await ws.close(code=code, reason=close_reason(reason))

@@ -1,0 +1,121 @@
+"""Append-only raw frame logs, one file per run, replayed at start-up.
+
+Each record is ``<u32 length><u32 crc32><frame bytes>`` (little-endian), written
+with one ``write`` call before the frame is acknowledged. An acknowledged frame is
+therefore in the kernel's page cache and survives the server process dying (add
+``GLASSCOCKPIT_FSYNC=true`` to survive power loss too). A crash in the middle of a
+write leaves a torn last record: its length or checksum does not match, so reading
+stops there and the file is truncated to its last whole record.
+
+The file of run ``r`` is ``<data_dir>/r.frames``; run ids are checked by
+``check_run_id`` (letters, digits, ``.``, ``_``, ``-``; no ``..``), so they cannot
+name anything outside ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from glasscockpit.protocol import check_run_id
+
+log = logging.getLogger("glasscockpit.server")
+HEADER = struct.Struct("<II")
+SUFFIX = ".frames"
+
+
+def record(data: bytes) -> bytes:
+    """One log record: header and frame bytes."""
+    return HEADER.pack(len(data), zlib.crc32(data)) + data
+
+
+def read_records(path: Path) -> tuple[list[bytes], int]:
+    """Every whole record of a log file and the byte offset where they end."""
+    blob = path.read_bytes()
+    out: list[bytes] = []
+    pos = 0
+    while pos + HEADER.size <= len(blob):
+        size, crc = HEADER.unpack_from(blob, pos)
+        start = pos + HEADER.size
+        data = blob[start : start + size]
+        if len(data) != size or zlib.crc32(data) != crc:
+            break  # torn or corrupt tail: nothing after it can be trusted
+        out.append(data)
+        pos = start + size
+    return out, pos
+
+
+class FrameLogs:
+    """The frame logs under one folder."""
+
+    def __init__(self, root: Path, fsync: bool = False) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, BinaryIO] = {}
+
+    def path(self, run_id: str) -> Path:
+        """The log file of a run (the id is validated first)."""
+        return self.root / f"{check_run_id(run_id)}{SUFFIX}"
+
+    def append(self, run_id: str, data: bytes) -> None:
+        """Append one frame; returns once the bytes are handed to the kernel."""
+        f = self._files.get(run_id)
+        if f is None:
+            f = self._files[run_id] = open(self.path(run_id), "ab", buffering=0)  # noqa: SIM115 - kept open across frames
+        f.write(record(data))
+        if self.fsync:
+            os.fsync(f.fileno())
+
+    def close(self, run_id: str | None = None) -> None:
+        """Close one run's file (or all of them)."""
+        ids = [run_id] if run_id is not None else list(self._files)
+        for rid in ids:
+            f = self._files.pop(rid, None)
+            if f is not None:
+                f.close()
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run's log."""
+        self.close(run_id)
+        self.path(run_id).unlink(missing_ok=True)
+
+    def run_ids(self) -> list[str]:
+        """Runs with a log, oldest modification first (the order to replay in)."""
+        files = sorted(self.root.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
+        return [p.name[: -len(SUFFIX)] for p in files]
+
+    def load(self, run_id: str) -> tuple[list[bytes], int]:
+        """The frames of a run's log and the bytes of a torn tail, which is cut off."""
+        path = self.path(run_id)
+        frames, end = read_records(path)
+        size = path.stat().st_size
+        if end < size:
+            log.warning(
+                "glasscockpit: %s: skipped a torn or corrupt tail of %d bytes "
+                "after %d whole frames",
+                path,
+                size - end,
+                len(frames),
+            )
+            with open(path, "r+b") as f:
+                f.truncate(end)
+        return frames, size - end
+
+    def snapshot(self, run_id: str, chunk: int = 2**16) -> Iterator[bytes]:
+        """The log's bytes as they are now (a live run keeps appending)."""
+        path = self.path(run_id)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            left = size
+            while left > 0:
+                data = f.read(min(chunk, left))
+                if not data:
+                    break
+                left -= len(data)
+                yield data
