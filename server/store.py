@@ -41,6 +41,7 @@ from glasscockpit.protocol import (
 from glasscockpit.server.errors import LimitExceeded, Rejected
 from glasscockpit.server.framelog import FrameLogs
 from glasscockpit.server.history import History
+from glasscockpit.server.jsonsafe import safe
 from glasscockpit.server.series import Series
 
 TOTAL = "total"  # series key of scalar instruments and of per-layer totals
@@ -110,23 +111,40 @@ def as_numpy(a: Array) -> np.ndarray:
     return np.frombuffer(a.data, dtype=a.dtype).reshape(a.shape)
 
 
-def _check_meta(meta: dict[str, Any], limits: Limits) -> None:
-    try:
-        # allow_nan=False: NaN/Inf in metadata would make the run's JSON invalid.
-        text = json.dumps(meta, allow_nan=False)
-    except ValueError as exc:
-        raise Rejected("nonfinite", f"Run metadata holds NaN or Inf: {exc}") from exc
-    except (TypeError, RecursionError) as exc:
-        raise Rejected(
-            "schema",
-            f"Run metadata must be JSON-like (maps, lists, str, numbers): "
-            f"{type(exc).__name__}: {exc}",
-        ) from exc
-    if len(text) > limits.max_meta_bytes:
+def _plain(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, float):
+        return safe(value)
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if depth < 32 and isinstance(value, list):
+        return [_plain(v, depth + 1) for v in value]
+    if (
+        depth < 32
+        and isinstance(value, dict)
+        and all(isinstance(k, str) for k in value)
+    ):
+        return {k: _plain(v, depth + 1) for k, v in value.items()}
+    raise Rejected(
+        "schema",
+        "Run metadata must be maps with string keys, lists, strings, numbers, "
+        f"booleans or null, at most 32 levels deep; got {type(value).__name__}",
+    )
+
+
+def clean_meta(meta: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Metadata as JSON-safe data (NaN/Inf spelled out, like readings), size-checked.
+
+    Non-finite numbers are kept as "NaN"/"Infinity" rather than refused: a
+    hyperparameter such as ``max_norm=inf`` is legitimate and must not cost the run.
+    """
+    clean: dict[str, Any] = _plain(meta)
+    size = len(json.dumps(clean))
+    if size > limits.max_meta_bytes:
         raise LimitExceeded(
-            f"Run metadata of {len(text)} bytes exceeds the limit of "
+            f"Run metadata of {size} bytes exceeds the limit of "
             f"{limits.max_meta_bytes} (GLASSCOCKPIT_MAX_META_BYTES)"
         )
+    return clean
 
 
 def _check_array(a: Array, where: str, limits: Limits) -> None:
@@ -149,7 +167,6 @@ def check_frame(frame: Frame, limits: Limits) -> None:
                 f"Hello declares {len(frame.instruments)} instruments; the limit is "
                 f"{limits.max_instruments} (GLASSCOCKPIT_MAX_INSTRUMENTS)"
             )
-        _check_meta(frame.meta, limits)
     elif isinstance(frame, Readings):
         if not math.isfinite(frame.wall_time):
             raise Rejected(
@@ -213,6 +230,7 @@ class RunStore:
             fresh_run = run is None
             if isinstance(frame, Hello):
                 instruments = {s.name: s for s in frame.instruments}
+                meta = clean_meta(frame.meta, self.limits)
                 reopen = (
                     run is not None
                     and run.status != "live"
@@ -220,12 +238,12 @@ class RunStore:
                 )
                 if run is not None:
                     self._check_names(run, set(instruments))
-                    same = run.meta == frame.meta and run.instruments == instruments
+                    same = run.meta == meta and run.instruments == instruments
                     if same and not reopen:
                         run.last_frame_time = time.time()
                         return True  # a reconnect's hello: nothing new to log
                 run = run or self._new_run(frame.run)
-                run.meta = dict(frame.meta)
+                run.meta = meta
                 run.instruments = instruments
                 run.names |= set(instruments)
                 if reopen:
