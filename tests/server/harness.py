@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,3 +54,40 @@ def live_server(port: int, **settings: object) -> Iterator[LiveServer]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def server_subprocess(port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``glasscockpit serve`` in a child process (so a test can SIGKILL it)."""
+    cmd = [sys.executable, "-m", "glasscockpit", "serve", "--port", str(port)]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **{f"GLASSCOCKPIT_{k.upper()}": v for k, v in env.items()}},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/healthz"
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"server did not start: {err}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
