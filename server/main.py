@@ -83,6 +83,19 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
     app.include_router(login.router)
     app.include_router(ingest.router)
     app.include_router(runs.router)
+
+    @app.api_route(
+        "/v1/{rest:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
+    async def unknown_api_path(rest: str) -> JSONResponse:
+        # Without this, Dash's catch-all page route would answer 200 with HTML for
+        # API paths no route matches (e.g. a run id holding an encoded '/').
+        return JSONResponse(
+            {"error": "NotFound", "detail": f"No API route /v1/{rest[:200]}"}, 404
+        )
+
     if dashboard:
         from glasscockpit.dashboard.app import create_dash
 

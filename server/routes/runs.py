@@ -95,8 +95,13 @@ def export_json(run_id: str, store: StoreDep, settings: SettingsDep) -> dict[str
 
 @router.get(
     "/{run_id}/export.csv",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/csv": {}}}},
+    response_model=None,
+    responses={
+        200: {
+            "description": "CSV, one row per stored bucket",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
 )
 def export_csv(run_id: str, store: StoreDep) -> PlainTextResponse:
     """Every series as CSV: instrument, key, step, wall_time, value, min, max."""
@@ -109,8 +114,17 @@ def export_csv(run_id: str, store: StoreDep) -> PlainTextResponse:
 
 @router.get(
     "/{run_id}/frames",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    response_model=None,
+    responses={
+        200: {
+            "description": "The run's frame log as stored",
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+        }
+    },
 )
 def export_frames(run_id: str, store: StoreDep) -> StreamingResponse:
     """The raw frame log (needs GLASSCOCKPIT_DATA_DIR).
