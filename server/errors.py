@@ -8,14 +8,16 @@ Tree::
     ├── UnknownInstrument  HTTP 404
     ├── NoFrameLog         HTTP 404 (raw frame export without GLASSCOCKPIT_DATA_DIR)
     └── Rejected           a frame was refused; ``reason`` names a metrics counter
-        └── LimitExceeded  ws 1008: too many instruments/keys, too large arrays/meta
+        └── LimitExceeded  ws 1008: too many instruments/keys, too large arrays/meta;
+                           ws 1013 (try again later): every stored run is live
 
 Every rejected frame closes its connection with ``Rejected.ws_code`` and a reason
 text, and increments ``rejected.<reason>`` on ``/v1/metrics``. The codes follow
 RFC 6455: 1002 protocol error (wrong version), 1003 unsupported data (text frame),
 1007 invalid payload (bad msgpack, wrong schema, bad run id, NaN where none may be),
-1008 policy (limits, auth), 1009 too big, 1011 server bug. The agent treats all of
-them but 1011 as fatal (no retry): resending the same frame cannot help.
+1008 policy (limits, auth), 1009 too big, 1011 server bug, 1013 try again later
+(the store is full of live runs). The agent treats 1002, 1003, 1007, 1008 and 1009
+as fatal (resending the same frame cannot help) and retries after 1011 and 1013.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ class Rejected(PublicError):
 class LimitExceeded(Rejected):
     """A frame would push a run past a configured limit."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__("limit", message, 1008)
+    def __init__(self, message: str, ws_code: int = 1008) -> None:
+        super().__init__("limit", message, ws_code)
 
 
 def rejection(exc: ProtocolError) -> Rejected:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,39 +16,39 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLASSCOCKPIT_")
 
     host: str = "127.0.0.1"
-    port: int = 8050
+    port: Annotated[int, Field(ge=0, le=65535)] = 8050
     #: Shared secret; when set, agents, REST clients and browsers must present it.
     token: str | None = None
     #: Downsampling buckets kept per series (min, max and last of each bucket).
-    max_points: int = 4096
+    max_points: Annotated[int, Field(ge=4)] = 4096
     #: Histogram snapshots kept per instrument.
-    max_histograms: int = 256
+    max_histograms: Annotated[int, Field(ge=2)] = 256
     #: Runs kept in memory; the oldest finished runs are evicted first.
-    max_runs: int = 100
+    max_runs: Annotated[int, Field(ge=1)] = 100
     #: Largest accepted websocket frame, in bytes.
-    max_frame_bytes: int = 8 * 2**20
+    max_frame_bytes: Annotated[int, Field(ge=1024)] = 8 * 2**20
     #: Instruments per run (declared in hello frames or seen in readings).
-    max_instruments: int = 256
+    max_instruments: Annotated[int, Field(ge=1)] = 256
     #: Keys (e.g. parameter names) per per-layer instrument.
-    max_keys: int = 4096
+    max_keys: Annotated[int, Field(ge=1)] = 4096
     #: Elements per array (histogram counts, edges, heatmaps).
-    max_array_elements: int = 1_000_000
+    max_array_elements: Annotated[int, Field(ge=1)] = 1_000_000
     #: Size of a run's metadata, in bytes of its JSON form.
-    max_meta_bytes: int = 64 * 2**10
+    max_meta_bytes: Annotated[int, Field(ge=2)] = 64 * 2**10
     #: Per-connection token bucket: sustained frames per second ...
-    rate_frames_per_s: float = 5_000.0
+    rate_frames_per_s: Annotated[float, Field(gt=0)] = 5_000.0
     #: ... and burst size in frames. Past the burst the server reads (and acks)
-    #: more slowly instead of closing: backpressure, never data loss.
-    rate_burst: int = 10_000
+    #: more slowly instead of closing the connection: backpressure.
+    rate_burst: Annotated[int, Field(ge=1)] = 10_000
     #: Per-connection sustained bytes per second (burst: one second's worth).
-    rate_bytes_per_s: float = 64 * 2**20
+    rate_bytes_per_s: Annotated[float, Field(gt=0)] = 64 * 2**20
     #: Folder for append-only frame logs replayed at start-up (None: memory only).
     data_dir: Path | None = None
     #: fsync every logged frame (survives power loss; a process crash or restart
     #: loses nothing without it, because each frame is written before its ack).
     fsync: bool = False
     #: A live run with no frame for this many seconds is reported as stale.
-    stale_after_s: float = 60.0
+    stale_after_s: Annotated[float, Field(gt=0)] = 60.0
     #: Dashboard refresh period in milliseconds.
     refresh_ms: int = 500
 

@@ -305,9 +305,12 @@ class RunStore:
         idle = [r for r in self.runs.values() if r.status == "live" and not r.connected]
         pool = done or idle
         if not pool:
+            # 1013 "try again later": the agent backs off and retries, and gets in
+            # as soon as any run finishes or disconnects.
             raise LimitExceeded(
                 f"Cannot store run {for_run!r}: all {self.max_runs} stored runs are "
-                "live and connected (GLASSCOCKPIT_MAX_RUNS)"
+                "live and connected (GLASSCOCKPIT_MAX_RUNS)",
+                1013,
             )
         victim = min(pool, key=lambda r: r.last_frame_time)
         del self.runs[victim.run_id]

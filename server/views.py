@@ -6,9 +6,11 @@ import csv
 import io
 from typing import Any
 
+import numpy as np
+
 from glasscockpit.server.errors import UnknownInstrument, UnknownRun
 from glasscockpit.server.jsonsafe import safe_list
-from glasscockpit.server.store import TOTAL, Run, RunStore
+from glasscockpit.server.store import TOTAL, Histogram, Run, RunStore
 
 
 def find_run(store: RunStore, run_id: str) -> Run:
@@ -109,6 +111,14 @@ def histograms_view(
             raise UnknownInstrument(f"Run {run_id!r} has no histogram {name!r}")
         items = hist.last(last)
         count = hist.count
+    # errstate: a signalling NaN in a float32 array warns when widened to float64.
+    with np.errstate(invalid="ignore"):
+        return _snapshots(run_id, name, count, items)
+
+
+def _snapshots(
+    run_id: str, name: str, count: int, items: list[Histogram]
+) -> dict[str, Any]:
     return {
         "run": run_id,
         "name": name,

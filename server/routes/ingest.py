@@ -24,7 +24,52 @@ from glasscockpit.server.store import Run
 
 router = APIRouter(tags=["ingest"])
 log = logging.getLogger("glasscockpit.server")
+#: Under a steady backlog, yield to the ack task at least every this many frames.
+ACK_EVERY = 64
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes
+
+
+class Acks:
+    """Sends cumulative acks from a task of its own, coalescing under load.
+
+    While the receive loop has a backlog it never yields, so the task sends one
+    ack for the newest stored frame instead of one per frame; an idle connection
+    still gets each ack at once. Acks only ever name frames already stored.
+    """
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.run = ""
+        self.seq = -1  # newest stored seq
+        self.sent = -1
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._send_loop())
+
+    def stored(self, run: str, seq: int) -> None:
+        """A frame is stored: make sure an ack covering it goes out."""
+        self.run = run
+        self.seq = max(self.seq, seq)
+        self._wake.set()
+
+    async def _send_loop(self) -> None:
+        with contextlib.suppress(Exception):  # the client left; receive sees it
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.sent < self.seq:
+                    seq = self.seq
+                    await self.ws.send_bytes(encode(Ack(self.run, seq)))
+                    self.sent = seq
+
+    async def flush(self) -> None:
+        """Send what is owed, then stop the task (before closing the socket)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        with contextlib.suppress(Exception):
+            if self.sent < self.seq:
+                await self.ws.send_bytes(encode(Ack(self.run, self.seq)))
+                self.sent = self.seq
 
 
 def close_reason(text: str) -> str:
@@ -53,6 +98,8 @@ async def ingest(ws: WebSocket) -> None:
     )
     run: Run | None = None
     run_id: str | None = None
+    acks = Acks(ws)
+    backlog = 0
     try:
         while True:
             message = await ws.receive()
@@ -88,10 +135,16 @@ async def ingest(ws: WebSocket) -> None:
                 run = store.get(run_id)
                 if run is not None:
                     run.connected += 1
-            await ws.send_bytes(encode(Ack(frame.run, frame.seq)))
+            acks.stored(frame.run, frame.seq)
+            backlog += 1
+            if backlog >= ACK_EVERY:
+                # Let the ack task run even if frames keep arriving back to back.
+                backlog = 0
+                await asyncio.sleep(0)
     except WebSocketDisconnect:
         return
     except (Rejected, ProtocolError) as exc:
+        await acks.flush()  # frames stored before the bad one stay acknowledged
         rejected = exc if isinstance(exc, Rejected) else rejection(exc)
         metrics[f"rejected.{rejected.reason}"] += 1
         log.info(
@@ -102,10 +155,12 @@ async def ingest(ws: WebSocket) -> None:
         )
         await _close(ws, rejected.ws_code, str(rejected))
     except Exception:  # a bug must cost one connection, never the server
+        await acks.flush()
         metrics["rejected.internal"] += 1
         log.exception("glasscockpit: ingest failed for run %r", run_id)
         await _close(ws, 1011, "internal server error")
     finally:
+        await acks.flush()
         if run is not None:
             run.connected -= 1
 

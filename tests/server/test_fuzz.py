@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from glasscockpit.protocol import Ack, ProtocolError, decode
@@ -57,6 +57,14 @@ def check_stream(messages: list[bytes]) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(wire_bytes, max_size=8))
+@example(  # a 0-d float32 signalling NaN: widening it warned inside a view
+    [
+        b"\x88\xa1t\xa8readings\xa4step\x00\xa9wall_time\xcb"
+        + bytes(8)
+        + b"\xa6values\x81\xa1\x00\xc7\x0c\x01\x93\xa3<f4\x90\xc4\x04\x00\x00"
+        b"\x81\x7f\xa6errors\x80\xa1v\x01\xa3run\xa10\xa3seq\x00"
+    ]
+)
 def test_any_bytes_are_stored_or_rejected_with_a_reason(messages):
     check_stream(messages)
 

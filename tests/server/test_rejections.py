@@ -348,9 +348,11 @@ def test_rate_limit_slows_a_fast_agent_without_losing_frames():
             start = time.monotonic()
             for seq in range(1, n + 1):  # pipelined: acks are read afterwards
                 ws.send(encode(Readings("fast", seq, seq, 1.0, {"loss": float(seq)})))
-            acks = [decode(ws.recv(timeout=10)).seq for _ in range(n)]
+            acks = [decode(ws.recv(timeout=10)).seq]
+            while acks[-1] < n:  # cumulative acks: one may cover several frames
+                acks.append(decode(ws.recv(timeout=10)).seq)
             elapsed = time.monotonic() - start
-        assert acks == list(range(1, n + 1))
+        assert acks == sorted(set(acks))
         # A lower bound only: the bucket cannot refill faster than its rate.
         assert elapsed >= (n + 1 - burst) / rate * 0.9
         assert counters(s)["ingest.throttled"] > 0

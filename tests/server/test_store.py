@@ -201,8 +201,9 @@ def test_all_runs_live_and_connected_refuses_a_new_run():
     for run_id in ("a", "b"):
         store.ingest(Hello(run_id, 0, ()))
         store.runs[run_id].connected = 1
-    with pytest.raises(LimitExceeded, match="GLASSCOCKPIT_MAX_RUNS"):
+    with pytest.raises(LimitExceeded, match="GLASSCOCKPIT_MAX_RUNS") as info:
         store.ingest(Hello("c", 0, ()))
+    assert info.value.ws_code == 1013  # try again later: the agent retries
     store.runs["a"].connected = 0  # a disconnected (stale) run may go
     store.ingest(Hello("c", 0, ()))
     assert set(store.runs) == {"b", "c"}

@@ -1,0 +1,278 @@
+"""Server ingest benchmark: throughput, ack latency, memory growth.
+
+Starts ``glasscockpit serve`` on 127.0.0.1 in a child process (one uvicorn worker,
+as deployed), then:
+
+1. ``--agents`` concurrent agents (asyncio websockets clients, one run each) send
+   ``--frames`` pre-encoded frames each, pipelined like the real agent (send
+   continuously, read cumulative acks as they come). Reports frames/s (all frames
+   / time from the first send to the last ack) and p50/p99/max ack latency.
+2. Memory: the server's RSS (``/proc/<pid>/status``) and the store's own estimate
+   (``/v1/metrics``) after one long run of ``--steps`` steps and after ``--runs``
+   runs, to show growth flattens at GLASSCOCKPIT_MAX_POINTS / MAX_RUNS.
+
+Everything is bounded: ``--timeout`` caps each phase; only 127.0.0.1 is used.
+Usage: ``python bench/server_ingest.py [--agents 32] [--frames 1000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from glasscockpit.protocol import (
+    Array,
+    Bye,
+    Hello,
+    InstrumentSpec,
+    Kind,
+    PanelSpec,
+    Readings,
+    decode,
+    encode,
+)
+
+SPECS = (
+    InstrumentSpec("loss", Kind.SCALAR, PanelSpec("Loss")),
+    InstrumentSpec("lr", Kind.SCALAR, PanelSpec("Learning rate")),
+    InstrumentSpec("grad_norm", Kind.PER_LAYER, PanelSpec("Gradient norm")),
+    InstrumentSpec("hist", Kind.HISTOGRAM, PanelSpec("Gradient histogram")),
+)
+LAYERS = [f"layer{i}.{p}" for i in range(4) for p in ("weight", "bias")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def frame(run: str, seq: int, histogram: bool) -> bytes:
+    """A realistic frame: 2 scalars + a per-layer dict of 8 layers (+ a histogram)."""
+    values: dict[str, Any] = {
+        "loss": 1.0 / seq,
+        "lr": 0.1,
+        "grad_norm": {"total": float(seq), **dict.fromkeys(LAYERS, 0.5)},
+    }
+    if histogram:
+        values["hist"] = {
+            "counts": Array("<f4", (64,), bytes(256)),
+            "edges": Array("<f4", (65,), bytes(260)),
+        }
+    return encode(Readings(run, seq, seq - 1, time.time(), values))
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def metrics(base: str) -> dict[str, Any]:
+    with urllib.request.urlopen(base + "/v1/metrics", timeout=10) as r:
+        data: dict[str, Any] = json.loads(r.read())
+        return data
+
+
+async def agent(
+    url: str, run: str, frames: list[bytes], latencies: list[float], window: int
+) -> None:
+    """Send frames with at most ``window`` unacknowledged; time each ack."""
+    async with connect(url, compression=None, max_size=2**20) as ws:
+        await ws.send(encode(Hello(run, 0, SPECS, {"bench": True})))
+        await ws.recv()
+        sent: list[float] = [0.0] * (len(frames) + 1)
+        acked = 0
+        progress = asyncio.Condition()
+
+        async def read_acks() -> None:
+            nonlocal acked
+            while acked < len(frames):
+                ack = decode(await ws.recv())  # type: ignore[arg-type]
+                now = time.perf_counter()
+                for seq in range(acked + 1, ack.seq + 1):
+                    latencies.append(now - sent[seq])
+                async with progress:
+                    acked = max(acked, ack.seq)
+                    progress.notify_all()
+
+        reader = asyncio.create_task(read_acks())
+        for seq, data in enumerate(frames, start=1):
+            async with progress:
+                await progress.wait_for(lambda s=seq: s - acked <= window)
+            sent[seq] = time.perf_counter()
+            await ws.send(data)
+        await reader
+        await ws.send(encode(Bye(run, len(frames) + 1)))
+        await ws.recv()
+
+
+async def throughput(
+    url: str,
+    agents: int,
+    n: int,
+    histogram: bool,
+    timeout: float,
+    tag: str,
+    window: int,
+) -> dict[str, Any]:
+    frames = {
+        f"{tag}-{a}": [frame(f"{tag}-{a}", s, histogram) for s in range(1, n + 1)]
+        for a in range(agents)
+    }
+    size = statistics.mean(len(f) for fs in frames.values() for f in fs[:10])
+    latencies: list[float] = []
+    start = time.perf_counter()
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(agent(url, run, fs, latencies, window) for run, fs in frames.items())
+        ),
+        timeout,
+    )
+    elapsed = time.perf_counter() - start
+    lat = sorted(latencies)
+    return {
+        "agents": agents,
+        "window": window,
+        "frames_per_agent": n,
+        "frame_bytes": round(size),
+        "seconds": round(elapsed, 3),
+        "frames_per_s": round(agents * n / elapsed),
+        "ack_p50_ms": round(lat[len(lat) // 2] * 1e3, 2),
+        "ack_p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 2),
+        "ack_max_ms": round(lat[-1] * 1e3, 2),
+    }
+
+
+async def fill(url: str, run: str, steps: int, timeout: float) -> None:
+    await asyncio.wait_for(
+        agent(url, run, [frame(run, s, True) for s in range(1, steps + 1)], [], 256),
+        timeout,
+    )
+
+
+@contextmanager
+def server(**env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``glasscockpit serve`` on a free port with GLASSCOCKPIT_* overrides."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glasscockpit", "serve", "--port", str(port)],
+        env={**os.environ, **{f"GLASSCOCKPIT_{k.upper()}": v for k, v in env.items()}},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.1)
+        yield proc, base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=1000, help="frames per agent")
+    parser.add_argument("--window", type=int, default=32, help="unacked per agent")
+    parser.add_argument("--steps", type=int, default=50_000, help="long-run steps")
+    parser.add_argument("--runs", type=int, default=40, help="runs for memory")
+    parser.add_argument("--run-steps", type=int, default=2000, help="steps per run")
+    parser.add_argument("--max-runs", type=int, default=20)
+    parser.add_argument("--max-points", type=int, default=4096)
+    parser.add_argument("--timeout", type=float, default=300.0, help="cap per phase")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "command": " ".join(["python", *sys.argv]),
+    }
+    # Phase 1 measures the server, not the per-connection limiter (5,000 frames/s).
+    with server(rate_frames_per_s="1e9", rate_burst="1000000000", max_runs="1000") as (
+        proc,
+        base,
+    ):
+        url = base.replace("http", "ws") + "/v1/agent"
+        rows = []
+        for agents, hist in ((1, False), (args.agents, False), (args.agents, True)):
+            row = asyncio.run(
+                throughput(
+                    url,
+                    agents,
+                    args.frames,
+                    hist,
+                    args.timeout,
+                    f"t{len(rows)}",
+                    args.window,
+                )
+            )
+            row["histogram"] = hist
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        results["throughput"] = rows
+
+    memory: list[dict[str, Any]] = []
+    with server(
+        max_runs=str(args.max_runs),
+        max_points=str(args.max_points),
+        rate_frames_per_s="1e9",
+        rate_burst="1000000000",
+    ) as (proc, base):
+        url = base.replace("http", "ws") + "/v1/agent"
+
+        def sample(label: str) -> None:
+            m = metrics(base)
+            entry = {
+                "after": label,
+                "rss_mb": round(rss_bytes(proc.pid) / 2**20, 1),
+                "store_estimate_mb": round(m["memory_bytes"] / 2**20, 2),
+                "runs": m["runs"],
+                "points": m["points"],
+                "evicted": m["runs_evicted"],
+            }
+            memory.append(entry)
+            print(json.dumps(entry), flush=True)
+
+        sample("start")
+        for target in (args.steps // 5, args.steps):
+            asyncio.run(fill(url, f"long-{target}", target, args.timeout))
+            sample(f"+1 run of {target} steps")
+        for r in range(args.runs):
+            asyncio.run(fill(url, f"many-{r}", args.run_steps, args.timeout))
+            if r + 1 in (args.runs // 4, args.runs // 2, args.runs):
+                sample(f"+{r + 1} runs of {args.run_steps} steps")
+    results["memory"] = memory
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
