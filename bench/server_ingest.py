@@ -85,6 +85,13 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def metrics(base: str) -> dict[str, Any]:
     with urllib.request.urlopen(base + "/v1/metrics", timeout=10) as r:
         data: dict[str, Any] = json.loads(r.read())
@@ -221,6 +228,7 @@ def main() -> int:
         url = base.replace("http", "ws") + "/v1/agent"
         rows = []
         for agents, hist in ((1, False), (args.agents, False), (args.agents, True)):
+            server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
             row = asyncio.run(
                 throughput(
                     url,
@@ -233,6 +241,15 @@ def main() -> int:
                 )
             )
             row["histogram"] = hist
+            frames = agents * args.frames
+            # CPU per frame does not depend on what else shares the machine, unlike
+            # frames/s: it says what one core can take (1e6 / us_per_frame).
+            row["server_cpu_us_per_frame"] = round(
+                (cpu_seconds(proc.pid) - server_cpu) / frames * 1e6, 1
+            )
+            row["client_cpu_us_per_frame"] = round(
+                (time.process_time() - client_cpu) / frames * 1e6, 1
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
         results["throughput"] = rows
