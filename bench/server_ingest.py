@@ -202,6 +202,41 @@ def server(**env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         proc.wait(10)
 
 
+def memory_phase(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """RSS and the store's estimate as steps and runs accumulate."""
+    memory: list[dict[str, Any]] = []
+    with server(
+        max_runs=str(args.max_runs),
+        max_points=str(args.max_points),
+        rate_frames_per_s="1e9",
+        rate_burst="1000000000",
+    ) as (proc, base):
+        url = base.replace("http", "ws") + "/v1/agent"
+
+        def sample(label: str) -> None:
+            m = metrics(base)
+            entry = {
+                "after": label,
+                "rss_mb": round(rss_bytes(proc.pid) / 2**20, 1),
+                "store_estimate_mb": round(m["memory_bytes"] / 2**20, 2),
+                "runs": m["runs"],
+                "points": m["points"],
+                "evicted": m["runs_evicted"],
+            }
+            memory.append(entry)
+            print(json.dumps(entry), flush=True)
+
+        sample("start")
+        for target in (args.steps // 5, args.steps):
+            asyncio.run(fill(url, f"long-{target}", target, args.timeout))
+            sample(f"+1 run of {target} steps")
+        for r in range(args.runs):
+            asyncio.run(fill(url, f"many-{r}", args.run_steps, args.timeout))
+            if r + 1 in (args.runs // 4, args.runs // 2, args.runs):
+                sample(f"+{r + 1} runs of {args.run_steps} steps")
+    return memory
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=32)
@@ -213,6 +248,7 @@ def main() -> int:
     parser.add_argument("--max-runs", type=int, default=20)
     parser.add_argument("--max-points", type=int, default=4096)
     parser.add_argument("--timeout", type=float, default=300.0, help="cap per phase")
+    parser.add_argument("--no-memory", action="store_true", help="skip phase 2")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     results: dict[str, Any] = {
@@ -254,37 +290,8 @@ def main() -> int:
             print(json.dumps(row), flush=True)
         results["throughput"] = rows
 
-    memory: list[dict[str, Any]] = []
-    with server(
-        max_runs=str(args.max_runs),
-        max_points=str(args.max_points),
-        rate_frames_per_s="1e9",
-        rate_burst="1000000000",
-    ) as (proc, base):
-        url = base.replace("http", "ws") + "/v1/agent"
-
-        def sample(label: str) -> None:
-            m = metrics(base)
-            entry = {
-                "after": label,
-                "rss_mb": round(rss_bytes(proc.pid) / 2**20, 1),
-                "store_estimate_mb": round(m["memory_bytes"] / 2**20, 2),
-                "runs": m["runs"],
-                "points": m["points"],
-                "evicted": m["runs_evicted"],
-            }
-            memory.append(entry)
-            print(json.dumps(entry), flush=True)
-
-        sample("start")
-        for target in (args.steps // 5, args.steps):
-            asyncio.run(fill(url, f"long-{target}", target, args.timeout))
-            sample(f"+1 run of {target} steps")
-        for r in range(args.runs):
-            asyncio.run(fill(url, f"many-{r}", args.run_steps, args.timeout))
-            if r + 1 in (args.runs // 4, args.runs // 2, args.runs):
-                sample(f"+{r + 1} runs of {args.run_steps} steps")
-    results["memory"] = memory
+    if not args.no_memory:
+        results["memory"] = memory_phase(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
