@@ -1,4 +1,4 @@
-"""The sign-in form in a real browser: cookie set, dashboard loads, token not exposed."""
+"""The sign-in form in a real browser: cookie set, dashboard loads, token hidden."""
 
 from __future__ import annotations
 
@@ -36,6 +36,4 @@ def test_browser_signs_in_and_gets_the_dashboard():
         assert TOKEN not in cookies[COOKIE]["value"]
         # Scripts cannot read an HttpOnly cookie.
         assert COOKIE not in page.evaluate("document.cookie")
-        assert page.evaluate(
-            "fetch('/v1/runs').then(r => r.status)"
-        ) == 200
+        assert page.evaluate("fetch('/v1/runs').then(r => r.status)") == 200
