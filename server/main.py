@@ -6,9 +6,12 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glasscockpit import __version__
 from glasscockpit.server.auth import AuthMiddleware
@@ -73,6 +76,19 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
     app.state.store = store
     app.state.metrics = metrics
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # API clients get one error shape (ErrorOut) for every error, including a
+        # path no route matches (e.g. a run id holding an encoded newline).
+        if not request.url.path.startswith("/v1/"):
+            return await http_exception_handler(request, exc)
+        name = HTTPStatus(exc.status_code).phrase.replace(" ", "")
+        return JSONResponse(
+            {"error": name, "detail": str(exc.detail)},
+            exc.status_code,
+            headers=exc.headers,
+        )
+
     @app.exception_handler(PublicError)
     async def public_error(_request: Request, exc: PublicError) -> JSONResponse:
         return JSONResponse(
@@ -89,12 +105,10 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         include_in_schema=False,
     )
-    async def unknown_api_path(rest: str) -> JSONResponse:
+    async def unknown_api_path(rest: str) -> None:
         # Without this, Dash's catch-all page route would answer 200 with HTML for
         # API paths no route matches (e.g. a run id holding an encoded '/').
-        return JSONResponse(
-            {"error": "NotFound", "detail": f"No API route /v1/{rest[:200]}"}, 404
-        )
+        raise StarletteHTTPException(404, f"No API route /v1/{rest[:200]}")
 
     if dashboard:
         from glasscockpit.dashboard.app import create_dash
