@@ -162,3 +162,26 @@ def test_without_a_token_nothing_asks_for_one():
         assert c.get("/v1/runs").json() == []
         r = c.post("/login", data={"token": "anything", "next": "/v1/runs"})
         assert (r.status_code, r.headers["location"]) == (303, "/v1/runs")
+
+
+def test_serving_beyond_loopback_without_a_token_warns(caplog):
+    from glasscockpit.server.serve import make_server
+    from glasscockpit.server.settings import Settings
+
+    with caplog.at_level("WARNING", logger="glasscockpit.server"):
+        make_server(Settings(host="127.0.0.1", port=free_port()))
+        assert caplog.text == ""
+        make_server(Settings(host="0.0.0.0", port=free_port(), token="t"))
+        assert caplog.text == ""
+        make_server(Settings(host="0.0.0.0", port=free_port()))
+    assert "without GLASSCOCKPIT_TOKEN" in caplog.text
+
+
+def test_nonsense_limits_are_refused_at_start(monkeypatch):
+    from pydantic import ValidationError
+
+    from glasscockpit.server.settings import Settings
+
+    monkeypatch.setenv("GLASSCOCKPIT_MAX_RUNS", "0")
+    with pytest.raises(ValidationError, match="max_runs"):
+        Settings()
