@@ -381,6 +381,7 @@ class RunStore:
         if self.logs is None:
             return stats
         logs, self.logs = self.logs, None  # replayed frames are not logged again
+        loaded: list[str] = []
         try:
             for run_id in logs.run_ids():
                 try:
@@ -391,6 +392,7 @@ class RunStore:
                     continue
                 stats["replay.torn_bytes"] += torn
                 stats["replay.runs"] += 1
+                loaded.append(run_id)
                 for data in frames:
                     try:
                         frame = decode(data, max_frame_bytes)
@@ -407,6 +409,9 @@ class RunStore:
                     run.connected = 0
         finally:
             self.logs = logs
+        for run_id in loaded:
+            if run_id not in self.runs:  # evicted during replay (MAX_RUNS lowered)
+                logs.delete(run_id)
         return stats
 
     # -- reads ------------------------------------------------------------------

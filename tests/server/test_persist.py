@@ -211,3 +211,17 @@ def test_sigkill_mid_run_loses_no_frame_with_the_agents_resend(tmp_path: Path):
         series = get(base, "/v1/runs/survivor/series/loss?max_points=100000")
         assert series["step"] == list(range(n))  # type: ignore[index]
         assert series["count"] == n  # type: ignore[index]
+
+
+def test_lowering_max_runs_evicts_at_replay_and_deletes_those_logs(tmp_path):
+    logs = FrameLogs(tmp_path)
+    for i in range(4):
+        for f in [Hello(f"r{i}", 0, SPECS), *frames_of(f"r{i}", 2), Bye(f"r{i}", 3)]:
+            logs.append(f"r{i}", encode(f))
+        logs.close()
+        time.sleep(0.01)  # replay order follows modification times
+    store = RunStore(max_runs=2, logs=FrameLogs(tmp_path))
+    stats = store.replay(2**20)
+    assert stats["replay.runs"] == 4
+    assert sorted(store.runs) == ["r2", "r3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r2.frames", "r3.frames"]
