@@ -357,3 +357,26 @@ def test_rate_limit_slows_a_fast_agent_without_losing_frames():
         assert elapsed >= (n + 1 - burst) / rate * 0.9
         assert counters(s)["ingest.throttled"] > 0
         assert len(get(s, "/v1/runs/fast/series/loss")["step"]) == n  # type: ignore[index]
+
+
+def test_byte_rate_limit_slows_big_frames_without_losing_them():
+    rate, n, size = 100_000.0, 50, 4000
+    with (
+        live_server(free_port(), rate_bytes_per_s=rate, max_frame_bytes=8192) as s,
+        connect(s.ws + "/v1/agent", compression=None) as ws,
+    ):
+        ws.send(hello("bulky"))
+        ws.recv(timeout=5)
+        blob = Array("|u1", (size,), bytes(size))
+        start = time.monotonic()
+        for seq in range(1, n + 1):
+            ws.send(encode(Readings("bulky", seq, seq, 1.0, {"h": blob})))
+        last = 0
+        while last < n:
+            last = decode(ws.recv(timeout=10)).seq
+        elapsed = time.monotonic() - start
+        # Burst of one second's worth (100 kB), then 100 kB/s: a lower bound.
+        assert elapsed >= (n * size - rate) / rate * 0.9
+        assert counters(s)["ingest.throttled"] > 0
+        hist = get(s, "/v1/runs/bulky/histograms/h?last=100")
+        assert hist["count"] == n  # type: ignore[index]
