@@ -63,7 +63,13 @@ async def ingest(ws: WebSocket) -> None:
                 run = store.get(run_id)
                 if run is not None:
                     run.connected += 1
-            await ws.send_bytes(encode(Ack(frame.run, frame.seq)))
+            ack = frame.seq
+            stored = store.get(frame.run) if isinstance(frame, Hello) else None
+            if stored is not None:
+                # The hello's ack tells a reconnecting agent what is already stored,
+                # so it resends only what this server lacks (e.g. after a restart).
+                ack = max(ack, stored.last_seq)
+            await ws.send_bytes(encode(Ack(frame.run, ack)))
     except WebSocketDisconnect:
         return
     finally:
