@@ -1,0 +1,134 @@
+"""The real server process dies mid-run (SIGKILL) and comes back on the same port.
+
+Training must finish undisturbed, and afterwards the restarted server must hold
+every tracked step exactly once, although it kept nothing of the first process
+(the store is in memory): the agent learns that from the hello's ack and resends
+acknowledged frames from its history, then the spill backlog, then the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from glasscockpit.agent import Cockpit
+from glasscockpit.agent.transport import TransportOptions
+from tests.conftest import free_port
+from tests.e2e.harness import get_json, server_process
+
+
+@contextmanager
+def _killable_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``glasscockpit serve`` in a subprocess the test can SIGKILL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glasscockpit", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if get_json(f"http://127.0.0.1:{port}/healthz") == {"status": "ok"}:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "no server"
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def _step(cockpit: Cockpit, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    cockpit.optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(cockpit.model(x), y)
+    with cockpit.step(step, loss=loss):
+        loss.backward()
+    cockpit.optimizer.step()
+    time.sleep(0.01)
+
+
+def test_server_killed_and_restarted_store_holds_every_step_once(
+    torch_threads, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("GLASSCOCKPIT_SPILL_DIR", str(tmp_path))
+    port = free_port()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 5))
+    x, y = torch.randn(16, 10), torch.randint(0, 5, (16,))
+    with _killable_server(port) as proc:
+        cockpit = Cockpit(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.05),
+            run="killed",
+            server=f"ws://127.0.0.1:{port}",
+            transport_options=TransportOptions(backoff=(0.05, 0.5)),
+        )
+        for step in range(0, 30):
+            _step(cockpit, step, x, y)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # Training goes on while nothing listens on the port.
+        for step in range(30, 60):
+            _step(cockpit, step, x, y)
+    assert cockpit.stats.state == "reconnecting"
+    assert cockpit.stats.spilled > 0
+    with server_process(port) as base:
+        for step in range(60, 90):
+            _step(cockpit, step, x, y)
+        cockpit.close()
+        series = get_json(f"{base}/v1/runs/killed/series/loss?max_points=100000")
+        run = get_json(f"{base}/v1/runs/killed")
+    assert series["step"] == list(range(90))
+    assert series["count"] == 90
+    assert run["status"] == "finished"
+    stats = cockpit.stats
+    assert stats.dropped == 0 and stats.pending == 0 and stats.reconnects >= 1
+    # Everything was delivered, so no spill file is left behind.
+    assert not any(tmp_path.iterdir())
+
+
+def test_sync_command_uploads_a_recording_once(torch_threads, tmp_path):
+    port = free_port()
+    record = tmp_path / "rec.gcp"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 5))
+    x, y = torch.randn(16, 10), torch.randint(0, 5, (16,))
+    cockpit = Cockpit(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        run="synced",
+        server=None,
+        record=record,
+    )
+    for step in range(20):
+        _step(cockpit, step, x, y)
+    cockpit.close()
+    cmd = [sys.executable, "-m", "glasscockpit", "sync", str(record)]
+    with server_process(port) as base:
+        outs = []
+        for _ in range(2):
+            done = subprocess.run(
+                [*cmd, "--server", base],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "GLASSCOCKPIT_TOKEN": ""},
+            )
+            assert done.returncode == 0, done.stderr
+            outs.append(done.stdout)
+        series = get_json(f"{base}/v1/runs/synced/series/loss?max_points=100000")
+    assert "run synced: 21 frame(s) uploaded, 0 already on the server" in outs[0]
+    assert "run synced: 0 frame(s) uploaded, 21 already on the server" in outs[1]
+    assert series["step"] == list(range(20)) and series["count"] == 20
