@@ -286,3 +286,35 @@ def test_record_without_server_keeps_readings_and_file(torch_threads, tmp_path):
     frames = _frames_in(path)
     assert [f.seq for f in frames] == list(range(14))
     assert [f.values["loss"] for f in frames[1:13]] == pytest.approx(losses)
+
+
+def test_host_copy_on_cpu_is_ready_and_exact():
+    from glasscockpit.agent.packing import HostCopy, pack_readings
+
+    counts = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    readings = {"loss": torch.tensor(0.25), "hist": {"counts": counts, "n": 3.0}}
+    copy = HostCopy(readings)
+    assert not copy.on_device
+    values = copy.values()
+    assert values["loss"] == 0.25
+    arr = values["hist"]["counts"]
+    assert arr.shape == (2, 3) and arr.dtype == "<f8"
+    assert values["hist"]["n"] == 3.0
+    frame = pack_readings("r", 1, 0, 0.0, readings, {})
+    assert isinstance(frame, Readings) and frame.values == values
+
+
+@pytest.mark.cuda
+def test_host_copy_on_cuda_is_deferred_and_exact():
+    from glasscockpit.agent.packing import DeferredReadings, pack_readings
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    x = torch.randn(1000, device="cuda")
+    readings = {"loss": x.sum(), "norms": {"a": x.norm(), "b": x[:10]}}
+    frame = pack_readings("r", 1, 0, 0.0, readings, {})
+    assert isinstance(frame, DeferredReadings)
+    values = frame.resolve().values
+    assert values["loss"] == pytest.approx(x.sum().item(), rel=1e-6)
+    assert values["norms"]["a"] == pytest.approx(x.norm().item(), rel=1e-6)
+    assert values["norms"]["b"].shape == (10,)

@@ -132,3 +132,58 @@ def test_sync_command_uploads_a_recording_once(torch_threads, tmp_path):
     assert "run synced: 21 frame(s) uploaded, 0 already on the server" in outs[0]
     assert "run synced: 0 frame(s) uploaded, 21 already on the server" in outs[1]
     assert series["step"] == list(range(20)) and series["count"] == 20
+
+
+EXIT_SCRIPT = """
+import sys, torch
+from torch import nn
+from glasscockpit.agent import Cockpit
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 5))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+cockpit = Cockpit(model, opt, run="no-close", server=sys.argv[1])
+x, y = torch.randn(16, 10), torch.randint(0, 5, (16,))
+for step in range(25):
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    with cockpit.step(step, loss=loss):
+        loss.backward()
+    opt.step()
+print("training done", flush=True)
+# no cockpit.close(): the interpreter's exit must flush, bounded, and say so
+"""
+
+
+def test_interpreter_exit_without_close_saves_frames_and_says_so(tmp_path):
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, f"ws://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "GLASSCOCKPIT_SPILL_DIR": str(tmp_path),
+            "GLASSCOCKPIT_CLOSE_TIMEOUT": "2",
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "training done"
+    lines = [ln for ln in done.stderr.splitlines() if "not delivered" in ln]
+    assert len(lines) == 1, done.stderr
+    assert "glasscockpit sync" in lines[0] and "no-close.gcp" in lines[0]
+    # One warning for the state change, one for the exit: never one per step.
+    assert done.stderr.count("glasscockpit:") == 2, done.stderr
+    with server_process(port) as base:
+        sync = subprocess.run(
+            [sys.executable, "-m", "glasscockpit", "sync", "--quiet"]
+            + [str(tmp_path / "no-close.gcp"), "--server", base],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert sync.returncode == 0, sync.stderr
+        series = get_json(f"{base}/v1/runs/no-close/series/loss?max_points=100000")
+        run = get_json(f"{base}/v1/runs/no-close")
+    assert series["step"] == list(range(25)) and series["count"] == 25
+    assert run["status"] == "finished"
