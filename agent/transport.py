@@ -206,6 +206,8 @@ class TransportOptions:
         spill_max_bytes: disk budget of the spill or recording file.
         max_frame_bytes: larger frames are dropped (the server would refuse them).
         backoff: first and largest reconnect delay in seconds (jittered, doubled).
+        pack_interval: how often the packer looks for new frames, in seconds; the
+            training thread never wakes it, so this bounds the added latency.
         open_timeout: seconds to open a connection and get the hello acknowledged.
     """
 
@@ -217,6 +219,7 @@ class TransportOptions:
     spill_max_bytes: int = 2**30
     max_frame_bytes: int = 8 * 2**20
     backoff: tuple[float, float] = (0.2, 10.0)
+    pack_interval: float = 0.01
     open_timeout: float = 5.0
 
 
@@ -312,8 +315,9 @@ class WebSocketTransport:
         if len(self._handoff) >= self.options.max_queue:
             self._drop(1, "the hand-off queue was full (packer thread stalled)")
             return
+        # No wake-up call: the packer polls every ``pack_interval`` seconds, so a
+        # step costs one append and frames are packed in batches.
         self._handoff.append(frame)
-        self._handoff_ready.set()
 
     def close(self, timeout: float) -> None:
         """Deliver for at most ``timeout`` seconds; leave the rest in the spill file.
@@ -445,7 +449,6 @@ class WebSocketTransport:
             self._backlog_frames += 1
             self.stats.spilled += 1
         self._update_pending()
-        self._lock.notify_all()
 
     # -- packer thread -----------------------------------------------------------
     def _pack_loop(self) -> None:
@@ -453,24 +456,30 @@ class WebSocketTransport:
             if not self._handoff:
                 if self._closing or self._stop.is_set():
                     return
-                self._handoff_ready.wait(0.1)
+                self._handoff_ready.wait(self.options.pack_interval)
                 self._handoff_ready.clear()
                 continue
-            item = self._handoff.popleft()
-            try:
-                frame = resolve(item)
-                data = encode(frame)
-            except Exception as exc:  # noqa: BLE001 - a bad frame must not stop us
-                self._drop(1, f"a frame could not be read or encoded ({exc})")
-                continue
-            if len(data) > self.options.max_frame_bytes:
-                self._drop(1, f"a frame is larger than {self.options.max_frame_bytes}")
-                continue
-            with self._lock:
-                if self._stop.is_set():
-                    self._drop(1, "close() timed out before it was packed")
+            packed: list[tuple[int, bytes]] = []
+            while self._handoff and len(packed) < 256:
+                item = self._handoff.popleft()
+                try:
+                    frame = resolve(item)
+                    data = encode(frame)
+                except Exception as exc:  # noqa: BLE001 - a bad frame must not stop us
+                    self._drop(1, f"a frame could not be read or encoded ({exc})")
                     continue
-                self._place(frame.seq, data)
+                if len(data) > self.options.max_frame_bytes:
+                    limit = self.options.max_frame_bytes
+                    self._drop(1, f"a frame is larger than {limit} bytes")
+                    continue
+                packed.append((frame.seq, data))
+            with self._lock:
+                for seq, data in packed:
+                    if self._stop.is_set():
+                        self._drop(1, "close() timed out before it was packed")
+                    else:
+                        self._place(seq, data)
+                self._lock.notify_all()
 
     # -- sender thread -----------------------------------------------------------
     def _set_state(self, state: str, error: str = "") -> None:
