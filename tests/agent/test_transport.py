@@ -88,7 +88,10 @@ def test_live_delivery_every_frame_once_no_spill_file(torch_threads, spill_dir):
     assert not spill_dir.exists() or not any(spill_dir.iterdir())
 
 
-def test_server_restart_without_persistence_gets_every_step(torch_threads, spill_dir):
+def test_server_restart_without_persistence_gets_every_step(
+    torch_threads, spill_dir, caplog
+):
+    caplog.set_level(logging.WARNING, logger="glasscockpit.agent")
     port = free_port()
     with live_server(port) as srv:
         cockpit = _cockpit("restart", srv.ws)
@@ -109,6 +112,10 @@ def test_server_restart_without_persistence_gets_every_step(torch_threads, spill
         assert srv.store.get("restart").status == "finished"
     assert cockpit.stats.resent >= 20
     assert cockpit.stats.dropped == 0 and cockpit.stats.pending == 0
+    # One warning per state change: lost, then back; none per step.
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "lost the connection" in messages[0] and "again" in messages[1]
 
 
 def test_server_never_started_then_sync_uploads_exactly_once(
@@ -318,3 +325,31 @@ def test_host_copy_on_cuda_is_deferred_and_exact():
     assert values["loss"] == pytest.approx(x.sum().item(), rel=1e-6)
     assert values["norms"]["a"] == pytest.approx(x.norm().item(), rel=1e-6)
     assert values["norms"]["b"].shape == (10,)
+
+
+def test_protocol_version_close_is_fatal(torch_threads, spill_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="glasscockpit.agent")
+
+    def handler(ws: ServerConnection) -> None:
+        ws.recv()
+        ws.close(1002, "protocol version 1 is not supported; this side speaks 2")
+
+    port = free_port()
+    server = serve(handler, "127.0.0.1", port, compression=None)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cockpit = _cockpit("oldproto", f"ws://127.0.0.1:{port}")
+        _train(cockpit, range(10), pause=0.01)
+        state = cockpit.stats.state
+        cockpit.close()
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert state == "rejected" and cockpit.stats.reconnects == 0
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(rejected) == 1 and "1002" in rejected[0]
+    # Frames held in memory while connecting are saved at close, after the ones
+    # spilled since the rejection: the file is complete, not sorted (sync sorts).
+    frames = _frames_in(spill_dir / "oldproto.gcp")
+    assert sorted(f.seq for f in frames) == list(range(12))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import torch
 from torch import nn
 
@@ -23,6 +24,8 @@ from glasscockpit.agent import Cockpit
 from glasscockpit.agent.transport import TransportOptions
 from tests.conftest import free_port
 from tests.e2e.harness import get_json, server_process
+
+pytestmark = pytest.mark.e2e
 
 
 @contextmanager
