@@ -315,9 +315,12 @@ class WebSocketTransport:
         if len(self._handoff) >= self.options.max_queue:
             self._drop(1, "the hand-off queue was full (packer thread stalled)")
             return
-        # No wake-up call: the packer polls every ``pack_interval`` seconds, so a
-        # step costs one append and frames are packed in batches.
+        # Usually no wake-up call: the packer polls every ``pack_interval`` seconds,
+        # so a step costs one append and frames are packed in batches. Only a burst
+        # that half fills the queue wakes it early.
         self._handoff.append(frame)
+        if len(self._handoff) * 2 >= self.options.max_queue:
+            self._handoff_ready.set()
 
     def close(self, timeout: float) -> None:
         """Deliver for at most ``timeout`` seconds; leave the rest in the spill file.
