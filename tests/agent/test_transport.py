@@ -353,3 +353,23 @@ def test_protocol_version_close_is_fatal(torch_threads, spill_dir, caplog):
     # spilled since the rejection: the file is complete, not sorted (sync sorts).
     frames = _frames_in(spill_dir / "oldproto.gcp")
     assert sorted(f.seq for f in frames) == list(range(12))
+
+
+def test_sync_of_a_file_cut_mid_record_uploads_every_complete_frame(
+    torch_threads, tmp_path, caplog
+):
+    path = tmp_path / "cut.gcp"
+    cockpit = _cockpit("cut", None, record=path)
+    _train(cockpit, range(30))
+    cockpit.close()
+    records = list(iter_records(path))
+    # Killed while writing the 21st reading: 20 readings survive.
+    cut = records[21].offset + 7
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    with live_server(free_port()) as srv:
+        results = sync_files([path], srv.ws, progress=False)
+        assert [(r.uploaded, r.error) for r in results] == [(20, "")]
+        assert _stored_steps(srv, "cut") == (list(range(20)), 20)
+    torn = [r.getMessage() for r in caplog.records if "incomplete" in r.getMessage()]
+    assert len(torn) == 1
