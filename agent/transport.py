@@ -35,13 +35,19 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from glasscockpit.agent.spill import HEADER_SIZE, SpillWriter, iter_records
+from glasscockpit.agent.spill import (
+    HEADER_SIZE,
+    MAX_RECORD,
+    SpillWriter,
+    iter_records,
+)
 from glasscockpit.protocol import (
     Ack,
     Bye,
@@ -222,6 +228,9 @@ class TransportOptions:
     pack_interval: float = 0.01
     open_timeout: float = 5.0
 
+
+#: Bytes of the spill file read back per batch.
+_SLICE = 2**20
 
 # (seq, encoded frame, already written to the spill/record file)
 _Entry = tuple[int, bytes, bool]
@@ -698,17 +707,25 @@ class WebSocketTransport:
         room = max(1, min(256, self.options.max_inflight - len(self._unacked)))
         moved = 0
         end = self._backlog_start
+        start, stop = self._backlog_start, self._backlog_end
         try:
-            for record in iter_records(
-                self.spill_path, self._backlog_start, self._backlog_end
-            ):
+            # Read a bounded slice, never the whole backlog (it may be GiBs); if
+            # one record is larger than the slice, read just enough for it.
+            records = list(
+                islice(
+                    iter_records(self.spill_path, start, min(stop, start + _SLICE)),
+                    room,
+                )
+            )
+            if not records and start + _SLICE < stop:
+                limit = min(stop, start + HEADER_SIZE + MAX_RECORD)
+                records = list(islice(iter_records(self.spill_path, start, limit), 1))
+            for record in records:
                 seq = decode(record.payload).seq
                 self._outbox.append((seq, record.payload, True))
                 self._memory_bytes += len(record.payload)
                 end = record.end
                 moved += 1
-                if moved >= room:
-                    break
         except (OSError, ProtocolError) as exc:
             lost = self._backlog_frames
             self._backlog_frames = 0

@@ -18,9 +18,13 @@ from websockets.sync.server import ServerConnection, serve
 
 from glasscockpit.agent import Cockpit
 from glasscockpit.agent.spill import iter_records, scan
-from glasscockpit.agent.transport import TransportOptions, WebSocketTransport
+from glasscockpit.agent.transport import (
+    TransportOptions,
+    WebSocketTransport,
+    wait_delivered,
+)
 from glasscockpit.cli import main as cli_main
-from glasscockpit.protocol import Ack, Bye, Hello, Readings, decode, encode
+from glasscockpit.protocol import Ack, Array, Bye, Hello, Readings, decode, encode
 from glasscockpit.sync import sync_files
 from tests.conftest import free_port
 from tests.server.harness import LiveServer, live_server
@@ -373,3 +377,32 @@ def test_sync_of_a_file_cut_mid_record_uploads_every_complete_frame(
         assert _stored_steps(srv, "cut") == (list(range(20)), 20)
     torn = [r.getMessage() for r in caplog.records if "incomplete" in r.getMessage()]
     assert len(torn) == 1
+
+
+def test_large_spill_backlog_is_read_back_in_order(tmp_path):
+    port = free_port()
+    hello = Hello(run="backlog", seq=0, instruments=())
+    transport = WebSocketTransport(
+        f"ws://127.0.0.1:{port}/v1/agent", hello, spill_dir=tmp_path, options=FAST
+    )
+    # 3 MB of ordinary frames and one frame larger than a read-back slice (1 MiB).
+    small = Array("<f8", (256,), bytes(range(256)) * 8)
+    big = Array("|u1", (1_500_000,), bytes(1_500_000))
+    for seq in range(1, 1501):
+        values = {"loss": float(seq), "h": big if seq == 700 else small}
+        transport.send(Readings("backlog", seq, seq - 1, 0.0, values))
+        if seq % 200 == 0:
+            time.sleep(0.02)  # let the packer keep up, as a training loop would
+    deadline = time.monotonic() + 10
+    while transport.stats.spilled < 1500 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert transport.stats.spilled == 1500 and transport.stats.state == "offline"
+    with live_server(port) as srv:
+        assert wait_delivered(transport, 30)
+        transport.close(5)
+        stored = srv.store.get("backlog")
+        series = stored.series[("loss", "total")]
+        assert [int(s) for s in series.view(None, None).step] == list(range(1500))
+        assert series.count == 1500
+        assert stored.histograms["h"][-1].step == 1499
+    assert transport.stats.dropped == 0 and transport.stats.acked == 1500
