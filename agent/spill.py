@@ -19,6 +19,7 @@ one bad record never hides the ones after it.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import struct
 import zlib
@@ -63,10 +64,9 @@ class ScanReport:
     valid_end: int = 0  # offset just past the last intact record
 
 
-def _read_from(path: Path, start: int, stop: int | None) -> bytes:
+def _read_head(path: Path) -> bytes:
     with open(path, "rb") as f:
-        f.seek(start)
-        return f.read() if stop is None else f.read(max(0, stop - start))
+        return f.read(len(FILE_MAGIC))
 
 
 def iter_records(
@@ -76,6 +76,8 @@ def iter_records(
     report: ScanReport | None = None,
 ) -> Iterator[Record]:
     """Yield the intact records of ``path`` between offsets ``start`` and ``stop``.
+
+    The file is memory-mapped, so a large file is not read into memory at once.
 
     Args:
         path: a spill or recording file.
@@ -89,7 +91,7 @@ def iter_records(
     path = Path(path)
     report = report if report is not None else ScanReport()
     if start is None:
-        head = _read_from(path, 0, len(FILE_MAGIC))
+        head = _read_head(path)
         if head != FILE_MAGIC:
             if FILE_MAGIC.startswith(head):  # a crash while writing the magic
                 report.torn_tail = len(head)
@@ -97,12 +99,17 @@ def iter_records(
             raise ValueError(f"{path} is not a glasscockpit spill file")
         start = len(FILE_MAGIC)
     report.valid_end = start
-    # Reading the whole range at once is fine: the callers stream files of at most
-    # the disk budget, and the sender reads bounded slices.
-    raw = _read_from(path, start, stop)
-    data = memoryview(raw)
-    pos = 0
-    n = len(data)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        end = size if stop is None else min(stop, size)
+        if end <= start:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield from _parse(data, start, end, report)
+
+
+def _parse(data: mmap.mmap, pos: int, n: int, report: ScanReport) -> Iterator[Record]:
+    """Records in ``data[pos:n]``; offsets are absolute."""
     while pos < n:
         if n - pos < HEADER_SIZE:
             report.torn_tail = n - pos
@@ -110,24 +117,24 @@ def iter_records(
         mark, length, crc = _HEADER.unpack_from(data, pos)
         body_end = pos + HEADER_SIZE + length
         if mark == RECORD_MARK and length <= MAX_RECORD and body_end <= n:
-            payload = bytes(data[pos + HEADER_SIZE : body_end])
+            payload = data[pos + HEADER_SIZE : body_end]
             if zlib.crc32(payload) == crc:
                 report.records += 1
-                report.valid_end = start + body_end
-                yield Record(start + pos, payload)
+                report.valid_end = body_end
+                yield Record(pos, payload)
                 pos = body_end
                 continue
         if mark == RECORD_MARK and length <= MAX_RECORD and body_end > n:
             # Plausible header whose body runs past the end: either a torn tail or
             # damage; only a later intact record can tell which.
-            nxt = _find_next(raw, pos + 1)
+            nxt = _find_next(data, pos + 1, n)
             if nxt < 0:
                 report.torn_tail = n - pos
                 return
             report.skipped_bytes += nxt - pos
             pos = nxt
             continue
-        nxt = _find_next(raw, pos + 1)
+        nxt = _find_next(data, pos + 1, n)
         if nxt < 0:
             report.skipped_bytes += n - pos
             return
@@ -135,12 +142,10 @@ def iter_records(
         pos = nxt
 
 
-def _find_next(raw: bytes, pos: int) -> int:
-    """Offset of the next intact record at or after ``pos``, or -1."""
-    data = memoryview(raw)
-    n = len(raw)
+def _find_next(data: mmap.mmap, pos: int, n: int) -> int:
+    """Offset of the next intact record in ``data[pos:n]``, or -1."""
     while True:
-        pos = raw.find(RECORD_MARK, pos)
+        pos = data.find(RECORD_MARK, pos, n)
         if pos < 0 or n - pos < HEADER_SIZE:
             return -1
         _, length, crc = _HEADER.unpack_from(data, pos)

@@ -36,12 +36,25 @@ class SyncError(RuntimeError):
 
 @dataclass
 class RunFrames:
-    """One run's frames found in the files: its hello and frames by seq."""
+    """One run's frames found in the files: its hello, and where each frame is.
+
+    Frames are located by (file, record offset) and read again when sent, so a
+    large file is never held in memory whole.
+    """
 
     run: str
     hello: bytes | None = None
     hello_seq: int = -1
-    frames: dict[int, bytes] = field(default_factory=dict)
+    frames: dict[int, tuple[Path, int]] = field(default_factory=dict)
+
+    def payload(self, seq: int) -> bytes:
+        """The encoded frame ``seq``, read back from its file."""
+        path, offset = self.frames[seq]
+        for record in iter_records(path, offset):
+            if record.offset == offset:
+                return record.payload
+            break
+        raise SyncError(f"{path}: the record at offset {offset} can no longer be read")
 
 
 @dataclass
@@ -92,7 +105,7 @@ def read_files(
                 if frame.seq >= entry.hello_seq:
                     entry.hello, entry.hello_seq = record.payload, frame.seq
             else:
-                entry.frames.setdefault(frame.seq, record.payload)
+                entry.frames.setdefault(frame.seq, (path, record.offset))
         reports.append(report)
     return runs, reports
 
@@ -154,7 +167,7 @@ def upload_run(
             sent = 0
             while sent < len(todo) or (todo and acked < todo[-1]):
                 while sent < len(todo) and sent - _acked_count(todo, acked) < WINDOW:
-                    ws.send(run.frames[todo[sent]])
+                    ws.send(run.payload(todo[sent]))
                     sent += 1
                 before = _acked_count(todo, acked)
                 acked = max(acked, _wait_ack(ws, acked, ack_timeout))
