@@ -71,6 +71,13 @@ def _stored_steps(srv: LiveServer, run: str) -> tuple[list[int], int]:
     return [int(s) for s in series.view(None, None).step], series.count
 
 
+def _wait_state(cockpit: Cockpit, state: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while cockpit.stats.state != state and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cockpit.stats.state
+
+
 def _frames_in(path) -> list:
     return [decode(r.payload) for r in iter_records(path)]
 
@@ -104,8 +111,8 @@ def test_server_restart_without_persistence_gets_every_step(
         while cockpit.stats.acked < 20 and time.monotonic() < deadline:
             time.sleep(0.01)
     # The server is gone: training goes on, frames go to the spill file.
+    assert _wait_state(cockpit, "reconnecting") == "reconnecting"
     _train(cockpit, range(20, 40), pause=0.005)
-    assert cockpit.stats.state == "reconnecting"
     assert cockpit.stats.spilled > 0
     with live_server(port) as srv:
         _train(cockpit, range(40, 60), pause=0.005)
@@ -156,7 +163,7 @@ def test_wrong_token_stops_retrying_warns_once_records_locally(
     with live_server(free_port(), token="right") as srv:
         cockpit = _cockpit("badtoken", srv.ws, token="wrong")
         _train(cockpit, range(15), pause=0.01)
-        state = cockpit.stats.state
+        state = _wait_state(cockpit, "rejected")
         cockpit.close()
         assert state == "rejected"
         assert cockpit.stats.reconnects == 0 and cockpit.stats.sent == 0
@@ -205,6 +212,7 @@ def test_server_that_never_acks_spills_and_training_finishes(torch_threads, spil
             close_timeout=0.5,
             transport_options=options,
         )
+        assert _wait_state(cockpit, "live") == "live"
         _train(cockpit, range(40))
         stats = cockpit.stats
         assert stats.state == "live"
@@ -345,7 +353,7 @@ def test_protocol_version_close_is_fatal(torch_threads, spill_dir, caplog):
     try:
         cockpit = _cockpit("oldproto", f"ws://127.0.0.1:{port}")
         _train(cockpit, range(10), pause=0.01)
-        state = cockpit.stats.state
+        state = _wait_state(cockpit, "rejected")
         cockpit.close()
     finally:
         server.shutdown()

@@ -53,6 +53,13 @@ def _killable_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(10)
 
 
+def _wait_state(cockpit: Cockpit, state: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while cockpit.stats.state != state and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cockpit.stats.state == state
+
+
 def _step(cockpit: Cockpit, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
     cockpit.optimizer.zero_grad()
     loss = nn.functional.cross_entropy(cockpit.model(x), y)
@@ -82,6 +89,7 @@ def test_server_killed_and_restarted_store_holds_every_step_once(
             _step(cockpit, step, x, y)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        _wait_state(cockpit, "reconnecting")
         # Training goes on while nothing listens on the port.
         for step in range(30, 60):
             _step(cockpit, step, x, y)
