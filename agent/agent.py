@@ -225,16 +225,21 @@ class Cockpit:
         yield True
         self._track(step, loss, batch_size, due)
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
         """Send the final frame and flush for at most the configured timeout.
 
         Frames still undelivered then stay in the spill file; one log line says
         where and how to upload them. Never raises.
+
+        Args:
+            status: "finished", or "failed" (used at interpreter exit after an
+                uncaught exception).
         """
         if self._closed:
             return
         self._closed = True
-        self._send_frame(Bye(run=self.run, seq=self._next_seq(), status="finished"))
+        status = status if status in ("finished", "failed") else "finished"
+        self._send_frame(Bye(run=self.run, seq=self._next_seq(), status=status))
         try:
             self.transport.close(self._close_timeout)
         except Exception:  # noqa: BLE001 - monitoring never breaks training
@@ -327,7 +332,9 @@ class Cockpit:
 def _close_at_exit(ref: weakref.ReferenceType[Cockpit]) -> None:
     cockpit = ref()
     if cockpit is not None:
-        cockpit.close()
+        # The interpreter sets sys.last_value when the script died of an exception.
+        crashed = getattr(sys, "last_value", None) is not None
+        cockpit.close(status="failed" if crashed else "finished")
 
 
 def _to_python(value: Value) -> Any:

@@ -22,6 +22,7 @@ from torch import nn
 
 from glasscockpit.agent import Cockpit
 from glasscockpit.agent.transport import TransportOptions
+from glasscockpit.sync import sync_files
 from tests.conftest import free_port
 from tests.e2e.harness import get_json, server_process
 
@@ -186,15 +187,32 @@ def test_interpreter_exit_without_close_saves_frames_and_says_so(tmp_path):
     # One warning for the state change, one for the exit: never one per step.
     assert done.stderr.count("glasscockpit:") == 2, done.stderr
     with server_process(port) as base:
-        sync = subprocess.run(
-            [sys.executable, "-m", "glasscockpit", "sync", "--quiet"]
-            + [str(tmp_path / "no-close.gcp"), "--server", base],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert sync.returncode == 0, sync.stderr
+        results = sync_files([tmp_path / "no-close.gcp"], base, progress=False)
+        assert [(r.uploaded, r.error) for r in results] == [(26, "")]
         series = get_json(f"{base}/v1/runs/no-close/series/loss?max_points=100000")
         run = get_json(f"{base}/v1/runs/no-close")
     assert series["step"] == list(range(25)) and series["count"] == 25
     assert run["status"] == "finished"
+
+
+CRASH_SCRIPT = EXIT_SCRIPT.replace(
+    'print("training done", flush=True)', 'raise RuntimeError("diverged")'
+).replace('"no-close"', '"crashed"')
+
+
+def test_training_that_crashes_is_reported_failed(tmp_path):
+    port = free_port()
+    with server_process(port) as base:
+        done = subprocess.run(
+            [sys.executable, "-c", CRASH_SCRIPT, f"ws://127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "GLASSCOCKPIT_SPILL_DIR": str(tmp_path)},
+        )
+        run = get_json(f"{base}/v1/runs/crashed")
+        series = get_json(f"{base}/v1/runs/crashed/series/loss?max_points=100000")
+    assert done.returncode == 1 and "RuntimeError: diverged" in done.stderr
+    assert run["status"] == "failed"
+    assert series["step"] == list(range(25))
+    assert not any(tmp_path.iterdir())
