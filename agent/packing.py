@@ -6,6 +6,7 @@ training thread never synchronises with the GPU for monitoring.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,39 @@ from torch import Tensor
 from glasscockpit.agent.instruments.base import Reading
 from glasscockpit.protocol import Array, Readings, Value
 
+log = logging.getLogger("glasscockpit.agent")
+
 
 def _transfer_dtype(device: torch.device) -> torch.dtype:
     # MPS has no float64; elsewhere float64 keeps large histogram counts exact.
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+#: Cleared (once, with a warning) if pinned host memory cannot be allocated.
+_pinned_ok = [True]
+
+
+def _start_cuda_copy(flat: Tensor) -> tuple[Tensor, Any]:
+    """Queue a non-blocking copy of ``flat`` into pinned memory; (buffer, event)."""
+    try:
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+    except RuntimeError as exc:
+        # Pinned memory can be limited (containers, ulimit -l): fall back to one
+        # synchronous copy per step rather than losing the readings.
+        _pinned_ok[0] = False
+        log.warning(
+            "glasscockpit: pinned host memory is unavailable (%s); readings are "
+            "copied synchronously",
+            exc,
+        )
+        return flat.cpu(), None
+    host.copy_(flat, non_blocking=True)
+    # A blocking-sync event lets the waiting thread sleep instead of spinning.
+    event = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
+    event.record(torch.cuda.current_stream(flat.device))
+    # Freeing ``flat`` after this is safe: the caching allocator hands its block
+    # only to work queued after the copy on the same stream.
+    return host, event
 
 
 @dataclass(frozen=True)
@@ -62,14 +92,8 @@ class HostCopy:
                 slots[id(t)] = _Slot(len(self._chunks), offset, tuple(t.shape))
                 offset += t.numel()
             flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
-            if flat.is_cuda:
-                host = torch.empty(flat.shape, dtype=dtype, pin_memory=True)
-                host.copy_(flat, non_blocking=True)
-                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                event.record(torch.cuda.current_stream(flat.device))
-                # Freeing ``flat`` now is safe: the caching allocator hands its
-                # block only to work queued after the copy on the same stream.
-                self._chunks.append((host, event))
+            if flat.is_cuda and _pinned_ok[0]:
+                self._chunks.append(_start_cuda_copy(flat))
             else:
                 self._chunks.append((flat.cpu(), None))
 
@@ -99,7 +123,7 @@ class HostCopy:
             return self._values
         flats = []
         for buffer, event in self._chunks:
-            if event is not None:
+            if event is not None and not event.query():
                 event.synchronize()
             flats.append(buffer.numpy())
 
