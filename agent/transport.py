@@ -453,7 +453,11 @@ class WebSocketTransport:
             if not self._record:
                 offset = self._disk_write(data)
             if offset is None:
-                self._drop(1, "the server is unreachable and the disk budget is spent")
+                self._drop(
+                    1,
+                    "they can be neither sent nor kept in memory, and the spill "
+                    "file is full or cannot be written",
+                )
                 return
             if self._backlog_frames == 0:
                 self._backlog_start = offset
@@ -811,7 +815,17 @@ class WebSocketTransport:
                 self.stats.spill_path = None
             state = self.stats.state
             self.stats.state = "closed"
-        if self.url is not None and left:
+        if self.url is not None and left and not saved:
+            log.warning(
+                "glasscockpit: %d frame(s) of run %r not delivered to %s after %.1f s "
+                "(%s) and lost: no spill file could be written",
+                left,
+                self.hello.run,
+                self.url,
+                waited,
+                self.stats.last_error or state,
+            )
+        elif self.url is not None and left:
             log.warning(
                 "glasscockpit: %d frame(s) of run %r not delivered to %s after %.1f s "
                 "(%s); %d saved in %s, upload them with: glasscockpit sync %s "
