@@ -414,3 +414,21 @@ def test_large_spill_backlog_is_read_back_in_order(tmp_path):
         assert series.count == 1500
         assert stored.histograms["h"][-1].step == 1499
     assert transport.stats.dropped == 0 and transport.stats.acked == 1500
+
+
+def test_unwritable_spill_folder_drops_counted_and_training_finishes(
+    torch_threads, tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.WARNING, logger="glasscockpit.agent")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the spill folder should be")
+    monkeypatch.setenv("GLASSCOCKPIT_SPILL_DIR", str(blocker))
+    cockpit = _cockpit("nodisk", f"ws://127.0.0.1:{free_port()}")
+    _train(cockpit, range(20))
+    cockpit.close()
+    s = cockpit.stats
+    assert s.dropped == 21 and s.spilled == 0 and s.pending == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot write the spill file" in m for m in messages) == 1
+    assert sum("is dropping frames" in m for m in messages) == 1
+    assert len(messages) <= 5, messages  # per state change or reason, not per step
