@@ -21,12 +21,13 @@ from torch import Tensor, nn
 from glasscockpit.agent.config import AgentConfig, ingest_url
 from glasscockpit.agent.instruments import Instrument, Reading, resolve
 from glasscockpit.agent.needs import Need
-from glasscockpit.agent.packing import to_host
+from glasscockpit.agent.packing import DeferredReadings, pack_readings
 from glasscockpit.agent.schedules import describe
 from glasscockpit.agent.step import StepView
 from glasscockpit.agent.transport import (
     MemoryTransport,
     Transport,
+    TransportOptions,
     TransportStats,
     WebSocketTransport,
 )
@@ -117,6 +118,15 @@ class Cockpit:
         meta: extra run metadata (config, notes) shown on the dashboard.
         fail_mode: "disable" (default) turns off an instrument that raises, after one
             warning; "raise" re-raises (for tests).
+        record: also write every frame to this file, a recording that
+            ``glasscockpit sync FILE --server URL`` uploads later (works with
+            ``server=None`` too). Without it, frames go to a spill file under
+            ``GLASSCOCKPIT_SPILL_DIR`` only while the server cannot take them.
+        close_timeout: seconds ``close()`` (and interpreter exit) keeps delivering
+            before leaving the rest in the spill file; default
+            ``GLASSCOCKPIT_CLOSE_TIMEOUT`` or 5.
+        transport: where frames go (overrides ``server``; for tests).
+        transport_options: budgets and timings of the websocket transport.
     """
 
     def __init__(
@@ -130,7 +140,10 @@ class Cockpit:
         token: str | None = None,
         meta: dict[str, Any] | None = None,
         fail_mode: str = "disable",
+        record: str | os.PathLike[str] | None = None,
+        close_timeout: float | None = None,
         transport: Transport | None = None,
+        transport_options: TransportOptions | None = None,
     ) -> None:
         env = AgentConfig.from_env()
         if fail_mode not in FAIL_MODES:
@@ -166,16 +179,26 @@ class Cockpit:
             meta=plain({**_model_meta(model, optimizer), **(meta or {})}),
         )
         self._seq = 0
-        self._close_timeout = env.close_timeout
+        self._close_timeout = (
+            env.close_timeout if close_timeout is None else close_timeout
+        )
         server = env.server if server is _UNSET else server
         self.transport: Transport
         if transport is not None:
             self.transport = transport
         elif server is None:
-            self.transport = MemoryTransport()
+            self.transport = MemoryTransport(self.hello, record=record)
         else:
+            options = transport_options or TransportOptions(
+                spill_max_bytes=env.spill_max_bytes
+            )
             self.transport = WebSocketTransport(
-                ingest_url(server), self.hello, token=token or env.token
+                ingest_url(server),
+                self.hello,
+                token=token or env.token,
+                record=record,
+                spill_dir=env.spill_dir,
+                options=options,
             )
         if isinstance(self.transport, MemoryTransport):
             self.transport.send(self.hello)
@@ -202,13 +225,25 @@ class Cockpit:
         yield True
         self._track(step, loss, batch_size, due)
 
-    def close(self) -> None:
-        """Send the final frame and flush for at most the configured timeout."""
+    def close(self, status: str = "finished") -> None:
+        """Send the final frame and flush for at most the configured timeout.
+
+        Frames still undelivered then stay in the spill file; one log line says
+        where and how to upload them. Never raises.
+
+        Args:
+            status: "finished", or "failed" (used at interpreter exit after an
+                uncaught exception).
+        """
         if self._closed:
             return
         self._closed = True
-        self._send_frame(Bye(run=self.run, seq=self._next_seq(), status="finished"))
-        self.transport.close(self._close_timeout)
+        status = status if status in ("finished", "failed") else "finished"
+        self._send_frame(Bye(run=self.run, seq=self._next_seq(), status=status))
+        try:
+            self.transport.close(self._close_timeout)
+        except Exception:  # noqa: BLE001 - monitoring never breaks training
+            log.exception("glasscockpit: closing the transport failed")
 
     def __enter__(self) -> Cockpit:
         return self
@@ -218,7 +253,11 @@ class Cockpit:
 
     @property
     def stats(self) -> TransportStats:
-        """Delivery counters (sent, acked, resent, dropped, reconnects, state)."""
+        """Delivery counters and connection state (see ``TransportStats``).
+
+        sent, acked, resent, spilled, recorded, dropped, reconnects, pending, and
+        ``state``: live, connecting, offline, reconnecting, rejected, closed.
+        """
         return self.transport.stats
 
     @property
@@ -237,7 +276,7 @@ class Cockpit:
         self._seq += 1
         return self._seq
 
-    def _send_frame(self, frame: Hello | Readings | Bye) -> None:
+    def _send_frame(self, frame: Hello | Readings | Bye | DeferredReadings) -> None:
         try:
             self.transport.send(frame)
         except Exception:  # noqa: BLE001 - monitoring never breaks training
@@ -277,22 +316,25 @@ class Cockpit:
                         msg,
                     )
         try:
-            values = to_host(results)
+            # On CUDA this only queues the copy; the transport waits for it.
+            frame = pack_readings(
+                self.run, self._seq + 1, step, time.time(), results, errors
+            )
         except Exception as exc:
             if self.fail_mode == "raise":
                 raise
             log.warning("glasscockpit: [Step %d] could not read results: %s", step, exc)
             return
-        now = time.time()
-        self._send_frame(
-            Readings(self.run, self._next_seq(), step, now, values, errors)
-        )
+        self._next_seq()
+        self._send_frame(frame)
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Cockpit]) -> None:
     cockpit = ref()
     if cockpit is not None:
-        cockpit.close()
+        # The interpreter sets sys.last_value when the script died of an exception.
+        crashed = getattr(sys, "last_value", None) is not None
+        cockpit.close(status="failed" if crashed else "finished")
 
 
 def _to_python(value: Value) -> Any:

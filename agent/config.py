@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 #: ws:// URL of the glasscockpit server; "none" or "" keeps readings in memory only.
 ENV_SERVER = "GLASSCOCKPIT_SERVER"
@@ -16,9 +17,30 @@ ENV_TOKEN = "GLASSCOCKPIT_TOKEN"
 ENV_RUN = "GLASSCOCKPIT_RUN"
 #: Seconds ``close()`` waits for pending frames to be acknowledged.
 ENV_CLOSE_TIMEOUT = "GLASSCOCKPIT_CLOSE_TIMEOUT"
+#: Folder of spill files (frames kept on disk while the server is unreachable).
+ENV_SPILL_DIR = "GLASSCOCKPIT_SPILL_DIR"
+#: Disk budget of one run's spill or recording file, in MiB; frames beyond it drop.
+ENV_SPILL_MAX_MB = "GLASSCOCKPIT_SPILL_MAX_MB"
 
 DEFAULT_SERVER = "ws://127.0.0.1:8050"
 DEFAULT_CLOSE_TIMEOUT = 5.0
+DEFAULT_SPILL_MAX_MB = 1024.0
+
+
+def default_spill_dir() -> Path:
+    """``$XDG_CACHE_HOME/glasscockpit/spill``, else ``~/.cache/glasscockpit/spill``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return Path(cache) / "glasscockpit" / "spill"
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,8 @@ class AgentConfig:
     token: str | None = None
     run: str | None = None
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    spill_dir: Path | None = None
+    spill_max_bytes: int = int(DEFAULT_SPILL_MAX_MB * 2**20)
 
     @classmethod
     def from_env(cls) -> AgentConfig:
@@ -38,8 +62,12 @@ class AgentConfig:
             server=None if server.lower() in ("", "none") else server,
             token=os.environ.get(ENV_TOKEN) or None,
             run=os.environ.get(ENV_RUN) or None,
-            close_timeout=float(
-                os.environ.get(ENV_CLOSE_TIMEOUT, DEFAULT_CLOSE_TIMEOUT)
+            close_timeout=_float_env(ENV_CLOSE_TIMEOUT, DEFAULT_CLOSE_TIMEOUT),
+            spill_dir=Path(os.environ[ENV_SPILL_DIR])
+            if os.environ.get(ENV_SPILL_DIR)
+            else default_spill_dir(),
+            spill_max_bytes=int(
+                _float_env(ENV_SPILL_MAX_MB, DEFAULT_SPILL_MAX_MB) * 2**20
             ),
         )
 

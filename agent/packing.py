@@ -1,15 +1,23 @@
-"""Move all of a step's readings to the host in one transfer per device."""
+"""Move all of a step's readings to the host in one transfer per device.
+
+On CUDA the transfer is non-blocking (pinned memory and an event), so the
+training thread never synchronises with the GPU for monitoring.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from glasscockpit.agent.instruments.base import Reading
-from glasscockpit.protocol import Array, Value
+from glasscockpit.protocol import Array, Readings, Value
+
+log = logging.getLogger("glasscockpit.agent")
 
 
 def _transfer_dtype(device: torch.device) -> torch.dtype:
@@ -17,49 +25,178 @@ def _transfer_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+#: Cleared (once, with a warning) if pinned host memory cannot be allocated.
+_pinned_ok = [True]
+
+
+def _start_cuda_copy(flat: Tensor) -> tuple[Tensor, Any]:
+    """Queue a non-blocking copy of ``flat`` into pinned memory; (buffer, event)."""
+    try:
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+    except RuntimeError as exc:
+        # Pinned memory can be limited (containers, ulimit -l): fall back to one
+        # synchronous copy per step rather than losing the readings.
+        _pinned_ok[0] = False
+        log.warning(
+            "glasscockpit: pinned host memory is unavailable (%s); readings are "
+            "copied synchronously",
+            exc,
+        )
+        return flat.cpu(), None
+    host.copy_(flat, non_blocking=True)
+    # A blocking-sync event lets the waiting thread sleep instead of spinning.
+    event = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
+    event.record(torch.cuda.current_stream(flat.device))
+    # Freeing ``flat`` after this is safe: the caching allocator hands its block
+    # only to work queued after the copy on the same stream.
+    return host, event
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one tensor's values sit in its device's host buffer."""
+
+    chunk: int
+    offset: int
+    shape: tuple[int, ...]
+
+
+_Leaf = _Slot | float | None
+
+
+class HostCopy:
+    """A step's readings on their way to the host: one transfer per device.
+
+    On CUDA the transfer is a non-blocking copy into pinned memory followed by a
+    recorded event, so the training thread never waits for the GPU; ``values()``
+    waits on the event and must be called off the training thread. On CPU the
+    readings are already host memory and ``values()`` does not wait. Other
+    devices (MPS, ...) use one synchronous ``.cpu()``. No device tensor is kept
+    once the copy is queued.
+    """
+
+    def __init__(self, readings: dict[str, Reading]) -> None:
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for reading in readings.values():
+            items = reading.values() if isinstance(reading, dict) else [reading]
+            for x in items:
+                if isinstance(x, Tensor):
+                    by_device.setdefault(x.device, []).append(x)
+        slots: dict[int, _Slot] = {}
+        # Per device: the host buffer and the CUDA event (None when ready).
+        self._chunks: list[tuple[Tensor, Any]] = []
+        for device, tensors in by_device.items():
+            dtype = _transfer_dtype(device)
+            offset = 0
+            for t in tensors:
+                slots[id(t)] = _Slot(len(self._chunks), offset, tuple(t.shape))
+                offset += t.numel()
+            flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
+            if flat.is_cuda and _pinned_ok[0]:
+                self._chunks.append(_start_cuda_copy(flat))
+            else:
+                self._chunks.append((flat.cpu(), None))
+
+        def leaf(x: Tensor | float | None) -> _Leaf:
+            if isinstance(x, Tensor):
+                return slots[id(x)]
+            return None if x is None else float(x)
+
+        self._layout: dict[str, _Leaf | dict[str, _Leaf]] = {
+            key: (
+                {k: leaf(v) for k, v in reading.items()}
+                if isinstance(reading, dict)
+                else leaf(reading)
+            )
+            for key, reading in readings.items()
+        }
+        self._values: dict[str, Value] | None = None
+
+    @property
+    def on_device(self) -> bool:
+        """True while a CUDA copy may still be in flight."""
+        return self._values is None and any(e is not None for _, e in self._chunks)
+
+    def values(self) -> dict[str, Value]:
+        """The host readings: floats for 0-d tensors, ``Array`` for n-d ones."""
+        if self._values is not None:
+            return self._values
+        flats = []
+        for buffer, event in self._chunks:
+            if event is not None and not event.query():
+                event.synchronize()
+            flats.append(buffer.numpy())
+
+        def convert(x: _Leaf) -> float | None | Array:
+            if not isinstance(x, _Slot):
+                return x
+            n = math.prod(x.shape)
+            values = flats[x.chunk][x.offset : x.offset + n]
+            if not x.shape:
+                return float(values[0])
+            return Array(values.dtype.str, x.shape, values.tobytes())
+
+        out: dict[str, Value] = {}
+        for key, item in self._layout.items():
+            if isinstance(item, dict):
+                out[key] = {k: convert(v) for k, v in item.items()}
+            else:
+                out[key] = convert(item)
+        self._values = out
+        self._chunks = []  # the pinned buffers go back to the allocator
+        return out
+
+
 def to_host(readings: dict[str, Reading]) -> dict[str, Value]:
     """Replace every tensor leaf by a float (0-d) or an ``Array`` (n-d).
 
-    All tensors on one device are flattened into one buffer and copied with a
-    single ``.cpu()``, so a step costs one synchronisation per device.
+    All tensors on one device are flattened into one buffer and copied once, so a
+    step costs one transfer per device. Waits for the copy: use ``HostCopy``
+    directly to hand the wait to another thread.
     """
-    leaves: list[Tensor] = []
-    for reading in readings.values():
-        items = reading.values() if isinstance(reading, dict) else [reading]
-        leaves.extend(x for x in items if isinstance(x, Tensor))
+    return HostCopy(readings).values()
 
-    host: dict[int, Any] = {}
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for t in leaves:
-        by_device.setdefault(t.device, []).append(t)
-    for device, tensors in by_device.items():
-        dtype = _transfer_dtype(device)
-        flat = (
-            torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors]).cpu().numpy()
+
+@dataclass
+class DeferredReadings:
+    """A ``Readings`` frame whose values are still being copied from the GPU.
+
+    The transport's packer thread calls ``resolve()``; the training thread only
+    creates it.
+    """
+
+    run: str
+    seq: int
+    step: int
+    wall_time: float
+    copy: HostCopy
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self) -> Readings:
+        """Wait for the copy and build the frame."""
+        return Readings(
+            self.run,
+            self.seq,
+            self.step,
+            self.wall_time,
+            self.copy.values(),
+            self.errors,
         )
-        offset = 0
-        for t in tensors:
-            n = t.numel()
-            host[id(t)] = (flat[offset : offset + n], tuple(t.shape))
-            offset += n
 
-    def convert(x: Tensor | float | None) -> float | None | Array:
-        if x is None:
-            return None
-        if isinstance(x, Tensor):
-            values, shape = host[id(x)]
-            if not shape:
-                return float(values[0])
-            return Array(values.dtype.str, shape, values.tobytes())
-        return float(x) if not isinstance(x, bool) else float(x)
 
-    out: dict[str, Value] = {}
-    for key, reading in readings.items():
-        if isinstance(reading, dict):
-            out[key] = {k: convert(v) for k, v in reading.items()}
-        else:
-            out[key] = convert(reading)
-    return out
+def pack_readings(
+    run: str,
+    seq: int,
+    step: int,
+    wall_time: float,
+    results: dict[str, Reading],
+    errors: dict[str, str],
+) -> Readings | DeferredReadings:
+    """One step's frame: ready now on CPU, deferred while a CUDA copy is in flight."""
+    copy = HostCopy(results)
+    if copy.on_device:
+        return DeferredReadings(run, seq, step, wall_time, copy, errors)
+    return Readings(run, seq, step, wall_time, copy.values(), errors)
 
 
 def is_finite(value: Value) -> bool:

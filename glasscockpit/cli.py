@@ -1,9 +1,10 @@
-"""Command line: ``glasscockpit serve | demo``."""
+"""Command line: ``glasscockpit serve | demo | sync``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -35,6 +36,31 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from glasscockpit.sync import sync_files
+
+    try:
+        results = sync_files(
+            args.files, args.server, token=args.token, progress=not args.quiet
+        )
+    except (OSError, ValueError) as exc:
+        print(f"glasscockpit sync: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"run {r.run}: not uploaded: {r.error}", file=sys.stderr)
+        else:
+            print(
+                f"run {r.run}: {r.uploaded} frame(s) uploaded, "
+                f"{r.already_held} already on the server"
+            )
+    if not results:
+        print("glasscockpit sync: no frames found in these files", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by tests)."""
     parser = argparse.ArgumentParser(prog="glasscockpit", description=__doc__)
@@ -54,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--exit", action="store_true", help="exit when training ends")
     demo.set_defaults(func=_demo)
+    sync = sub.add_parser(
+        "sync",
+        help="upload spill files and recordings (exactly once; safe to repeat)",
+    )
+    sync.add_argument("files", nargs="+", metavar="FILE", help=".gcp files")
+    sync.add_argument(
+        "--server",
+        default=os.environ.get("GLASSCOCKPIT_SERVER") or "ws://127.0.0.1:8050",
+        help="server URL, ws:// or http:// (default GLASSCOCKPIT_SERVER or "
+        "ws://127.0.0.1:8050)",
+    )
+    sync.add_argument(
+        "--token",
+        default=os.environ.get("GLASSCOCKPIT_TOKEN") or None,
+        help="bearer token (default GLASSCOCKPIT_TOKEN)",
+    )
+    sync.add_argument("--quiet", action="store_true", help="no progress bar")
+    sync.set_defaults(func=_sync)
     return parser
 
 

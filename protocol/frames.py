@@ -120,7 +120,12 @@ Frame: TypeAlias = Hello | Readings | Bye
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Server → agent: every frame of ``run`` up to and including ``seq`` is stored."""
+    """Server → agent: every frame of ``run`` up to and including ``seq`` is stored.
+
+    The ack of a hello carries the highest ``seq`` the server holds for the run
+    (0 if none), so a reconnecting agent knows what to resend; servers that ack a
+    hello with 0 are still correct, the agent then resends what it still holds.
+    """
 
     run: str
     seq: int

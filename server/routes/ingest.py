@@ -135,7 +135,13 @@ async def ingest(ws: WebSocket) -> None:
                 run = store.get(run_id)
                 if run is not None:
                     run.connected += 1
-            acks.stored(frame.run, frame.seq)
+            ack = frame.seq
+            stored = store.get(frame.run) if isinstance(frame, Hello) else None
+            if stored is not None:
+                # The hello's ack tells a reconnecting agent what is already stored,
+                # so it resends only what this server lacks (e.g. after a restart).
+                ack = max(ack, stored.last_seq)
+            acks.stored(frame.run, ack)
             backlog += 1
             if backlog >= ACK_EVERY:
                 # Let the ack task run even if frames keep arriving back to back.
