@@ -395,7 +395,7 @@ def test_large_spill_backlog_is_read_back_in_order(tmp_path):
     )
     # 3 MB of ordinary frames and one frame larger than a read-back slice (1 MiB).
     small = Array("<f8", (256,), bytes(range(256)) * 8)
-    big = Array("|u1", (1_500_000,), bytes(1_500_000))
+    big = Array("<f8", (200_000,), bytes(1_600_000))  # 1.6 MB, within server limits
     for seq in range(1, 1501):
         values = {"loss": float(seq), "h": big if seq == 700 else small}
         transport.send(Readings("backlog", seq, seq - 1, 0.0, values))
