@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glasscockpit.agent.instruments.base import Reading
+from glasscockpit.agent.instruments.base import Guarded, Leaf, Reading
 from glasscockpit.protocol import Array, Value
 
 
@@ -26,7 +26,11 @@ def to_host(readings: dict[str, Reading]) -> dict[str, Value]:
     leaves: list[Tensor] = []
     for reading in readings.values():
         items = reading.values() if isinstance(reading, dict) else [reading]
-        leaves.extend(x for x in items if isinstance(x, Tensor))
+        for x in items:
+            if isinstance(x, Guarded):
+                leaves.extend((x.value, x.valid))
+            elif isinstance(x, Tensor):
+                leaves.append(x)
 
     host: dict[int, Any] = {}
     by_device: dict[torch.device, list[Tensor]] = {}
@@ -43,9 +47,14 @@ def to_host(readings: dict[str, Reading]) -> dict[str, Value]:
             host[id(t)] = (flat[offset : offset + n], tuple(t.shape))
             offset += n
 
-    def convert(x: Tensor | float | None) -> float | None | Array:
+    def convert(x: Leaf) -> float | None | Array:
         if x is None:
             return None
+        if isinstance(x, Guarded):
+            valid, _ = host[id(x.valid)]
+            if not valid.all():
+                return None
+            return convert(x.value)
         if isinstance(x, Tensor):
             values, shape = host[id(x)]
             if not shape:

@@ -1,0 +1,148 @@
+"""Per-layer rules: per-sample statistics of one module from its input and output grad.
+
+A rule sees one call of one module: the input ``x`` recorded in the forward pass and
+the gradient ``b`` of the loss with respect to the module's output, received during
+the backward pass. Everything here is in the loss's own scale: for a mean-reduced
+loss, ``batch_grads`` returns ``ĝ_n = ∇ℓ_n / B`` (BackPACK's convention); the engine
+rescales by ``B``.
+
+A second implementation (e.g. a ``torch.func`` rule for modules without a closed
+form) only has to subclass ``LayerRule`` and implement ``batch_grads``; the
+reductions then fall back to building that one layer's per-sample gradients.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812 - torch convention
+
+
+class LayerRule:
+    """Per-sample statistics of one module type; reductions use ``batch_grads``."""
+
+    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Per-sample gradients ``{"weight": [B, *shape], ...}`` of one call."""
+        raise NotImplementedError
+
+    def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``‖ĝ_n‖²`` per parameter, each ``[B]``."""
+        return {
+            k: g.flatten(1).square().sum(1)
+            for k, g in self.batch_grads(module, x, b).items()
+        }
+
+    def batch_dot(
+        self, module: nn.Module, x: Tensor, b: Tensor, grads: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """``ĝ_n · G`` per parameter for a direction ``G = grads[k]``, each ``[B]``."""
+        return {
+            k: g.flatten(1) @ grads[k].reshape(-1).to(g.dtype)
+            for k, g in self.batch_grads(module, x, b).items()
+        }
+
+    def sum_grad_squared(
+        self, module: nn.Module, x: Tensor, b: Tensor
+    ) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n²`` per parameter, each of the parameter's shape."""
+        return {k: g.square().sum(0) for k, g in self.batch_grads(module, x, b).items()}
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    p = getattr(module, name, None)
+    return isinstance(p, nn.Parameter) and p.requires_grad
+
+
+class LinearRule(LayerRule):
+    """``nn.Linear``: closed forms for 2-D inputs (Goodfellow 2015), else per layer."""
+
+    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Weight ``[B, out, in]`` = Σ_t b_t a_tᵀ, bias ``[B, out]`` = Σ_t b_t."""
+        x3, b3 = (
+            x.reshape(x.shape[0], -1, x.shape[-1]),
+            b.reshape(b.shape[0], -1, b.shape[-1]),
+        )
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = b3.transpose(1, 2) @ x3  # [B, out, in]
+        if _has(module, "bias"):
+            out["bias"] = b3.sum(1)  # [B, out]
+        return out
+
+    def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``‖a_n‖²‖b_n‖²`` for 2-D inputs: nothing of size B·out·in is built."""
+        if x.dim() != 2:
+            return super().batch_l2(module, x, b)
+        bb = b.square().sum(1)  # [B]
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = x.square().sum(1) * bb
+        if _has(module, "bias"):
+            out["bias"] = bb
+        return out
+
+    def batch_dot(
+        self, module: nn.Module, x: Tensor, b: Tensor, grads: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """``b_nᵀ G a_n`` for 2-D inputs: ``O(B·out·in)``, no per-sample tensor."""
+        if x.dim() != 2:
+            return super().batch_dot(module, x, b, grads)
+        out: dict[str, Tensor] = {}
+        if "weight" in grads and _has(module, "weight"):
+            out["weight"] = ((b @ grads["weight"].to(b.dtype)) * x).sum(1)
+        if "bias" in grads and _has(module, "bias"):
+            out["bias"] = b @ grads["bias"].to(b.dtype)
+        return out
+
+    def sum_grad_squared(
+        self, module: nn.Module, x: Tensor, b: Tensor
+    ) -> dict[str, Tensor]:
+        """``(b²)ᵀ(a²)`` for 2-D inputs."""
+        if x.dim() != 2:
+            return super().sum_grad_squared(module, x, b)
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = b.square().t() @ x.square()
+        if _has(module, "bias"):
+            out["bias"] = b.square().sum(0)
+        return out
+
+
+class Conv2dRule(LayerRule):
+    """``nn.Conv2d`` with zero padding: per-sample gradients through ``F.unfold``."""
+
+    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Weight ``[B, out, in/groups, kh, kw]``, bias ``[B, out]``."""
+        assert isinstance(module, nn.Conv2d)
+        n, out = x.shape[0], dict[str, Tensor]()
+        if _has(module, "weight"):
+            cols = F.unfold(
+                x,
+                module.kernel_size,
+                dilation=module.dilation,
+                padding=module.padding,  # type: ignore[arg-type] # checked in supports()
+                stride=module.stride,
+            )  # [B, in·kh·kw, L]
+            g = module.groups
+            bg = b.reshape(n, g, module.out_channels // g, -1)  # [B, g, out/g, L]
+            cg = cols.reshape(n, g, cols.shape[1] // g, -1)  # [B, g, in/g·kh·kw, L]
+            out["weight"] = (bg @ cg.transpose(2, 3)).reshape(n, *module.weight.shape)
+        if _has(module, "bias"):
+            out["bias"] = b.sum((2, 3))
+        return out
+
+
+def supports(module: nn.Module) -> LayerRule | None:
+    """The rule for this module, or None; exact types only (subclasses may differ)."""
+    if type(module) is nn.Linear:
+        return LINEAR
+    if (
+        type(module) is nn.Conv2d
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    ):
+        return CONV2D
+    return None
+
+
+LINEAR = LinearRule()
+CONV2D = Conv2dRule()

@@ -1,0 +1,66 @@
+"""Histogram of all per-sample gradient elements (B·D values), summed over tensors."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from typing_extensions import override
+
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.needs import Need
+from glasscockpit.agent.schedules import Schedule
+from glasscockpit.agent.step import StepView
+from glasscockpit.protocol import Kind, PanelSpec
+
+
+class GradHist1d(Instrument):
+    """Counts of ``g_n`` entries in ``bins`` equal bins over ``range``.
+
+    Out-of-range values are clamped into the edge bins (as Cockpit does), so the
+    counts always add up to ``B·D``.
+
+    Args:
+        bins: number of bins (Cockpit: 100).
+        range: ``(low, high)`` of the bins (Cockpit: ``(-2, 2)``).
+    """
+
+    name = "grad_hist_1d"
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.BATCH_GRAD})
+    cost = Cost.EXPENSIVE
+    kind = Kind.HISTOGRAM
+    preset = "economy"
+    panel = PanelSpec(
+        title="Per-sample gradient elements",
+        y_label="count",
+        log_y=True,
+        group="gradients",
+        help="Distribution of every per-sample gradient entry: a spike at 0 warns "
+        "of vanishing gradients, full edge bins of exploding ones.",
+    )
+
+    def __init__(
+        self,
+        schedule: Schedule | None = None,
+        label: str | None = None,
+        *,
+        bins: int = 100,
+        range: tuple[float, float] = (-2.0, 2.0),  # noqa: A002 - numpy's name
+    ) -> None:
+        super().__init__(schedule, label)
+        if bins < 1 or not range[0] < range[1]:
+            raise ValueError(f"Need bins >= 1 and low < high, got {bins}, {range}")
+        self.bins, self.range = bins, (float(range[0]), float(range[1]))
+
+    @override
+    def compute(self, step: StepView) -> Reading:
+        """Returns {"counts": [bins], "edges": [bins + 1]}."""
+        lo, hi = self.range
+        counts: torch.Tensor | None = None
+        for _, _, g in step.batch_grads():
+            c = torch.histc(g.clamp(lo, hi), self.bins, lo, hi).double()
+            counts = c if counts is None else counts + c
+        if counts is None:
+            return None
+        edges = torch.linspace(lo, hi, self.bins + 1, dtype=torch.float64)
+        return {"counts": counts, "edges": edges.to(counts.device)}

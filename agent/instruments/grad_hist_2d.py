@@ -1,0 +1,81 @@
+"""Joint histogram of per-sample gradient elements and their parameter values."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.needs import Need
+from glasscockpit.agent.schedules import Schedule
+from glasscockpit.agent.step import StepView
+from glasscockpit.protocol import Kind, PanelSpec
+
+
+def _bin(x: Tensor, n: int, lo: float, hi: float) -> Tensor:
+    """Bin index; values are clamped to the edge bins' centres (Cockpit's rule)."""
+    w = (hi - lo) / n
+    return ((x.clamp(lo + w / 2, hi - w / 2) - lo) / w).long()
+
+
+class GradHist2d(Instrument):
+    """Counts of pairs ``(g_nk, θ_k)`` over all samples ``n`` and entries ``k``.
+
+    Args:
+        bins: ``(gradient bins, parameter bins)`` (Cockpit: ``(40, 50)``).
+        range: ``((g low, g high), (θ low, θ high))`` (Cockpit: ``((-1, 1), (-2, 2))``).
+    """
+
+    name = "grad_hist_2d"
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.BATCH_GRAD})
+    cost = Cost.EXPENSIVE
+    kind = Kind.HEATMAP
+    preset = "full"
+    panel = PanelSpec(
+        title="Gradient vs parameter",
+        y_label="gradient element",
+        group="gradients",
+        help="Rows: per-sample gradient value, columns: parameter value; e.g. large "
+        "gradients only on near-zero weights, or saturated weights with none.",
+    )
+
+    def __init__(
+        self,
+        schedule: Schedule | None = None,
+        label: str | None = None,
+        *,
+        bins: tuple[int, int] = (40, 50),
+        range: tuple[tuple[float, float], tuple[float, float]] = (  # noqa: A002
+            (-1.0, 1.0),
+            (-2.0, 2.0),
+        ),
+    ) -> None:
+        super().__init__(schedule, label)
+        self.bins, self.range = bins, range
+
+    @override
+    def compute(self, step: StepView) -> Reading:
+        """Returns {"counts": [g bins, θ bins], "y_edges": g, "x_edges": θ edges}."""
+        (ng, nt), ((glo, ghi), (tlo, thi)) = self.bins, self.range
+        counts: Tensor | None = None
+        for _, theta, g in step.batch_grads():
+            flat = _bin(g, ng, glo, ghi) * nt + _bin(
+                theta, nt, tlo, thi
+            )  # broadcasts θ
+            c = torch.bincount(flat.reshape(-1), minlength=ng * nt).double()
+            counts = c if counts is None else counts + c
+        if counts is None:
+            return None
+        dev = counts.device
+        return {
+            "counts": counts.reshape(ng, nt),
+            "y_edges": torch.linspace(
+                glo, ghi, ng + 1, dtype=torch.float64, device=dev
+            ),
+            "x_edges": torch.linspace(
+                tlo, thi, nt + 1, dtype=torch.float64, device=dev
+            ),
+        }
