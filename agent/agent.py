@@ -360,8 +360,10 @@ class Cockpit:
         engine = self.engine
         if engine is None or not any(i.needs & RECORDED for i in due):
             return StepData()
-        if not engine.recording:
-            engine.arm()  # the context was opened before the forward pass
+        if not engine.recording or engine.backpropagated:
+            # Opened before the forward pass, or what was recorded belongs to an
+            # earlier, finished backward pass: record afresh from here.
+            engine.arm()
         ggn: dict[str, Tensor] | Exception | None = None
         if any(Need.DIAG_GGN in i.needs for i in due):
             try:

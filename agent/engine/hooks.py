@@ -114,6 +114,11 @@ class HookEngine:
         self.disarm()
 
     @property
+    def backpropagated(self) -> bool:
+        """Whether a backward pass already went through the recorded forward."""
+        return any(c.b is not None for layer in self.layers for c in layer.calls)
+
+    @property
     def recorded(self) -> bool:
         """Whether a forward pass was recorded since ``arm``."""
         return any(layer.calls for layer in self.layers)
