@@ -45,12 +45,16 @@ class StepStats:
 
     # -- per layer -------------------------------------------------------------------
     @staticmethod
-    def layer_grads(layer: Layer, calls: list[Call]) -> dict[str, Tensor]:
-        """``ĝ_n`` per local parameter name, summed over the module's calls."""
+    def layer_grads(
+        layer: Layer, calls: list[Call], scale: float = 1.0
+    ) -> dict[str, Tensor]:
+        """``scale · ĝ_n`` per local parameter name, summed over the module's calls."""
         total: dict[str, Tensor] = {}
         for c in calls:
             assert c.b is not None
-            for k, g in layer.rule.batch_grads(layer.module, c.x, c.b).items():
+            # Scaling the (small) output gradient saves a pass over B·D values.
+            b = c.b if scale == 1.0 else c.b * scale
+            for k, g in layer.rule.batch_grads(layer.module, c.x, b).items():
                 total[k] = total[k] + g if k in total else g
         return total
 
@@ -123,13 +127,15 @@ class StepStats:
         return self._cache["sgs"]
 
     def batch_grads(self) -> Iterator[tuple[str, Tensor, Tensor]]:
-        """``(name, parameter, g_n [B, *shape])``, built one layer at a time."""
+        """``(name, parameter, g_n [B, *shape])``, built one layer at a time.
+
+        Each ``g_n`` tensor is fresh: consumers may modify it in place.
+        """
         for layer, calls in self.layers:
             params = self._params(layer)
-            grads = self.layer_grads(layer, calls)
-            for k, g in grads.items():
-                yield layer.names[k], params[k].detach(), g * self.batch_size
-            del grads
+            grads = self.layer_grads(layer, calls, float(self.batch_size))
+            for k in list(grads):
+                yield layer.names[k], params[k].detach(), grads.pop(k)
 
     # -- checks --------------------------------------------------------------------
     def _check_sums(self) -> None:

@@ -58,7 +58,7 @@ class GradHist1d(Instrument):
         lo, hi = self.range
         counts: torch.Tensor | None = None
         for _, _, g in step.batch_grads():
-            c = torch.histc(g.clamp(lo, hi), self.bins, lo, hi).double()
+            c = torch.histc(g.clamp_(lo, hi), self.bins, lo, hi).double()
             counts = c if counts is None else counts + c
         if counts is None:
             return None
