@@ -105,10 +105,16 @@ class StepView:
         self.require(Need.SUM_GRAD_SQUARED)
         return self.data.stats().sum_grad_squared()
 
-    def batch_grads(self) -> Iterator[tuple[str, Tensor, Tensor]]:
-        """``(name, θ, g_n [B, *θ.shape])`` one layer at a time; drop each after use."""
+    def batch_grads(
+        self, max_elements: int | None = None
+    ) -> Iterator[tuple[str, Tensor, Tensor]]:
+        """``(name, θ, g_n [b, *θ.shape])`` one layer (or chunk of samples) at a time.
+
+        ``max_elements`` caps the values per yielded tensor (``b ≤ B`` samples);
+        drop each tensor after use.
+        """
         self.require(Need.BATCH_GRAD)
-        return self.data.stats().batch_grads()
+        return self.data.stats().batch_grads(max_elements)
 
     def diag_ggn(self) -> dict[str, Tensor]:
         """Exact GGN diagonal of the mean loss per parameter name (its shape)."""

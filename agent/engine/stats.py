@@ -126,16 +126,33 @@ class StepStats:
             self._cache["sgs"] = out
         return self._cache["sgs"]
 
-    def batch_grads(self) -> Iterator[tuple[str, Tensor, Tensor]]:
-        """``(name, parameter, g_n [B, *shape])``, built one layer at a time.
+    def batch_grads(
+        self, max_elements: int | None = None
+    ) -> Iterator[tuple[str, Tensor, Tensor]]:
+        """``(name, parameter, g_n [b, *shape])``, one layer at a time.
 
-        Each ``g_n`` tensor is fresh: consumers may modify it in place.
+        With ``max_elements``, each layer comes in chunks of ``b ≤ B`` samples
+        holding at most about that many per-sample values (at least one sample),
+        so reductions over samples and entries (histograms) stay in cache. Each
+        ``g_n`` tensor is fresh: consumers may modify it in place.
         """
+        scale = float(self.batch_size)
         for layer, calls in self.layers:
             params = self._params(layer)
-            grads = self.layer_grads(layer, calls, float(self.batch_size))
-            for k in list(grads):
-                yield layer.names[k], params[k].detach(), grads.pop(k)
+            per_sample = sum(params[k].numel() for k in layer.names)
+            chunk = self.batch_size
+            if max_elements is not None:
+                chunk = max(1, min(self.batch_size, max_elements // per_sample))
+            for s in range(0, self.batch_size, chunk):
+                part = [
+                    Call(
+                        c.x[s : s + chunk], None if c.b is None else c.b[s : s + chunk]
+                    )
+                    for c in calls
+                ]
+                grads = self.layer_grads(layer, part, scale)
+                for k in list(grads):
+                    yield layer.names[k], params[k].detach(), grads.pop(k)
 
     # -- checks --------------------------------------------------------------------
     def _check_sums(self) -> None:

@@ -23,6 +23,7 @@ class GradHist1d(Instrument):
     Args:
         bins: number of bins (Cockpit: 100).
         range: ``(low, high)`` of the bins (Cockpit: ``(-2, 2)``).
+        chunk: per-sample values binned at a time (small enough to stay in cache).
     """
 
     name = "grad_hist_1d"
@@ -46,18 +47,20 @@ class GradHist1d(Instrument):
         *,
         bins: int = 100,
         range: tuple[float, float] = (-2.0, 2.0),  # noqa: A002 - numpy's name
+        chunk: int = 2**18,
     ) -> None:
         super().__init__(schedule, label)
         if bins < 1 or not range[0] < range[1]:
             raise ValueError(f"Need bins >= 1 and low < high, got {bins}, {range}")
         self.bins, self.range = bins, (float(range[0]), float(range[1]))
+        self.chunk = chunk
 
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"counts": [bins], "edges": [bins + 1]}."""
         lo, hi = self.range
         counts: torch.Tensor | None = None
-        for _, _, g in step.batch_grads():
+        for _, _, g in step.batch_grads(self.chunk):
             c = torch.histc(g.clamp_(lo, hi), self.bins, lo, hi).double()
             counts = c if counts is None else counts + c
         if counts is None:

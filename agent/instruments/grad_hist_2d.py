@@ -27,6 +27,7 @@ class GradHist2d(Instrument):
     Args:
         bins: ``(gradient bins, parameter bins)`` (Cockpit: ``(40, 50)``).
         range: ``((g low, g high), (θ low, θ high))`` (Cockpit: ``((-1, 1), (-2, 2))``).
+        chunk: per-sample values binned at a time (small enough to stay in cache).
     """
 
     name = "grad_hist_2d"
@@ -52,16 +53,17 @@ class GradHist2d(Instrument):
             (-1.0, 1.0),
             (-2.0, 2.0),
         ),
+        chunk: int = 2**18,
     ) -> None:
         super().__init__(schedule, label)
-        self.bins, self.range = bins, range
+        self.bins, self.range, self.chunk = bins, range, chunk
 
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"counts": [g bins, θ bins], "y_edges": g, "x_edges": θ edges}."""
         (ng, nt), ((glo, ghi), (tlo, thi)) = self.bins, self.range
         counts: Tensor | None = None
-        for _, theta, g in step.batch_grads():
+        for _, theta, g in step.batch_grads(self.chunk):
             flat = _bin(g, ng, glo, ghi) * nt + _bin(
                 theta, nt, tlo, thi
             )  # broadcasts θ

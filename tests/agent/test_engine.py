@@ -14,6 +14,7 @@ from glasscockpit.agent.instruments import (
     CABS,
     EarlyStopping,
     GradHist1d,
+    GradHist2d,
     InnerTest,
     MeanGSNR,
     NormTest,
@@ -22,7 +23,14 @@ from glasscockpit.agent.instruments import (
 )
 from tests.agent.harness import run_step
 from tests.agent.problems import PROBLEMS, Problem
-from tests.agent.reference import cabs, collect, early_stopping, norm_test
+from tests.agent.reference import (
+    cabs,
+    collect,
+    early_stopping,
+    grad_hist_1d,
+    grad_hist_2d,
+    norm_test,
+)
 from tests.agent.test_instruments import RTOL, assert_reading
 
 MLP, CNN = PROBLEMS[1], PROBLEMS[2]
@@ -139,6 +147,18 @@ def test_two_instances_with_different_settings_coexist(torch_threads: None):
     assert got["grad_hist_1d:wide"]["counts"].shape == (20,)
     total = sum(p.numel() for p in MLP.make()[0].parameters()) * 8
     assert got["grad_hist_1d:narrow"]["counts"].sum() == total
+
+
+@pytest.mark.parametrize("problem", [MLP, CNN], ids=str)
+def test_histograms_in_sample_chunks_match_reference(problem: Problem, torch_threads):
+    insts = [
+        GradHist1d(schedule=always, chunk=50),
+        GradHist2d(schedule=always, chunk=1),
+    ]
+    got = run_step(problem, insts)
+    data = collect(problem)
+    assert_reading(got["grad_hist_1d"], grad_hist_1d(data, insts[0]), "h1")
+    assert_reading(got["grad_hist_2d"], grad_hist_2d(data, insts[1]), "h2")
 
 
 def test_uncovered_module_is_reported(torch_threads: None):
