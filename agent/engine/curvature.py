@@ -69,12 +69,25 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
         raise EngineError("The forward pass of this step was not recorded")
     kind, scale = _loss_kind(loss, output)
     params = [getattr(layer.module, k) for layer in engine.layers for k in layer.names]
+    recorded = [c for layer in engine.layers for c in layer.calls]
+    outs = [
+        c.out for c in recorded if c.out is not None and c.out._version == c.version
+    ]
     out: dict[str, Tensor] = {}
     for s in _factors(kind, output):
         engine.clear_grads()
-        torch.autograd.grad(
-            output, params, grad_outputs=s, retain_graph=True, allow_unused=True
-        )
+        if len(outs) == len(recorded):
+            # Gradients w.r.t. the layer outputs are the b's; autograd then skips
+            # every weight gradient, about half of a backward pass.
+            bs = torch.autograd.grad(
+                output, outs, grad_outputs=s, retain_graph=True, allow_unused=True
+            )
+            for c, b in zip(recorded, bs, strict=True):
+                c.b = None if b is None else b.detach()
+        else:  # an output was modified in place: let the tensor hooks collect b
+            torch.autograd.grad(
+                output, params, grad_outputs=s, retain_graph=True, allow_unused=True
+            )
         for layer in engine.layers:
             calls = [c for c in layer.calls if c.b is not None]
             if len(calls) == 1 and calls[0].b is not None:

@@ -32,6 +32,11 @@ class Call:
 
     x: Tensor
     b: Tensor | None = None
+    #: The module's output and its version counter at the forward pass, so that
+    #: curvature passes can differentiate with respect to it (if not modified
+    #: in place since) and skip every weight gradient.
+    out: Tensor | None = None
+    version: int = 0
 
 
 @dataclass
@@ -95,7 +100,7 @@ class HookEngine:
         self.clear()
 
     def clear(self) -> None:
-        """Drop recorded inputs, gradients and the output."""
+        """Drop recorded inputs, outputs and gradients."""
         for layer in self.layers:
             layer.calls.clear()
         self.output = None
@@ -134,6 +139,7 @@ class HookEngine:
             return
         call = Call(inputs[0].detach())
         if isinstance(output, Tensor) and output.requires_grad:
+            call.out, call.version = output, output._version
             output.register_hook(partial(_store_grad, call))  # type: ignore[no-untyped-call]
             layer.calls.append(call)
 

@@ -15,10 +15,14 @@ from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 
-def _bin(x: Tensor, n: int, lo: float, hi: float) -> Tensor:
-    """Bin index; values are clamped to the edge bins' centres (Cockpit's rule)."""
+def _bin_(x: Tensor, n: int, lo: float, hi: float) -> Tensor:
+    """Bin index (int32), overwriting ``x``.
+
+    Values are clamped to the edge bins' centres (Cockpit's rule), so
+    ``floor((x - lo) / w)`` needs no upper check.
+    """
     w = (hi - lo) / n
-    return ((x.clamp(lo + w / 2, hi - w / 2) - lo) / w).long()
+    return x.clamp_(lo + w / 2, hi - w / 2).sub_(lo).div_(w).to(torch.int32)
 
 
 class GradHist2d(Instrument):
@@ -64,9 +68,9 @@ class GradHist2d(Instrument):
         (ng, nt), ((glo, ghi), (tlo, thi)) = self.bins, self.range
         counts: Tensor | None = None
         for _, theta, g in step.batch_grads(self.chunk):
-            flat = _bin(g, ng, glo, ghi) * nt + _bin(
-                theta, nt, tlo, thi
-            )  # broadcasts θ
+            flat = (
+                _bin_(g, ng, glo, ghi).mul_(nt).add_(_bin_(theta.clone(), nt, tlo, thi))
+            )
             c = torch.bincount(flat.reshape(-1), minlength=ng * nt).double()
             counts = c if counts is None else counts + c
         if counts is None:

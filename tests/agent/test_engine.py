@@ -30,6 +30,7 @@ from tests.agent.reference import (
     grad_hist_1d,
     grad_hist_2d,
     norm_test,
+    tic_diag,
 )
 from tests.agent.test_instruments import RTOL, assert_reading
 
@@ -245,6 +246,22 @@ def test_relative_epsilon_makes_gsnr_and_eb_scale_free(torch_threads: None):
     absolute = lambda: [MeanGSNR(schedule=always, relative=False)]  # noqa: E731
     a, b = run_step(_scaled(1e-4), absolute()), run_step(_scaled(1e2), absolute())
     assert a["mean_gsnr"]["total"] < 0.5 * b["mean_gsnr"]["total"]
+
+
+def _inplace() -> tuple[nn.Module, Tensor, Tensor]:
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+    return model, torch.randn(5, 6), torch.randint(0, 3, (5,))
+
+
+def test_tic_with_outputs_modified_in_place(torch_threads: None):
+    # ReLU(inplace=True) rewrites the first Linear's output: the curvature passes
+    # must fall back from differentiating w.r.t. recorded outputs to tensor hooks.
+    problem = Problem("inplace", _inplace, F.cross_entropy)
+    inst = TICDiag(schedule=always)
+    got = run_step(problem, [inst, NormTest(schedule=always)])
+    data = collect(problem)
+    assert_reading(got["tic_diag"], tic_diag(data, inst), "tic_diag")
+    assert_reading(got["norm_test"], norm_test(data, None), "norm_test")
 
 
 def test_tic_uses_exact_curvature_for_mse(torch_threads: None):
