@@ -175,7 +175,7 @@ def bench(model_name: str, repeats: int, block_s: float) -> dict[str, float]:
         for k, (fn, counter) in steps.items():
             gc.collect()
             n, t0 = 0, time.perf_counter()
-            while n < 2 or (time.perf_counter() - t0 < block_s and n < 200):
+            while n < 1 or (time.perf_counter() - t0 < block_s and n < 200):
                 fn(counter[0])
                 counter[0] += 1
                 n += 1
@@ -183,15 +183,19 @@ def bench(model_name: str, repeats: int, block_s: float) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def peak_rss_mib(model_name: str, label: str) -> float:
-    """Peak RSS (MiB) of a fresh process running five steps of one row."""
+def peak_rss_mib(model_name: str, label: str, steps: int = 3) -> float:
+    """Peak RSS (``VmHWM``, MiB) of a fresh process running a few steps of one row.
+
+    ``ru_maxrss`` would not do: Linux carries the parent's peak across ``exec``.
+    """
     code = (
-        "import sys, resource, torch; torch.set_num_threads(1);"
+        "import torch; torch.set_num_threads(1);"
         "from bench.agent_overhead import rows;"
         f"r = {{x.label: x for x in rows({model_name!r})}}[{label!r}];"
         "fn = r.make();"
-        "[fn(r.start + i) for i in range(5)] if fn else None;"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if fn else -1)"
+        f"[fn(r.start + i) for i in range({steps})] if fn else None;"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')];"
+        "print(hwm[0].split()[1] if fn else -1)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

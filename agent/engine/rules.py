@@ -24,6 +24,10 @@ class LayerRule:
         """Per-sample gradients ``{"weight": [B, *shape], ...}`` of one call."""
         raise NotImplementedError
 
+    def grad_sum(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n`` per parameter (equals ``.grad`` of a single call)."""
+        return {k: g.sum(0) for k, g in self.batch_grads(module, x, b).items()}
+
     def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """``‖ĝ_n‖²`` per parameter, each ``[B]``."""
         return {
@@ -66,6 +70,16 @@ class LinearRule(LayerRule):
             out["weight"] = b3.transpose(1, 2) @ x3  # [B, out, in]
         if _has(module, "bias"):
             out["bias"] = b3.sum(1)  # [B, out]
+        return out
+
+    def grad_sum(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``bᵀa`` over all samples (and positions), like autograd."""
+        x2, b2 = x.reshape(-1, x.shape[-1]), b.reshape(-1, b.shape[-1])
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = b2.t() @ x2
+        if _has(module, "bias"):
+            out["bias"] = b2.sum(0)
         return out
 
     def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
