@@ -58,10 +58,14 @@ class GradHist1d(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"counts": [bins], "edges": [bins + 1]}."""
-        lo, hi = self.range
+        lo, hi, n = *self.range, self.bins
         counts: torch.Tensor | None = None
         for _, _, g in step.batch_grads(self.chunk):
-            c = torch.histc(g.clamp_(lo, hi), self.bins, lo, hi).double()
+            # torch.histc's bin rule, (x - lo) * n / (hi - lo) truncated, with
+            # x == hi in the last bin; in place and with bincount, which is
+            # several times faster than histc on CPU.
+            idx = g.clamp_(lo, hi).sub_(lo).mul_(n).div_(hi - lo).to(torch.int32)
+            c = torch.bincount(idx.clamp_(max=n - 1).reshape(-1), minlength=n).double()
             counts = c if counts is None else counts + c
         if counts is None:
             return None
