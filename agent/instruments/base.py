@@ -114,3 +114,14 @@ def total(values: Iterable[Tensor]) -> Tensor:
 def rows_sum(per_layer: Iterable[Tensor]) -> Tensor:
     """``Σ_l v^{(l)}`` of ``[B]`` vectors in float64, e.g. the network's ``u_n``."""
     return torch.stack([v.double() for v in per_layer]).sum(0)
+
+
+def count_into(counts: Tensor, index: Tensor) -> None:
+    """``counts[i] += #{index == i}`` in place (int64 counts and index).
+
+    ``index_put_`` with accumulation is about twice as fast as ``bincount`` on
+    CPU and adds no allocation of the number of bins per call.
+    """
+    flat = index.reshape(-1)
+    one = torch.ones((), dtype=counts.dtype, device=counts.device)
+    counts.index_put_((flat,), one.expand(flat.numel()), accumulate=True)

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from typing_extensions import override
 
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
@@ -61,13 +61,14 @@ class GradHist1d(Instrument):
         lo, hi, n = *self.range, self.bins
         counts: torch.Tensor | None = None
         for _, _, g in step.batch_grads(self.chunk):
-            # torch.histc's bin rule, (x - lo) * n / (hi - lo) truncated, with
-            # x == hi in the last bin; in place and with bincount, which is
-            # several times faster than histc on CPU.
-            idx = g.clamp_(lo, hi).sub_(lo).mul_(n).div_(hi - lo).to(torch.int32)
-            c = torch.bincount(idx.clamp_(max=n - 1).reshape(-1), minlength=n).double()
-            counts = c if counts is None else counts + c
+            if counts is None:
+                counts = torch.zeros(n, dtype=torch.int64, device=g.device)
+            # torch.histc's bin rule, (x - lo) * n / (hi - lo) truncated with
+            # x == hi in the last bin, computed in place; counting through
+            # index_put_ is several times faster than histc on CPU.
+            idx = g.clamp_(lo, hi).sub_(lo).mul_(n).div_(hi - lo).to(torch.int64)
+            count_into(counts, idx.clamp_(max=n - 1))
         if counts is None:
             return None
-        edges = torch.linspace(lo, hi, self.bins + 1, dtype=torch.float64)
-        return {"counts": counts, "edges": edges.to(counts.device)}
+        edges = torch.linspace(lo, hi, n + 1, dtype=torch.float64)
+        return {"counts": counts.double(), "edges": edges.to(counts.device)}

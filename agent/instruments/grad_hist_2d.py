@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
@@ -22,7 +22,7 @@ def _bin_(x: Tensor, n: int, lo: float, hi: float) -> Tensor:
     ``floor((x - lo) / w)`` needs no upper check.
     """
     w = (hi - lo) / n
-    return x.clamp_(lo + w / 2, hi - w / 2).sub_(lo).div_(w).to(torch.int32)
+    return x.clamp_(lo + w / 2, hi - w / 2).sub_(lo).div_(w).to(torch.int64)
 
 
 class GradHist2d(Instrument):
@@ -68,16 +68,15 @@ class GradHist2d(Instrument):
         (ng, nt), ((glo, ghi), (tlo, thi)) = self.bins, self.range
         counts: Tensor | None = None
         for _, theta, g in step.batch_grads(self.chunk):
-            flat = (
-                _bin_(g, ng, glo, ghi).mul_(nt).add_(_bin_(theta.clone(), nt, tlo, thi))
-            )
-            c = torch.bincount(flat.reshape(-1), minlength=ng * nt).double()
-            counts = c if counts is None else counts + c
+            if counts is None:
+                counts = torch.zeros(ng * nt, dtype=torch.int64, device=g.device)
+            theta_bin = _bin_(theta.clone(), nt, tlo, thi)  # broadcast over samples
+            count_into(counts, _bin_(g, ng, glo, ghi).mul_(nt).add_(theta_bin))
         if counts is None:
             return None
         dev = counts.device
         return {
-            "counts": counts.reshape(ng, nt),
+            "counts": counts.double().reshape(ng, nt),
             "y_edges": torch.linspace(
                 glo, ghi, ng + 1, dtype=torch.float64, device=dev
             ),
