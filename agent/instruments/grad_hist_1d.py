@@ -57,18 +57,26 @@ class GradHist1d(Instrument):
 
     @override
     def compute(self, step: StepView) -> Reading:
-        """Returns {"counts": [bins], "edges": [bins + 1]}."""
+        """Returns {"counts": [bins], "edges": [bins + 1], "nan": NaN entries}.
+
+        NaN entries are not binned (Cockpit bins them into arbitrary bins).
+        """
         lo, hi, n = *self.range, self.bins
         counts: torch.Tensor | None = None
         for _, _, g in step.batch_grads(self.chunk):
-            if counts is None:
-                counts = torch.zeros(n, dtype=torch.int64, device=g.device)
+            if counts is None:  # bin n holds the NaNs
+                counts = torch.zeros(n + 1, dtype=torch.int64, device=g.device)
+            nan = g.isnan()
             # torch.histc's bin rule, (x - lo) * n / (hi - lo) truncated with
             # x == hi in the last bin, computed in place; counting through
             # index_put_ is several times faster than histc on CPU.
             idx = g.clamp_(lo, hi).sub_(lo).mul_(n).div_(hi - lo).to(torch.int64)
-            count_into(counts, idx.clamp_(max=n - 1))
+            count_into(counts, idx.clamp_(0, n - 1).masked_fill_(nan, n))
         if counts is None:
             return None
         edges = torch.linspace(lo, hi, n + 1, dtype=torch.float64)
-        return {"counts": counts.double(), "edges": edges.to(counts.device)}
+        return {
+            "counts": counts[:n].double(),
+            "edges": edges.to(counts.device),
+            "nan": counts[n].double(),
+        }

@@ -16,13 +16,14 @@ from glasscockpit.protocol import Kind, PanelSpec
 
 
 def _bin_(x: Tensor, n: int, lo: float, hi: float) -> Tensor:
-    """Bin index (int32), overwriting ``x``.
+    """Bin index (int64), overwriting ``x``; NaN gives an arbitrary index.
 
     Values are clamped to the edge bins' centres (Cockpit's rule), so
     ``floor((x - lo) / w)`` needs no upper check.
     """
     w = (hi - lo) / n
-    return x.clamp_(lo + w / 2, hi - w / 2).sub_(lo).div_(w).to(torch.int64)
+    idx = x.clamp_(lo + w / 2, hi - w / 2).sub_(lo).div_(w).to(torch.int64)
+    return idx.clamp_(0, n - 1)
 
 
 class GradHist2d(Instrument):
@@ -64,19 +65,25 @@ class GradHist2d(Instrument):
 
     @override
     def compute(self, step: StepView) -> Reading:
-        """Returns {"counts": [g bins, θ bins], "y_edges": g, "x_edges": θ edges}."""
+        """Returns {"counts": [g bins, θ bins], "y_edges", "x_edges", "nan"}.
+
+        Pairs with a NaN are not binned; "nan" counts them.
+        """
         (ng, nt), ((glo, ghi), (tlo, thi)) = self.bins, self.range
         counts: Tensor | None = None
         for _, theta, g in step.batch_grads(self.chunk):
-            if counts is None:
-                counts = torch.zeros(ng * nt, dtype=torch.int64, device=g.device)
+            if counts is None:  # the last slot holds the NaN pairs
+                counts = torch.zeros(ng * nt + 1, dtype=torch.int64, device=g.device)
+            nan = g.isnan() | theta.isnan()
             theta_bin = _bin_(theta.clone(), nt, tlo, thi)  # broadcast over samples
-            count_into(counts, _bin_(g, ng, glo, ghi).mul_(nt).add_(theta_bin))
+            flat = _bin_(g, ng, glo, ghi).mul_(nt).add_(theta_bin)
+            count_into(counts, flat.masked_fill_(nan, ng * nt))
         if counts is None:
             return None
         dev = counts.device
         return {
-            "counts": counts.double().reshape(ng, nt),
+            "nan": counts[-1].double(),
+            "counts": counts[:-1].double().reshape(ng, nt),
             "y_edges": torch.linspace(
                 glo, ghi, ng + 1, dtype=torch.float64, device=dev
             ),

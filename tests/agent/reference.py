@@ -203,6 +203,7 @@ def grad_hist_1d(data: Data, inst: Any) -> dict[str, Any]:
     return {
         "counts": counts.double(),
         "edges": torch.linspace(lo, hi, inst.bins + 1, dtype=torch.float64),
+        "nan": float(values.isnan().sum()),
     }
 
 
@@ -218,6 +219,7 @@ def grad_hist_2d(data: Data, inst: Any) -> dict[str, Any]:
     t = torch.cat(ts).clamp(tlo + wt / 2, thi - wt / 2).numpy()
     counts, _, _ = np.histogram2d(g, t, bins=[ng, nt], range=[[glo, ghi], [tlo, thi]])
     return {
+        "nan": float(torch.cat(gs).isnan().sum() + torch.cat(ts).isnan().sum()),
         "counts": torch.from_numpy(counts),
         "y_edges": torch.linspace(glo, ghi, ng + 1, dtype=torch.float64),
         "x_edges": torch.linspace(tlo, thi, nt + 1, dtype=torch.float64),

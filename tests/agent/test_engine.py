@@ -162,6 +162,20 @@ def test_histograms_in_sample_chunks_match_reference(problem: Problem, torch_thr
     assert_reading(got["grad_hist_2d"], grad_hist_2d(data, insts[1]), "h2")
 
 
+def test_histograms_count_nan_apart(torch_threads: None):
+    def build() -> tuple[nn.Module, Tensor, Tensor]:
+        model, x, y = MLP.build()
+        x[2, 0] = float("nan")  # sample 2's gradients become NaN
+        return model, x, y
+
+    problem = Problem("nan", build, F.cross_entropy)
+    got = run_step(problem, [GradHist1d(schedule=always), GradHist2d(schedule=always)])
+    per_sample = sum(p.numel() for p in MLP.make()[0].parameters())
+    for name in ("grad_hist_1d", "grad_hist_2d"):
+        assert got[name]["nan"] == per_sample, name
+        assert got[name]["counts"].sum() == 7 * per_sample, name
+
+
 def test_uncovered_module_is_reported(torch_threads: None):
     def build() -> tuple[nn.Module, Tensor, Tensor]:
         model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
