@@ -157,7 +157,7 @@ class HookEngine:
             raise EngineError(
                 "No per-sample rule for parameters "
                 f"{self.uncovered[:8]}{' ...' if len(self.uncovered) > 8 else ''}; "
-                "covered module types: nn.Linear, nn.Conv2d (zero padding)"
+                "covered module types: nn.Linear, nn.Conv1d, nn.Conv2d (zero padding)"
             )
         for name, module in self.model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:

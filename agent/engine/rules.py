@@ -20,6 +20,11 @@ from torch.nn import functional as F  # noqa: N812 - torch convention
 class LayerRule:
     """Per-sample statistics of one module type; reductions use ``batch_grads``."""
 
+    def accepts(self, module: nn.Module) -> bool:
+        """Whether this rule handles this module's configuration."""
+        del module
+        return True
+
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Per-sample gradients ``{"weight": [B, *shape], ...}`` of one call."""
         raise NotImplementedError
@@ -121,42 +126,58 @@ class LinearRule(LayerRule):
         return out
 
 
-class Conv2dRule(LayerRule):
-    """``nn.Conv2d`` with zero padding: per-sample gradients through ``F.unfold``."""
+class ConvRule(LayerRule):
+    """``nn.Conv1d``/``nn.Conv2d`` with zero padding: per-sample grads via ``F.unfold``.
+
+    A 1-D convolution is unfolded as a 2-D one of height 1.
+    """
+
+    def accepts(self, module: nn.Module) -> bool:
+        """Zero padding given as numbers ("same"/"valid" strings are not handled)."""
+        return (
+            isinstance(module, nn.Conv1d | nn.Conv2d)
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        )
 
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
-        """Weight ``[B, out, in/groups, kh, kw]``, bias ``[B, out]``."""
-        assert isinstance(module, nn.Conv2d)
+        """Weight ``[B, out, in/groups, *kernel]``, bias ``[B, out]``."""
+        assert isinstance(module, nn.Conv1d | nn.Conv2d)
         n, out = x.shape[0], dict[str, Tensor]()
         if _has(module, "weight"):
+            one_d = isinstance(module, nn.Conv1d)
+            pad = module.padding
+            assert not isinstance(pad, str)  # accepts() refused strings
             cols = F.unfold(
-                x,
-                module.kernel_size,
-                dilation=module.dilation,
-                padding=module.padding,  # type: ignore[arg-type] # checked in supports()
-                stride=module.stride,
-            )  # [B, in·kh·kw, L]
+                x.unsqueeze(2) if one_d else x,
+                (1, *module.kernel_size) if one_d else module.kernel_size,
+                dilation=(1, *module.dilation) if one_d else module.dilation,
+                padding=(0, *pad) if one_d else pad,
+                stride=(1, *module.stride) if one_d else module.stride,
+            )  # [B, in·k, L]
             g = module.groups
             bg = b.reshape(n, g, module.out_channels // g, -1)  # [B, g, out/g, L]
-            cg = cols.reshape(n, g, cols.shape[1] // g, -1)  # [B, g, in/g·kh·kw, L]
+            cg = cols.reshape(n, g, cols.shape[1] // g, -1)  # [B, g, in/g·k, L]
             out["weight"] = (bg @ cg.transpose(2, 3)).reshape(n, *module.weight.shape)
         if _has(module, "bias"):
-            out["bias"] = b.sum((2, 3))
+            out["bias"] = b.reshape(n, b.shape[1], -1).sum(2)
         return out
 
 
-def supports(module: nn.Module) -> LayerRule | None:
-    """The rule for this module, or None; exact types only (subclasses may differ)."""
-    if type(module) is nn.Linear:
-        return LINEAR
-    if (
-        type(module) is nn.Conv2d
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    ):
-        return CONV2D
-    return None
-
-
 LINEAR = LinearRule()
-CONV2D = Conv2dRule()
+CONV = ConvRule()
+
+#: Exact module type -> rule. Exact types only: a subclass may change ``forward``.
+#: Another engine (e.g. torch.func for any module) registers here or replaces
+#: ``supports``.
+RULES: dict[type[nn.Module], LayerRule] = {
+    nn.Linear: LINEAR,
+    nn.Conv1d: CONV,
+    nn.Conv2d: CONV,
+}
+
+
+def supports(module: nn.Module) -> LayerRule | None:
+    """The rule for this module, or None when no rule covers it."""
+    rule = RULES.get(type(module))
+    return rule if rule is not None and rule.accepts(module) else None

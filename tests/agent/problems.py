@@ -49,6 +49,17 @@ def _cnn() -> tuple[nn.Module, Tensor, Tensor]:
     return model, torch.randn(5, 2, 8, 8), torch.randint(0, 4, (5,))
 
 
+def _conv1d() -> tuple[nn.Module, Tensor, Tensor]:
+    model = nn.Sequential(
+        nn.Conv1d(3, 4, 3, padding=1, groups=1),
+        nn.ReLU(),
+        nn.Conv1d(4, 4, 2, stride=2, groups=2),
+        nn.Flatten(),
+        nn.Linear(12, 3),
+    )
+    return model, torch.randn(6, 3, 6), torch.randint(0, 3, (6,))
+
+
 def _regression() -> tuple[nn.Module, Tensor, Tensor]:
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
     return model, torch.randn(7, 6), torch.randn(7, 3)
@@ -58,6 +69,7 @@ PROBLEMS: tuple[Problem, ...] = (
     Problem("linear", _linear, F.cross_entropy),
     Problem("mlp", _mlp, F.cross_entropy),
     Problem("cnn", _cnn, F.cross_entropy),
+    Problem("conv1d", _conv1d, F.cross_entropy),
     Problem("mse", _regression, F.mse_loss),
 )
 
@@ -65,3 +77,6 @@ PROBLEMS: tuple[Problem, ...] = (
 def make_id(problem: Problem) -> str:
     """Readable test id."""
     return problem.name
+
+
+BY_NAME: dict[str, Problem] = {p.name: p for p in PROBLEMS}

@@ -10,8 +10,8 @@ import torch
 
 from glasscockpit.agent import always
 from glasscockpit.agent.instruments import ALL, BY_NAME, PRESETS, Instrument
+from tests.agent import problems
 from tests.agent.harness import run_step
-from tests.agent.problems import PROBLEMS
 
 FOLDER = Path(__file__).resolve().parents[2] / "agent" / "instruments"
 
@@ -58,7 +58,7 @@ def test_only_declared_needs_give_the_same_reading(
 ) -> None:
     # Alone, the step serves only this instrument's needs (and StepView refuses
     # the rest); next to every other instrument, the engine serves all needs.
-    problem = PROBLEMS[1]
+    problem = problems.BY_NAME["mlp"]
     alone = run_step(problem, [cls(schedule=always)])[cls.name]
     others = [c(schedule=always) for c in ALL if c is not cls]
     together = run_step(problem, [cls(schedule=always), *others])[cls.name]

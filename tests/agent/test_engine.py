@@ -22,7 +22,7 @@ from glasscockpit.agent.instruments import (
     TICDiag,
 )
 from tests.agent.harness import run_step
-from tests.agent.problems import PROBLEMS, Problem
+from tests.agent.problems import BY_NAME, Problem
 from tests.agent.reference import (
     cabs,
     collect,
@@ -34,7 +34,7 @@ from tests.agent.reference import (
 )
 from tests.agent.test_instruments import RTOL, assert_reading
 
-MLP, CNN = PROBLEMS[1], PROBLEMS[2]
+MLP, CNN = BY_NAME["mlp"], BY_NAME["cnn"]
 TESTS = [NormTest, InnerTest, OrthoTest]
 
 
@@ -279,7 +279,7 @@ def test_tic_with_outputs_modified_in_place(torch_threads: None):
 
 
 def test_tic_uses_exact_curvature_for_mse(torch_threads: None):
-    got = run_step(PROBLEMS[3], [TICDiag(schedule=always)])
+    got = run_step(BY_NAME["mse"], [TICDiag(schedule=always)])
     assert got["tic_diag"]["total"] > 0
 
 

@@ -28,7 +28,7 @@ from glasscockpit.agent.instruments import (
     TICDiag,
     TICTrace,
 )
-from tests.agent.problems import PROBLEMS, Problem
+from tests.agent.problems import BY_NAME, Problem
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pkg_resources' own deprecation warning
@@ -88,7 +88,7 @@ def run_ours(problem: Problem) -> dict[str, Any]:
     return ck.readings[0]
 
 
-@pytest.mark.parametrize("problem", [PROBLEMS[1], PROBLEMS[2]], ids=str)
+@pytest.mark.parametrize("problem", [BY_NAME["mlp"], BY_NAME["cnn"]], ids=str)
 def test_same_numbers_as_cockpit(problem: Problem, torch_threads: None) -> None:
     theirs, ours = run_original(problem), run_ours(problem)
     for key, (cls, _) in OURS.items():
