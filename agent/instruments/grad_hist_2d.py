@@ -15,15 +15,15 @@ from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 
-def _bin_(x: Tensor, n: int, lo: float, hi: float) -> Tensor:
-    """Bin index (int64), overwriting ``x``; NaN gives an arbitrary index.
+def _bin_(x: Tensor, n: int, lo: float, hi: float, nan: int) -> Tensor:
+    """Bin index (int64), overwriting ``x``; NaN gets index ``nan``.
 
     Values are clamped to the edge bins' centres (Cockpit's rule), so
-    ``floor((x - lo) / w)`` needs no upper check.
+    ``floor((x - lo) / w)`` needs no upper check; clamping keeps NaN.
     """
     w = (hi - lo) / n
-    idx = x.clamp_(lo + w / 2, hi - w / 2).sub_(lo).div_(w).to(torch.int64)
-    return idx.clamp_(0, n - 1)
+    pos = x.clamp_(lo + w / 2, hi - w / 2).sub_(lo).div_(w)
+    return pos.nan_to_num_(nan=nan).to(torch.int64)
 
 
 class GradHist2d(Instrument):
@@ -72,18 +72,20 @@ class GradHist2d(Instrument):
         (ng, nt), ((glo, ghi), (tlo, thi)) = self.bins, self.range
         counts: Tensor | None = None
         for _, theta, g in step.batch_grads(self.chunk):
-            if counts is None:  # the last slot holds the NaN pairs
-                counts = torch.zeros(ng * nt + 1, dtype=torch.int64, device=g.device)
-            nan = g.isnan() | theta.isnan()
-            theta_bin = _bin_(theta.clone(), nt, tlo, thi)  # broadcast over samples
-            flat = _bin_(g, ng, glo, ghi).mul_(nt).add_(theta_bin)
-            count_into(counts, flat.masked_fill_(nan, ng * nt))
+            # A NaN in g or θ puts the pair at flat index ≥ ng·nt.
+            if counts is None:
+                counts = torch.zeros(
+                    2 * ng * nt + 1, dtype=torch.int64, device=g.device
+                )
+            theta_bin = _bin_(theta.clone(), nt, tlo, thi, nan=ng * nt)  # broadcasts
+            flat = _bin_(g, ng, glo, ghi, nan=ng).mul_(nt).add_(theta_bin)
+            count_into(counts, flat)
         if counts is None:
             return None
         dev = counts.device
         return {
-            "nan": counts[-1].double(),
-            "counts": counts[:-1].double().reshape(ng, nt),
+            "nan": counts[ng * nt :].sum().double(),
+            "counts": counts[: ng * nt].double().reshape(ng, nt),
             "y_edges": torch.linspace(
                 glo, ghi, ng + 1, dtype=torch.float64, device=dev
             ),
