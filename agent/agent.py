@@ -19,11 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from glasscockpit.agent.config import AgentConfig, ingest_url
+from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
 from glasscockpit.agent.instruments import Instrument, Reading, resolve
-from glasscockpit.agent.needs import Need
+from glasscockpit.agent.needs import RECORDED, Need
 from glasscockpit.agent.packing import DeferredReadings, pack_readings
 from glasscockpit.agent.schedules import describe
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.step import StepData, StepView
 from glasscockpit.agent.transport import (
     MemoryTransport,
     Transport,
@@ -36,6 +37,8 @@ from glasscockpit.protocol import (
     Bye,
     Hello,
     InstrumentSpec,
+    Kind,
+    PanelSpec,
     Readings,
     Value,
     check_run_id,
@@ -44,6 +47,39 @@ from glasscockpit.protocol import (
 log = logging.getLogger("glasscockpit.agent")
 FAIL_MODES = ("disable", "raise")
 _UNSET: Any = object()
+
+#: Instruments fed by ``Cockpit.log``: epoch-level metrics, one series per split.
+LOG_SPECS = (
+    InstrumentSpec(
+        "epoch_loss",
+        Kind.PER_LAYER,
+        PanelSpec(
+            title="Epoch loss",
+            y_label="loss",
+            log_y=True,
+            group="performance",
+            help="Train/validation/test loss logged with cockpit.log(...).",
+        ),
+        "logged",
+    ),
+    InstrumentSpec(
+        "epoch_accuracy",
+        Kind.PER_LAYER,
+        PanelSpec(
+            title="Epoch accuracy",
+            y_label="accuracy",
+            group="performance",
+            help="Train/validation/test accuracy logged with cockpit.log(...).",
+        ),
+        "logged",
+    ),
+)
+#: ``Cockpit.log`` keyword -> (instrument key, series key).
+LOG_KEYS = {
+    f"{split}_{metric}": (f"epoch_{metric}", split)
+    for split in ("train", "valid", "test")
+    for metric in ("loss", "accuracy")
+}
 
 
 def default_run_id() -> str:
@@ -169,13 +205,22 @@ class Cockpit:
                 f"Two instruments share a key in {keys}; pass label=... to each"
             )
         self.disabled: dict[str, str] = {}
+        self._warned: set[str] = set()
+        #: Records layer inputs/output gradients; only when an instrument needs it.
+        self.engine: HookEngine | None = None
+        if any(i.needs & RECORDED for i in self.instruments):
+            self.engine = HookEngine(model, self.params)
+            # The first step number is unknown: record the first forward pass.
+            self.engine.arm()
+        self._checked = False
         self.hello = Hello(
             run=self.run,
             seq=0,
             instruments=tuple(
                 InstrumentSpec(i.key, i.kind, i.panel, describe(i.schedule))
                 for i in self.instruments
-            ),
+            )
+            + LOG_SPECS,
             meta=plain({**_model_meta(model, optimizer), **(meta or {})}),
         )
         self._seq = 0
@@ -215,15 +260,50 @@ class Cockpit:
 
         Instruments are computed on exit, after the backward pass and before
         ``optimizer.step()``. Untracked steps cost one schedule check per instrument.
+
+        Per-sample instruments need the step's forward pass recorded: the engine is
+        armed at the end of step ``t`` when step ``t + 1`` is due, so number steps
+        consecutively, or open this context before the forward pass (then pass no
+        ``loss`` here; curvature instruments need it, and the forward, before entry).
         """
         due = [
             i for i in self.instruments if i.key not in self.disabled and i.is_due(step)
         ]
         if not due or self._closed:
-            yield False
+            try:
+                yield False
+            finally:
+                self._prepare(step + 1)
             return
-        yield True
-        self._track(step, loss, batch_size, due)
+        data = self._step_data(due, loss)
+        try:
+            yield True
+            self._track(step, loss, batch_size, due, data)
+        finally:
+            self._prepare(step + 1)
+
+    def log(self, step: int, **metrics: float) -> None:
+        """Record epoch-level metrics at ``step`` (Cockpit's performance gauge).
+
+        Keywords: ``train_loss``, ``valid_loss``, ``test_loss``, ``train_accuracy``,
+        ``valid_accuracy``, ``test_accuracy``; sent as instruments ``epoch_loss``
+        and ``epoch_accuracy`` with one series per split.
+        """
+        unknown = sorted(set(metrics) - set(LOG_KEYS))
+        if unknown:
+            raise ValueError(
+                f"Unknown metric(s) {unknown}; expected some of {sorted(LOG_KEYS)}"
+            )
+        values: dict[str, Value] = {}
+        for key, value in metrics.items():
+            inst, split = LOG_KEYS[key]
+            series = values.setdefault(inst, {})
+            assert isinstance(series, dict)
+            series[split] = float(value)
+        if values and not self._closed:
+            self._send_frame(
+                Readings(self.run, self._next_seq(), step, time.time(), values, {})
+            )
 
     def close(self, status: str = "finished") -> None:
         """Send the final frame and flush for at most the configured timeout.
@@ -238,6 +318,8 @@ class Cockpit:
         if self._closed:
             return
         self._closed = True
+        if self.engine is not None:
+            self.engine.remove()
         status = status if status in ("finished", "failed") else "finished"
         self._send_frame(Bye(run=self.run, seq=self._next_seq(), status=status))
         try:
@@ -268,7 +350,9 @@ class Cockpit:
         out: dict[int, dict[str, Any]] = {}
         for frame in self.transport.frames:
             if isinstance(frame, Readings):
-                out[frame.step] = {k: _to_python(v) for k, v in frame.values.items()}
+                out.setdefault(frame.step, {}).update(
+                    {k: _to_python(v) for k, v in frame.values.items()}
+                )
         return out
 
     # -- internals --------------------------------------------------------------
@@ -287,22 +371,98 @@ class Cockpit:
             return []
         return [float(g["lr"]) for g in self.optimizer.param_groups if "lr" in g]
 
+    def _param_lrs(self) -> dict[str, float]:
+        if self.optimizer is None:
+            return {}
+        lr_of = {
+            id(p): float(g["lr"])
+            for g in self.optimizer.param_groups
+            if "lr" in g
+            for p in g["params"]
+        }
+        return {n: lr_of[id(p)] for n, p in self.params if id(p) in lr_of}
+
+    def _prepare(self, step: int) -> None:
+        """Arm the engine iff an instrument that needs it is due at ``step``."""
+        if self.engine is None:
+            return
+        if not self._closed and any(
+            i.needs & RECORDED and i.key not in self.disabled and i.is_due(step)
+            for i in self.instruments
+        ):
+            self.engine.arm()
+        else:
+            self.engine.disarm()
+
+    def _step_data(self, due: Sequence[Instrument], loss: Tensor | None) -> StepData:
+        """Engine work before the backward pass; per-sample statistics come lazily."""
+        engine = self.engine
+        if engine is None or not any(i.needs & RECORDED for i in due):
+            return StepData()
+        if not engine.recording or engine.backpropagated:
+            # Opened before the forward pass, or what was recorded belongs to an
+            # earlier, finished backward pass: record afresh from here.
+            engine.arm()
+        ggn: dict[str, Tensor] | Exception | None = None
+        if any(Need.DIAG_GGN in i.needs for i in due):
+            try:
+                if loss is None:
+                    raise EngineError(
+                        "Curvature instruments need cockpit.step(loss=...)"
+                    )
+                ggn = diag_ggn(engine, loss)
+            except EngineError as exc:
+                ggn = exc
+
+        def stats() -> StepStats:
+            result = StepStats(engine, check=not self._checked)
+            self._checked = True
+            return result
+
+        return StepData(stats, ggn)
+
     def _track(
         self,
         step: int,
         loss: Tensor | None,
         batch_size: int | None,
         due: Sequence[Instrument],
+        data: StepData | None = None,
     ) -> None:
         results: dict[str, Reading] = {}
         errors: dict[str, str] = {}
+        data = data or StepData()
+        lrs, param_lrs = self._lrs(), self._param_lrs()
         with torch.no_grad():
             for inst in due:
                 view = StepView(
-                    step, loss, self.params, self._lrs(), batch_size, inst.needs
+                    step,
+                    loss,
+                    self.params,
+                    lrs,
+                    batch_size,
+                    inst.needs,
+                    data,
+                    param_lrs,
                 )
                 try:
                     results[inst.key] = inst.compute(view)
+                except EngineError as exc:
+                    # The model or this step does not allow the statistic: report
+                    # it at this step, keep the instrument for later steps.
+                    if self.fail_mode == "raise":
+                        raise
+                    msg = f"{type(exc).__name__}: {exc}"
+                    errors[inst.key] = msg
+                    results[inst.key] = None
+                    if msg not in self._warned:
+                        self._warned.add(msg)
+                        log.warning(
+                            "glasscockpit: [Step %d | %s] undefined: %s",
+                            step,
+                            inst.key,
+                            msg,
+                        )
                 except Exception as exc:
                     if self.fail_mode == "raise":
                         raise

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glasscockpit.agent.instruments.base import Reading
+from glasscockpit.agent.instruments.base import Guarded, Leaf, Reading
 from glasscockpit.protocol import Array, Readings, Value
 
 log = logging.getLogger("glasscockpit.agent")
@@ -61,7 +61,15 @@ class _Slot:
     shape: tuple[int, ...]
 
 
-_Leaf = _Slot | float | None
+@dataclass(frozen=True)
+class _GuardedSlot:
+    """A ``Guarded`` reading: its value, and the flag saying whether it is defined."""
+
+    value: _Slot
+    valid: _Slot
+
+
+_Leaf = _Slot | _GuardedSlot | float | None
 
 
 class HostCopy:
@@ -80,7 +88,10 @@ class HostCopy:
         for reading in readings.values():
             items = reading.values() if isinstance(reading, dict) else [reading]
             for x in items:
-                if isinstance(x, Tensor):
+                if isinstance(x, Guarded):
+                    by_device.setdefault(x.value.device, []).append(x.value)
+                    by_device.setdefault(x.valid.device, []).append(x.valid)
+                elif isinstance(x, Tensor):
                     by_device.setdefault(x.device, []).append(x)
         slots: dict[int, _Slot] = {}
         # Per device: the host buffer and the CUDA event (None when ready).
@@ -97,7 +108,9 @@ class HostCopy:
             else:
                 self._chunks.append((flat.cpu(), None))
 
-        def leaf(x: Tensor | float | None) -> _Leaf:
+        def leaf(x: Leaf) -> _Leaf:
+            if isinstance(x, Guarded):
+                return _GuardedSlot(slots[id(x.value)], slots[id(x.valid)])
             if isinstance(x, Tensor):
                 return slots[id(x)]
             return None if x is None else float(x)
@@ -128,6 +141,10 @@ class HostCopy:
             flats.append(buffer.numpy())
 
         def convert(x: _Leaf) -> float | None | Array:
+            if isinstance(x, _GuardedSlot):
+                n = math.prod(x.valid.shape)
+                valid = flats[x.valid.chunk][x.valid.offset : x.valid.offset + n]
+                return convert(x.value) if bool(valid.all()) else None
             if not isinstance(x, _Slot):
                 return x
             n = math.prod(x.shape)

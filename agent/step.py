@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from glasscockpit.agent.needs import Need
+from glasscockpit.agent.engine import StepStats
+from glasscockpit.agent.needs import RECORDED, Need
 
 
 class UndeclaredNeedError(RuntimeError):
     """An instrument read step data it did not declare in ``needs``."""
+
+
+class StepData:
+    """Engine results of one step, shared by every instrument's view.
+
+    Args:
+        stats: builds the step's per-sample statistics on first use (may raise
+            ``EngineError``); None when no engine is attached.
+        ggn: the GGN diagonal computed before the backward pass, or the error
+            that prevented it.
+    """
+
+    def __init__(
+        self,
+        stats: Callable[[], StepStats] | None = None,
+        ggn: dict[str, Tensor] | Exception | None = None,
+    ) -> None:
+        self._make = stats
+        self._stats: StepStats | Exception | None = None
+        self.ggn = ggn
+
+    def stats(self) -> StepStats:
+        """The per-sample statistics; raises the engine's error if unavailable."""
+        if self._stats is None:
+            if self._make is None:
+                raise RuntimeError("No per-sample engine is attached to this Cockpit")
+            try:
+                self._stats = self._make()
+            except Exception as exc:  # noqa: BLE001 - re-raised to every reader
+                self._stats = exc
+        if isinstance(self._stats, Exception):
+            raise self._stats
+        return self._stats
 
 
 @dataclass
@@ -24,6 +58,9 @@ class StepView:
     lrs: Sequence[float]
     batch_size: int | None
     allowed: frozenset[Need] = frozenset(Need)
+    data: StepData = field(default_factory=StepData)
+    #: Learning rate of each tracked parameter's optimizer group (by name).
+    param_lrs: Mapping[str, float] = field(default_factory=dict)
 
     def require(self, need: Need) -> None:
         """Raise ``UndeclaredNeedError`` unless ``need`` was declared."""
@@ -42,3 +79,49 @@ class StepView:
         """(name, p.detach()) of every tracked parameter, before the optimizer step."""
         self.require(Need.PARAMS)
         return [(n, p.detach()) for n, p in self.params]
+
+    # -- per-sample statistics (hook engine) ----------------------------------------
+    def sample_count(self) -> int:
+        """``B``, the number of samples the per-sample statistics were taken over."""
+        if not self.allowed & RECORDED:
+            raise UndeclaredNeedError(
+                "sample_count() needs one of "
+                + ", ".join(sorted(n.name for n in RECORDED))
+            )
+        return self.data.stats().batch_size
+
+    def batch_l2(self) -> dict[str, Tensor]:
+        """``‖g_n‖²`` per parameter name, each ``[B]``."""
+        self.require(Need.BATCH_L2)
+        return self.data.stats().batch_l2()
+
+    def batch_dot(self) -> dict[str, Tensor]:
+        """``g_n · g`` per parameter name, ``g`` its ``.grad``, each ``[B]``."""
+        self.require(Need.BATCH_DOT)
+        return self.data.stats().batch_dot()
+
+    def sum_grad_squared(self) -> dict[str, Tensor]:
+        """``Σ_n g_n²`` per parameter name, each of the parameter's shape."""
+        self.require(Need.SUM_GRAD_SQUARED)
+        return self.data.stats().sum_grad_squared()
+
+    def batch_grads(
+        self, max_elements: int | None = None
+    ) -> Iterator[tuple[str, Tensor, Tensor]]:
+        """``(name, θ, g_n [b, *θ.shape])`` one layer (or chunk of samples) at a time.
+
+        ``max_elements`` caps the values per yielded tensor (``b ≤ B`` samples);
+        drop each tensor after use.
+        """
+        self.require(Need.BATCH_GRAD)
+        return self.data.stats().batch_grads(max_elements)
+
+    def diag_ggn(self) -> dict[str, Tensor]:
+        """Exact GGN diagonal of the mean loss per parameter name (its shape)."""
+        self.require(Need.DIAG_GGN)
+        ggn = self.data.ggn
+        if isinstance(ggn, Exception):
+            raise ggn
+        if ggn is None:
+            raise RuntimeError("The GGN diagonal was not computed at this step")
+        return ggn

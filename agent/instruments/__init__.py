@@ -1,26 +1,59 @@
-"""The instrument registry (an explicit tuple) and the presets derived from cost."""
+"""The instrument registry (an explicit tuple) and Cockpit's three presets."""
 
 from __future__ import annotations
 
 from glasscockpit.agent.instruments.base import (
     Cost,
+    Guarded,
     Instrument,
+    PresetName,
     Reading,
     default_schedule,
 )
+from glasscockpit.agent.instruments.cabs import CABS
+from glasscockpit.agent.instruments.early_stopping import EarlyStopping
+from glasscockpit.agent.instruments.grad_hist_1d import GradHist1d
+from glasscockpit.agent.instruments.grad_hist_2d import GradHist2d
 from glasscockpit.agent.instruments.grad_norm import GradNorm
+from glasscockpit.agent.instruments.inner_test import InnerTest
 from glasscockpit.agent.instruments.loss import Loss
 from glasscockpit.agent.instruments.lr import Lr
+from glasscockpit.agent.instruments.mean_gsnr import MeanGSNR
+from glasscockpit.agent.instruments.norm_test import NormTest
+from glasscockpit.agent.instruments.ortho_test import OrthoTest
+from glasscockpit.agent.instruments.tic_diag import TICDiag
+from glasscockpit.agent.instruments.tic_trace import TICTrace
 
-ALL: tuple[type[Instrument], ...] = (Loss, GradNorm, Lr)
+ALL: tuple[type[Instrument], ...] = (
+    Loss,
+    GradNorm,
+    Lr,
+    NormTest,
+    InnerTest,
+    OrthoTest,
+    MeanGSNR,
+    TICDiag,
+    TICTrace,
+    CABS,
+    EarlyStopping,
+    GradHist1d,
+    GradHist2d,
+)
 
 BY_NAME: dict[str, type[Instrument]] = {cls.name: cls for cls in ALL}
 
-#: Presets, least to most expensive: each includes every instrument up to a cost.
+#: Preset order: each preset includes every instrument of the earlier ones.
+PRESET_ORDER: tuple[PresetName, ...] = ("economy", "business", "full")
+
+
+def _members(preset: PresetName) -> tuple[type[Instrument], ...]:
+    upto = PRESET_ORDER[: PRESET_ORDER.index(preset) + 1]
+    return tuple(c for c in ALL if c.preset in upto)
+
+
+#: Cockpit's configurations, from each instrument's ``preset`` class attribute.
 PRESETS: dict[str, tuple[type[Instrument], ...]] = {
-    "economy": tuple(c for c in ALL if c.cost <= Cost.CHEAP),
-    "business": tuple(c for c in ALL if c.cost <= Cost.MODERATE),
-    "full": ALL,
+    p: _members(p) for p in PRESET_ORDER
 }
 
 
@@ -47,13 +80,25 @@ def resolve(spec: str | Instrument | type[Instrument]) -> list[Instrument]:
 __all__ = [
     "ALL",
     "BY_NAME",
+    "CABS",
     "PRESETS",
+    "PRESET_ORDER",
     "Cost",
+    "EarlyStopping",
+    "GradHist1d",
+    "GradHist2d",
     "GradNorm",
+    "Guarded",
+    "InnerTest",
     "Instrument",
     "Loss",
     "Lr",
+    "MeanGSNR",
+    "NormTest",
+    "OrthoTest",
     "Reading",
+    "TICDiag",
+    "TICTrace",
     "default_schedule",
     "resolve",
 ]

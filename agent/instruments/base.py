@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeAlias
 
+import torch
 from torch import Tensor
 
 from glasscockpit.agent.schedules import Schedule, every, log_spaced
@@ -15,14 +18,38 @@ if TYPE_CHECKING:
     from glasscockpit.agent.needs import Need
     from glasscockpit.agent.step import StepView
 
+
+@dataclass(frozen=True)
+class Guarded:
+    """A value that is "undefined" (None on the host) where ``valid`` is false.
+
+    Lets an instrument decide definedness on the device (``‖g‖ = 0``, ``B = 1``)
+    without a host synchronisation: value and flag travel in the step's one
+    transfer.
+    """
+
+    value: Tensor
+    valid: Tensor
+
+    @staticmethod
+    def of(value: Tensor, valid: Tensor | bool) -> Guarded:
+        """Wrap ``value``; ``valid`` may be a bool known on the host."""
+        flag = torch.as_tensor(valid, device=value.device)
+        # Invalid entries are zeroed so that no NaN/inf from 0/0 crosses the wire.
+        return Guarded(torch.where(flag, value, torch.zeros_like(value)), flag)
+
+
 #: A reading before it leaves the device: a tensor (scalar or array), a float,
-#: None (undefined at this step), or a mapping of names to those.
-Leaf: TypeAlias = Tensor | float | None
+#: None (undefined at this step), a guarded tensor, or a mapping of names to those.
+Leaf: TypeAlias = Tensor | float | None | Guarded
 Reading: TypeAlias = Leaf | dict[str, Leaf]
+
+#: Cockpit's configurations, least to most expensive; each includes the previous.
+PresetName: TypeAlias = Literal["economy", "business", "full"]
 
 
 class Cost(IntEnum):
-    """Rough price of an instrument; drives default schedules and presets."""
+    """Rough price of an instrument; drives default schedules."""
 
     CHEAP = 0
     MODERATE = 1
@@ -46,6 +73,8 @@ class Instrument(ABC):
     cost: ClassVar[Cost]
     kind: ClassVar[Kind]
     panel: ClassVar[PanelSpec]
+    #: Smallest preset that includes this instrument (None: only by name).
+    preset: ClassVar[PresetName | None] = None
 
     def __init__(
         self, schedule: Schedule | None = None, label: str | None = None
@@ -61,3 +90,38 @@ class Instrument(ABC):
     @abstractmethod
     def compute(self, step: StepView) -> Reading:
         """Return this step's reading, on the training device; runs after backward."""
+
+
+def sq_norms(step: StepView) -> dict[str, Tensor]:
+    """``‖g^{(l)}‖²`` of ``p.grad`` per parameter name, float64 scalars."""
+    return {n: g.detach().double().square().sum() for n, g in step.grads()}
+
+
+def f32_noise(mean_sq: Tensor) -> Tensor:
+    """Squared size below which a float32 mean of per-sample values is round-off.
+
+    A mean gradient smaller than ``eps_f32 · rms(g_n)`` is indistinguishable from
+    zero, so statistics that divide by it are reported as undefined.
+    """
+    return mean_sq * torch.finfo(torch.float32).eps ** 2
+
+
+def total(values: Iterable[Tensor]) -> Tensor:
+    """Sum of scalar tensors, float64 (the per-layer values must be non-empty)."""
+    return torch.stack([v.double() for v in values]).sum()
+
+
+def rows_sum(per_layer: Iterable[Tensor]) -> Tensor:
+    """``Σ_l v^{(l)}`` of ``[B]`` vectors in float64, e.g. the network's ``u_n``."""
+    return torch.stack([v.double() for v in per_layer]).sum(0)
+
+
+def count_into(counts: Tensor, index: Tensor) -> None:
+    """``counts[i] += #{index == i}`` in place (int64 counts and index).
+
+    ``index_put_`` with accumulation is about twice as fast as ``bincount`` on
+    CPU and adds no allocation of the number of bins per call.
+    """
+    flat = index.reshape(-1)
+    one = torch.ones((), dtype=counts.dtype, device=counts.device)
+    counts.index_put_((flat,), one.expand(flat.numel()), accumulate=True)

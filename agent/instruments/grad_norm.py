@@ -19,6 +19,7 @@ class GradNorm(Instrument):
     name = "grad_norm"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.GRAD})
     cost = Cost.CHEAP
+    preset = "economy"
     kind = Kind.PER_LAYER
     panel = PanelSpec(
         title="Gradient norm",

@@ -18,6 +18,7 @@ class Loss(Instrument):
     name = "loss"
     needs: ClassVar[frozenset[Need]] = frozenset()
     cost = Cost.CHEAP
+    preset = "economy"
     kind = Kind.SCALAR
     panel = PanelSpec(
         title="Mini-batch loss",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.instruments.base import Cost, Instrument, Leaf, Reading
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
@@ -19,6 +18,7 @@ class Lr(Instrument):
     name = "lr"
     needs: ClassVar[frozenset[Need]] = frozenset()
     cost = Cost.CHEAP
+    preset = "economy"
     kind = Kind.PER_LAYER
     panel = PanelSpec(
         title="Learning rate",
@@ -33,7 +33,7 @@ class Lr(Instrument):
         """Returns {"total": lr of group 0, "group i": lr of group i}, or None."""
         if not step.lrs:
             return None
-        out: dict[str, Tensor | float | None] = {"total": float(step.lrs[0])}
+        out: dict[str, Leaf] = {"total": float(step.lrs[0])}
         if len(step.lrs) > 1:
             out.update({f"group {i}": float(lr) for i, lr in enumerate(step.lrs)})
         return out

@@ -33,7 +33,13 @@ def make_cockpit(base: str, run: str) -> Cockpit:
     torch.set_num_threads(1)
     model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return Cockpit(model, opt, run=run, server=base.replace("http", "ws"))
+    return Cockpit(
+        model,
+        opt,
+        run=run,
+        server=base.replace("http", "ws"),
+        instruments=["loss", "grad_norm", "lr"],
+    )
 
 
 def test_every_tracked_step_arrives():
@@ -46,7 +52,8 @@ def test_every_tracked_step_arrives():
         assert run["status"] == "finished"
         assert run["last_step"] == 199
         names = {i["name"]: i for i in run["instruments"]}
-        assert set(names) == {"loss", "grad_norm", "lr"}
+        # cockpit.log's epoch metrics are always declared in the hello frame.
+        assert set(names) == {"loss", "grad_norm", "lr", "epoch_loss", "epoch_accuracy"}
         assert names["grad_norm"]["keys"][0] == "total"
         assert len(names["grad_norm"]["keys"]) == 5  # total + 2 weights + 2 biases
         loss = get_json(base + "/v1/runs/e2e-rest/series/loss?max_points=1000")

@@ -1,0 +1,220 @@
+"""Per-layer rules: per-sample statistics of one module from its input and output grad.
+
+A rule sees one call of one module: the input ``x`` recorded in the forward pass and
+the gradient ``b`` of the loss with respect to the module's output, received during
+the backward pass. Everything here is in the loss's own scale: for a mean-reduced
+loss, ``batch_grads`` returns ``ĝ_n = ∇ℓ_n / B`` (BackPACK's convention); the engine
+rescales by ``B``.
+
+A second implementation (e.g. a ``torch.func`` rule for modules without a closed
+form) only has to subclass ``LayerRule`` and implement ``batch_grads``; the
+reductions then fall back to building that one layer's per-sample gradients.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812 - torch convention
+
+
+class LayerRule:
+    """Per-sample statistics of one module type; reductions use ``batch_grads``."""
+
+    def accepts(self, module: nn.Module) -> bool:
+        """Whether this rule handles this module's configuration."""
+        del module
+        return True
+
+    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Per-sample gradients ``{"weight": [B, *shape], ...}`` of one call."""
+        raise NotImplementedError
+
+    def grad_sum(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n`` per parameter (equals ``.grad`` of a single call)."""
+        return {k: g.sum(0) for k, g in self.batch_grads(module, x, b).items()}
+
+    def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``‖ĝ_n‖²`` per parameter, each ``[B]``."""
+        return {
+            k: g.flatten(1).square().sum(1)
+            for k, g in self.batch_grads(module, x, b).items()
+        }
+
+    def batch_dot(
+        self, module: nn.Module, x: Tensor, b: Tensor, grads: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """``ĝ_n · G`` per parameter for a direction ``G = grads[k]``, each ``[B]``."""
+        return {
+            k: g.flatten(1) @ grads[k].reshape(-1).to(g.dtype)
+            for k, g in self.batch_grads(module, x, b).items()
+        }
+
+    def sum_grad_squared(
+        self, module: nn.Module, x: Tensor, b: Tensor
+    ) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n²`` per parameter, each of the parameter's shape."""
+        return {k: g.square().sum(0) for k, g in self.batch_grads(module, x, b).items()}
+
+    def linear_in_b_squared(self, x: Tensor) -> bool:
+        """Whether ``Σ_n ĝ_n²`` depends on ``b`` only through ``b²``, elementwise."""
+        del x
+        return False
+
+    def sum_grad_squared_from_b_squared(
+        self, module: nn.Module, x: Tensor, b_sq: Tensor
+    ) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n²`` from ``b²`` summed over passes (``linear_in_b_squared``)."""
+        raise NotImplementedError
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    p = getattr(module, name, None)
+    return isinstance(p, nn.Parameter) and p.requires_grad
+
+
+class LinearRule(LayerRule):
+    """``nn.Linear``: closed forms for 2-D inputs (Goodfellow 2015), else per layer."""
+
+    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Weight ``[B, out, in]`` = Σ_t b_t a_tᵀ, bias ``[B, out]`` = Σ_t b_t."""
+        x3, b3 = (
+            x.reshape(x.shape[0], -1, x.shape[-1]),
+            b.reshape(b.shape[0], -1, b.shape[-1]),
+        )
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = b3.transpose(1, 2) @ x3  # [B, out, in]
+        if _has(module, "bias"):
+            out["bias"] = b3.sum(1)  # [B, out]
+        return out
+
+    def grad_sum(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``bᵀa`` over all samples (and positions), like autograd."""
+        x2, b2 = x.reshape(-1, x.shape[-1]), b.reshape(-1, b.shape[-1])
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = b2.t() @ x2
+        if _has(module, "bias"):
+            out["bias"] = b2.sum(0)
+        return out
+
+    def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``‖a_n‖²‖b_n‖²`` for 2-D inputs: nothing of size B·out·in is built."""
+        if x.dim() != 2:
+            return super().batch_l2(module, x, b)
+        bb = b.square().sum(1)  # [B]
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = x.square().sum(1) * bb
+        if _has(module, "bias"):
+            out["bias"] = bb
+        return out
+
+    def batch_dot(
+        self, module: nn.Module, x: Tensor, b: Tensor, grads: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """``b_nᵀ G a_n`` for 2-D inputs: ``O(B·out·in)``, no per-sample tensor."""
+        if x.dim() != 2:
+            return super().batch_dot(module, x, b, grads)
+        out: dict[str, Tensor] = {}
+        if "weight" in grads and _has(module, "weight"):
+            out["weight"] = ((b @ grads["weight"].to(b.dtype)) * x).sum(1)
+        if "bias" in grads and _has(module, "bias"):
+            out["bias"] = b @ grads["bias"].to(b.dtype)
+        return out
+
+    def sum_grad_squared(
+        self, module: nn.Module, x: Tensor, b: Tensor
+    ) -> dict[str, Tensor]:
+        """``(b²)ᵀ(a²)`` for 2-D inputs."""
+        if x.dim() != 2:
+            return super().sum_grad_squared(module, x, b)
+        return self.sum_grad_squared_from_b_squared(module, x, b.square())
+
+    def linear_in_b_squared(self, x: Tensor) -> bool:
+        """True for 2-D inputs: ``Σ_n ĝ_n² = (b²)ᵀ(a²)``."""
+        return x.dim() == 2
+
+    def sum_grad_squared_from_b_squared(
+        self, module: nn.Module, x: Tensor, b_sq: Tensor
+    ) -> dict[str, Tensor]:
+        """``(b²)ᵀ(a²)`` and ``Σ_n b²``."""
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = b_sq.t() @ x.square()
+        if _has(module, "bias"):
+            out["bias"] = b_sq.sum(0)
+        return out
+
+
+class ConvRule(LayerRule):
+    """``nn.Conv1d``/``nn.Conv2d`` with zero padding: per-sample grads via ``F.unfold``.
+
+    A 1-D convolution is unfolded as a 2-D one of height 1. The unfolded input is
+    cached per recorded input tensor for as long as that tensor lives: the GGN
+    passes reduce the same inputs once per class, and unfolding dominated them.
+    """
+
+    def __init__(self) -> None:
+        self._cols: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}
+
+    def _unfold(self, module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+        hit = self._cols.get(id(x))
+        if hit is not None and hit[0]() is x:
+            return hit[1]
+        one_d = isinstance(module, nn.Conv1d)
+        pad = module.padding
+        assert not isinstance(pad, str)  # accepts() refused strings
+        cols = F.unfold(
+            x.unsqueeze(2) if one_d else x,
+            (1, *module.kernel_size) if one_d else module.kernel_size,
+            dilation=(1, *module.dilation) if one_d else module.dilation,
+            padding=(0, *pad) if one_d else pad,
+            stride=(1, *module.stride) if one_d else module.stride,
+        )  # [B, in·k, L]
+        key = id(x)
+        self._cols[key] = (weakref.ref(x, lambda _: self._cols.pop(key, None)), cols)
+        return cols
+
+    def accepts(self, module: nn.Module) -> bool:
+        """Zero padding given as numbers ("same"/"valid" strings are not handled)."""
+        return (
+            isinstance(module, nn.Conv1d | nn.Conv2d)
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        )
+
+    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Weight ``[B, out, in/groups, *kernel]``, bias ``[B, out]``."""
+        assert isinstance(module, nn.Conv1d | nn.Conv2d)
+        n, out = x.shape[0], dict[str, Tensor]()
+        if _has(module, "weight"):
+            cols = self._unfold(module, x)  # [B, in·k, L]
+            g = module.groups
+            bg = b.reshape(n, g, module.out_channels // g, -1)  # [B, g, out/g, L]
+            cg = cols.reshape(n, g, cols.shape[1] // g, -1)  # [B, g, in/g·k, L]
+            out["weight"] = (bg @ cg.transpose(2, 3)).reshape(n, *module.weight.shape)
+        if _has(module, "bias"):
+            out["bias"] = b.reshape(n, b.shape[1], -1).sum(2)
+        return out
+
+
+LINEAR = LinearRule()
+CONV = ConvRule()
+
+#: Exact module type -> rule. Exact types only: a subclass may change ``forward``.
+#: Another engine (e.g. torch.func for any module) registers here or replaces
+#: ``supports``.
+RULES: dict[type[nn.Module], LayerRule] = {
+    nn.Linear: LINEAR,
+    nn.Conv1d: CONV,
+    nn.Conv2d: CONV,
+}
+
+
+def supports(module: nn.Module) -> LayerRule | None:
+    """The rule for this module, or None when no rule covers it."""
+    rule = RULES.get(type(module))
+    return rule if rule is not None and rule.accepts(module) else None

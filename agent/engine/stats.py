@@ -1,0 +1,186 @@
+"""Per-sample statistics of one tracked step, reduced layer by layer and cached.
+
+Scale convention (Cockpit's): ``g_n = B · ĝ_n`` is the gradient of sample ``n``'s
+loss when the loss is the mean over ``B`` samples, and ``g = p.grad`` is their mean.
+Every accessor returns unscaled ``g_n`` statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
+
+
+class StepStats:
+    """Lazily computed, shared by every instrument of one step.
+
+    Args:
+        engine: the armed engine after the step's backward pass.
+        check: verify once that ``Σ_n ĝ_n`` equals ``p.grad`` (catches parameters
+            also used outside their module, e.g. tied weights).
+    """
+
+    def __init__(self, engine: HookEngine, *, check: bool = False) -> None:
+        engine.check_model()
+        self.engine = engine
+        self.layers = [
+            (layer, calls)
+            for layer in engine.layers
+            if (calls := [c for c in layer.calls if c.b is not None])
+        ]
+        sizes = {c.x.shape[0] for _, calls in self.layers for c in calls}
+        if len(sizes) != 1:
+            raise EngineError(
+                f"Recorded calls disagree on the batch size ({sorted(sizes)}); "
+                "was a second forward pass run in grad mode before backward?"
+            )
+        self.batch_size: int = sizes.pop()
+        self._cache: dict[str, dict[str, Tensor]] = {}
+        if check:
+            self._check_sums()
+
+    # -- per layer -------------------------------------------------------------------
+    @staticmethod
+    def layer_grads(
+        layer: Layer, calls: list[Call], scale: float = 1.0
+    ) -> dict[str, Tensor]:
+        """``scale · ĝ_n`` per local parameter name, summed over the module's calls."""
+        total: dict[str, Tensor] = {}
+        for c in calls:
+            assert c.b is not None
+            # Scaling the (small) output gradient saves a pass over B·D values.
+            b = c.b if scale == 1.0 else c.b * scale
+            for k, g in layer.rule.batch_grads(layer.module, c.x, b).items():
+                total[k] = total[k] + g if k in total else g
+        return total
+
+    def _params(self, layer: Layer) -> dict[str, nn.Parameter]:
+        return {k: getattr(layer.module, k) for k in layer.names}
+
+    # -- accessors -----------------------------------------------------------------
+    def batch_l2(self) -> dict[str, Tensor]:
+        """``‖g_n‖²`` per tracked parameter name, each ``[B]``."""
+        if "l2" not in self._cache:
+            out: dict[str, Tensor] = {}
+            b2 = float(self.batch_size) ** 2
+            for layer, calls in self.layers:
+                if len(calls) == 1:
+                    c = calls[0]
+                    assert c.b is not None
+                    vals = layer.rule.batch_l2(layer.module, c.x, c.b)
+                else:
+                    vals = {
+                        k: g.flatten(1).square().sum(1)
+                        for k, g in self.layer_grads(layer, calls).items()
+                    }
+                out.update({layer.names[k]: v * b2 for k, v in vals.items()})
+            self._cache["l2"] = out
+        return self._cache["l2"]
+
+    def batch_dot(self) -> dict[str, Tensor]:
+        """``g_n · g`` per tracked parameter name with ``g = p.grad``, each ``[B]``."""
+        if "dot" not in self._cache:
+            out: dict[str, Tensor] = {}
+            for layer, calls in self.layers:
+                direction = {
+                    k: p.grad
+                    for k, p in self._params(layer).items()
+                    if p.grad is not None
+                }
+                if len(calls) == 1:
+                    c = calls[0]
+                    assert c.b is not None
+                    vals = layer.rule.batch_dot(layer.module, c.x, c.b, direction)
+                else:
+                    vals = {
+                        k: g.flatten(1) @ direction[k].reshape(-1)
+                        for k, g in self.layer_grads(layer, calls).items()
+                        if k in direction
+                    }
+                out.update(
+                    {layer.names[k]: v * self.batch_size for k, v in vals.items()}
+                )
+            self._cache["dot"] = out
+        return self._cache["dot"]
+
+    def sum_grad_squared(self) -> dict[str, Tensor]:
+        """``Σ_n g_n²`` per tracked parameter name, each of the parameter's shape."""
+        if "sgs" not in self._cache:
+            out: dict[str, Tensor] = {}
+            b2 = float(self.batch_size) ** 2
+            for layer, calls in self.layers:
+                if len(calls) == 1:
+                    c = calls[0]
+                    assert c.b is not None
+                    vals = layer.rule.sum_grad_squared(layer.module, c.x, c.b)
+                else:
+                    vals = {
+                        k: g.square().sum(0)
+                        for k, g in self.layer_grads(layer, calls).items()
+                    }
+                out.update({layer.names[k]: v * b2 for k, v in vals.items()})
+            self._cache["sgs"] = out
+        return self._cache["sgs"]
+
+    def batch_grads(
+        self, max_elements: int | None = None
+    ) -> Iterator[tuple[str, Tensor, Tensor]]:
+        """``(name, parameter, g_n [b, *shape])``, one layer at a time.
+
+        With ``max_elements``, each layer comes in chunks of ``b ≤ B`` samples
+        holding at most about that many per-sample values (at least one sample),
+        so reductions over samples and entries (histograms) stay in cache. Each
+        ``g_n`` tensor is fresh: consumers may modify it in place.
+        """
+        scale = float(self.batch_size)
+        for layer, calls in self.layers:
+            params = self._params(layer)
+            per_sample = sum(params[k].numel() for k in layer.names)
+            chunk = self.batch_size
+            if max_elements is not None:
+                chunk = max(1, min(self.batch_size, max_elements // per_sample))
+            for s in range(0, self.batch_size, chunk):
+                part = [
+                    Call(
+                        c.x[s : s + chunk], None if c.b is None else c.b[s : s + chunk]
+                    )
+                    for c in calls
+                ]
+                grads = self.layer_grads(layer, part, scale)
+                for k in list(grads):
+                    yield layer.names[k], params[k].detach(), grads.pop(k)
+
+    # -- checks --------------------------------------------------------------------
+    def _check_sums(self) -> None:
+        for layer, calls in self.layers:
+            params = self._params(layer)
+            sums: dict[str, Tensor] = {}
+            for c in calls:
+                assert c.b is not None
+                for k, g in layer.rule.grad_sum(layer.module, c.x, c.b).items():
+                    sums[k] = sums[k] + g if k in sums else g
+            for k, g in sums.items():
+                ref = params[k].grad
+                if ref is None:
+                    continue
+                err = float((g - ref).norm())
+                scale = float(ref.norm())
+                if err > 1e-3 * scale + 1e-12:
+                    raise EngineError(
+                        f"Per-sample gradients of {layer.names[k]!r} do not sum to its "
+                        f".grad (relative difference {err / max(scale, 1e-30):.1e}): "
+                        "the parameter is used outside its module (tied weights?) or "
+                        ".grad accumulates over several backward passes"
+                    )
+
+    @staticmethod
+    def zero_like(params: dict[str, Tensor]) -> Tensor:
+        """A float64 zero on the device of the first tensor (for empty sums)."""
+        first = next(iter(params.values()), None)
+        return torch.zeros(
+            (), dtype=torch.float64, device=None if first is None else first.device
+        )

@@ -1,0 +1,70 @@
+"""Orthogonality test (Bollapragada et al. 2017), O(B·D) without a Gram matrix."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor
+from typing_extensions import override
+
+from glasscockpit.agent.instruments.base import (
+    Cost,
+    Guarded,
+    Instrument,
+    Leaf,
+    Reading,
+    f32_noise,
+    rows_sum,
+    sq_norms,
+    total,
+)
+from glasscockpit.agent.needs import Need
+from glasscockpit.agent.step import StepView
+from glasscockpit.protocol import Kind, PanelSpec
+
+
+def ortho_test(s2: Tensor, u: Tensor, g2: Tensor, b: int) -> Guarded:
+    """``sqrt((Σ‖g_n‖² − Σu_n²/‖g‖²) / ((B−1)·B‖g‖²))``, ``u_n = g_n·g`` ``[B]``."""
+    var = (s2 - u.square().sum() / g2) / max(b - 1, 1)
+    valid = (g2 > f32_noise(s2 / b)) & (b > 1)
+    return Guarded.of((var.clamp(min=0) / (b * g2)).sqrt(), valid)
+
+
+class OrthoTest(Instrument):
+    """The smallest orthogonality-test tolerance ν that the current batch passes."""
+
+    name = "ortho_test"
+    needs: ClassVar[frozenset[Need]] = frozenset(
+        {Need.GRAD, Need.BATCH_L2, Need.BATCH_DOT}
+    )
+    cost = Cost.MODERATE
+    kind = Kind.PER_LAYER
+    preset = "economy"
+    panel = PanelSpec(
+        title="Orthogonality test",
+        y_label="ν",
+        log_y=True,
+        group="gradients",
+        help="Noise of the per-sample gradients orthogonal to the mean gradient; "
+        "values ≳ 1 mean the step's direction is unreliable.",
+    )
+
+    @override
+    def compute(self, step: StepView) -> Reading:
+        """Returns {"total": ν, name: ν of that parameter}; None if undefined."""
+        b, g2 = step.sample_count(), sq_norms(step)
+        l2, dots = step.batch_l2(), step.batch_dot()
+        names = [n for n in l2 if n in dots and n in g2]
+        if not names:
+            return None
+        s2 = {n: l2[n].double().sum() for n in names}
+        out: dict[str, Leaf] = {
+            "total": ortho_test(
+                total(s2.values()),
+                rows_sum(dots[n] for n in names),
+                total(g2[n] for n in names),
+                b,
+            )
+        }
+        out.update({n: ortho_test(s2[n], dots[n].double(), g2[n], b) for n in names})
+        return out

@@ -1,0 +1,254 @@
+"""Agent overhead: ms per training step and ratio to a plain step, per configuration.
+
+Models of issue 3: MLP 784-128-64-10 (ReLU, batch 128) and CNN
+conv(3→16)-pool-conv(16→32)-pool-fc(2048→128)-fc(128→10) (ReLU, batch 64, 3×32×32),
+cross-entropy, SGD. Rows: a plain step, each preset and each instrument with every
+step tracked, each preset with its default schedules (steps 1000+, so sparse
+schedules are in their steady state), and the original Cockpit's configurations
+when ``cockpit-for-pytorch`` is importable. Configurations are interleaved
+round-robin; each repeat times a block of steps; the table shows medians.
+Peak memory (``--memory``) is the peak RSS of a fresh process running a few steps,
+minus the plain step's.
+
+    python -m bench [--repeats 3] [--models mlp,cnn] [--memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+
+from glasscockpit.agent import Cockpit, always
+from glasscockpit.agent.instruments import ALL, PRESETS
+
+Step = Callable[[int], None]
+
+
+def make_model(name: str) -> tuple[nn.Module, Tensor, Tensor]:
+    """Seeded model and one batch."""
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 128),
+            nn.ReLU(),
+            nn.Linear(128, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        )
+        return model, torch.randn(128, 784), torch.randint(0, 10, (128,))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2048, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    return model, torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+
+
+def plain(model_name: str) -> Step:
+    """A training step without any monitoring."""
+    model, x, y = make_model(model_name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step(_: int) -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def ours(model_name: str, spec: str, every_step: bool) -> Step:
+    """A step with glasscockpit's agent (in-memory transport, readings dropped)."""
+    model, x, y = make_model(model_name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    classes = PRESETS[spec] if spec in PRESETS else [c for c in ALL if c.name == spec]
+    insts = [c(schedule=always) if every_step else c() for c in classes]
+    cockpit = Cockpit(model, opt, server=None, run="bench", instruments=insts)
+
+    def step(i: int) -> None:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        with cockpit.step(i, loss=loss):
+            loss.backward()
+        opt.step()
+        cockpit.transport.frames.clear()  # type: ignore[attr-defined]
+
+    return step
+
+
+def original(model_name: str, spec: str) -> Step | None:
+    """A step with cockpit-for-pytorch's configuration, every step tracked."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import backpack
+            import cockpit
+            from cockpit.utils.configuration import configuration
+            from cockpit.utils.schedules import linear
+    except ImportError:
+        return None
+    model, x, y = make_model(model_name)
+    model = backpack.extend(model)
+    lossfunc = backpack.extend(nn.CrossEntropyLoss())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ck = cockpit.Cockpit(model.parameters(), quantities=configuration(spec, linear(1)))
+
+    def step(i: int) -> None:
+        opt.zero_grad()
+        out = model(x)
+        loss = lossfunc(out, y)
+        losses = F.cross_entropy(out, y, reduction="none")
+        info = {"batch_size": x.shape[0], "individual_losses": losses}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with ck(i, info={**info, "loss": loss, "optimizer": opt}):
+                loss.backward(create_graph=ck.create_graph(i))
+        opt.step()
+        ck.output.clear()  # keep memory flat over repeats
+        for q in ck.quantities:
+            q.output.clear()
+
+    return step
+
+
+@dataclass
+class Row:
+    """One benchmarked configuration."""
+
+    label: str
+    make: Callable[[], Step | None]
+    start: int = 0
+
+
+def rows(model_name: str) -> list[Row]:
+    """Every configuration of the table, in display order."""
+    out = [Row("plain", lambda: plain(model_name))]
+    for p in PRESETS:
+        out.append(Row(f"{p} (every step)", lambda p=p: ours(model_name, p, True)))
+    for p in PRESETS:
+        out.append(
+            Row(
+                f"{p} (default schedules)", lambda p=p: ours(model_name, p, False), 1000
+            )
+        )
+    for p in PRESETS:
+        out.append(
+            Row(f"Cockpit {p} (every step)", lambda p=p: original(model_name, p))
+        )
+    for c in ALL:
+        out.append(Row(f"  {c.name}", lambda c=c: ours(model_name, c.name, True)))
+    return out
+
+
+def bench(model_name: str, repeats: int, block_s: float) -> dict[str, float]:
+    """Median ms per step for every row, interleaved round-robin."""
+    steps: dict[str, tuple[Step, list[int]]] = {}
+    for row in rows(model_name):
+        fn = row.make()
+        if fn is not None:
+            steps[row.label] = (fn, [row.start])
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for fn, counter in steps.values():  # warm-up
+        fn(counter[0])
+        counter[0] += 1
+    for _ in range(repeats):
+        for k, (fn, counter) in steps.items():
+            gc.collect()
+            n, t0 = 0, time.perf_counter()
+            while n < 1 or (time.perf_counter() - t0 < block_s and n < 200):
+                fn(counter[0])
+                counter[0] += 1
+                n += 1
+            times[k].append((time.perf_counter() - t0) / n * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_rss_mib(model_name: str, label: str, steps: int = 3) -> float:
+    """Peak RSS (``VmHWM``, MiB) of a fresh process running a few steps of one row.
+
+    ``ru_maxrss`` would not do: Linux carries the parent's peak across ``exec``.
+    """
+    code = (
+        "import torch; torch.set_num_threads(1);"
+        "from bench.agent_overhead import rows;"
+        f"r = {{x.label: x for x in rows({model_name!r})}}[{label!r}];"
+        "fn = r.make();"
+        f"[fn(r.start + i) for i in range({steps})] if fn else None;"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')];"
+        "print(hwm[0].split()[1] if fn else -1)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    kib = int(out.stdout.strip().splitlines()[-1])
+    return kib / 1024 if kib >= 0 else float("nan")
+
+
+MEMORY_ROWS = (
+    "plain",
+    "economy (every step)",
+    "business (every step)",
+    "full (every step)",
+    "Cockpit economy (every step)",
+    "Cockpit business (every step)",
+    "Cockpit full (every step)",
+)
+
+
+def main() -> None:
+    """Parse arguments, run, print a markdown table per model."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--block-s", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--memory", action="store_true", help="also peak RSS")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    for model_name in args.models.split(","):
+        ms = bench(model_name, args.repeats, args.block_s)
+        base = ms["plain"]
+        mem = {}
+        if args.memory:
+            for label in MEMORY_ROWS:
+                if label in ms:
+                    mem[label] = peak_rss_mib(model_name, label)
+        print(
+            f"\n### {model_name} (torch threads: {args.threads}, "
+            f"repeats: {args.repeats}, medians)\n"
+        )
+        print("| configuration | ms/step | × plain | peak RSS − plain, MiB |")
+        print("|---|---|---|---|")
+        for label, v in ms.items():
+            extra = f"{mem[label] - mem['plain']:+.0f}" if label in mem else ""
+            print(f"| {label} | {v:.2f} | {v / base:.2f} | {extra} |")
+        results[model_name] = {"ms": ms, "peak_rss_mib": mem}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

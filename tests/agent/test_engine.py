@@ -1,0 +1,297 @@
+"""Engine behaviour and Cockpit's fixed defects, each with its own test."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+
+from glasscockpit.agent import Cockpit, always, every
+from glasscockpit.agent.instruments import (
+    CABS,
+    EarlyStopping,
+    GradHist1d,
+    GradHist2d,
+    InnerTest,
+    MeanGSNR,
+    NormTest,
+    OrthoTest,
+    TICDiag,
+)
+from tests.agent.harness import run_step
+from tests.agent.problems import BY_NAME, Problem
+from tests.agent.reference import (
+    cabs,
+    collect,
+    early_stopping,
+    grad_hist_1d,
+    grad_hist_2d,
+    norm_test,
+    tic_diag,
+)
+from tests.agent.test_instruments import RTOL, assert_reading
+
+MLP, CNN = BY_NAME["mlp"], BY_NAME["cnn"]
+TESTS = [NormTest, InnerTest, OrthoTest]
+
+
+@pytest.mark.parametrize("problem", [MLP, CNN], ids=str)
+def test_gradient_tests_split_the_variance(problem: Problem, torch_threads: None):
+    got = run_step(problem, [c(schedule=always) for c in TESTS])
+    for key in got["norm_test"]:
+        norm, inner, ortho = (got[c.name][key] for c in TESTS)
+        assert norm**2 == pytest.approx(inner**2 + ortho**2, rel=1e-4), key
+
+
+def _single_sample() -> tuple[nn.Module, Tensor, Tensor]:
+    return nn.Linear(4, 3), torch.randn(1, 4), torch.tensor([1])
+
+
+def test_batch_of_one_is_undefined_not_nan(torch_threads: None):
+    problem = Problem("b1", _single_sample, F.cross_entropy)
+    classes = [*TESTS, MeanGSNR, EarlyStopping, CABS]
+    got = run_step(problem, [c(schedule=always) for c in classes])
+    for cls in classes:
+        assert all(v is None for v in got[cls.name].values()), cls.name
+
+
+def test_zero_gradient_is_undefined(torch_threads: None):
+    problem = Problem("zero", MLP.build, lambda z, y: 0.0 * F.cross_entropy(z, y))
+    got = run_step(problem, [c(schedule=always) for c in TESTS])
+    for cls in TESTS:
+        assert all(v is None for v in got[cls.name].values()), cls.name
+
+
+def _loop(cockpit: Cockpit, problem: Problem, steps: list[int], pre: bool = False):
+    model, x, y = problem.make()
+    tracked = []
+    for step in steps:
+        if pre:  # context opened before the forward pass
+            with cockpit.step(step) as on:
+                loss = problem.loss_fn(model(x), y)
+                loss.backward()
+        else:
+            loss = problem.loss_fn(model(x), y)
+            with cockpit.step(step, loss=loss) as on:
+                loss.backward()
+        tracked.append(on)
+        model.zero_grad()
+    return model
+
+
+def test_untracked_steps_record_nothing(torch_threads: None):
+    model, x, y = MLP.make()
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[NormTest(schedule=every(3))]
+    )
+    assert cockpit.engine is not None
+    seen = []
+    for step in range(6):
+        loss = F.cross_entropy(model(x), y)
+        seen.append(cockpit.engine.recorded)
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+        model.zero_grad()
+    cockpit.close()
+    assert seen == [True, False, False, True, False, False]
+    assert sorted(cockpit.readings) == [0, 3]
+
+
+def test_context_before_forward_matches_reference(torch_threads: None):
+    model, x, y = MLP.make()
+    cockpit = Cockpit(
+        model,
+        None,
+        server=None,
+        instruments=[NormTest(schedule=lambda s: s == 7)],
+        fail_mode="raise",
+    )
+    loss = F.cross_entropy(model(x), y)  # step 6, untracked, engine not armed
+    loss.backward()
+    model.zero_grad()
+    with cockpit.step(7):
+        F.cross_entropy(model(x), y).backward()
+    cockpit.close()
+    want = norm_test(collect(MLP), None)
+    assert_reading(cockpit.readings[7]["norm_test"], want, "norm_test")
+
+
+def test_unrecorded_step_is_reported_and_instrument_kept(torch_threads, caplog):
+    model, x, y = MLP.make()
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[NormTest(schedule=every(2))]
+    )
+    with caplog.at_level(logging.WARNING, logger="glasscockpit.agent"):
+        for step in (0, 2, 4):  # not armed for step 2: 1 was expected next
+            loss = F.cross_entropy(model(x), y)
+            with cockpit.step(step, loss=loss):
+                loss.backward()
+            model.zero_grad()
+    cockpit.close()
+    frames = [f for f in cockpit.transport.frames if hasattr(f, "errors")]
+    errors = {f.step: f.errors for f in frames if f.errors}
+    assert "not recorded" in errors[2]["norm_test"]
+    assert cockpit.readings[2]["norm_test"] is None
+    assert cockpit.readings[4]["norm_test"] is None  # 4 followed 2, also unarmed
+    assert "norm_test" not in cockpit.disabled
+    assert sum("not recorded" in r.message for r in caplog.records) == 1
+
+
+def test_two_instances_with_different_settings_coexist(torch_threads: None):
+    a = GradHist1d(schedule=always, label="narrow", bins=10, range=(-0.1, 0.1))
+    b = GradHist1d(schedule=always, label="wide", bins=20)
+    got = run_step(MLP, [a, b])
+    assert got["grad_hist_1d:narrow"]["counts"].shape == (10,)
+    assert got["grad_hist_1d:wide"]["counts"].shape == (20,)
+    total = sum(p.numel() for p in MLP.make()[0].parameters()) * 8
+    assert got["grad_hist_1d:narrow"]["counts"].sum() == total
+
+
+@pytest.mark.parametrize("problem", [MLP, CNN], ids=str)
+def test_histograms_in_sample_chunks_match_reference(problem: Problem, torch_threads):
+    insts = [
+        GradHist1d(schedule=always, chunk=50),
+        GradHist2d(schedule=always, chunk=1),
+    ]
+    got = run_step(problem, insts)
+    data = collect(problem)
+    assert_reading(got["grad_hist_1d"], grad_hist_1d(data, insts[0]), "h1")
+    assert_reading(got["grad_hist_2d"], grad_hist_2d(data, insts[1]), "h2")
+
+
+def test_histograms_count_nan_apart(torch_threads: None):
+    def build() -> tuple[nn.Module, Tensor, Tensor]:
+        model, x, y = MLP.build()
+        x[2, 0] = float("nan")  # sample 2's gradients become NaN
+        return model, x, y
+
+    problem = Problem("nan", build, F.cross_entropy)
+    got = run_step(problem, [GradHist1d(schedule=always), GradHist2d(schedule=always)])
+    per_sample = sum(p.numel() for p in MLP.make()[0].parameters())
+    for name in ("grad_hist_1d", "grad_hist_2d"):
+        assert got[name]["nan"] == per_sample, name
+        assert got[name]["counts"].sum() == 7 * per_sample, name
+
+
+def test_uncovered_module_is_reported(torch_threads: None):
+    def build() -> tuple[nn.Module, Tensor, Tensor]:
+        model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+        return model, torch.randn(4, 6), torch.randint(0, 3, (4,))
+
+    model, x, y = build()
+    cockpit = Cockpit(model, None, server=None, instruments=[NormTest(schedule=always)])
+    loss = F.cross_entropy(model(x), y)
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    assert cockpit.readings[0]["norm_test"] is None
+    frame = [f for f in cockpit.transport.frames if getattr(f, "errors", None)][0]
+    assert "1.weight" in frame.errors["norm_test"]
+
+
+def test_tied_weights_are_refused(torch_threads: None):
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(x) @ self.fc.weight  # weight also used outside fc
+
+    torch.manual_seed(0)
+    model, x, y = Tied(), torch.randn(5, 4), torch.randint(0, 4, (5,))
+    cockpit = Cockpit(model, None, server=None, instruments=[NormTest(schedule=always)])
+    loss = F.cross_entropy(model(x), y)
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    frame = [f for f in cockpit.transport.frames if getattr(f, "errors", None)][0]
+    assert "do not sum to its .grad" in frame.errors["norm_test"]
+
+
+def _reused() -> tuple[nn.Module, Tensor, Tensor]:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(torch.tanh(self.a(torch.relu(self.a(x)))))
+
+    return Twice(), torch.randn(6, 5), torch.randint(0, 3, (6,))
+
+
+def test_module_called_twice_matches_reference(torch_threads: None):
+    problem = Problem("twice", _reused, F.cross_entropy)
+    classes = [NormTest, InnerTest, MeanGSNR]
+    got = run_step(problem, [c(schedule=always) for c in classes])
+    data = collect(problem)
+    assert_reading(got["norm_test"], norm_test(data, None), "norm_test")
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_cabs_and_early_stopping_with_any_optimizer(optimizer: str, torch_threads):
+    lr = 0.01
+    got = run_step(
+        MLP,
+        [CABS(schedule=always), EarlyStopping(schedule=always)],
+        optimizer=optimizer,
+        lr=lr,
+    )
+    data = collect(MLP, lr=lr)
+    assert_reading(got["cabs"], cabs(data, None), "cabs")
+    want = early_stopping(data, EarlyStopping())
+    assert_reading(got["early_stopping"], want, "eb", rtol=1e-3)
+
+
+def _scaled(factor: float) -> Problem:
+    return Problem("scaled", MLP.build, lambda z, y: factor * F.cross_entropy(z, y))
+
+
+def test_relative_epsilon_makes_gsnr_and_eb_scale_free(torch_threads: None):
+    insts = lambda: [MeanGSNR(schedule=always), EarlyStopping(schedule=always)]  # noqa: E731
+    small, big = run_step(_scaled(1e-4), insts()), run_step(_scaled(1e2), insts())
+    for name in ("mean_gsnr", "early_stopping"):
+        assert small[name]["total"] == pytest.approx(big[name]["total"], rel=1e-3)
+    # Cockpit's absolute epsilon: the same gradients read differently when scaled.
+    absolute = lambda: [MeanGSNR(schedule=always, relative=False)]  # noqa: E731
+    a, b = run_step(_scaled(1e-4), absolute()), run_step(_scaled(1e2), absolute())
+    assert a["mean_gsnr"]["total"] < 0.5 * b["mean_gsnr"]["total"]
+
+
+def _inplace() -> tuple[nn.Module, Tensor, Tensor]:
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+    return model, torch.randn(5, 6), torch.randint(0, 3, (5,))
+
+
+def test_tic_with_outputs_modified_in_place(torch_threads: None):
+    # ReLU(inplace=True) rewrites the first Linear's output: the curvature passes
+    # must fall back from differentiating w.r.t. recorded outputs to tensor hooks.
+    problem = Problem("inplace", _inplace, F.cross_entropy)
+    inst = TICDiag(schedule=always)
+    got = run_step(problem, [inst, NormTest(schedule=always)])
+    data = collect(problem)
+    assert_reading(got["tic_diag"], tic_diag(data, inst), "tic_diag")
+    assert_reading(got["norm_test"], norm_test(data, None), "norm_test")
+
+
+def test_tic_uses_exact_curvature_for_mse(torch_threads: None):
+    got = run_step(BY_NAME["mse"], [TICDiag(schedule=always)])
+    assert got["tic_diag"]["total"] > 0
+
+
+def test_log_sends_epoch_metrics(torch_threads: None):
+    model, _, _ = MLP.make()
+    cockpit = Cockpit(model, None, server=None, instruments=["loss"])
+    cockpit.log(3, train_loss=0.5, valid_loss=0.7, valid_accuracy=0.9)
+    with pytest.raises(ValueError, match="Unknown metric"):
+        cockpit.log(3, accuracy=1.0)
+    cockpit.close()
+    names = [spec.name for spec in cockpit.hello.instruments]
+    assert {"epoch_loss", "epoch_accuracy"} <= set(names)
+    assert cockpit.readings[3]["epoch_loss"] == {"train": 0.5, "valid": 0.7}
+    assert cockpit.readings[3]["epoch_accuracy"] == {"valid": 0.9}
+    assert RTOL > 0
