@@ -11,7 +11,9 @@ import socket
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.config import AgentConfig, ingest_url
 from glasscockpit.agent.instruments import Instrument, Reading, resolve
+from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.packing import to_host
 from glasscockpit.agent.schedules import describe
@@ -181,32 +184,84 @@ class Cockpit:
             self.transport.send(self.hello)
         self._closed = False
         self._last_time: float | None = None
+        self._after_step: tuple[_StepContext, list[Instrument]] | None = None
+        self._init: list[Tensor] | None = None
+        if any(Need.INIT_PARAMS in i.needs for i in self.instruments):
+            # "Initialisation" = the parameters when monitoring starts (any step).
+            self._init = [p.detach().clone() for _, p in self.params]
+        self._step_hook: Any = None
+        if optimizer is not None:
+            # AFTER_STEP instruments run right after optimizer.step().
+            self._step_hook = optimizer.register_step_post_hook(
+                _on_optimizer_step(weakref.ref(self))
+            )
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- the training-loop API ------------------------------------------------
     @contextlib.contextmanager
     def step(
-        self, step: int, loss: Tensor | None = None, batch_size: int | None = None
+        self,
+        step: int,
+        loss: Tensor | None = None,
+        batch_size: int | None = None,
+        losses: Tensor | None = None,
     ) -> Iterator[bool]:
         """Wrap ``loss.backward()``; yields whether this step is tracked.
 
-        Instruments are computed on exit, after the backward pass and before
-        ``optimizer.step()``. Untracked steps cost one schedule check per instrument.
+        Instruments run at their declared ``phase``: on entry (the loss graph is
+        intact, for curvature), on exit (after the backward pass, before
+        ``optimizer.step()``), or after the optimizer step. Untracked steps cost
+        one schedule check per instrument, plus the second half of any two-step
+        instrument that is pending from the previous step.
+
+        Args:
+            step: the global step counter.
+            loss: the loss about to be backpropagated (mean over the batch).
+            batch_size: samples in this step's batch.
+            losses: per-sample losses, shape [B], for instruments such as Alpha.
         """
-        due = [
-            i for i in self.instruments if i.key not in self.disabled and i.is_due(step)
-        ]
-        if not due or self._closed:
+        self._run_after_step()
+        if self._closed:
             yield False
             return
-        yield True
-        self._track(step, loss, batch_size, due)
+        live = [i for i in self.instruments if i.key not in self.disabled]
+        due = [i for i in live if i.is_due(step)]
+        pending = [i for i in live if i not in due and i.is_pending()]
+        if not due and not pending:
+            yield False
+            return
+        ctx = _StepContext(step, loss, losses, batch_size, self._lrs())
+        if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
+            ctx.before = [p.detach().clone() for _, p in self.params]
+        errors: dict[str, str] = {}
+        with torch.enable_grad():
+            results = self._run_phase(Phase.BEFORE_BACKWARD, ctx, due, pending, errors)
+        self._send_drained()
+        yield bool(due)
+        with torch.no_grad():
+            results.update(
+                self._run_phase(Phase.AFTER_BACKWARD, ctx, due, pending, errors)
+            )
+        ctx.cache.clear()  # drop the loss graph kept for curvature
+        if results or errors:
+            self._emit(step, results, errors)
+        self._send_drained()
+        after = [i for i in due if i.phase is Phase.AFTER_STEP]
+        if after:
+            self._after_step = (ctx, after)
 
     def close(self) -> None:
-        """Send the final frame and flush for at most the configured timeout."""
+        """Finish pending readings, send the final frame, flush (bounded time)."""
         if self._closed:
             return
+        self._run_after_step()
+        for inst in self.instruments:
+            if inst.key not in self.disabled:
+                self._guard(-1, inst, inst.finish, {})
+        self._send_drained()
         self._closed = True
+        if self._step_hook is not None:
+            self._step_hook.remove()
         self._send_frame(Bye(run=self.run, seq=self._next_seq(), status="finished"))
         self.transport.close(self._close_timeout)
 
@@ -223,14 +278,20 @@ class Cockpit:
 
     @property
     def readings(self) -> dict[int, dict[str, Any]]:
-        """In-memory mode: {step: {instrument key: value}}; arrays as CPU tensors."""
+        """In-memory mode: {step: {instrument key: value}}; arrays as CPU tensors.
+
+        A step may arrive in several frames (after-step and two-step readings);
+        they are merged here.
+        """
         if not isinstance(self.transport, MemoryTransport):
             raise RuntimeError("readings are kept only when Cockpit(server=None)")
         out: dict[int, dict[str, Any]] = {}
         for frame in self.transport.frames:
             if isinstance(frame, Readings):
-                out[frame.step] = {k: _to_python(v) for k, v in frame.values.items()}
-        return out
+                out.setdefault(frame.step, {}).update(
+                    {k: _to_python(v) for k, v in frame.values.items()}
+                )
+        return dict(sorted(out.items()))
 
     # -- internals --------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -248,34 +309,101 @@ class Cockpit:
             return []
         return [float(g["lr"]) for g in self.optimizer.param_groups if "lr" in g]
 
-    def _track(
+    def _view(
         self,
-        step: int,
-        loss: Tensor | None,
-        batch_size: int | None,
+        ctx: _StepContext,
+        inst: Instrument,
+        applied: Sequence[Tensor] | None = None,
+    ) -> StepView:
+        return StepView(
+            ctx.step,
+            ctx.loss,
+            self.params,
+            ctx.lrs,
+            ctx.batch_size,
+            inst.needs,
+            losses=ctx.losses,
+            opt=self.optimizer,
+            init=self._init,
+            applied=applied,
+            cache=ctx.cache,
+        )
+
+    def _guard(
+        self, step: int, inst: Instrument, fn: Callable[[], Any], errors: dict[str, str]
+    ) -> tuple[bool, Any]:
+        """Run ``fn``; on failure disable ``inst`` (or re-raise in raise mode)."""
+        try:
+            return True, fn()
+        except Exception as exc:
+            if self.fail_mode == "raise":
+                raise
+            msg = f"{type(exc).__name__}: {exc}"
+            self.disabled[inst.key] = msg
+            errors[inst.key] = msg
+            log.warning(
+                "glasscockpit: [Step %d | %s] failed and is disabled: %s",
+                step,
+                inst.key,
+                msg,
+            )
+            return False, None
+
+    def _run_phase(
+        self,
+        phase: Phase,
+        ctx: _StepContext,
         due: Sequence[Instrument],
-    ) -> None:
+        pending: Sequence[Instrument],
+        errors: dict[str, str],
+        applied: Sequence[Tensor] | None = None,
+    ) -> dict[str, Reading]:
         results: dict[str, Reading] = {}
+        for inst in due:
+            if inst.phase is phase and inst.key not in self.disabled:
+                view = self._view(ctx, inst, applied)
+                ok, value = self._guard(
+                    ctx.step, inst, partial(inst.compute, view), errors
+                )
+                if ok and not inst.two_step:
+                    results[inst.key] = value
+        for inst in pending:
+            if inst.phase is phase and inst.key not in self.disabled:
+                view = self._view(ctx, inst, applied)
+                self._guard(ctx.step, inst, partial(inst.advance, view), errors)
+        return results
+
+    def _run_after_step(self) -> None:
+        """Run the AFTER_STEP instruments of the last tracked step, once."""
+        if self._after_step is None:
+            return
+        ctx, insts = self._after_step
+        self._after_step = None
+        applied = None
+        if ctx.before is not None:
+            applied = [
+                p.detach() - b
+                for (_, p), b in zip(self.params, ctx.before, strict=True)
+            ]
         errors: dict[str, str] = {}
         with torch.no_grad():
-            for inst in due:
-                view = StepView(
-                    step, loss, self.params, self._lrs(), batch_size, inst.needs
-                )
-                try:
-                    results[inst.key] = inst.compute(view)
-                except Exception as exc:
-                    if self.fail_mode == "raise":
-                        raise
-                    msg = f"{type(exc).__name__}: {exc}"
-                    self.disabled[inst.key] = msg
-                    errors[inst.key] = msg
-                    log.warning(
-                        "glasscockpit: [Step %d | %s] failed and is disabled: %s",
-                        step,
-                        inst.key,
-                        msg,
-                    )
+            results = self._run_phase(Phase.AFTER_STEP, ctx, insts, (), errors, applied)
+        if results or errors:
+            self._emit(ctx.step, results, errors)
+        self._send_drained()
+
+    def _send_drained(self) -> None:
+        """Send readings that two-step instruments finished for earlier steps."""
+        by_step: dict[int, dict[str, Reading]] = {}
+        for inst in self.instruments:
+            for step, reading in inst.drain().items():
+                by_step.setdefault(step, {})[inst.key] = reading
+        for step, results in sorted(by_step.items()):
+            self._emit(step, results, {})
+
+    def _emit(
+        self, step: int, results: dict[str, Reading], errors: dict[str, str]
+    ) -> None:
         try:
             values = to_host(results)
         except Exception as exc:
@@ -283,10 +411,32 @@ class Cockpit:
                 raise
             log.warning("glasscockpit: [Step %d] could not read results: %s", step, exc)
             return
-        now = time.time()
         self._send_frame(
-            Readings(self.run, self._next_seq(), step, now, values, errors)
+            Readings(self.run, self._next_seq(), step, time.time(), values, errors)
         )
+
+
+@dataclass
+class _StepContext:
+    """What ``cockpit.step`` received, kept until the step's last phase ran."""
+
+    step: int
+    loss: Tensor | None
+    losses: Tensor | None
+    batch_size: int | None
+    lrs: list[float]
+    #: θ_t, cloned on entry when an AFTER_STEP instrument needs the update.
+    before: list[Tensor] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+def _on_optimizer_step(ref: weakref.ReferenceType[Cockpit]) -> Callable[..., None]:
+    def hook(*_: object) -> None:
+        cockpit = ref()
+        if cockpit is not None:
+            cockpit._run_after_step()
+
+    return hook
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Cockpit]) -> None:

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from glasscockpit.agent.instruments.alpha import Alpha
 from glasscockpit.agent.instruments.base import (
     Cost,
     Instrument,
     Reading,
     default_schedule,
 )
+from glasscockpit.agent.instruments.distance import Distance
 from glasscockpit.agent.instruments.grad_norm import GradNorm
+from glasscockpit.agent.instruments.hess_max_ev import HessMaxEV
+from glasscockpit.agent.instruments.hess_trace import HessTrace
 from glasscockpit.agent.instruments.loss import Loss
 from glasscockpit.agent.instruments.lr import Lr
+from glasscockpit.agent.instruments.time import Time
+from glasscockpit.agent.instruments.update_size import UpdateSize
 
-ALL: tuple[type[Instrument], ...] = (Loss, GradNorm, Lr)
+ALL: tuple[type[Instrument], ...] = (
+    Loss,
+    GradNorm,
+    Lr,
+    Alpha,
+    Distance,
+    UpdateSize,
+    HessTrace,
+    HessMaxEV,
+    Time,
+)
 
 BY_NAME: dict[str, type[Instrument]] = {cls.name: cls for cls in ALL}
 
@@ -46,14 +62,20 @@ def resolve(spec: str | Instrument | type[Instrument]) -> list[Instrument]:
 
 __all__ = [
     "ALL",
+    "Alpha",
     "BY_NAME",
     "PRESETS",
     "Cost",
+    "Distance",
     "GradNorm",
+    "HessMaxEV",
+    "HessTrace",
     "Instrument",
     "Loss",
     "Lr",
     "Reading",
+    "Time",
+    "UpdateSize",
     "default_schedule",
     "resolve",
 ]

@@ -1,0 +1,328 @@
+"""Curvature and projections from the loss graph, before the user's backward pass.
+
+Everything here differentiates through the graph of a loss that has not been
+backpropagated yet, with ``retain_graph=True``, so the user's ``loss.backward()``
+that follows still works and its gradients are unchanged (``torch.autograd.grad``
+never writes ``.grad``). Random probes come from private ``torch.Generator``s, so
+the training run's global RNG stream is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _flat(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def split_flat(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Views of a flat [D] vector shaped like ``like``."""
+    out, offset = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(flat[offset : offset + n].view_as(t))
+        offset += n
+    return out
+
+
+class HessianOperator:
+    """``v ↦ Hv`` for the Hessian of a scalar loss w.r.t. parameters.
+
+    Built once per step by ``grad(loss, params, create_graph=True)``; each product
+    is one more backward through that graph (double backward, the fastest HVP on
+    CPU in engines.md §5.1). Parameters the loss does not depend on, or on which
+    it depends linearly, get zero rows.
+    """
+
+    def __init__(self, loss: Tensor, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        grads = torch.autograd.grad(
+            loss, self.params, create_graph=True, retain_graph=True, allow_unused=True
+        )
+        #: Indices of parameters whose gradient still depends on the parameters.
+        self._live = [
+            i for i, g in enumerate(grads) if g is not None and g.requires_grad
+        ]
+        self._grads = [grads[i] for i in self._live]
+        self.numel = sum(p.numel() for p in self.params)
+        #: Hessian-vector products computed so far.
+        self.matvecs = 0
+
+    def matvec(self, vectors: Sequence[Tensor]) -> list[Tensor]:
+        """One Hessian-vector product; ``vectors`` and the result are per parameter."""
+        self.matvecs += 1
+        out = [torch.zeros_like(p) for p in self.params]
+        if not self._live:
+            return out
+        hv = torch.autograd.grad(
+            self._grads,
+            self.params,
+            grad_outputs=[vectors[i] for i in self._live],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return [o if h is None else h.detach() for o, h in zip(out, hv, strict=True)]
+
+    def flat_matvec(self, vector: Tensor) -> Tensor:
+        """``Hv`` on one flat vector of all parameters, shape ``[D]``."""
+        return _flat(self.matvec(split_flat(vector, self.params)))
+
+
+@dataclass(frozen=True)
+class TopEigen:
+    """Result of ``lanczos_top``."""
+
+    value: float  #: largest algebraic Ritz value
+    vector: Tensor  #: its unit Ritz vector, shape [D], parameter dtype
+    residual: float  #: ‖Hy − θy‖ / scale, the stopping quantity
+    matvecs: int
+    converged: bool
+
+
+def lanczos_top(
+    matvec: Callable[[Tensor], Tensor],
+    start: Tensor,
+    rtol: float = 1e-4,
+    max_iter: int = 64,
+) -> TopEigen:
+    """Largest algebraic eigenvalue of a symmetric operator by Lanczos.
+
+    Full re-orthogonalisation, float64 tridiagonal recurrences. Stops when the
+    top Ritz pair's residual ``‖Hy − θy‖ = β_k·|s_k|`` is at most ``rtol`` times
+    the largest |Ritz value| (so some eigenvalue lies within that distance of θ,
+    and θ ≤ λ_max by interlacing), or on an invariant subspace (β ≈ 0).
+
+    Args:
+        matvec: ``v ↦ Hv`` on flat vectors of shape [D].
+        start: start vector [D] (need not be normalised, must be non-zero).
+        rtol: relative residual tolerance.
+        max_iter: at most this many products.
+    """
+    n = start.numel()
+    q = start / start.norm()
+    basis: list[Tensor] = []
+    alphas: list[float] = []
+    betas: list[float] = []
+    value, resid, ritz, converged = float("nan"), float("inf"), q, False
+    for k in range(min(max_iter, n)):
+        basis.append(q)
+        w = matvec(q)
+        alpha = float(torch.dot(q.double(), w.double()))
+        alphas.append(alpha)
+        Q = torch.stack(basis)  # [k+1, D]
+        # Two passes of classical Gram-Schmidt keep the basis orthogonal in float32.
+        for _ in range(2):
+            w = w - Q.T @ (Q @ w)
+        beta = float(w.double().norm())
+        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            t += torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(t)
+        value = float(evals[-1])
+        scale = max(float(evals.abs().max()), 1e-30)
+        resid = beta * abs(float(evecs[-1, -1])) / scale
+        s = evecs[:, -1].to(Q.dtype).to(Q.device)
+        ritz = s @ Q
+        if resid <= rtol or beta <= 1e-10 * scale or k + 1 == n:
+            converged = True
+            break
+        betas.append(beta)
+        q = w / beta
+    return TopEigen(value, ritz / ritz.norm(), resid, len(alphas), converged)
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """Result of ``hutchinson``: per-parameter and total trace estimates."""
+
+    per_param: Tensor  #: [L] mean of vᵀHv restricted to each parameter, float64
+    total: Tensor  #: [] sum over parameters
+    stderr: Tensor | None  #: [] standard error of ``total``; None for one probe
+    probes: int
+
+
+def rademacher(
+    like: Sequence[Tensor], generators: dict[torch.device, torch.Generator]
+) -> list[Tensor]:
+    """±1 entries shaped like ``like``, drawn from the given per-device generators."""
+    out = []
+    for t in like:
+        gen = generators[t.device]
+        bits = torch.randint(0, 2, t.shape, generator=gen, device=t.device)
+        out.append(bits.to(t.dtype) * 2 - 1)
+    return out
+
+
+def hutchinson(
+    op: HessianOperator,
+    probes: int,
+    generators: dict[torch.device, torch.Generator],
+) -> TraceEstimate:
+    """Hutchinson's estimate ``mean_k v_kᵀHv_k`` with Rademacher probes.
+
+    Unbiased per parameter block too, since E[vvᵀ] = I restricted to a block is
+    the identity of that block. The standard error is std_k / √k over probes.
+    """
+    rows = []
+    for _ in range(probes):
+        v = rademacher(op.params, generators)
+        hv = op.matvec(v)
+        rows.append(
+            torch.stack(
+                [(a.double() * b.double()).sum() for a, b in zip(v, hv, strict=True)]
+            )
+        )
+    samples = torch.stack(rows)  # [k, L]
+    totals = samples.sum(dim=1)  # [k]
+    stderr = totals.std() / math.sqrt(probes) if probes > 1 else None
+    return TraceEstimate(samples.mean(dim=0), totals.mean(), stderr, probes)
+
+
+class SampleJacobian:
+    """Per-sample directional derivatives ``(∇ℓ_iᵀd)_i`` without per-sample gradients.
+
+    ``w(s) = Σ_i s_i ∇ℓ_i`` is built once with ``create_graph=True``; it is linear
+    in ``s``, so ``∂(wᵀd)/∂s = (∇ℓ_iᵀd)_i`` costs one more backward per direction
+    and never holds a [B, D] tensor.
+    """
+
+    def __init__(self, losses: Tensor, params: Sequence[Tensor]) -> None:
+        if losses.dim() != 1:
+            raise ValueError(
+                f"Per-sample losses must have shape [B], got {tuple(losses.shape)}"
+            )
+        self.params = list(params)
+        self._s = torch.ones_like(losses, requires_grad=True)
+        w = torch.autograd.grad(
+            losses,
+            self.params,
+            grad_outputs=self._s,
+            create_graph=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        self._live = [i for i, g in enumerate(w) if g is not None]
+        self._w = [w[i] for i in self._live]
+
+    def project(self, direction: Sequence[Tensor]) -> Tensor:
+        """``[B]``: each sample's gradient dotted with ``direction`` (per parameter)."""
+        if not self._live:
+            return torch.zeros_like(self._s).detach()
+        (jd,) = torch.autograd.grad(
+            self._w,
+            self._s,
+            grad_outputs=[direction[i] for i in self._live],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return torch.zeros_like(self._s).detach() if jd is None else jd.detach()
+
+
+# -- Alpha: the applied update and the noisy quadratic fit along it ------------------
+def predict_update(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+) -> list[Tensor] | None:
+    """The update ``optimizer.step()`` would apply with ``grads``, on copies.
+
+    A fresh optimizer of the same class gets cloned parameters, a deep copy of the
+    state and the given gradients, and takes one step; the real optimizer, its
+    state and the parameters are untouched. Returns float64 updates per entry of
+    ``params`` (zeros for parameters the optimizer does not hold), or None when
+    the optimizer cannot be rebuilt as ``type(optimizer)(param_groups)``.
+    """
+    index = {id(p): i for i, p in enumerate(params)}
+    clones: dict[int, Tensor] = {}
+    groups = []
+    for group in optimizer.param_groups:
+        copies = []
+        for p in group["params"]:
+            c = p.detach().clone()
+            i = index.get(id(p))
+            c.grad = None if i is None else grads[i].detach().clone()
+            clones[id(p)] = c
+            copies.append(c)
+        groups.append(
+            {**{k: v for k, v in group.items() if k != "params"}, "params": copies}
+        )
+    try:
+        shadow = type(optimizer)(groups)  # type: ignore[call-arg]
+        shadow.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        shadow.step()
+    except Exception:  # noqa: BLE001 - an optimizer that cannot be rebuilt
+        return None
+    return [
+        clones[id(p)].double() - p.detach().double()
+        if id(p) in clones
+        else torch.zeros_like(p, dtype=torch.float64)
+        for p in params
+    ]
+
+
+def orthonormal_basis(candidates: Sequence[Tensor], drop_rtol: float = 1e-7) -> Tensor:
+    """Rows spanning ``candidates`` (flat float64 vectors [D]), orthonormal: [K, D].
+
+    Vectors already in the span of earlier ones (relative remainder at most
+    ``drop_rtol``) are dropped.
+    """
+    rows: list[Tensor] = []
+    for v in candidates:
+        norm = float(v.norm())
+        if norm == 0.0 or not math.isfinite(norm):
+            continue
+        r = v
+        for _ in range(2):
+            if rows:
+                q = torch.stack(rows)
+                r = r - q.T @ (q @ r)
+        rn = float(r.norm())
+        if rn > drop_rtol * norm:
+            rows.append(r / rn)
+    if not rows:
+        return candidates[0].new_zeros((0, candidates[0].numel()))
+    return torch.stack(rows)
+
+
+def fit_alpha(
+    tau: float,
+    values: tuple[float, float],
+    slopes: tuple[float, float],
+    var_values: tuple[float, float],
+    var_slopes: tuple[float, float],
+) -> float | None:
+    """Cockpit's α from a weighted least-squares parabola through two noisy points.
+
+    ``q(x) = μ₀ + μ₁x + μ₂x²`` is fitted to the losses and directional slopes at
+    0 and τ, weighted by the inverse per-sample variances (a zero variance becomes
+    1e-12 of the largest one, all zero give equal weights). Returns
+    ``α = −2τμ₂/μ₁ − 1``, −1 for a concave or linear fit (Cockpit's convention),
+    None when the fit is singular or μ₁ = 0.
+    """
+    phi = torch.tensor(
+        [[1.0, 0.0, 0.0], [1.0, tau, tau**2], [0.0, 1.0, 0.0], [0.0, 1.0, 2 * tau]],
+        dtype=torch.float64,
+    )
+    y = torch.tensor([*values, *slopes], dtype=torch.float64)
+    var = torch.tensor([*var_values, *var_slopes], dtype=torch.float64)
+    top = float(var.max())
+    var = torch.ones_like(var) if top <= 0 else var.clamp_min(1e-12 * top)
+    w = 1.0 / var
+    try:
+        mu = torch.linalg.solve(phi.T @ (w[:, None] * phi), phi.T @ (w * y))
+    except RuntimeError:  # singular normal equations
+        return None
+    mu1, mu2 = float(mu[1]), float(mu[2])
+    if mu2 <= 0:
+        return -1.0
+    if mu1 == 0:
+        return None
+    return -2.0 * tau * mu2 / mu1 - 1.0
