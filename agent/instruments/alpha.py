@@ -62,6 +62,7 @@ class Alpha(Instrument):
         {Need.PARAMS, Need.LOSSES, Need.OPTIMIZER}
     )
     cost = Cost.MODERATE
+    preset = "economy"  # Cockpit's configuration membership
     kind = Kind.SCALAR
     phase = Phase.BEFORE_BACKWARD
     two_step = True

@@ -23,6 +23,7 @@ class Distance(Instrument):
     name = "distance"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.PARAMS, Need.INIT_PARAMS})
     cost = Cost.CHEAP
+    preset = "economy"  # Cockpit's configuration membership
     kind = Kind.PER_LAYER
     panel = PanelSpec(
         title="Distance from initialisation",

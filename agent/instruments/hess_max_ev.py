@@ -37,6 +37,7 @@ class HessMaxEV(Instrument):
     name = "hess_max_ev"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.HVP})
     cost = Cost.EXPENSIVE
+    preset = "full"  # Cockpit's configuration membership
     kind = Kind.SCALAR
     phase = Phase.BEFORE_BACKWARD
     panel = PanelSpec(

@@ -32,6 +32,7 @@ class HessTrace(Instrument):
     name = "hess_trace"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.HVP})
     cost = Cost.EXPENSIVE
+    preset = "business"  # Cockpit's configuration membership
     kind = Kind.PER_LAYER
     phase = Phase.BEFORE_BACKWARD
     panel = PanelSpec(

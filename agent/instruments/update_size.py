@@ -24,6 +24,7 @@ class UpdateSize(Instrument):
     name = "update_size"
     needs: ClassVar[frozenset[Need]] = frozenset({Need.UPDATE})
     cost = Cost.CHEAP
+    preset = "economy"  # Cockpit's configuration membership
     kind = Kind.PER_LAYER
     phase = Phase.AFTER_STEP
     panel = PanelSpec(
