@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -326,3 +327,40 @@ def fit_alpha(
     if mu1 == 0:
         return None
     return -2.0 * tau * mu2 / mu1 - 1.0
+
+
+# -- exact Hessian diagonal where BackPACK applies ------------------------------------
+def backpack_diag_hessian(
+    loss: Tensor, params: Sequence[Tensor]
+) -> list[Tensor] | None:
+    """Exact Hessian diagonal per parameter by BackPACK's ``DiagHessian``, or None.
+
+    Applies when the user ``backpack.extend``-ed the model and the loss module
+    before the forward pass and every module is second-order supported. Runs
+    one extra backward with ``retain_graph=True`` before the user's; ``.grad`` is
+    saved and restored, so the user's gradients are unchanged. Any failure or a
+    parameter left without ``diag_h`` (unsupported module) gives None.
+    """
+    from backpack import backpack
+    from backpack.extensions import DiagHessian
+
+    saved = [p.grad for p in params]
+    try:
+        for p in params:
+            p.grad = None
+        with warnings.catch_warnings(), backpack(DiagHessian(), retain_graph=True):
+            # BackPACK's module hooks make torch warn about the first layer, whose
+            # input needs no gradient; harmless, and this pass is ours, not the user's.
+            warnings.filterwarnings("ignore", "Full backward hook is firing")
+            loss.backward(retain_graph=True)
+        diags = [getattr(p, "diag_h", None) for p in params]
+        if any(d is None for d in diags):
+            return None
+        return [d.detach() for d in diags if d is not None]
+    except Exception:  # noqa: BLE001 - BackPACK does not cover this model/loss
+        return None
+    finally:
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+            if hasattr(p, "diag_h"):
+                del p.diag_h

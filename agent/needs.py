@@ -16,3 +16,4 @@ class Need(Enum):
     INIT_PARAMS = "init_params"  # the parameters when Cockpit was constructed
     UPDATE = "update"  # θ_{t+1} − θ_t, in the AFTER_STEP phase
     OPTIMIZER = "optimizer"  # the optimizer (state, hyperparameters)
+    DIAG_HESSIAN = "diag_hessian"  # exact diag of H by BackPACK, before backward

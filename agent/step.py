@@ -88,9 +88,22 @@ class StepView:
         self.require(Need.OPTIMIZER)
         return self.opt
 
-    def hessian(self) -> HessianOperator:
-        """Hessian-vector products of ``loss``; BEFORE_BACKWARD only, one per step."""
-        self.require(Need.HVP)
+    def diag_hessian(self) -> list[Tensor] | None:
+        """Exact Hessian diagonal per parameter (BackPACK), None where it fails.
+
+        BEFORE_BACKWARD only; needs a ``backpack.extend``-ed model and loss module.
+        """
+        self.require(Need.DIAG_HESSIAN)
+        if "diag_hessian" not in self.cache:
+            from glasscockpit.agent.curvature import backpack_diag_hessian
+
+            loss = self._graph_loss()
+            params = [p for _, p in self.params]
+            self.cache["diag_hessian"] = backpack_diag_hessian(loss, params)
+        diag: list[Tensor] | None = self.cache["diag_hessian"]
+        return diag
+
+    def _graph_loss(self) -> Tensor:
         if self.loss is None:
             raise ValueError(
                 "Curvature instruments need the loss: cockpit.step(step, loss=loss)"
@@ -100,11 +113,17 @@ class StepView:
                 "The loss has no graph: curvature runs before backward and needs "
                 "the loss tensor that is about to be backpropagated"
             )
+        return self.loss
+
+    def hessian(self) -> HessianOperator:
+        """Hessian-vector products of ``loss``; BEFORE_BACKWARD only, one per step."""
+        self.require(Need.HVP)
+        loss = self._graph_loss()
         from glasscockpit.agent.curvature import HessianOperator
 
         op = self.cache.get("hessian")
         if not isinstance(op, HessianOperator):
             op = self.cache["hessian"] = HessianOperator(
-                self.loss, [p for _, p in self.params]
+                loss, [p for _, p in self.params]
             )
         return op

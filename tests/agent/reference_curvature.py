@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import backpack
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,8 @@ class Problem:
     make_model: Callable[[], nn.Module]
     make_batch: Callable[[int], tuple[Tensor, Tensor]]
     sample_losses: Callable[[Tensor, Tensor], Tensor]  # (output, target) -> [B]
+    #: The mean loss as an nn.Module (what BackPACK must extend).
+    loss_module: Callable[[], nn.Module]
 
     def __repr__(self) -> str:
         return self.name
@@ -63,12 +66,19 @@ def _ce(out: Tensor, y: Tensor) -> Tensor:
 
 
 PROBLEMS = (
-    Problem("linreg-mse", _seeded(lambda: nn.Linear(4, 3)), _batch((6, 4), None), _mse),
+    Problem(
+        "linreg-mse",
+        _seeded(lambda: nn.Linear(4, 3)),
+        _batch((6, 4), None),
+        _mse,
+        nn.MSELoss,
+    ),
     Problem(
         "mlp-ce",
         _seeded(lambda: nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))),
         _batch((6, 4), 3),
         _ce,
+        nn.CrossEntropyLoss,
     ),
     Problem(
         "cnn-ce",
@@ -82,6 +92,7 @@ PROBLEMS = (
         ),
         _batch((5, 1, 5, 5), 3),
         _ce,
+        nn.CrossEntropyLoss,
     ),
 )
 
@@ -230,9 +241,18 @@ def train(
     clip: float | None = None,
     scheduler: bool = False,
     close: bool = True,
+    extend: bool = False,
 ) -> tuple[Cockpit, Trace, nn.Module]:
-    """Train with a Cockpit (in-memory) and record the brute-force inputs."""
+    """Train with a Cockpit (in-memory) and record the brute-force inputs.
+
+    ``extend``: ``backpack.extend`` the model and loss module (BackPACK's user
+    contract), and backpropagate the loss module's output.
+    """
     model = problem.make_model()
+    loss_module = problem.loss_module()
+    if extend:
+        model = backpack.extend(model)
+        loss_module = backpack.extend(loss_module)
     opt = None if optimizer is None else OPTIMIZERS[optimizer](list(model.parameters()))
     sched = (
         torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
@@ -249,9 +269,10 @@ def train(
         if opt is not None:
             opt.zero_grad()
         x, y = problem.make_batch(step)
-        losses = problem.sample_losses(model(x), y)
+        out = model(x)
+        losses = problem.sample_losses(out, y)
         trace.losses.append(losses.detach().double())
-        loss = losses.mean()
+        loss = loss_module(out, y) if extend else losses.mean()
         with cockpit.step(step, loss=loss, losses=losses):
             loss.backward()
         trace.grads.append([p.grad.detach().clone() for p in model.parameters()])

@@ -20,6 +20,8 @@ from tests.agent.reference_curvature import (
 )
 
 STEPS = 3
+#: torch warns about BackPACK's hooks on a first layer whose input needs no grad.
+BACKPACK_HOOK_WARNING = "ignore:Full backward hook is firing:UserWarning"
 
 
 def _spectral(h: torch.Tensor) -> tuple[float, float]:
@@ -213,3 +215,42 @@ def test_hessian_operator_is_symmetric_and_exact(torch_threads):
     assert float(w.double() @ hv) == pytest.approx(
         float(v.double() @ op.flat_matvec(w).double()), rel=1e-4
     )
+
+
+@pytest.mark.filterwarnings(BACKPACK_HOOK_WARNING)
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_hess_trace_is_exact_with_backpack(problem, torch_threads):
+    insts = [HessTrace(schedule=every(1)), HessTrace(label="e", method="exact")]
+    cockpit, trace, model = train(problem, "sgd", insts, steps=2, extend=True)
+    for t in range(2):
+        h = hessian(model_at(model, trace.thetas[t]), problem, t)
+        expected = block_traces(model, h)
+        reading = cockpit.readings[t]["hess_trace"]
+        assert reading["stderr"] is None  # exact: no sampling error
+        got = as_float_dict(reading)
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            # float32 BackPACK against a float64 Hessian: rtol 1e-4.
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert as_float_dict(cockpit.readings[0]["hess_trace:e"]) == pytest.approx(
+        as_float_dict(cockpit.readings[0]["hess_trace"]), rel=1e-6
+    )
+
+
+def test_hess_trace_exact_fails_clearly_without_backpack(torch_threads):
+    with pytest.raises(RuntimeError, match="extend the model and the loss module"):
+        train(PROBLEMS[1], "sgd", [HessTrace(method="exact")], steps=1)
+
+
+@pytest.mark.filterwarnings(BACKPACK_HOOK_WARNING)
+def test_backpack_pass_leaves_user_gradients_untouched(torch_threads):
+    problem = PROBLEMS[2]
+    cockpit, trace, model = train(
+        problem, None, [HessTrace(), HessMaxEV()], steps=1, extend=True, close=False
+    )
+    twin = model_at(problem.make_model(), trace.thetas[0])
+    x, y = problem.make_batch(0)
+    problem.loss_module()(twin(x), y).backward()
+    for g, q in zip(trace.grads[0], twin.parameters(), strict=True):
+        assert torch.allclose(g, q.grad, rtol=1e-6, atol=1e-8)
+    cockpit.close()
