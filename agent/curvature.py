@@ -352,7 +352,7 @@ def backpack_diag_hessian(
             # BackPACK's module hooks make torch warn about the first layer, whose
             # input needs no gradient; harmless, and this pass is ours, not the user's.
             warnings.filterwarnings("ignore", "Full backward hook is firing")
-            loss.backward(retain_graph=True)
+            loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
         diags = [getattr(p, "diag_h", None) for p in params]
         if any(d is None for d in diags):
             return None
