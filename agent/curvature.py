@@ -306,8 +306,11 @@ def fit_alpha(
     0 and τ, weighted by the inverse per-sample variances (a zero variance becomes
     1e-12 of the largest one, all zero give equal weights). Returns
     ``α = −2τμ₂/μ₁ − 1``, −1 for a concave or linear fit (Cockpit's convention),
-    None when the fit is singular or μ₁ = 0.
+    None when an input is not finite (e.g. B = 1), the fit is singular or μ₁ = 0.
     """
+    inputs = (tau, *values, *slopes, *var_values, *var_slopes)
+    if not all(math.isfinite(x) for x in inputs):
+        return None
     phi = torch.tensor(
         [[1.0, 0.0, 0.0], [1.0, tau, tau**2], [0.0, 1.0, 0.0], [0.0, 1.0, 2 * tau]],
         dtype=torch.float64,

@@ -103,7 +103,7 @@ def test_update_size_is_read_right_after_optimizer_step(torch_threads):
     )
 
 
-@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("optimizer", [*OPTIMIZERS, None])
 @pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
 def test_alpha_matches_reference(problem, optimizer, torch_threads):
     cockpit, trace, _ = train(problem, optimizer, [Alpha(schedule=every(1))], STEPS)
@@ -182,6 +182,22 @@ def test_two_alpha_and_update_size_instances_coexist(torch_threads):
     assert got[1]["alpha:odd"] == pytest.approx(got[1]["alpha:every"], rel=1e-6)
     assert "alpha:odd" not in got[0] and "update_size:b" not in got[1]
     assert "update_size:b" in got[2]
+
+
+def test_alpha_is_undefined_for_a_single_sample(torch_threads):
+    problem = PROBLEMS[1]
+    model = problem.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cockpit = Cockpit(model, opt, server=None, instruments=[Alpha(schedule=every(1))])
+    for step in range(2):
+        opt.zero_grad()
+        x, y = problem.make_batch(step)
+        losses = problem.sample_losses(model(x[:1]), y[:1])
+        with cockpit.step(step, loss=losses.mean(), losses=losses):
+            losses.mean().backward()
+        opt.step()
+    assert cockpit.readings[0]["alpha"] is None  # no variance from one sample
+    assert not cockpit.disabled
 
 
 def test_alpha_without_per_sample_losses_fails_with_instructions():
