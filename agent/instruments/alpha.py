@@ -44,6 +44,15 @@ def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
     ]
 
 
+def _jacobian(step: StepView, losses: Tensor, params: list[Tensor]) -> SampleJacobian:
+    """One per step, shared by the end of α(t−1), the start of α(t) and instances."""
+    jac = step.cache.get("sample_jacobian")
+    if not isinstance(jac, SampleJacobian):
+        with torch.enable_grad():
+            jac = step.cache["sample_jacobian"] = SampleJacobian(losses, params)
+    return jac
+
+
 class Alpha(Instrument):
     """Cockpit's effective relative step size α, for the update actually applied.
 
@@ -125,8 +134,7 @@ class Alpha(Instrument):
         u = start.basis.T @ (coef / tau)  # unit direction [D], float64
         slopes0 = (coef / tau) @ start.proj  # [B]
         losses = step.sample_losses()
-        with torch.enable_grad():
-            slopes1 = SampleJacobian(losses, params).project(_as_params(u, params))
+        slopes1 = _jacobian(step, losses, params).project(_as_params(u, params))
         value1 = float((losses.mean() if step.loss is None else step.loss).detach())
         _, var1 = _mean_var(losses.detach())
         s0, vs0 = _mean_var(slopes0)
@@ -152,7 +160,7 @@ class Alpha(Instrument):
         ]
         candidates = self._candidates(step, params, seen)
         basis = orthonormal_basis(candidates)
-        jac = SampleJacobian(losses, params)
+        jac = _jacobian(step, losses, params)
         rows = [jac.project(_as_params(q, params)).double() for q in basis]
         proj = torch.stack(rows) if rows else basis.new_zeros((0, losses.numel()))
         _, var0 = _mean_var(losses.detach())

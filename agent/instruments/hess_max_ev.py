@@ -29,7 +29,7 @@ class HessMaxEV(Instrument):
     training run's RNG is untouched.
 
     Args:
-        rtol: relative residual tolerance (default 1e-4).
+        rtol: relative residual tolerance (default 1e-3).
         max_iter: at most this many Hessian-vector products per reading.
         seed: seed of the private generator.
     """
@@ -54,7 +54,7 @@ class HessMaxEV(Instrument):
         schedule: Schedule | None = None,
         label: str | None = None,
         *,
-        rtol: float = 1e-4,
+        rtol: float = 1e-3,
         max_iter: int = 64,
         seed: int = 0,
     ) -> None:
