@@ -33,7 +33,14 @@ def make_cockpit(base: str, run: str) -> Cockpit:
     torch.set_num_threads(1)
     model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return Cockpit(model, opt, run=run, server=base.replace("http", "ws"))
+    # Explicit instruments: the assertions below name them, whatever a preset holds.
+    return Cockpit(
+        model,
+        opt,
+        run=run,
+        server=base.replace("http", "ws"),
+        instruments=["loss", "grad_norm", "lr"],
+    )
 
 
 def test_every_tracked_step_arrives():
