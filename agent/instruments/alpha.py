@@ -9,17 +9,17 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.curvature import (
-    SampleJacobian,
-    fit_alpha,
-    orthonormal_basis,
-    predict_update,
-    split_flat,
-)
+from glasscockpit.agent.curvature import split_flat
 from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
+from glasscockpit.agent.update_fit import (
+    SampleJacobian,
+    fit_alpha,
+    orthonormal_basis,
+    update_directions,
+)
 from glasscockpit.protocol import Kind, PanelSpec
 
 
@@ -158,8 +158,7 @@ class Alpha(Instrument):
             + (torch.zeros_like(p) if p.grad is None else p.grad.detach())
             for p, g in zip(params, grads, strict=True)
         ]
-        candidates = self._candidates(step, params, seen)
-        basis = orthonormal_basis(candidates)
+        basis = orthonormal_basis(update_directions(step.optimizer(), params, seen))
         jac = _jacobian(step, losses, params)
         rows = [jac.project(_as_params(q, params)).double() for q in basis]
         proj = torch.stack(rows) if rows else basis.new_zeros((0, losses.numel()))
@@ -173,50 +172,3 @@ class Alpha(Instrument):
             var0,
         )
         return None
-
-    def _candidates(
-        self, step: StepView, params: list[Tensor], seen: list[Tensor]
-    ) -> list[Tensor]:
-        """Flat float64 directions [D] that span the coming update."""
-
-        def flat(ts: list[Tensor]) -> Tensor:
-            return torch.cat([t.double().reshape(-1) for t in ts])
-
-        opt = step.optimizer()
-        out: list[Tensor] = []
-        if opt is not None:
-            predicted = predict_update(opt, params, seen)
-            if predicted is not None:
-                out.append(flat(predicted))
-        out.append(flat(seen))
-        if opt is None:
-            return out
-        keys = sorted(
-            {
-                k
-                for p in params
-                for k, v in opt.state.get(p, {}).items()
-                if isinstance(v, Tensor)
-                and v.shape == p.shape
-                and v.is_floating_point()
-            }
-        )
-        for key in keys:
-            out.append(
-                flat(
-                    [opt.state.get(p, {}).get(key, torch.zeros_like(p)) for p in params]
-                )
-            )
-        if any(g.get("weight_decay", 0) for g in opt.param_groups):
-            out.append(flat([p.detach() for p in params]))
-        groups = [g["params"] for g in opt.param_groups]
-        if len(groups) < 2:
-            return out
-        # Several groups may use different rates: one direction per group.
-        masks = []
-        for g in groups:
-            ids = {id(q) for q in g}
-            masks.append(
-                flat([torch.full_like(p, float(id(p) in ids)) for p in params])
-            )
-        return [v * m for v in out for m in masks]

@@ -10,6 +10,7 @@ import torch
 
 from glasscockpit.agent import Cockpit, every
 from glasscockpit.agent.instruments import Alpha, Distance, Time, UpdateSize
+from glasscockpit.agent.update_fit import SampleJacobian
 from glasscockpit.protocol import Readings
 from glasscockpit.server.store import TOTAL, RunStore
 from tests.agent.reference_curvature import (
@@ -18,6 +19,7 @@ from tests.agent.reference_curvature import (
     alpha_reference,
     as_float_dict,
     norms,
+    per_sample_grads,
     train,
 )
 
@@ -267,3 +269,23 @@ def test_after_step_and_two_step_frames_become_ordered_series(torch_threads):
         steps = list(view.step)
         expected = list(range(STEPS - 1)) if name == "alpha" else list(range(STEPS))
         assert steps == expected, name
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_sample_jacobian_matches_per_sample_loop(problem, torch_threads):
+    model = problem.make_model()
+    params = list(model.parameters())
+    expected_rows = per_sample_grads(model, problem, 0)  # [B, D]
+    x, y = problem.make_batch(0)
+    losses = problem.sample_losses(model(x), y)
+    jac = SampleJacobian(losses, params)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        v = [torch.randn(p.shape, generator=g) for p in params]
+        flat = torch.cat([t.reshape(-1) for t in v]).double()
+        got = jac.project(v).double()
+        expected = expected_rows @ flat
+        assert torch.allclose(
+            got, expected, rtol=1e-4, atol=1e-6 * expected.abs().max()
+        )
+    assert all(p.grad is None for p in params)  # nothing written to .grad
