@@ -254,3 +254,47 @@ def test_backpack_pass_leaves_user_gradients_untouched(torch_threads):
     for g, q in zip(trace.grads[0], twin.parameters(), strict=True):
         assert torch.allclose(g, q.grad, rtol=1e-6, atol=1e-8)
     cockpit.close()
+
+
+def _issue_models():
+    mlp = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2048, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    return {"mlp": (mlp, (128, 1, 28, 28)), "cnn": (cnn, (64, 3, 32, 32))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_hess_max_ev_default_tolerance_on_issue_models(name, torch_threads):
+    """Default rtol 1e-3 against a Lanczos run converged to residual 1e-9."""
+    torch.manual_seed(0)
+    model, shape = _issue_models()[name]
+    x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
+    loss = nn.functional.cross_entropy(model(x), y)
+    op = HessianOperator(loss, list(model.parameters()))
+    g = torch.Generator().manual_seed(1)
+    ref = lanczos_top(op.flat_matvec, torch.randn(op.numel, generator=g), 1e-9, 300)
+    assert ref.converged
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+    )
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    assert cockpit.readings[0]["hess_max_ev"] == pytest.approx(ref.value, rel=1e-3)
