@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import urllib.request
 
 import pytest
 import torch
@@ -22,6 +24,8 @@ from tests.agent.reference_curvature import (
     per_sample_grads,
     train,
 )
+from tests.conftest import free_port
+from tests.server.harness import live_server
 
 STEPS = 4
 
@@ -289,3 +293,38 @@ def test_sample_jacobian_matches_per_sample_loop(problem, torch_threads):
             got, expected, rtol=1e-4, atol=1e-6 * expected.abs().max()
         )
     assert all(p.grad is None for p in params)  # nothing written to .grad
+
+
+def test_split_frames_reach_a_live_server_as_ordered_series(torch_threads):
+    """Real uvicorn + websocket: after-step and two-step readings per series."""
+    problem = PROBLEMS[1]
+    model = problem.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with live_server(free_port()) as server:
+        cockpit = Cockpit(
+            model,
+            opt,
+            server=server.ws,
+            run="curv-live",
+            instruments=[Alpha(schedule=every(1)), UpdateSize(), Distance()],
+            fail_mode="raise",
+        )
+        for step in range(STEPS):
+            opt.zero_grad()
+            x, y = problem.make_batch(step)
+            losses = problem.sample_losses(model(x), y)
+            with cockpit.step(step, loss=losses.mean(), losses=losses):
+                losses.mean().backward()
+            opt.step()
+        cockpit.close()
+        assert cockpit.stats.dropped == 0
+        base = f"{server.http}/v1/runs/curv-live/series"
+        for name, steps in (
+            ("alpha", list(range(STEPS - 1))),  # the last α is undefined
+            ("update_size", list(range(STEPS))),
+            ("distance", list(range(STEPS))),
+        ):
+            with urllib.request.urlopen(f"{base}/{name}", timeout=5) as r:
+                series = json.loads(r.read())
+            assert series["step"] == steps, name
+            assert all(isinstance(v, float) for v in series["value"]), name
