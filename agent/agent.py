@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from glasscockpit.agent.config import AgentConfig, ingest_url
+from glasscockpit.agent.curvature import keep_backpack_io
 from glasscockpit.agent.instruments import Instrument, Reading, resolve
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.needs import Need
@@ -234,7 +235,7 @@ class Cockpit:
         if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
             ctx.before = [p.detach().clone() for _, p in self.params]
         errors: dict[str, str] = {}
-        with torch.enable_grad():
+        with torch.enable_grad(), keep_backpack_io():
             results = self._run_phase(Phase.BEFORE_BACKWARD, ctx, due, pending, errors)
         self._send_drained()
         yield bool(due)

@@ -9,9 +9,10 @@ the training run's global RNG stream is untouched.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -184,6 +185,22 @@ def hutchinson(
     totals = samples.sum(dim=1)  # [k]
     stderr = totals.std() / math.sqrt(probes) if probes > 1 else None
     return TraceEstimate(samples.mean(dim=0), totals.mean(), stderr, probes)
+
+
+# -- BackPACK: keep its module IO, and its exact Hessian diagonal ----------------------
+@contextlib.contextmanager
+def keep_backpack_io() -> Iterator[None]:
+    """Extra backward passes that leave BackPACK's stored module IO in place.
+
+    On a ``backpack.extend``-ed model every backward pass deletes the inputs and
+    outputs BackPACK stored in the forward pass unless ``retain_graph`` is set in
+    its context; our passes before the user's backward must not take them away
+    from the user's (or our own) BackPACK extensions.
+    """
+    from backpack import backpack
+
+    with backpack(retain_graph=True):
+        yield
 
 
 # -- exact Hessian diagonal where BackPACK applies ------------------------------------

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import backpack
 import pytest
 import torch
+from backpack.extensions import BatchGrad
 from torch import nn
 
 from glasscockpit.agent import Cockpit, every
 from glasscockpit.agent.curvature import HessianOperator, lanczos_top
-from glasscockpit.agent.instruments import HessMaxEV, HessTrace
+from glasscockpit.agent.instruments import Alpha, HessMaxEV, HessTrace
 from tests.agent.reference_curvature import (
     PROBLEMS,
     as_float_dict,
@@ -298,3 +300,30 @@ def test_hess_max_ev_default_tolerance_on_issue_models(name, torch_threads):
     with cockpit.step(0, loss=loss):
         loss.backward()
     assert cockpit.readings[0]["hess_max_ev"] == pytest.approx(ref.value, rel=1e-3)
+
+
+@pytest.mark.filterwarnings(BACKPACK_HOOK_WARNING)
+def test_entry_passes_keep_backpack_io_for_later_backpack_passes(torch_threads):
+    """Our extra backward passes must not free BackPACK's stored module IO."""
+    problem = PROBLEMS[1]
+    insts = [
+        Alpha(schedule=every(1)),
+        HessMaxEV(schedule=every(1)),
+        HessTrace(schedule=every(1), method="exact"),
+    ]
+    cockpit, trace, model = train(problem, "sgd", insts, steps=2, extend=True)
+    h = hessian(model_at(model, trace.thetas[0]), problem, 0)
+    assert cockpit.readings[0]["hess_trace"]["total"] == pytest.approx(
+        block_traces(model, h)["total"], rel=1e-4
+    )
+    # The user's own BackPACK extension in their backward still works.
+    model = backpack.extend(problem.make_model())
+    loss_module = backpack.extend(problem.loss_module())
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+    )
+    x, y = problem.make_batch(0)
+    loss = loss_module(model(x), y)
+    with cockpit.step(0, loss=loss), backpack.backpack(BatchGrad()):
+        loss.backward()
+    assert all(p.grad_batch.shape[0] == x.shape[0] for p in model.parameters())
