@@ -79,7 +79,7 @@ class Instrument(ABC):
 
     @abstractmethod
     def compute(self, step: StepView) -> Reading:
-        """Return this step's reading, on the training device; runs after backward."""
+        """Return this step's reading, on the training device; runs at ``phase``."""
 
     # -- optional hooks of instruments whose reading spans two steps -------------
     def is_pending(self) -> bool:
