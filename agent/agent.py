@@ -11,7 +11,9 @@ import socket
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from glasscockpit.agent.config import AgentConfig, ingest_url
+from glasscockpit.agent.curvature import keep_backpack_io
 from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
 from glasscockpit.agent.instruments import Instrument, Reading, resolve
+from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.needs import RECORDED, Need
 from glasscockpit.agent.packing import DeferredReadings, pack_readings
 from glasscockpit.agent.schedules import describe
@@ -249,36 +253,85 @@ class Cockpit:
             self.transport.send(self.hello)
         self._closed = False
         self._last_time: float | None = None
+        self._after_step: tuple[_StepContext, list[Instrument]] | None = None
+        self._init: list[Tensor] | None = None
+        if any(Need.INIT_PARAMS in i.needs for i in self.instruments):
+            # "Initialisation" = the parameters when monitoring starts (any step).
+            self._init = [p.detach().clone() for _, p in self.params]
+        self._step_hook: Any = None
+        if optimizer is not None:
+            # AFTER_STEP instruments run right after optimizer.step().
+            self._step_hook = optimizer.register_step_post_hook(
+                _on_optimizer_step(weakref.ref(self))
+            )
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- the training-loop API ------------------------------------------------
     @contextlib.contextmanager
     def step(
-        self, step: int, loss: Tensor | None = None, batch_size: int | None = None
+        self,
+        step: int,
+        loss: Tensor | None = None,
+        batch_size: int | None = None,
+        losses: Tensor | None = None,
     ) -> Iterator[bool]:
         """Wrap ``loss.backward()``; yields whether this step is tracked.
 
-        Instruments are computed on exit, after the backward pass and before
-        ``optimizer.step()``. Untracked steps cost one schedule check per instrument.
+        Instruments run at their declared ``phase``: on entry (the loss graph is
+        intact, for curvature), on exit (after the backward pass, before
+        ``optimizer.step()``), or after the optimizer step. Untracked steps cost
+        one schedule check per instrument, plus the second half of any two-step
+        instrument that is pending from the previous step.
 
         Per-sample instruments need the step's forward pass recorded: the engine is
         armed at the end of step ``t`` when step ``t + 1`` is due, so number steps
         consecutively, or open this context before the forward pass (then pass no
         ``loss`` here; curvature instruments need it, and the forward, before entry).
+
+        Args:
+            step: the global step counter.
+            loss: the loss about to be backpropagated (mean over the batch).
+            batch_size: samples in this step's batch.
+            losses: per-sample losses, shape [B], for instruments such as Alpha.
         """
-        due = [
-            i for i in self.instruments if i.key not in self.disabled and i.is_due(step)
-        ]
-        if not due or self._closed:
+        self._run_after_step()
+        live = [i for i in self.instruments if i.key not in self.disabled]
+        due = [i for i in live if i.is_due(step)]
+        pending = [i for i in live if i not in due and i.is_pending()]
+        if self._closed or (not due and not pending):
             try:
                 yield False
             finally:
                 self._prepare(step + 1)
             return
-        data = self._step_data(due, loss)
         try:
-            yield True
-            self._track(step, loss, batch_size, due, data)
+            ctx = _StepContext(step, loss, losses, batch_size, self._lrs())
+            ctx.param_lrs = self._param_lrs()
+            ctx.data = self._step_data(due, loss)
+            if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
+                ctx.before = [p.detach().clone() for _, p in self.params]
+            errors: dict[str, str] = {}
+            with torch.enable_grad(), keep_backpack_io():
+                results = self._run_phase(
+                    Phase.BEFORE_BACKWARD, ctx, due, pending, errors
+                )
+            if self.engine is not None:
+                # Our entry passes went through the recorded outputs' hooks; the
+                # user's backward must be the one they keep.
+                self.engine.clear_grads()
+            self._send_drained()
+            yield bool(due)
+            with torch.no_grad():
+                results.update(
+                    self._run_phase(Phase.AFTER_BACKWARD, ctx, due, pending, errors)
+                )
+            ctx.cache.clear()  # drop the loss graph kept for curvature
+            if results or errors:
+                self._emit(step, results, errors)
+            self._send_drained()
+            after = [i for i in due if i.phase is Phase.AFTER_STEP]
+            if after:
+                self._after_step = (ctx, after)
         finally:
             self._prepare(step + 1)
 
@@ -306,7 +359,7 @@ class Cockpit:
             )
 
     def close(self, status: str = "finished") -> None:
-        """Send the final frame and flush for at most the configured timeout.
+        """Finish pending readings, send the final frame, flush (bounded time).
 
         Frames still undelivered then stay in the spill file; one log line says
         where and how to upload them. Never raises.
@@ -317,7 +370,14 @@ class Cockpit:
         """
         if self._closed:
             return
+        self._run_after_step()
+        for inst in self.instruments:
+            if inst.key not in self.disabled:
+                self._guard(-1, inst, inst.finish, {})
+        self._send_drained()
         self._closed = True
+        if self._step_hook is not None:
+            self._step_hook.remove()
         if self.engine is not None:
             self.engine.remove()
         status = status if status in ("finished", "failed") else "finished"
@@ -344,7 +404,11 @@ class Cockpit:
 
     @property
     def readings(self) -> dict[int, dict[str, Any]]:
-        """In-memory mode: {step: {instrument key: value}}; arrays as CPU tensors."""
+        """In-memory mode: {step: {instrument key: value}}; arrays as CPU tensors.
+
+        A step may arrive in several frames (after-step and two-step readings);
+        they are merged here.
+        """
         if not isinstance(self.transport, MemoryTransport):
             raise RuntimeError("readings are kept only when Cockpit(server=None)")
         out: dict[int, dict[str, Any]] = {}
@@ -353,7 +417,7 @@ class Cockpit:
                 out.setdefault(frame.step, {}).update(
                     {k: _to_python(v) for k, v in frame.values.items()}
                 )
-        return out
+        return dict(sorted(out.items()))
 
     # -- internals --------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -421,60 +485,116 @@ class Cockpit:
 
         return StepData(stats, ggn)
 
-    def _track(
+    def _view(
         self,
-        step: int,
-        loss: Tensor | None,
-        batch_size: int | None,
-        due: Sequence[Instrument],
-        data: StepData | None = None,
-    ) -> None:
-        results: dict[str, Reading] = {}
-        errors: dict[str, str] = {}
-        data = data or StepData()
-        lrs, param_lrs = self._lrs(), self._param_lrs()
-        with torch.no_grad():
-            for inst in due:
-                view = StepView(
-                    step,
-                    loss,
-                    self.params,
-                    lrs,
-                    batch_size,
-                    inst.needs,
-                    data,
-                    param_lrs,
+        ctx: _StepContext,
+        inst: Instrument,
+        applied: Sequence[Tensor] | None = None,
+    ) -> StepView:
+        return StepView(
+            ctx.step,
+            ctx.loss,
+            self.params,
+            ctx.lrs,
+            ctx.batch_size,
+            inst.needs,
+            losses=ctx.losses,
+            opt=self.optimizer,
+            init=self._init,
+            applied=applied,
+            cache=ctx.cache,
+            data=ctx.data,
+            param_lrs=ctx.param_lrs,
+        )
+
+    def _guard(
+        self, step: int, inst: Instrument, fn: Callable[[], Any], errors: dict[str, str]
+    ) -> tuple[bool, Any]:
+        """Run ``fn``; on failure disable ``inst`` (or re-raise in raise mode)."""
+        try:
+            return True, fn()
+        except EngineError as exc:
+            # The model or this step does not allow the statistic: report it at
+            # this step (None), keep the instrument for later steps.
+            if self.fail_mode == "raise":
+                raise
+            msg = f"{type(exc).__name__}: {exc}"
+            errors[inst.key] = msg
+            if msg not in self._warned:
+                self._warned.add(msg)
+                log.warning(
+                    "glasscockpit: [Step %d | %s] undefined: %s", step, inst.key, msg
                 )
-                try:
-                    results[inst.key] = inst.compute(view)
-                except EngineError as exc:
-                    # The model or this step does not allow the statistic: report
-                    # it at this step, keep the instrument for later steps.
-                    if self.fail_mode == "raise":
-                        raise
-                    msg = f"{type(exc).__name__}: {exc}"
-                    errors[inst.key] = msg
-                    results[inst.key] = None
-                    if msg not in self._warned:
-                        self._warned.add(msg)
-                        log.warning(
-                            "glasscockpit: [Step %d | %s] undefined: %s",
-                            step,
-                            inst.key,
-                            msg,
-                        )
-                except Exception as exc:
-                    if self.fail_mode == "raise":
-                        raise
-                    msg = f"{type(exc).__name__}: {exc}"
-                    self.disabled[inst.key] = msg
-                    errors[inst.key] = msg
-                    log.warning(
-                        "glasscockpit: [Step %d | %s] failed and is disabled: %s",
-                        step,
-                        inst.key,
-                        msg,
-                    )
+            return True, None
+        except Exception as exc:
+            if self.fail_mode == "raise":
+                raise
+            msg = f"{type(exc).__name__}: {exc}"
+            self.disabled[inst.key] = msg
+            errors[inst.key] = msg
+            log.warning(
+                "glasscockpit: [Step %d | %s] failed and is disabled: %s",
+                step,
+                inst.key,
+                msg,
+            )
+            return False, None
+
+    def _run_phase(
+        self,
+        phase: Phase,
+        ctx: _StepContext,
+        due: Sequence[Instrument],
+        pending: Sequence[Instrument],
+        errors: dict[str, str],
+        applied: Sequence[Tensor] | None = None,
+    ) -> dict[str, Reading]:
+        results: dict[str, Reading] = {}
+        for inst in due:
+            if inst.phase is phase and inst.key not in self.disabled:
+                view = self._view(ctx, inst, applied)
+                ok, value = self._guard(
+                    ctx.step, inst, partial(inst.compute, view), errors
+                )
+                if ok and not inst.two_step:
+                    results[inst.key] = value
+        for inst in pending:
+            if inst.phase is phase and inst.key not in self.disabled:
+                view = self._view(ctx, inst, applied)
+                self._guard(ctx.step, inst, partial(inst.advance, view), errors)
+        return results
+
+    def _run_after_step(self) -> None:
+        """Run the AFTER_STEP instruments of the last tracked step, once."""
+        if self._after_step is None:
+            return
+        ctx, insts = self._after_step
+        self._after_step = None
+        applied = None
+        if ctx.before is not None:
+            applied = [
+                p.detach() - b
+                for (_, p), b in zip(self.params, ctx.before, strict=True)
+            ]
+        errors: dict[str, str] = {}
+        with torch.no_grad():
+            results = self._run_phase(Phase.AFTER_STEP, ctx, insts, (), errors, applied)
+        if results or errors:
+            self._emit(ctx.step, results, errors)
+        self._send_drained()
+
+    def _send_drained(self) -> None:
+        """Send readings that two-step instruments finished for earlier steps."""
+        by_step: dict[int, dict[str, Reading]] = {}
+        for inst in self.instruments:
+            for step, reading in inst.drain().items():
+                by_step.setdefault(step, {})[inst.key] = reading
+        for step, results in sorted(by_step.items()):
+            self._emit(step, results, {})
+
+    def _emit(
+        self, step: int, results: dict[str, Reading], errors: dict[str, str]
+    ) -> None:
         try:
             # On CUDA this only queues the copy; the transport waits for it.
             frame = pack_readings(
@@ -487,6 +607,31 @@ class Cockpit:
             return
         self._next_seq()
         self._send_frame(frame)
+
+
+@dataclass
+class _StepContext:
+    """What ``cockpit.step`` received, kept until the step's last phase ran."""
+
+    step: int
+    loss: Tensor | None
+    losses: Tensor | None
+    batch_size: int | None
+    lrs: list[float]
+    #: θ_t, cloned on entry when an AFTER_STEP instrument needs the update.
+    before: list[Tensor] | None = None
+    data: StepData = field(default_factory=StepData)
+    param_lrs: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+def _on_optimizer_step(ref: weakref.ReferenceType[Cockpit]) -> Callable[..., None]:
+    def hook(*_: object) -> None:
+        cockpit = ref()
+        if cockpit is not None:
+            cockpit._run_after_step()
+
+    return hook
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Cockpit]) -> None:

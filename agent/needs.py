@@ -19,6 +19,13 @@ class Need(Enum):
     SUM_GRAD_SQUARED = "sum_grad_squared"  # Σ_n g_n² per parameter, its shape
     BATCH_GRAD = "batch_grad"  # g_n per parameter, [B, *shape], one layer at a time
     DIAG_GGN = "diag_ggn"  # exact GGN diagonal of the mean loss per parameter
+    # Curvature and step-size instruments (part B of issue 3).
+    HVP = "hvp"  # the loss graph before backward: Hessian-vector products
+    LOSSES = "losses"  # per-sample losses [B] passed as cockpit.step(losses=...)
+    INIT_PARAMS = "init_params"  # the parameters when Cockpit was constructed
+    UPDATE = "update"  # θ_{t+1} − θ_t, in the AFTER_STEP phase
+    OPTIMIZER = "optimizer"  # the optimizer (state, hyperparameters)
+    DIAG_HESSIAN = "diag_hessian"  # exact diag of H by BackPACK, before backward
 
 
 #: Needs served by the hook engine: the forward pass must be recorded.

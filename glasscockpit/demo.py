@@ -48,7 +48,8 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=epochs * (len(x) // batch)
     )
-    loss_fn = nn.CrossEntropyLoss()
+    # Per-sample losses feed Alpha; their mean is the loss that is backpropagated.
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
     step = 0
     acc = 0.0
     bar = tqdm(range(epochs), desc="training", unit="epoch")
@@ -57,8 +58,9 @@ def train(
         for i in range(0, len(x) - batch + 1, batch):
             idx = perm[i : i + batch]
             opt.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
-            with cockpit.step(step, loss=loss, batch_size=batch):
+            losses = loss_fn(model(x[idx]), y[idx])
+            loss = losses.mean()
+            with cockpit.step(step, loss=loss, batch_size=batch, losses=losses):
                 loss.backward()
             opt.step()
             sched.step()

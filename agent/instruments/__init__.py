@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from glasscockpit.agent.instruments.alpha import Alpha
 from glasscockpit.agent.instruments.base import (
     Cost,
     Guarded,
@@ -11,10 +12,13 @@ from glasscockpit.agent.instruments.base import (
     default_schedule,
 )
 from glasscockpit.agent.instruments.cabs import CABS
+from glasscockpit.agent.instruments.distance import Distance
 from glasscockpit.agent.instruments.early_stopping import EarlyStopping
 from glasscockpit.agent.instruments.grad_hist_1d import GradHist1d
 from glasscockpit.agent.instruments.grad_hist_2d import GradHist2d
 from glasscockpit.agent.instruments.grad_norm import GradNorm
+from glasscockpit.agent.instruments.hess_max_ev import HessMaxEV
+from glasscockpit.agent.instruments.hess_trace import HessTrace
 from glasscockpit.agent.instruments.inner_test import InnerTest
 from glasscockpit.agent.instruments.loss import Loss
 from glasscockpit.agent.instruments.lr import Lr
@@ -23,6 +27,8 @@ from glasscockpit.agent.instruments.norm_test import NormTest
 from glasscockpit.agent.instruments.ortho_test import OrthoTest
 from glasscockpit.agent.instruments.tic_diag import TICDiag
 from glasscockpit.agent.instruments.tic_trace import TICTrace
+from glasscockpit.agent.instruments.time import Time
+from glasscockpit.agent.instruments.update_size import UpdateSize
 
 ALL: tuple[type[Instrument], ...] = (
     Loss,
@@ -38,6 +44,12 @@ ALL: tuple[type[Instrument], ...] = (
     EarlyStopping,
     GradHist1d,
     GradHist2d,
+    Alpha,
+    Distance,
+    UpdateSize,
+    HessTrace,
+    HessMaxEV,
+    Time,
 )
 
 BY_NAME: dict[str, type[Instrument]] = {cls.name: cls for cls in ALL}
@@ -79,6 +91,7 @@ def resolve(spec: str | Instrument | type[Instrument]) -> list[Instrument]:
 
 __all__ = [
     "ALL",
+    "Alpha",
     "BY_NAME",
     "CABS",
     "PRESETS",
@@ -90,6 +103,9 @@ __all__ = [
     "GradNorm",
     "Guarded",
     "InnerTest",
+    "Distance",
+    "HessMaxEV",
+    "HessTrace",
     "Instrument",
     "Loss",
     "Lr",
@@ -99,6 +115,8 @@ __all__ = [
     "Reading",
     "TICDiag",
     "TICTrace",
+    "Time",
+    "UpdateSize",
     "default_schedule",
     "resolve",
 ]

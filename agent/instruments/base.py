@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeAlias
 
 import torch
@@ -56,6 +56,20 @@ class Cost(IntEnum):
     EXPENSIVE = 2
 
 
+class Phase(Enum):
+    """The moment of a step at which Cockpit calls an instrument's ``compute``."""
+
+    #: On entering ``cockpit.step``: the loss graph is intact (Hessian-vector
+    #: products, per-sample projections), ``p.grad`` is not yet this step's.
+    BEFORE_BACKWARD = "before_backward"
+    #: On leaving ``cockpit.step``: ``p.grad`` holds this step's gradient and the
+    #: parameters are still θ_t.
+    AFTER_BACKWARD = "after_backward"
+    #: After ``optimizer.step()`` (its post-hook, else the next ``cockpit.step`` or
+    #: ``close()``): the parameters are θ_{t+1}; sent as a second frame for step t.
+    AFTER_STEP = "after_step"
+
+
 def default_schedule(cost: Cost) -> Schedule:
     """Every step for cheap instruments, every 10 for moderate, log-spaced otherwise."""
     if cost is Cost.CHEAP:
@@ -75,6 +89,11 @@ class Instrument(ABC):
     panel: ClassVar[PanelSpec]
     #: Smallest preset that includes this instrument (None: only by name).
     preset: ClassVar[PresetName | None] = None
+    #: When ``compute`` runs; the default suits instruments of ``p.grad``.
+    phase: ClassVar[Phase] = Phase.AFTER_BACKWARD
+    #: True when a reading is finished at a later step: ``compute``'s return value
+    #: is then ignored and readings arrive through ``drain``.
+    two_step: ClassVar[bool] = False
 
     def __init__(
         self, schedule: Schedule | None = None, label: str | None = None
@@ -89,7 +108,26 @@ class Instrument(ABC):
 
     @abstractmethod
     def compute(self, step: StepView) -> Reading:
-        """Return this step's reading, on the training device; runs after backward."""
+        """Return this step's reading, on the training device; runs at ``phase``."""
+
+    # -- optional hooks of instruments whose reading spans two steps -------------
+    def is_pending(self) -> bool:
+        """Whether an earlier step's reading waits for data of the coming step.
+
+        Asked on entering every ``cockpit.step``; a pending instrument gets
+        ``advance`` at its phase even on steps it is not due.
+        """
+        return False
+
+    def advance(self, step: StepView) -> None:  # noqa: B027 - optional hook
+        """Runs at this instrument's phase on a step it is pending but not due."""
+
+    def drain(self) -> dict[int, Reading]:
+        """Readings of earlier steps finished since the last call, by step."""
+        return {}
+
+    def finish(self) -> None:  # noqa: B027 - optional hook
+        """Runs at ``close()``: settle pending readings (None when undefined)."""
 
 
 def sq_norms(step: StepView) -> dict[str, Tensor]:

@@ -25,8 +25,15 @@ def run_step(
         model, opt, server=None, run="t", instruments=instruments, fail_mode="raise"
     )
     opt.zero_grad()
-    loss = problem.loss_fn(model(x), y)
-    with cockpit.step(0, loss=loss):
+    out = model(x)
+    loss = problem.loss_fn(out, y)
+    losses = None
+    try:  # per-sample losses for Alpha, [B]
+        per = problem.loss_fn(out, y, reduction="none")  # type: ignore[call-arg]
+        losses = per.reshape(per.shape[0], -1).mean(dim=1)
+    except TypeError:  # a loss without a reduction argument
+        pass
+    with cockpit.step(0, loss=loss, losses=losses):
         loss.backward()
     cockpit.close()
     return cockpit.readings[0]

@@ -58,6 +58,8 @@ def test_only_declared_needs_give_the_same_reading(
 ) -> None:
     # Alone, the step serves only this instrument's needs (and StepView refuses
     # the rest); next to every other instrument, the engine serves all needs.
+    if cls.name == "time":
+        pytest.skip("a clock reading differs between two runs by design")
     problem = problems.BY_NAME["mlp"]
     alone = run_step(problem, [cls(schedule=always)])[cls.name]
     others = [c(schedule=always) for c in ALL if c is not cls]

@@ -1,0 +1,214 @@
+"""Alpha's machinery: the applied update, per-sample slopes along it, the fit.
+
+Per-sample gradients are never stored: ``SampleJacobian`` projects them onto a
+few directions before the user's backward pass, ``update_directions`` chooses
+directions that span the coming optimizer update, and ``fit_alpha`` is Cockpit's
+noisy quadratic fit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class SampleJacobian:
+    """Per-sample directional derivatives ``(∇ℓ_iᵀd)_i`` without per-sample gradients.
+
+    ``w(s) = Σ_i s_i ∇ℓ_i`` is built once with ``create_graph=True``; it is linear
+    in ``s``, so ``∂(wᵀd)/∂s = (∇ℓ_iᵀd)_i`` costs one more backward per direction
+    and never holds a [B, D] tensor.
+    """
+
+    def __init__(self, losses: Tensor, params: Sequence[Tensor]) -> None:
+        if losses.dim() != 1:
+            raise ValueError(
+                f"Per-sample losses must have shape [B], got {tuple(losses.shape)}"
+            )
+        self.params = list(params)
+        self._s = torch.ones_like(losses, requires_grad=True)
+        w = torch.autograd.grad(
+            losses,
+            self.params,
+            grad_outputs=self._s,
+            create_graph=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        self._live = [i for i, g in enumerate(w) if g is not None]
+        self._w = [w[i] for i in self._live]
+
+    def project(self, direction: Sequence[Tensor]) -> Tensor:
+        """``[B]``: each sample's gradient dotted with ``direction`` (per parameter)."""
+        if not self._live:
+            return torch.zeros_like(self._s).detach()
+        (jd,) = torch.autograd.grad(
+            self._w,
+            self._s,
+            grad_outputs=[direction[i] for i in self._live],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return torch.zeros_like(self._s).detach() if jd is None else jd.detach()
+
+
+def predict_update(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+) -> list[Tensor] | None:
+    """The update ``optimizer.step()`` would apply with ``grads``, on copies.
+
+    A fresh optimizer of the same class gets cloned parameters, a deep copy of the
+    state and the given gradients, and takes one step; the real optimizer, its
+    state and the parameters are untouched. Returns float64 updates per entry of
+    ``params`` (zeros for parameters the optimizer does not hold), or None when
+    the optimizer cannot be rebuilt as ``type(optimizer)(param_groups)``.
+    """
+    index = {id(p): i for i, p in enumerate(params)}
+    clones: dict[int, Tensor] = {}
+    groups = []
+    for group in optimizer.param_groups:
+        copies = []
+        for p in group["params"]:
+            c = p.detach().clone()
+            i = index.get(id(p))
+            c.grad = None if i is None else grads[i].detach().clone()
+            clones[id(p)] = c
+            copies.append(c)
+        groups.append(
+            {**{k: v for k, v in group.items() if k != "params"}, "params": copies}
+        )
+    try:
+        shadow = type(optimizer)(groups)  # type: ignore[call-arg]
+        shadow.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        shadow.step()
+    except Exception:  # noqa: BLE001 - an optimizer that cannot be rebuilt
+        return None
+    return [
+        clones[id(p)].double() - p.detach().double()
+        if id(p) in clones
+        else torch.zeros_like(p, dtype=torch.float64)
+        for p in params
+    ]
+
+
+def _flat64(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.double().reshape(-1) for t in tensors])
+
+
+def update_directions(
+    optimizer: torch.optim.Optimizer | None,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+) -> list[Tensor]:
+    """Flat float64 directions [D] expected to span the optimizer's next update.
+
+    The update predicted by ``predict_update``, the gradient the optimizer will
+    see, every parameter-shaped floating-point state tensor (momentum buffers,
+    Adam moments) and, with weight decay, θ. Clipping by global norm and LR
+    changes keep SGD-family updates in this span. With several parameter groups
+    each direction is split per group, since groups may use different rates.
+    """
+    out: list[Tensor] = []
+    if optimizer is not None:
+        predicted = predict_update(optimizer, params, grads)
+        if predicted is not None:
+            out.append(_flat64(predicted))
+    out.append(_flat64(grads))
+    if optimizer is None:
+        return out
+    state = [optimizer.state.get(p, {}) for p in params]
+    keys = sorted(
+        {
+            k
+            for p, st in zip(params, state, strict=True)
+            for k, v in st.items()
+            if isinstance(v, Tensor) and v.shape == p.shape and v.is_floating_point()
+        }
+    )
+    for key in keys:
+        out.append(
+            _flat64(
+                [
+                    st.get(key, torch.zeros_like(p))
+                    for p, st in zip(params, state, strict=True)
+                ]
+            )
+        )
+    if any(g.get("weight_decay", 0) for g in optimizer.param_groups):
+        out.append(_flat64([p.detach() for p in params]))
+    if len(optimizer.param_groups) < 2:
+        return out
+    masks = []
+    for group in optimizer.param_groups:
+        ids = {id(q) for q in group["params"]}
+        masks.append(_flat64([torch.full_like(p, float(id(p) in ids)) for p in params]))
+    return [v * m for v in out for m in masks]
+
+
+def orthonormal_basis(candidates: Sequence[Tensor], drop_rtol: float = 1e-7) -> Tensor:
+    """Rows spanning ``candidates`` (flat float64 vectors [D]), orthonormal: [K, D].
+
+    Vectors already in the span of earlier ones (relative remainder at most
+    ``drop_rtol``) are dropped.
+    """
+    rows: list[Tensor] = []
+    for v in candidates:
+        norm = float(v.norm())
+        if norm == 0.0 or not math.isfinite(norm):
+            continue
+        r = v
+        for _ in range(2):
+            if rows:
+                q = torch.stack(rows)
+                r = r - q.T @ (q @ r)
+        rn = float(r.norm())
+        if rn > drop_rtol * norm:
+            rows.append(r / rn)
+    if not rows:
+        return candidates[0].new_zeros((0, candidates[0].numel()))
+    return torch.stack(rows)
+
+
+def fit_alpha(
+    tau: float,
+    values: tuple[float, float],
+    slopes: tuple[float, float],
+    var_values: tuple[float, float],
+    var_slopes: tuple[float, float],
+) -> float | None:
+    """Cockpit's α from a weighted least-squares parabola through two noisy points.
+
+    ``q(x) = μ₀ + μ₁x + μ₂x²`` is fitted to the losses and directional slopes at
+    0 and τ, weighted by the inverse per-sample variances (a zero variance becomes
+    1e-12 of the largest one, all zero give equal weights). Returns
+    ``α = −2τμ₂/μ₁ − 1``, −1 for a concave or linear fit (Cockpit's convention),
+    None when an input is not finite (e.g. B = 1), the fit is singular or μ₁ = 0.
+    """
+    inputs = (tau, *values, *slopes, *var_values, *var_slopes)
+    if not all(math.isfinite(x) for x in inputs):
+        return None
+    phi = torch.tensor(
+        [[1.0, 0.0, 0.0], [1.0, tau, tau**2], [0.0, 1.0, 0.0], [0.0, 1.0, 2 * tau]],
+        dtype=torch.float64,
+    )
+    y = torch.tensor([*values, *slopes], dtype=torch.float64)
+    var = torch.tensor([*var_values, *var_slopes], dtype=torch.float64)
+    top = float(var.max())
+    var = torch.ones_like(var) if top <= 0 else var.clamp_min(1e-12 * top)
+    w = 1.0 / var
+    try:
+        mu = torch.linalg.solve(phi.T @ (w[:, None] * phi), phi.T @ (w * y))
+    except RuntimeError:  # singular normal equations
+        return None
+    mu1, mu2 = float(mu[1]), float(mu[2])
+    if mu2 <= 0:
+        return -1.0
+    if mu1 == 0:
+        return None
+    return -2.0 * tau * mu2 / mu1 - 1.0

@@ -1,0 +1,329 @@
+"""HessMaxEV and HessTrace against explicit Hessians of tiny seeded models."""
+
+from __future__ import annotations
+
+import backpack
+import pytest
+import torch
+from backpack.extensions import BatchGrad
+from torch import nn
+
+from glasscockpit.agent import Cockpit, every
+from glasscockpit.agent.curvature import HessianOperator, lanczos_top
+from glasscockpit.agent.instruments import Alpha, HessMaxEV, HessTrace
+from tests.agent.reference_curvature import (
+    PROBLEMS,
+    as_float_dict,
+    block_traces,
+    hessian,
+    hutchinson_same_probes,
+    model_at,
+    train,
+)
+
+STEPS = 3
+#: torch warns about BackPACK's hooks on a first layer whose input needs no grad.
+BACKPACK_HOOK_WARNING = "ignore:Full backward hook is firing:UserWarning"
+
+
+def _spectral(h: torch.Tensor) -> tuple[float, float]:
+    ev = torch.linalg.eigvalsh(h)
+    return float(ev[-1]), float(ev.abs().max())
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_hess_max_ev_matches_eigvalsh(problem, torch_threads):
+    inst = HessMaxEV(schedule=every(1), rtol=1e-4)
+    cockpit, trace, model = train(problem, "sgd", [inst], steps=STEPS)
+    got = cockpit.readings
+    for t in range(STEPS):
+        lam, rho = _spectral(hessian(model_at(model, trace.thetas[t]), problem, t))
+        # Stated tolerance: the top Ritz pair's residual ≤ rtol · ρ (ρ = spectral
+        # radius); the Ritz value error is at most that residual. Float32
+        # Hessian-vector products add ~1e-6 ρ.
+        assert abs(got[t]["hess_max_ev"] - lam) <= 1e-4 * rho + 1e-5 * rho
+
+
+class _Quadratic(nn.Module):
+    """θ with loss ½θᵀAθ + bᵀθ: a saddle whose most negative eigenvalue dominates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        q, _ = torch.linalg.qr(torch.randn(6, 6))
+        self.a = q @ torch.diag(torch.tensor([-5.0, -1.0, 0.5, 1.0, 2.0, 3.0])) @ q.T
+        self.theta = nn.Parameter(torch.randn(6))
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * self.theta @ self.a @ self.theta + self.theta.sum()
+
+
+def test_hess_max_ev_is_largest_algebraic_not_largest_magnitude():
+    model = _Quadratic()
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+    )
+    loss = model()
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    # Power iteration (Cockpit) would report -5, the eigenvalue of largest |λ|.
+    assert cockpit.readings[0]["hess_max_ev"] == pytest.approx(3.0, abs=5e-4)
+
+
+def test_hess_max_ev_negative_spectrum_keeps_sign():
+    model = _Quadratic()
+    model.a = -model.a.abs().diag().diag() - torch.eye(6)  # eigenvalues all < 0
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+    )
+    loss = model()
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    expected = float(torch.linalg.eigvalsh(model.a)[-1])
+    assert expected < 0
+    assert cockpit.readings[0]["hess_max_ev"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_lanczos_reports_non_convergence_within_max_iter():
+    torch.manual_seed(0)
+    h = torch.diag(torch.linspace(1.0, 1.001, 200)).double()
+    top = lanczos_top(lambda v: h @ v, torch.ones(200, dtype=torch.float64), 1e-12, 3)
+    assert not top.converged and top.matvecs == 3
+    assert top.value <= 1.001 + 1e-12
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_hess_trace_equals_mean_of_its_probes(problem, torch_threads):
+    inst = HessTrace(schedule=every(1), probes=5, seed=7)
+    cockpit, trace, model = train(problem, "momentum", [inst], steps=STEPS)
+    got = cockpit.readings
+    for t in range(STEPS):
+        h = hessian(model_at(model, trace.thetas[t]), problem, t)
+        # The private generator continues across steps: draw the earlier probes.
+        ref = hutchinson_same_probes(model, h, 5 * (t + 1), seed=7)
+        ref_t = hutchinson_same_probes(model, h, 5 * t, seed=7) if t else None
+        reading = as_float_dict(got[t]["hess_trace"])
+        assert reading.keys() == {*ref.keys()}
+        expected = _last_probes(ref, ref_t, t, 5)
+        for key, value in expected.items():
+            # float32 HVPs summed in float64; rtol 1e-4 plus a floor at the scale.
+            assert reading[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def _last_probes(ref, ref_before, t, k):
+    """Mean over probes t·k .. (t+1)·k − 1 from means over the first n probes."""
+    if ref_before is None:
+        return ref
+    out = {}
+    for key in ref:
+        if key == "stderr":
+            continue
+        out[key] = (ref[key] * (t + 1) * k - ref_before[key] * t * k) / k
+    return out
+
+
+def test_hess_trace_is_unbiased_within_its_stderr(torch_threads):
+    problem = PROBLEMS[1]
+    inst = HessTrace(probes=400, seed=1)
+    cockpit, trace, model = train(problem, None, [inst], steps=1)
+    h = hessian(model_at(model, trace.thetas[0]), problem, 0)
+    exact = block_traces(model, h)
+    reading = as_float_dict(cockpit.readings[0]["hess_trace"])
+    assert abs(reading["total"] - exact["total"]) <= 4 * reading["stderr"]
+    assert reading["stderr"] > 0
+
+
+def test_two_instances_with_different_settings_coexist(torch_threads):
+    problem = PROBLEMS[1]
+    insts = [
+        HessTrace(label="k3", probes=3, seed=1),
+        HessTrace(label="k8", probes=8, seed=2),
+        HessMaxEV(label="loose", rtol=1e-2),
+        HessMaxEV(label="tight", rtol=1e-6),
+    ]
+    cockpit, trace, model = train(problem, "adam", insts, steps=1)
+    r = cockpit.readings[0]
+    h = hessian(model_at(model, trace.thetas[0]), problem, 0)
+    lam, rho = _spectral(h)
+    assert r["hess_max_ev:tight"] == pytest.approx(lam, abs=2e-5 * rho)
+    assert abs(r["hess_max_ev:loose"] - lam) <= 1e-2 * rho
+    for inst, probes, seed in ((insts[0], 3, 1), (insts[1], 8, 2)):
+        ref = hutchinson_same_probes(model, h, probes, seed)
+        assert as_float_dict(r[inst.key])["total"] == pytest.approx(
+            ref["total"], rel=1e-4
+        )
+
+
+def test_curvature_leaves_global_rng_and_user_gradients_untouched(torch_threads):
+    problem = PROBLEMS[2]
+    model = problem.make_model()
+    twin = problem.make_model()
+    cockpit = Cockpit(
+        model,
+        None,
+        server=None,
+        instruments=[HessMaxEV(), HessTrace(probes=4)],
+        fail_mode="raise",
+    )
+    x, y = problem.make_batch(0)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    loss = problem.sample_losses(model(x), y).mean()
+    with cockpit.step(0, loss=loss) as tracked:
+        loss.backward()
+    assert tracked
+    assert torch.equal(torch.get_rng_state(), before)
+    problem.sample_losses(twin(x), y).mean().backward()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    assert "hess_max_ev" in cockpit.readings[0]
+
+
+def test_untracked_steps_differentiate_nothing_extra(torch_threads):
+    problem = PROBLEMS[1]
+    model = problem.make_model()
+    cockpit = Cockpit(
+        model,
+        None,
+        server=None,
+        instruments=[HessMaxEV(schedule=every(2)), HessTrace(schedule=every(2))],
+    )
+    calls = []
+    for step in range(3):
+        x, y = problem.make_batch(step)
+        loss = problem.sample_losses(model(x), y).mean()
+        count = [0]
+        loss.register_hook(lambda g, c=count: c.__setitem__(0, c[0] + 1))
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+        calls.append(count[0])
+    # Step 1 is untracked: only the user's backward passes through the loss.
+    assert calls[1] == 1
+    assert calls[0] > 1 and calls[2] > 1
+
+
+def test_hessian_operator_is_symmetric_and_exact(torch_threads):
+    problem = PROBLEMS[2]
+    model = problem.make_model()
+    x, y = problem.make_batch(0)
+    loss = problem.sample_losses(model(x), y).mean()
+    op = HessianOperator(loss, list(model.parameters()))
+    h = hessian(model, problem, 0)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(op.numel, generator=g)
+    w = torch.randn(op.numel, generator=g)
+    hv = op.flat_matvec(v).double()
+    assert torch.allclose(hv, h @ v.double(), rtol=1e-4, atol=1e-6 * h.abs().max())
+    assert float(w.double() @ hv) == pytest.approx(
+        float(v.double() @ op.flat_matvec(w).double()), rel=1e-4
+    )
+
+
+@pytest.mark.filterwarnings(BACKPACK_HOOK_WARNING)
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_hess_trace_is_exact_with_backpack(problem, torch_threads):
+    insts = [HessTrace(schedule=every(1)), HessTrace(label="e", method="exact")]
+    cockpit, trace, model = train(problem, "sgd", insts, steps=2, extend=True)
+    for t in range(2):
+        h = hessian(model_at(model, trace.thetas[t]), problem, t)
+        expected = block_traces(model, h)
+        reading = cockpit.readings[t]["hess_trace"]
+        assert reading["stderr"] is None  # exact: no sampling error
+        got = as_float_dict(reading)
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            # float32 BackPACK against a float64 Hessian: rtol 1e-4.
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert as_float_dict(cockpit.readings[0]["hess_trace:e"]) == pytest.approx(
+        as_float_dict(cockpit.readings[0]["hess_trace"]), rel=1e-6
+    )
+
+
+def test_hess_trace_exact_fails_clearly_without_backpack(torch_threads):
+    with pytest.raises(RuntimeError, match="extend the model and the loss module"):
+        train(PROBLEMS[1], "sgd", [HessTrace(method="exact")], steps=1)
+
+
+@pytest.mark.filterwarnings(BACKPACK_HOOK_WARNING)
+def test_backpack_pass_leaves_user_gradients_untouched(torch_threads):
+    problem = PROBLEMS[2]
+    cockpit, trace, model = train(
+        problem, None, [HessTrace(), HessMaxEV()], steps=1, extend=True, close=False
+    )
+    twin = model_at(problem.make_model(), trace.thetas[0])
+    x, y = problem.make_batch(0)
+    problem.loss_module()(twin(x), y).backward()
+    for g, q in zip(trace.grads[0], twin.parameters(), strict=True):
+        assert torch.allclose(g, q.grad, rtol=1e-6, atol=1e-8)
+    cockpit.close()
+
+
+def _issue_models():
+    mlp = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2048, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    return {"mlp": (mlp, (128, 1, 28, 28)), "cnn": (cnn, (64, 3, 32, 32))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_hess_max_ev_default_tolerance_on_issue_models(name, torch_threads):
+    """Default rtol 1e-3 against a Lanczos run converged to residual 1e-9."""
+    torch.manual_seed(0)
+    model, shape = _issue_models()[name]
+    x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
+    loss = nn.functional.cross_entropy(model(x), y)
+    op = HessianOperator(loss, list(model.parameters()))
+    g = torch.Generator().manual_seed(1)
+    ref = lanczos_top(op.flat_matvec, torch.randn(op.numel, generator=g), 1e-9, 300)
+    assert ref.converged
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+    )
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    assert cockpit.readings[0]["hess_max_ev"] == pytest.approx(ref.value, rel=1e-3)
+
+
+@pytest.mark.filterwarnings(BACKPACK_HOOK_WARNING)
+def test_entry_passes_keep_backpack_io_for_later_backpack_passes(torch_threads):
+    """Our extra backward passes must not free BackPACK's stored module IO."""
+    problem = PROBLEMS[1]
+    insts = [
+        Alpha(schedule=every(1)),
+        HessMaxEV(schedule=every(1)),
+        HessTrace(schedule=every(1), method="exact"),
+    ]
+    cockpit, trace, model = train(problem, "sgd", insts, steps=2, extend=True)
+    h = hessian(model_at(model, trace.thetas[0]), problem, 0)
+    assert cockpit.readings[0]["hess_trace"]["total"] == pytest.approx(
+        block_traces(model, h)["total"], rel=1e-4
+    )
+    # The user's own BackPACK extension in their backward still works.
+    model = backpack.extend(problem.make_model())
+    loss_module = backpack.extend(problem.loss_module())
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+    )
+    x, y = problem.make_batch(0)
+    loss = loss_module(model(x), y)
+    with cockpit.step(0, loss=loss), backpack.backpack(BatchGrad()):
+        loss.backward()
+    assert all(p.grad_batch.shape[0] == x.shape[0] for p in model.parameters())

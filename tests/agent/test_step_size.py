@@ -1,0 +1,330 @@
+"""Distance, UpdateSize, Alpha and Time against parameter snapshots and loops."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from glasscockpit.agent import Cockpit, every
+from glasscockpit.agent.instruments import Alpha, Distance, Time, UpdateSize
+from glasscockpit.agent.update_fit import SampleJacobian
+from glasscockpit.protocol import Readings
+from glasscockpit.server.store import TOTAL, RunStore
+from tests.agent.reference_curvature import (
+    OPTIMIZERS,
+    PROBLEMS,
+    alpha_reference,
+    as_float_dict,
+    norms,
+    per_sample_grads,
+    train,
+)
+from tests.conftest import free_port
+from tests.server.harness import live_server
+
+STEPS = 4
+
+
+def _assert_per_layer(got, expected):
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        # float32 parameters; norms of float32 differences, rtol 1e-4.
+        assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_distance_matches_snapshots(problem, torch_threads):
+    cockpit, trace, model = train(problem, "momentum", [Distance()], steps=STEPS)
+    for t in range(STEPS):
+        expected = norms(model, trace.thetas[t] - trace.thetas[0])
+        _assert_per_layer(as_float_dict(cockpit.readings[t]["distance"]), expected)
+
+
+def test_distance_starts_where_the_cockpit_was_attached(torch_threads):
+    """No KeyError when the step counter does not start at 0 (resumed runs)."""
+    problem = PROBLEMS[0]
+    model = problem.make_model()
+    theta0 = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cockpit = Cockpit(
+        model, opt, server=None, instruments=[Distance()], fail_mode="raise"
+    )
+    for step in (5, 6):
+        theta = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        x, y = problem.make_batch(step)
+        loss = problem.sample_losses(model(x), y).mean()
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+        opt.step()
+    cockpit.close()
+    expected = math.sqrt(
+        sum(float((a - b).pow(2).sum()) for a, b in zip(theta, theta0, strict=True))
+    )
+    assert expected > 0
+    assert cockpit.readings[5]["distance"]["total"] == 0.0
+    assert cockpit.readings[6]["distance"]["total"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", [*OPTIMIZERS, None])
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_update_size_matches_snapshots_including_last_step(
+    problem, optimizer, torch_threads
+):
+    cockpit, trace, model = train(problem, optimizer, [UpdateSize()], steps=STEPS)
+    got = cockpit.readings
+    assert sorted(got) == list(range(STEPS))
+    for t in range(STEPS):  # the last step's value comes at close()
+        expected = norms(model, trace.thetas[t + 1] - trace.thetas[t])
+        _assert_per_layer(as_float_dict(got[t]["update_size"]), expected)
+
+
+def test_update_size_is_read_right_after_optimizer_step(torch_threads):
+    """The optimizer post-hook, not the next step, finishes the reading."""
+    problem = PROBLEMS[1]
+    model = problem.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cockpit = Cockpit(
+        model, opt, server=None, instruments=[UpdateSize()], fail_mode="raise"
+    )
+    x, y = problem.make_batch(0)
+    loss = problem.sample_losses(model(x), y).mean()
+    before = [p.detach().clone() for p in model.parameters()]
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    assert "update_size" not in cockpit.readings.get(0, {})
+    opt.step()
+    update = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
+    with torch.no_grad():  # a change after the step must not count
+        for p in model.parameters():
+            p.add_(1.0)
+    expected = math.sqrt(sum(float(d.pow(2).sum()) for d in update))
+    assert cockpit.readings[0]["update_size"]["total"] == pytest.approx(
+        expected, rel=1e-4
+    )
+
+
+@pytest.mark.parametrize("optimizer", [*OPTIMIZERS, None])
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_alpha_matches_reference(problem, optimizer, torch_threads):
+    cockpit, trace, _ = train(problem, optimizer, [Alpha(schedule=every(1))], STEPS)
+    got = cockpit.readings
+    for t in range(STEPS - 1):
+        # α is a ratio of fitted coefficients; float32 gradients give ~1e-6, so
+        # rtol 1e-4 with an absolute floor for α near 0.
+        assert got[t]["alpha"] == pytest.approx(
+            alpha_reference(trace, t), rel=1e-4, abs=1e-5
+        ), t
+    # No later batch exists for the last step: α is undefined, not missing.
+    assert got[STEPS - 1]["alpha"] is None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_alpha_follows_clipping_and_schedules(optimizer, torch_threads):
+    """Global-norm clipping and LR changes keep SGD's update in the basis."""
+    problem = PROBLEMS[1]
+    cockpit, trace, _ = train(
+        problem,
+        optimizer,
+        [Alpha(schedule=every(1))],
+        STEPS,
+        clip=0.05,
+        scheduler=True,
+    )
+    got = cockpit.readings
+    for t in range(STEPS - 1):
+        assert got[t]["alpha"] == pytest.approx(
+            alpha_reference(trace, t), rel=1e-4, abs=1e-5
+        ), t
+
+
+def test_alpha_is_undefined_when_the_update_leaves_the_predicted_span(torch_threads):
+    """Adam with clipping rescales g before its non-linear update: no exact α.
+
+    Adam's first step is invariant to the gradient's scale (m̂/√v̂ = sign g up
+    to ε), so step 0 stays in the basis and must match the reference.
+    """
+    problem = PROBLEMS[1]
+    cockpit, trace, _ = train(problem, "adam", [Alpha(schedule=every(1))], 4, clip=0.05)
+    got = cockpit.readings
+    assert got[0]["alpha"] == pytest.approx(alpha_reference(trace, 0), rel=1e-4)
+    assert [got[t]["alpha"] for t in (1, 2)] == [None, None]
+
+
+def test_alpha_on_sparse_schedule_finishes_on_untracked_step(torch_threads):
+    problem = PROBLEMS[0]
+    cockpit, trace, _ = train(problem, "momentum", [Alpha(schedule=every(3))], steps=5)
+    got = cockpit.readings
+    assert sorted(k for k, v in got.items() if "alpha" in v) == [0, 3]
+    assert got[0]["alpha"] == pytest.approx(
+        alpha_reference(trace, 0), rel=1e-4, abs=1e-5
+    )
+    assert got[3]["alpha"] == pytest.approx(
+        alpha_reference(trace, 3), rel=1e-4, abs=1e-5
+    )
+
+
+def test_two_alpha_and_update_size_instances_coexist(torch_threads):
+    problem = PROBLEMS[1]
+    insts = [
+        Alpha(label="every", schedule=every(1)),
+        Alpha(label="odd", schedule=every(2, start=1), span_rtol=1e-2),
+        UpdateSize(label="a"),
+        UpdateSize(label="b", schedule=every(2)),
+    ]
+    cockpit, trace, model = train(problem, "adam", insts, steps=STEPS)
+    got = cockpit.readings
+    for t in range(STEPS - 1):
+        assert got[t]["alpha:every"] == pytest.approx(
+            alpha_reference(trace, t), rel=1e-4, abs=1e-5
+        )
+        expected = norms(model, trace.thetas[t + 1] - trace.thetas[t])["total"]
+        assert got[t]["update_size:a"]["total"] == pytest.approx(expected, rel=1e-4)
+    assert got[1]["alpha:odd"] == pytest.approx(got[1]["alpha:every"], rel=1e-6)
+    assert "alpha:odd" not in got[0] and "update_size:b" not in got[1]
+    assert "update_size:b" in got[2]
+
+
+def test_alpha_is_undefined_for_a_single_sample(torch_threads):
+    problem = PROBLEMS[1]
+    model = problem.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cockpit = Cockpit(model, opt, server=None, instruments=[Alpha(schedule=every(1))])
+    for step in range(2):
+        opt.zero_grad()
+        x, y = problem.make_batch(step)
+        losses = problem.sample_losses(model(x[:1]), y[:1])
+        with cockpit.step(step, loss=losses.mean(), losses=losses):
+            losses.mean().backward()
+        opt.step()
+    assert cockpit.readings[0]["alpha"] is None  # no variance from one sample
+    assert not cockpit.disabled
+
+
+def test_alpha_without_per_sample_losses_fails_with_instructions():
+    problem = PROBLEMS[0]
+    model = problem.make_model()
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[Alpha()], fail_mode="raise"
+    )
+    x, y = problem.make_batch(0)
+    loss = problem.sample_losses(model(x), y).mean()
+    with (
+        pytest.raises(ValueError, match=r"losses=per_sample_losses"),
+        cockpit.step(0, loss=loss),
+    ):
+        loss.backward()
+
+
+def test_alpha_leaves_rng_gradients_and_optimizer_state_untouched(torch_threads):
+    problem = PROBLEMS[2]
+    runs = []
+    for instruments in ([], [Alpha(schedule=every(1))]):
+        model = problem.make_model()
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        cockpit = Cockpit(model, opt, server=None, instruments=instruments or ["loss"])
+        torch.manual_seed(5)
+        grads = []
+        for step in range(3):
+            opt.zero_grad()
+            x, y = problem.make_batch(step)
+            losses = problem.sample_losses(model(x), y)
+            with cockpit.step(step, loss=losses.mean(), losses=losses):
+                losses.mean().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+            opt.step()
+        runs.append((torch.get_rng_state(), grads, list(model.parameters())))
+        cockpit.close()
+    (rng0, g0, p0), (rng1, g1, p1) = runs
+    assert torch.equal(rng0, rng1)
+    for a, b in zip(sum(g0, []), sum(g1, []), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(p0, p1, strict=True):  # same trajectory: optimizer state intact
+        assert torch.equal(a, b)
+
+
+def test_time_is_wall_clock_after_backward(torch_threads):
+    start = time.time()
+    cockpit, _, _ = train(PROBLEMS[0], "sgd", [Time()], steps=3)
+    stamps = [cockpit.readings[t]["time"] for t in range(3)]
+    assert start <= stamps[0] <= stamps[1] <= stamps[2] <= time.time()
+
+
+def test_after_step_and_two_step_frames_become_ordered_series(torch_threads):
+    """A step's readings in several frames land in per-instrument series."""
+    problem = PROBLEMS[1]
+    insts = [Alpha(schedule=every(1)), UpdateSize(), Distance()]
+    cockpit, _, _ = train(problem, "momentum", insts, steps=STEPS)
+    store = RunStore()
+    frames = cockpit.transport.frames
+    assert sum(isinstance(f, Readings) for f in frames) > STEPS  # several per step
+    for frame in frames:
+        assert store.ingest(frame)
+    run = store.get("ref")
+    assert run is not None
+    for name in ("alpha", "update_size", "distance"):
+        series = run.series[(name, TOTAL)]
+        view = series.view()
+        steps = list(view.step)
+        expected = list(range(STEPS - 1)) if name == "alpha" else list(range(STEPS))
+        assert steps == expected, name
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
+def test_sample_jacobian_matches_per_sample_loop(problem, torch_threads):
+    model = problem.make_model()
+    params = list(model.parameters())
+    expected_rows = per_sample_grads(model, problem, 0)  # [B, D]
+    x, y = problem.make_batch(0)
+    losses = problem.sample_losses(model(x), y)
+    jac = SampleJacobian(losses, params)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        v = [torch.randn(p.shape, generator=g) for p in params]
+        flat = torch.cat([t.reshape(-1) for t in v]).double()
+        got = jac.project(v).double()
+        expected = expected_rows @ flat
+        assert torch.allclose(
+            got, expected, rtol=1e-4, atol=1e-6 * expected.abs().max()
+        )
+    assert all(p.grad is None for p in params)  # nothing written to .grad
+
+
+def test_split_frames_reach_a_live_server_as_ordered_series(torch_threads):
+    """Real uvicorn + websocket: after-step and two-step readings per series."""
+    problem = PROBLEMS[1]
+    model = problem.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with live_server(free_port()) as server:
+        cockpit = Cockpit(
+            model,
+            opt,
+            server=server.ws,
+            run="curv-live",
+            instruments=[Alpha(schedule=every(1)), UpdateSize(), Distance()],
+            fail_mode="raise",
+        )
+        for step in range(STEPS):
+            opt.zero_grad()
+            x, y = problem.make_batch(step)
+            losses = problem.sample_losses(model(x), y)
+            with cockpit.step(step, loss=losses.mean(), losses=losses):
+                losses.mean().backward()
+            opt.step()
+        cockpit.close()
+        assert cockpit.stats.dropped == 0
+        base = f"{server.http}/v1/runs/curv-live/series"
+        for name, steps in (
+            ("alpha", list(range(STEPS - 1))),  # the last α is undefined
+            ("update_size", list(range(STEPS))),
+            ("distance", list(range(STEPS))),
+        ):
+            with urllib.request.urlopen(f"{base}/{name}", timeout=5) as r:
+                series = json.loads(r.read())
+            assert series["step"] == steps, name
+            assert all(isinstance(v, float) for v in series["value"]), name
