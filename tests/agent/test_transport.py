@@ -44,6 +44,9 @@ def _cockpit(run: str, server: str | None, **kw) -> Cockpit:
     model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 5))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     kw.setdefault("transport_options", FAST)
+    # One frame per step: the counts below follow it (after-step instruments of
+    # the presets would add a second frame per step).
+    kw.setdefault("instruments", ["loss", "grad_norm", "lr"])
     return Cockpit(model, opt, run=run, server=server, **kw)
 
 
