@@ -48,8 +48,7 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=epochs * (len(x) // batch)
     )
-    # Per-sample losses feed Alpha; their mean is the loss that is backpropagated.
-    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    ce = nn.functional.cross_entropy
     step = 0
     acc = 0.0
     bar = tqdm(range(epochs), desc="training", unit="epoch")
@@ -58,8 +57,11 @@ def train(
         for i in range(0, len(x) - batch + 1, batch):
             idx = perm[i : i + batch]
             opt.zero_grad()
-            losses = loss_fn(model(x[idx]), y[idx])
-            loss = losses.mean()
+            out = model(x[idx])
+            # The mean loss straight from the output (curvature instruments read its
+            # graph) and the per-sample losses (for Alpha) from the same forward.
+            loss = ce(out, y[idx])
+            losses = ce(out, y[idx], reduction="none")
             with cockpit.step(step, loss=loss, batch_size=batch, losses=losses):
                 loss.backward()
             opt.step()
@@ -69,6 +71,14 @@ def train(
                 time.sleep(delay)
         with torch.no_grad():
             acc = (model(xt).argmax(1) == yt).float().mean().item()
+            train_acc = (model(x).argmax(1) == y).float().mean().item()
+            cockpit.log(
+                step,
+                train_loss=ce(model(x), y).item(),
+                test_loss=ce(model(xt), yt).item(),
+                train_accuracy=train_acc,
+                test_accuracy=acc,
+            )
         bar.set_postfix(
             loss=f"{loss.item():.3f}", test_acc=f"{acc:.3f}", link=cockpit.stats.state
         )

@@ -1,0 +1,60 @@
+"""The README's demo command trains a real model into a real server, every gauge fed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.harness import get_json, server_process
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_streams_every_full_instrument_without_errors():
+    port = free_port()
+    with server_process(port) as base:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "glasscockpit",
+                "demo",
+                "--port",
+                str(port),
+                "--epochs",
+                "2",
+                "--delay",
+                "0",
+                "--exit",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        assert "finished, test accuracy" in out.stdout
+        runs = get_json(base + "/v1/runs")
+        assert len(runs) == 1 and runs[0]["status"] == "finished"
+        run = get_json(base + f"/v1/runs/{runs[0]['run']}")
+    assert run["errors"] == {}, run["errors"]
+    assert "undefined" not in out.stderr and "disabled" not in out.stderr, out.stderr
+    names = {i["name"] for i in run["instruments"]}
+    for name in (
+        "alpha",
+        "hess_max_ev",
+        "tic_diag",
+        "norm_test",
+        "grad_hist_1d",
+        "epoch_accuracy",
+    ):
+        assert name in names
+    # every line instrument received at least one reading
+    empty = [
+        i["name"]
+        for i in run["instruments"]
+        if i["kind"] in ("scalar", "per_layer") and not i["keys"]
+    ]
+    assert empty == [], empty
