@@ -11,6 +11,7 @@ import urllib.request
 
 import torch
 from sklearn.datasets import load_digits
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from tqdm import tqdm
 
@@ -48,7 +49,6 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=epochs * (len(x) // batch)
     )
-    ce = nn.functional.cross_entropy
     step = 0
     acc = 0.0
     bar = tqdm(range(epochs), desc="training", unit="epoch")
@@ -60,8 +60,8 @@ def train(
             out = model(x[idx])
             # The mean loss straight from the output (curvature instruments read its
             # graph) and the per-sample losses (for Alpha) from the same forward.
-            loss = ce(out, y[idx])
-            losses = ce(out, y[idx], reduction="none")
+            loss = F.cross_entropy(out, y[idx])
+            losses = F.cross_entropy(out, y[idx], reduction="none")
             with cockpit.step(step, loss=loss, batch_size=batch, losses=losses):
                 loss.backward()
             opt.step()
@@ -74,8 +74,8 @@ def train(
             train_acc = (model(x).argmax(1) == y).float().mean().item()
             cockpit.log(
                 step,
-                train_loss=ce(model(x), y).item(),
-                test_loss=ce(model(xt), yt).item(),
+                train_loss=F.cross_entropy(model(x), y).item(),
+                test_loss=F.cross_entropy(model(xt), yt).item(),
                 train_accuracy=train_acc,
                 test_accuracy=acc,
             )
