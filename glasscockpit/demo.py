@@ -10,8 +10,8 @@ import time
 import urllib.request
 
 import torch
-from sklearn.datasets import load_digits
 import torch.nn.functional as F  # noqa: N812
+from sklearn.datasets import load_digits
 from torch import nn
 from tqdm import tqdm
 
