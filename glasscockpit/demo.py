@@ -63,7 +63,7 @@ def train(
             loss = F.cross_entropy(out, y[idx])
             losses = F.cross_entropy(out, y[idx], reduction="none")
             with cockpit.step(step, loss=loss, batch_size=batch, losses=losses):
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
             step += 1
