@@ -208,7 +208,18 @@ class Cockpit:
                 for i in self.instruments
             )
             + LOG_SPECS,
-            meta=plain({**_model_meta(model, optimizer), **(meta or {})}),
+            meta=plain(
+                {
+                    **_model_meta(model, optimizer),
+                    # Which engine serves which parameter's per-sample statistics.
+                    **(
+                        {"coverage": dict(self.engine.coverage)}
+                        if self.engine is not None
+                        else {}
+                    ),
+                    **(meta or {}),
+                }
+            ),
         )
         self._seq = 0
         self._close_timeout = env.close_timeout
@@ -355,6 +366,18 @@ class Cockpit:
         else:
             self.engine.disarm()
 
+    def _partial(self, inst: Instrument) -> str | None:
+        """A "partial: ..." note when per-sample statistics skip some parameters."""
+        engine = self.engine
+        if engine is None or not inst.needs & RECORDED or not engine.uncovered:
+            return None
+        names = engine.uncovered
+        return (
+            f"partial: {len(names)} of {len(self.params)} parameter tensors not "
+            f"covered and left out of this instrument: {', '.join(names[:6])}"
+            f"{' ...' if len(names) > 6 else ''} ({engine.coverage[names[0]]})"
+        )
+
     def _step_data(self, due: Sequence[Instrument], loss: Tensor | None) -> StepData:
         """Engine work before the backward pass; per-sample statistics come lazily."""
         engine = self.engine
@@ -408,6 +431,9 @@ class Cockpit:
                 )
                 try:
                     results[inst.key] = inst.compute(view)
+                    partial = self._partial(inst)
+                    if partial:
+                        errors[inst.key] = partial
                 except EngineError as exc:
                     # The model or this step does not allow the statistic: report
                     # it at this step, keep the instrument for later steps.

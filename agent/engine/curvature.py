@@ -68,7 +68,9 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
     if output is None or not engine.recorded:
         raise EngineError("The forward pass of this step was not recorded")
     kind, scale = _loss_kind(loss, output)
-    params = [getattr(layer.module, k) for layer in engine.layers for k in layer.names]
+    params = [
+        layer.module.get_parameter(k) for layer in engine.layers for k in layer.names
+    ]
     recorded = [c for layer in engine.layers for c in layer.calls]
     outs = [
         c.out for c in recorded if c.out is not None and c.out._version == c.version
@@ -89,13 +91,16 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
                 output, params, grad_outputs=s, retain_graph=True, allow_unused=True
             )
         for layer in engine.layers:
-            calls = [c for c in layer.calls if c.b is not None]
+            calls = [c for c in layer.calls if c.b is not None and layer.names]
             if len(calls) == 1 and calls[0].b is not None:
-                sgs = layer.rule.sum_grad_squared(layer.module, calls[0].x, calls[0].b)
+                rule = layer.rule.bind(calls[0])
+                sgs = rule.sum_grad_squared(layer.module, calls[0].x, calls[0].b)
             else:  # a module called twice: sum per-sample gradients first
                 grads = StepStats.layer_grads(layer, calls)
                 sgs = {k: g.square().sum(0) for k, g in grads.items()}
             for k, v in sgs.items():
+                if k not in layer.names:  # served by another layer
+                    continue
                 name = layer.names[k]
                 out[name] = out[name] + v if name in out else v
     engine.clear_grads()

@@ -13,12 +13,28 @@ reductions then fall back to building that one layer's per-sample gradients.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - torch convention
 
 
 class LayerRule:
     """Per-sample statistics of one module type; reductions use ``batch_grads``."""
+
+    #: Engine name reported in the coverage map (``Hello.meta["coverage"]``).
+    label: ClassVar[str] = "rule"
+    #: The rule needs every positional and keyword argument of the call, not
+    #: only the first input (``bind`` receives them).
+    needs_args: ClassVar[bool] = False
+    #: The rule also serves the parameters of the module's descendants (e.g.
+    #: ``nn.MultiheadAttention.out_proj``, which is never called as a module).
+    claims_subtree: ClassVar[bool] = False
+
+    def bind(self, call: Any) -> LayerRule:
+        """This rule for one recorded call (rules that need its arguments)."""
+        del call
+        return self
 
     def accepts(self, module: nn.Module) -> bool:
         """Whether this rule handles this module's configuration."""
@@ -63,6 +79,8 @@ def _has(module: nn.Module, name: str) -> bool:
 
 class LinearRule(LayerRule):
     """``nn.Linear``: closed forms for 2-D inputs (Goodfellow 2015), else per layer."""
+
+    label = "linear-rule"
 
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Weight ``[B, out, in]`` = Σ_t b_t a_tᵀ, bias ``[B, out]`` = Σ_t b_t."""
@@ -131,6 +149,8 @@ class ConvRule(LayerRule):
 
     A 1-D convolution is unfolded as a 2-D one of height 1.
     """
+
+    label = "conv-rule"
 
     def accepts(self, module: nn.Module) -> bool:
         """Zero padding given as numbers ("same"/"valid" strings are not handled)."""

@@ -27,11 +27,7 @@ class StepStats:
     def __init__(self, engine: HookEngine, *, check: bool = False) -> None:
         engine.check_model()
         self.engine = engine
-        self.layers = [
-            (layer, calls)
-            for layer in engine.layers
-            if (calls := [c for c in layer.calls if c.b is not None])
-        ]
+        self._collect()
         sizes = {c.x.shape[0] for _, calls in self.layers for c in calls}
         if len(sizes) != 1:
             raise EngineError(
@@ -42,6 +38,18 @@ class StepStats:
         self._cache: dict[str, dict[str, Tensor]] = {}
         if check:
             self._check_sums()
+
+    def _collect(self) -> None:
+        """Layers serving some parameter whose calls were backpropagated through."""
+        self.layers = [
+            (layer, calls)
+            for layer in self.engine.layers
+            if layer.names and (calls := [c for c in layer.calls if c.b is not None])
+        ]
+        if not self.layers:
+            raise EngineError(
+                "No covered module was called in a backward pass of this step"
+            )
 
     # -- per layer -------------------------------------------------------------------
     @staticmethod
@@ -54,12 +62,15 @@ class StepStats:
             assert c.b is not None
             # Scaling the (small) output gradient saves a pass over B·D values.
             b = c.b if scale == 1.0 else c.b * scale
-            for k, g in layer.rule.batch_grads(layer.module, c.x, b).items():
+            rule = layer.rule.bind(c)
+            for k, g in rule.batch_grads(layer.module, c.x, b).items():
+                if k not in layer.names:  # served elsewhere (``reassign``)
+                    continue
                 total[k] = total[k] + g if k in total else g
         return total
 
     def _params(self, layer: Layer) -> dict[str, nn.Parameter]:
-        return {k: getattr(layer.module, k) for k in layer.names}
+        return {k: layer.module.get_parameter(k) for k in layer.names}
 
     # -- accessors -----------------------------------------------------------------
     def batch_l2(self) -> dict[str, Tensor]:
@@ -71,13 +82,19 @@ class StepStats:
                 if len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
-                    vals = layer.rule.batch_l2(layer.module, c.x, c.b)
+                    vals = layer.rule.bind(c).batch_l2(layer.module, c.x, c.b)
                 else:
                     vals = {
                         k: g.flatten(1).square().sum(1)
                         for k, g in self.layer_grads(layer, calls).items()
                     }
-                out.update({layer.names[k]: v * b2 for k, v in vals.items()})
+                out.update(
+                    {
+                        layer.names[k]: v * b2
+                        for k, v in vals.items()
+                        if k in layer.names
+                    }
+                )
             self._cache["l2"] = out
         return self._cache["l2"]
 
@@ -94,7 +111,9 @@ class StepStats:
                 if len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
-                    vals = layer.rule.batch_dot(layer.module, c.x, c.b, direction)
+                    vals = layer.rule.bind(c).batch_dot(
+                        layer.module, c.x, c.b, direction
+                    )
                 else:
                     vals = {
                         k: g.flatten(1) @ direction[k].reshape(-1)
@@ -102,7 +121,11 @@ class StepStats:
                         if k in direction
                     }
                 out.update(
-                    {layer.names[k]: v * self.batch_size for k, v in vals.items()}
+                    {
+                        layer.names[k]: v * self.batch_size
+                        for k, v in vals.items()
+                        if k in layer.names
+                    }
                 )
             self._cache["dot"] = out
         return self._cache["dot"]
@@ -116,13 +139,19 @@ class StepStats:
                 if len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
-                    vals = layer.rule.sum_grad_squared(layer.module, c.x, c.b)
+                    vals = layer.rule.bind(c).sum_grad_squared(layer.module, c.x, c.b)
                 else:
                     vals = {
                         k: g.square().sum(0)
                         for k, g in self.layer_grads(layer, calls).items()
                     }
-                out.update({layer.names[k]: v * b2 for k, v in vals.items()})
+                out.update(
+                    {
+                        layer.names[k]: v * b2
+                        for k, v in vals.items()
+                        if k in layer.names
+                    }
+                )
             self._cache["sgs"] = out
         return self._cache["sgs"]
 
@@ -144,38 +173,50 @@ class StepStats:
             if max_elements is not None:
                 chunk = max(1, min(self.batch_size, max_elements // per_sample))
             for s in range(0, self.batch_size, chunk):
-                part = [
-                    Call(
-                        c.x[s : s + chunk], None if c.b is None else c.b[s : s + chunk]
-                    )
-                    for c in calls
-                ]
+                batched: frozenset[str] = getattr(
+                    layer.rule, "batched_kwargs", frozenset()
+                )
+                part = [c.part(slice(s, s + chunk), batched) for c in calls]
                 grads = self.layer_grads(layer, part, scale)
                 for k in list(grads):
                     yield layer.names[k], params[k].detach(), grads.pop(k)
 
     # -- checks --------------------------------------------------------------------
     def _check_sums(self) -> None:
+        """Move parameters whose ``Σ_n ĝ_n`` misses ``.grad`` to the model fallback.
+
+        A parameter also used outside its module (tied weights, ``x @ w.t()`` in
+        a parent's ``forward``) gets only part of its gradient from its module's
+        rule; re-running the whole model serves it exactly (``reassign``).
+        """
+        bad: list[str] = []
+        worst = 0.0
         for layer, calls in self.layers:
             params = self._params(layer)
             sums: dict[str, Tensor] = {}
             for c in calls:
                 assert c.b is not None
-                for k, g in layer.rule.grad_sum(layer.module, c.x, c.b).items():
+                rule = layer.rule.bind(c)
+                for k, g in rule.grad_sum(layer.module, c.x, c.b).items():
                     sums[k] = sums[k] + g if k in sums else g
             for k, g in sums.items():
+                if k not in params:
+                    continue
                 ref = params[k].grad
                 if ref is None:
                     continue
                 err = float((g - ref).norm())
                 scale = float(ref.norm())
                 if err > 1e-3 * scale + 1e-12:
-                    raise EngineError(
-                        f"Per-sample gradients of {layer.names[k]!r} do not sum to its "
-                        f".grad (relative difference {err / max(scale, 1e-30):.1e}): "
-                        "the parameter is used outside its module (tied weights?) or "
-                        ".grad accumulates over several backward passes"
-                    )
+                    bad.append(layer.names[k])
+                    worst = max(worst, err / max(scale, 1e-30))
+        if bad:
+            self.engine.reassign(
+                bad,
+                "per-sample gradients of its module do not sum to .grad (relative "
+                f"difference up to {worst:.1e}): used outside its module (tied?)",
+            )
+            self._collect()
 
     @staticmethod
     def zero_like(params: dict[str, Tensor]) -> Tensor:
