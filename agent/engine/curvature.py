@@ -76,6 +76,9 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
         c.out for c in recorded if c.out is not None and c.out._version == c.version
     ]
     out: dict[str, Tensor] = {}
+    # Layers whose Σ_n ĝ_n² is linear in b² (2-D Linear) accumulate Σ_c b_c² and
+    # reduce once after all passes instead of once per pass.
+    b_sq: dict[int, tuple[Tensor, Tensor]] = {}
     for s in _factors(kind, output):
         engine.clear_grads()
         if len(outs) == len(recorded):
@@ -90,11 +93,16 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
             torch.autograd.grad(
                 output, params, grad_outputs=s, retain_graph=True, allow_unused=True
             )
-        for layer in engine.layers:
+        for i, layer in enumerate(engine.layers):
             calls = [c for c in layer.calls if c.b is not None and layer.names]
-            if len(calls) == 1 and calls[0].b is not None:
-                rule = layer.rule.bind(calls[0])
-                sgs = rule.sum_grad_squared(layer.module, calls[0].x, calls[0].b)
+            c0 = calls[0] if len(calls) == 1 else None
+            if c0 is not None and c0.b is not None:
+                rule = layer.rule.bind(c0)
+                if rule.linear_in_b_squared(c0.x):
+                    sq = c0.b.square()
+                    b_sq[i] = (c0.x, b_sq[i][1] + sq if i in b_sq else sq)
+                    continue
+                sgs = rule.sum_grad_squared(layer.module, c0.x, c0.b)
             else:  # a module called twice: sum per-sample gradients first
                 grads = StepStats.layer_grads(layer, calls)
                 sgs = {k: g.square().sum(0) for k, g in grads.items()}
@@ -103,5 +111,13 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
                     continue
                 name = layer.names[k]
                 out[name] = out[name] + v if name in out else v
+    for i, (x, sq) in b_sq.items():
+        layer = engine.layers[i]
+        sgs = layer.rule.sum_grad_squared_from_b_squared(layer.module, x, sq)
+        for k, v in sgs.items():
+            if k not in layer.names:  # served by another layer
+                continue
+            name = layer.names[k]
+            out[name] = out[name] + v if name in out else v
     engine.clear_grads()
     return {k: v * scale for k, v in out.items()}

@@ -71,6 +71,17 @@ class LayerRule:
         """``Σ_n ĝ_n²`` per parameter, each of the parameter's shape."""
         return {k: g.square().sum(0) for k, g in self.batch_grads(module, x, b).items()}
 
+    def linear_in_b_squared(self, x: Tensor) -> bool:
+        """Whether ``Σ_n ĝ_n²`` depends on ``b`` only through ``b²``, elementwise."""
+        del x
+        return False
+
+    def sum_grad_squared_from_b_squared(
+        self, module: nn.Module, x: Tensor, b_sq: Tensor
+    ) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n²`` from ``b²`` summed over passes (``linear_in_b_squared``)."""
+        raise NotImplementedError
+
 
 def _has(module: nn.Module, name: str) -> bool:
     p = getattr(module, name, None)
@@ -136,11 +147,21 @@ class LinearRule(LayerRule):
         """``(b²)ᵀ(a²)`` for 2-D inputs."""
         if x.dim() != 2:
             return super().sum_grad_squared(module, x, b)
+        return self.sum_grad_squared_from_b_squared(module, x, b.square())
+
+    def linear_in_b_squared(self, x: Tensor) -> bool:
+        """True for 2-D inputs: ``Σ_n ĝ_n² = (b²)ᵀ(a²)``."""
+        return x.dim() == 2
+
+    def sum_grad_squared_from_b_squared(
+        self, module: nn.Module, x: Tensor, b_sq: Tensor
+    ) -> dict[str, Tensor]:
+        """``(b²)ᵀ(a²)`` and ``Σ_n b²``."""
         out: dict[str, Tensor] = {}
         if _has(module, "weight"):
-            out["weight"] = b.square().t() @ x.square()
+            out["weight"] = b_sq.t() @ x.square()
         if _has(module, "bias"):
-            out["bias"] = b.square().sum(0)
+            out["bias"] = b_sq.sum(0)
         return out
 
 

@@ -35,7 +35,7 @@ class Guarded:
     def of(value: Tensor, valid: Tensor | bool) -> Guarded:
         """Wrap ``value``; ``valid`` may be a bool known on the host."""
         flag = torch.as_tensor(valid, device=value.device)
-        # NaN or inf where valid would be a bug in the guard; keep it visible.
+        # Invalid entries are zeroed so that no NaN/inf from 0/0 crosses the wire.
         return Guarded(torch.where(flag, value, torch.zeros_like(value)), flag)
 
 
@@ -49,7 +49,7 @@ PresetName: TypeAlias = Literal["economy", "business", "full"]
 
 
 class Cost(IntEnum):
-    """Rough price of an instrument; drives default schedules and presets."""
+    """Rough price of an instrument; drives default schedules."""
 
     CHEAP = 0
     MODERATE = 1
