@@ -36,9 +36,36 @@ from glasscockpit.agent.instruments import ALL, PRESETS
 Step = Callable[[int], None]
 
 
+class TinyLM(nn.Module):
+    """The transformer of engines.md: 2 post-LN encoder layers (d 64, 4 heads, ff 256),
+    token + position embeddings, causal mask, vocabulary 256.
+
+    Returns logits as ``[B, V, T]`` so that ``F.cross_entropy(model(x), y)`` is the
+    mean over all tokens; a sample is a sequence (docs/any-model.md).
+    """
+
+    def __init__(self, vocab: int = 256, d: int = 64, seq: int = 32) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 256, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+        mask = nn.Transformer.generate_square_subsequent_mask(seq)
+        self.register_buffer("mask", mask)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        t = ids.shape[1]
+        pos = torch.arange(t, device=ids.device).expand_as(ids)
+        h = self.enc(self.tok(ids) + self.pos(pos), mask=self.mask, is_causal=True)
+        return self.head(h).transpose(1, 2)
+
+
 def make_model(name: str) -> tuple[nn.Module, Tensor, Tensor]:
     """Seeded model and one batch."""
     torch.manual_seed(0)
+    if name == "transformer":
+        ids = torch.randint(0, 256, (32, 33))
+        return TinyLM(), ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     if name == "mlp":
         model = nn.Sequential(
             nn.Flatten(),
@@ -106,6 +133,8 @@ def original(model_name: str, spec: str) -> Step | None:
             from cockpit.utils.configuration import configuration
             from cockpit.utils.schedules import linear
     except ImportError:
+        return None
+    if model_name == "transformer":  # BackPACK skips attention and LayerNorm
         return None
     model, x, y = make_model(model_name)
     model = backpack.extend(model)

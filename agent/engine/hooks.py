@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from glasscockpit.agent.engine import norm_rules  # noqa: F401 - registers rules
+# Imported for their side effect: they add their rules to ``RULES``.
+from glasscockpit.agent.engine import attention_rule, norm_rules  # noqa: F401
 from glasscockpit.agent.engine.func_rule import (
     FUNC_RULES,
     REENTRY,
@@ -43,6 +44,8 @@ class Call:
     #: (``LayerRule.needs_args``); empty otherwise.
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Rule-specific intermediate results of this call (e.g. attention's re-run).
+    cache: dict[str, Any] = field(default_factory=dict)
     #: The module's output and its version counter at the forward pass, so that
     #: curvature passes can differentiate with respect to it (if not modified
     #: in place since) and skip every weight gradient.
@@ -53,9 +56,13 @@ class Call:
         """The same call restricted to samples ``rows`` (no output kept)."""
         n = self.x.shape[0]
 
+        cuts: dict[int, Tensor] = {}
+
         def cut(v: Any) -> Any:
             if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n:
-                return v[rows]
+                if id(v) not in cuts:  # keep identity between arguments
+                    cuts[id(v)] = v[rows]
+                return cuts[id(v)]
             return v
 
         return Call(
@@ -251,8 +258,11 @@ class HookEngine:
             return
         call = Call(x.detach())
         if layer.rule.needs_args:
-            call.args = tuple(_detach(a) for a in inputs)
-            call.kwargs = {k: _detach(v) for k, v in kwargs.items()}
+            # One detached tensor per input tensor: identity is meaningful
+            # (attention's self-attention path checks ``query is key``).
+            seen: dict[int, Tensor] = {}
+            call.args = tuple(_detach(a, seen) for a in inputs)
+            call.kwargs = {k: _detach(v, seen) for k, v in kwargs.items()}
         call.out, call.version = out, out._version
         out.register_hook(partial(_store_grad, call))  # type: ignore[no-untyped-call]
         layer.calls.append(call)
@@ -297,8 +307,12 @@ def _label(rule: LayerRule) -> str:
     return rule.label_text if isinstance(rule, FuncRule) else rule.label
 
 
-def _detach(value: Any) -> Any:
-    return value.detach() if isinstance(value, Tensor) else value
+def _detach(value: Any, seen: dict[int, Tensor]) -> Any:
+    if not isinstance(value, Tensor):
+        return value
+    if id(value) not in seen:
+        seen[id(value)] = value.detach()
+    return seen[id(value)]
 
 
 def _first_input(inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:

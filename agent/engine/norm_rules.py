@@ -96,6 +96,11 @@ class EmbeddingRule(LayerRule):
 
     label = "embedding-rule"
 
+    def materialises(self, x: Tensor) -> bool:
+        """Segment sums: nothing of size ``B·V·E`` for the statistics."""
+        del x
+        return False
+
     def accepts(self, module: nn.Module) -> bool:
         """Dense gradients, no renormalisation, no batch-frequency scaling."""
         return (

@@ -31,6 +31,11 @@ class LayerRule:
     #: ``nn.MultiheadAttention.out_proj``, which is never called as a module).
     claims_subtree: ClassVar[bool] = False
 
+    def materialises(self, x: Tensor) -> bool:
+        """Whether the reductions build ``[B, *shape]`` per-sample gradients."""
+        del x
+        return True
+
     def bind(self, call: Any) -> LayerRule:
         """This rule for one recorded call (rules that need its arguments)."""
         del call
@@ -92,6 +97,10 @@ class LinearRule(LayerRule):
     """``nn.Linear``: closed forms for 2-D inputs (Goodfellow 2015), else per layer."""
 
     label = "linear-rule"
+
+    def materialises(self, x: Tensor) -> bool:
+        """Closed forms for 2-D inputs; sequences build per-sample gradients."""
+        return x.dim() != 2
 
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Weight ``[B, out, in]`` = Σ_t b_t a_tᵀ, bias ``[B, out]`` = Σ_t b_t."""

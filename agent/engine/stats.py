@@ -14,6 +14,9 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
 
+#: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).
+CACHE_ELEMENTS = 1 << 24
+
 
 class StepStats:
     """Lazily computed, shared by every instrument of one step.
@@ -36,6 +39,10 @@ class StepStats:
             )
         self.batch_size: int = sizes.pop()
         self._cache: dict[str, dict[str, Tensor]] = {}
+        #: Per-sample gradients of layers whose rule builds them anyway, kept for
+        #: the step so that every statistic and histogram reuses one build.
+        self._grads: dict[int, dict[str, Tensor]] = {}
+        self._held = 0
         if check:
             self._check_sums()
 
@@ -69,6 +76,28 @@ class StepStats:
                 total[k] = total[k] + g if k in total else g
         return total
 
+    def _materialised(
+        self, layer: Layer, calls: list[Call]
+    ) -> dict[str, Tensor] | None:
+        """``ĝ_n`` of a layer whose rule builds them for any statistic, kept once.
+
+        None when the rule has cheaper closed forms (2-D Linear, Embedding) or
+        keeping them would exceed ``CACHE_ELEMENTS`` for this step.
+        """
+        key = id(layer)
+        if key in self._grads:
+            return self._grads[key]
+        if not layer.rule.materialises(calls[0].x):
+            return None
+        size = self.batch_size * sum(
+            layer.module.get_parameter(k).numel() for k in layer.names
+        )
+        if self._held + size > CACHE_ELEMENTS:
+            return None
+        self._held += size
+        self._grads[key] = self.layer_grads(layer, calls)
+        return self._grads[key]
+
     def _params(self, layer: Layer) -> dict[str, nn.Parameter]:
         return {k: layer.module.get_parameter(k) for k in layer.names}
 
@@ -79,7 +108,10 @@ class StepStats:
             out: dict[str, Tensor] = {}
             b2 = float(self.batch_size) ** 2
             for layer, calls in self.layers:
-                if len(calls) == 1:
+                kept = self._materialised(layer, calls)
+                if kept is not None:
+                    vals = {k: g.flatten(1).square().sum(1) for k, g in kept.items()}
+                elif len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
                     vals = layer.rule.bind(c).batch_l2(layer.module, c.x, c.b)
@@ -108,7 +140,14 @@ class StepStats:
                     for k, p in self._params(layer).items()
                     if p.grad is not None
                 }
-                if len(calls) == 1:
+                kept = self._materialised(layer, calls)
+                if kept is not None:
+                    vals = {
+                        k: g.flatten(1) @ direction[k].reshape(-1).to(g.dtype)
+                        for k, g in kept.items()
+                        if k in direction
+                    }
+                elif len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
                     vals = layer.rule.bind(c).batch_dot(
@@ -136,7 +175,10 @@ class StepStats:
             out: dict[str, Tensor] = {}
             b2 = float(self.batch_size) ** 2
             for layer, calls in self.layers:
-                if len(calls) == 1:
+                kept = self._materialised(layer, calls)
+                if kept is not None:
+                    vals = {k: g.square().sum(0) for k, g in kept.items()}
+                elif len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
                     vals = layer.rule.bind(c).sum_grad_squared(layer.module, c.x, c.b)
@@ -172,7 +214,17 @@ class StepStats:
             chunk = self.batch_size
             if max_elements is not None:
                 chunk = max(1, min(self.batch_size, max_elements // per_sample))
+            kept = self._grads.get(id(layer))
             for s in range(0, self.batch_size, chunk):
+                if kept is not None:
+                    for k, g in kept.items():
+                        if k in layer.names:
+                            yield (
+                                layer.names[k],
+                                params[k].detach(),
+                                g[s : s + chunk] * scale,
+                            )
+                    continue
                 batched: frozenset[str] = getattr(
                     layer.rule, "batched_kwargs", frozenset()
                 )

@@ -83,6 +83,28 @@ class FunctionalTieLM(nn.Module):
         return h @ self.tok.weight.t()  # [B, T, V]
 
 
+class PaddedAttention(nn.Module):
+    """Self-attention over padded sequences (``key_padding_mask``), mean-pooled.
+
+    ``zero_attn=True`` adds a zero key/value (``add_zero_attn``), which the exact
+    attention rule does not reproduce: that variant exercises the ``torch.func``
+    fallback for attention.
+    """
+
+    def __init__(self, zero_attn: bool) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB, D_MODEL, padding_idx=0)
+        self.attn = nn.MultiheadAttention(
+            D_MODEL, 2, batch_first=True, add_zero_attn=zero_attn
+        )
+        self.head = nn.Linear(D_MODEL, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.tok(ids)
+        a, _ = self.attn(h, h, h, key_padding_mask=ids == 0, need_weights=False)
+        return self.head(a.mean(1))
+
+
 class ResBlock(nn.Module):
     """conv-BN-ReLU-conv-BN plus identity."""
 
@@ -141,6 +163,14 @@ def _functional_tie() -> tuple[nn.Module, Tensor, Tensor]:
     return model, ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
 
 
+def _padded(zero_attn: bool) -> tuple[nn.Module, Tensor, Tensor]:
+    model = PaddedAttention(zero_attn)
+    ids = torch.randint(1, VOCAB, (4, SEQ))
+    ids[0, 4:] = 0  # padding at the end of two sequences
+    ids[2, 3:] = 0
+    return model, ids, torch.randint(0, 3, (4,))
+
+
 def _res_cnn(train: bool) -> tuple[nn.Module, Tensor, Tensor]:
     model = ResCNN()
     x = torch.randn(5, 2, 6, 6)
@@ -167,7 +197,17 @@ CAUSAL_LM = Problem("causal_lm", _causal_lm, token_cross_entropy)
 RES_CNN = Problem("res_cnn_eval", lambda: _res_cnn(False), F.cross_entropy)
 RES_CNN_TRAIN = Problem("res_cnn_train", lambda: _res_cnn(True), F.cross_entropy)
 CUSTOM = Problem("custom", _custom, F.cross_entropy)
+PADDED = Problem("padded_attention", lambda: _padded(False), F.cross_entropy)
+PADDED_VMAP = Problem("padded_attention_vmap", lambda: _padded(True), F.cross_entropy)
 FUNCTIONAL_TIE = Problem("functional_tie", _functional_tie, token_cross_entropy)
 
 #: Models with well-defined per-sample gradients (BatchNorm in eval mode).
-MODELS: tuple[Problem, ...] = (ENCODER, CAUSAL_LM, RES_CNN, CUSTOM, FUNCTIONAL_TIE)
+MODELS: tuple[Problem, ...] = (
+    ENCODER,
+    CAUSAL_LM,
+    RES_CNN,
+    CUSTOM,
+    FUNCTIONAL_TIE,
+    PADDED,
+    PADDED_VMAP,
+)

@@ -30,6 +30,7 @@ from tests.agent.models import (
     ENCODER,
     FUNCTIONAL_TIE,
     MODELS,
+    PADDED_VMAP,
     RES_CNN,
     RES_CNN_TRAIN,
     Gated,
@@ -176,7 +177,8 @@ def engine_of(problem: Problem) -> HookEngine:
 
 
 def test_rule_only_models_use_the_fast_path() -> None:
-    for problem in (SIMPLE["mlp"], SIMPLE["cnn"], SIMPLE["conv1d"], RES_CNN):
+    rule_only = (SIMPLE["mlp"], SIMPLE["cnn"], SIMPLE["conv1d"], RES_CNN, ENCODER)
+    for problem in rule_only:
         engine = engine_of(problem)
         assert not engine.uncovered
         assert not any(
@@ -189,7 +191,7 @@ def test_coverage_names_the_engine_of_every_parameter() -> None:
     cov = engine_of(ENCODER).coverage
     assert cov["tok.weight"] == cov["pos.weight"] == "embedding-rule"
     for k in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
-        assert cov[f"layer.self_attn.{k}"] == "attention (torch.func)"
+        assert cov[f"layer.self_attn.{k}"] == "attention-rule"
     assert cov["layer.norm1.weight"] == "layernorm-rule"
     assert cov["layer.linear1.weight"] == cov["head.bias"] == "linear-rule"
     cov = engine_of(CAUSAL_LM).coverage
@@ -200,6 +202,12 @@ def test_coverage_names_the_engine_of_every_parameter() -> None:
     assert cov["1.w"] == cov["1.gate"] == "torch.func (Gated)"
     assert cov["2.weight"] == "groupnorm-rule"
     assert "batchnorm-rule" in engine_of(RES_CNN).coverage["block.b1.weight"]
+    cov = engine_of(PADDED_VMAP).coverage  # add_zero_attn: no exact re-run
+    assert (
+        cov["attn.in_proj_weight"]
+        == cov["attn.out_proj.bias"]
+        == ("attention (torch.func)")
+    )
 
 
 def test_hello_meta_reports_coverage_and_tie_found_at_first_step() -> None:
