@@ -68,6 +68,17 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
     if output is None or not engine.recorded:
         raise EngineError("The forward pass of this step was not recorded")
     kind, scale = _loss_kind(loss, output)
+    samples = {
+        c.x.shape[0] for layer in engine.layers if layer.names for c in layer.calls
+    }
+    if samples and output.shape[0] not in samples:
+        # E.g. token logits flattened to [B·T, V] inside forward: the passes
+        # below would square per-sequence sums over tokens (cross terms).
+        raise EngineError(
+            f"The model's output has {output.shape[0]} rows but the batch has "
+            f"{sorted(samples)[0]} samples: the exact GGN diagonal needs one output "
+            "row per sample (token-level losses are not supported)"
+        )
     params = [
         layer.module.get_parameter(k) for layer in engine.layers for k in layer.names
     ]

@@ -173,6 +173,13 @@ class HookEngine:
         self.uncovered.extend(n for n in names if n not in self.uncovered)
         self.coverage.update(dict.fromkeys(names, f"not covered: {why}"))
 
+    def drop(self, layer: Layer, why: str) -> None:
+        """Stop serving the parameters of ``layer``; report them as not covered."""
+        self._not_covered(list(layer.names.values()), why)
+        layer.names.clear()
+        if isinstance(layer.rule, FuncRule):
+            layer.rule.names.clear()
+
     def reassign(self, names: list[str], why: str) -> None:
         """Serve ``names`` by re-running the whole model (or mark them uncovered).
 

@@ -48,6 +48,21 @@ class StepStats:
 
     def _collect(self) -> None:
         """Layers serving some parameter whose calls were backpropagated through."""
+        for layer in self.engine.layers:
+            if layer.names and layer.rule.needs_args:
+                rows = {
+                    (c.x.shape[0], c.b.shape[0] if c.b.dim() else 0)
+                    for c in layer.calls
+                    if c.b is not None
+                }
+                if any(n != m for n, m in rows):
+                    # A re-run per sample needs one output row per sample.
+                    self.engine.drop(
+                        layer,
+                        f"{type(layer.module).__name__} returns {sorted(rows)[0][1]} "
+                        f"rows for {sorted(rows)[0][0]} samples (e.g. tokens "
+                        "flattened into rows): no per-sample re-run",
+                    )
         self.layers = [
             (layer, calls)
             for layer in self.engine.layers
@@ -110,7 +125,11 @@ class StepStats:
             for layer, calls in self.layers:
                 kept = self._materialised(layer, calls)
                 if kept is not None:
-                    vals = {k: g.flatten(1).square().sum(1) for k, g in kept.items()}
+                    # vector_norm reduces without a B·D temporary.
+                    vals = {
+                        k: torch.linalg.vector_norm(g.flatten(1), dim=1).square()
+                        for k, g in kept.items()
+                    }
                 elif len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None

@@ -27,6 +27,7 @@ from tests.agent.harness import run_step
 from tests.agent.models import (
     CAUSAL_LM,
     CUSTOM,
+    CausalLM,
     ENCODER,
     FUNCTIONAL_TIE,
     MODELS,
@@ -267,3 +268,30 @@ def test_uncovered_parameters_are_reported_and_left_out(
     )
     got = cockpit.readings[0][name]
     assert_reading(got, REFERENCES[name](sub, inst), name)
+
+
+class FlatLM(nn.Module):
+    """The causal LM with token logits flattened into rows inside ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm = CausalLM()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.lm(ids)
+        return out.reshape(-1, out.shape[-1])
+
+
+def test_curvature_refuses_outputs_whose_rows_are_tokens(torch_threads: None) -> None:
+    def build() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        _, x, y = CAUSAL_LM.build()
+        return FlatLM(), x, y
+
+    flat = Problem(
+        "flat_lm",
+        build,
+        lambda z, y: torch.nn.functional.cross_entropy(z, y.reshape(-1)),
+    )
+    _, frame = run_full(flat, [BY_NAME["tic_diag"](schedule=always)])
+    assert frame.values["tic_diag"] is None
+    assert "one output row per sample" in frame.errors["tic_diag"]
