@@ -27,13 +27,13 @@ from tests.agent.harness import run_step
 from tests.agent.models import (
     CAUSAL_LM,
     CUSTOM,
-    CausalLM,
     ENCODER,
     FUNCTIONAL_TIE,
     MODELS,
     PADDED_VMAP,
     RES_CNN,
     RES_CNN_TRAIN,
+    CausalLM,
     Gated,
 )
 from tests.agent.problems import BY_NAME as SIMPLE
