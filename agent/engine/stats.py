@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
 
 #: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).
@@ -258,11 +259,45 @@ class StepStats:
 
         A parameter also used outside its module (tied weights, ``x @ w.t()`` in
         a parent's ``forward``) gets only part of its gradient from its module's
-        rule; re-running the whole model serves it exactly (``reassign``).
+        rule; re-running the whole model serves it exactly (``reassign``). What
+        the whole model cannot explain either (a loss term on the parameters
+        themselves, ``.grad`` accumulated over several backward passes) is
+        reported as not covered.
         """
+        bad, worst = self._mismatches(self.layers)
+        if not bad:
+            return
+        self.engine.reassign(
+            bad,
+            "per-sample gradients of its module do not sum to .grad (relative "
+            f"difference up to {worst:.1e}): used outside its module (tied?)",
+        )
+        self._collect()
+        root = [
+            (layer, calls) for layer, calls in self.layers if layer is self.engine.root
+        ]
+        still, worst = self._mismatches(root)
+        if still:
+            for layer, _ in root:
+                for k in [k for k, n in layer.names.items() if n in still]:
+                    del layer.names[k]
+                    if isinstance(layer.rule, FuncRule):
+                        layer.rule.names.remove(k)
+            self.engine._not_covered(
+                still,
+                "per-sample gradients of the whole model do not sum to .grad either "
+                f"(relative difference up to {worst:.1e}): a loss term on the "
+                "parameters, or .grad accumulated over several backward passes",
+            )
+            self._collect()
+
+    def _mismatches(
+        self, layers: list[tuple[Layer, list[Call]]]
+    ) -> tuple[list[str], float]:
+        """Tracked names whose ``Σ_n ĝ_n`` differs from ``.grad``, and the worst."""
         bad: list[str] = []
         worst = 0.0
-        for layer, calls in self.layers:
+        for layer, calls in layers:
             params = self._params(layer)
             sums: dict[str, Tensor] = {}
             for c in calls:
@@ -281,13 +316,7 @@ class StepStats:
                 if err > 1e-3 * scale + 1e-12:
                     bad.append(layer.names[k])
                     worst = max(worst, err / max(scale, 1e-30))
-        if bad:
-            self.engine.reassign(
-                bad,
-                "per-sample gradients of its module do not sum to .grad (relative "
-                f"difference up to {worst:.1e}): used outside its module (tied?)",
-            )
-            self._collect()
+        return bad, worst
 
     @staticmethod
     def zero_like(params: dict[str, Tensor]) -> Tensor:

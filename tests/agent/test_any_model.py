@@ -295,3 +295,27 @@ def test_curvature_refuses_outputs_whose_rows_are_tokens(torch_threads: None) ->
     _, frame = run_full(flat, [BY_NAME["tic_diag"](schedule=always)])
     assert frame.values["tic_diag"] is None
     assert "one output row per sample" in frame.errors["tic_diag"]
+
+
+def test_loss_term_on_a_parameter_is_not_covered(torch_threads: None) -> None:
+    # The penalty's gradient belongs to no sample: neither the layer rule nor
+    # the whole-model re-run explains .grad, so the parameter is reported.
+    model, x, y = SIMPLE["mlp"].make()
+    cockpit = Cockpit(
+        model,
+        None,
+        server=None,
+        run="t",
+        instruments=[BY_NAME["norm_test"](schedule=always)],
+    )
+    first = model[0].weight
+    loss = torch.nn.functional.cross_entropy(model(x), y) + first.square().sum()
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    assert cockpit.engine is not None
+    assert cockpit.engine.coverage["0.weight"].startswith("not covered: per-sample")
+    got = cockpit.readings[0]["norm_test"]
+    assert "0.weight" not in got and "2.weight" in got
+    frame = [f for f in cockpit.transport.frames if isinstance(f, Readings)][0]  # type: ignore[attr-defined]
+    assert frame.errors["norm_test"].startswith("partial: 1 of 4")
