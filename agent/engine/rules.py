@@ -13,6 +13,7 @@ reductions then fall back to building that one layer's per-sample gradients.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -177,10 +178,33 @@ class LinearRule(LayerRule):
 class ConvRule(LayerRule):
     """``nn.Conv1d``/``nn.Conv2d`` with zero padding: per-sample grads via ``F.unfold``.
 
-    A 1-D convolution is unfolded as a 2-D one of height 1.
+    A 1-D convolution is unfolded as a 2-D one of height 1. The unfolded input is
+    cached per recorded input tensor for as long as that tensor lives: the GGN
+    passes reduce the same inputs once per class, and unfolding dominated them.
     """
 
     label = "conv-rule"
+
+    def __init__(self) -> None:
+        self._cols: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}
+
+    def _unfold(self, module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+        hit = self._cols.get(id(x))
+        if hit is not None and hit[0]() is x:
+            return hit[1]
+        one_d = isinstance(module, nn.Conv1d)
+        pad = module.padding
+        assert not isinstance(pad, str)  # accepts() refused strings
+        cols = F.unfold(
+            x.unsqueeze(2) if one_d else x,
+            (1, *module.kernel_size) if one_d else module.kernel_size,
+            dilation=(1, *module.dilation) if one_d else module.dilation,
+            padding=(0, *pad) if one_d else pad,
+            stride=(1, *module.stride) if one_d else module.stride,
+        )  # [B, in·k, L]
+        key = id(x)
+        self._cols[key] = (weakref.ref(x, lambda _: self._cols.pop(key, None)), cols)
+        return cols
 
     def accepts(self, module: nn.Module) -> bool:
         """Zero padding given as numbers ("same"/"valid" strings are not handled)."""
@@ -195,16 +219,7 @@ class ConvRule(LayerRule):
         assert isinstance(module, nn.Conv1d | nn.Conv2d)
         n, out = x.shape[0], dict[str, Tensor]()
         if _has(module, "weight"):
-            one_d = isinstance(module, nn.Conv1d)
-            pad = module.padding
-            assert not isinstance(pad, str)  # accepts() refused strings
-            cols = F.unfold(
-                x.unsqueeze(2) if one_d else x,
-                (1, *module.kernel_size) if one_d else module.kernel_size,
-                dilation=(1, *module.dilation) if one_d else module.dilation,
-                padding=(0, *pad) if one_d else pad,
-                stride=(1, *module.stride) if one_d else module.stride,
-            )  # [B, in·k, L]
+            cols = self._unfold(module, x)  # [B, in·k, L]
             g = module.groups
             bg = b.reshape(n, g, module.out_channels // g, -1)  # [B, g, out/g, L]
             cg = cols.reshape(n, g, cols.shape[1] // g, -1)  # [B, g, in/g·k, L]
