@@ -68,6 +68,7 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
     if output is None or not engine.recorded:
         raise EngineError("The forward pass of this step was not recorded")
     kind, scale = _loss_kind(loss, output)
+    engine.reassign_unbatched()
     samples = {
         c.x.shape[0] for layer in engine.layers if layer.names for c in layer.calls
     }

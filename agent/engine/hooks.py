@@ -173,6 +173,29 @@ class HookEngine:
         self.uncovered.extend(n for n in names if n not in self.uncovered)
         self.coverage.update(dict.fromkeys(names, f"not covered: {why}"))
 
+    def reassign_unbatched(self) -> None:
+        """Move layers whose recorded input lacks the batch axis to the model fallback.
+
+        The model's own input defines the batch; a module called on a tensor
+        without that leading axis (``pos(torch.arange(T))`` broadcast over the
+        batch) gets gradients already summed over samples: only re-running the
+        whole model can split them. (When ``T`` equals the batch size this
+        cannot be seen from shapes.)
+        """
+        if not self.root.calls:
+            return
+        n = self.root.calls[0].x.shape[0]
+        for layer in self.layers:
+            if layer is self.root or not layer.names:
+                continue
+            sizes = {c.x.shape[0] for c in layer.calls}
+            if sizes and sizes != {n}:
+                self.reassign(
+                    list(layer.names.values()),
+                    f"its module's input has {sorted(sizes)[0]} rows, the batch "
+                    f"{n} samples (called on a tensor without the batch axis?)",
+                )
+
     def drop(self, layer: Layer, why: str) -> None:
         """Stop serving the parameters of ``layer``; report them as not covered."""
         self._not_covered(list(layer.names.values()), why)

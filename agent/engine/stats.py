@@ -44,11 +44,15 @@ class StepStats:
         #: the step so that every statistic and histogram reuses one build.
         self._grads: dict[int, dict[str, Tensor]] = {}
         self._held = 0
+        #: Parameters the first-step check moved to another engine: statistics
+        #: computed before it (the GGN diagonal) used the wrong rule for them.
+        self.moved: list[str] = []
         if check:
             self._check_sums()
 
     def _collect(self) -> None:
         """Layers serving some parameter whose calls were backpropagated through."""
+        self.engine.reassign_unbatched()
         for layer in self.engine.layers:
             if layer.names and layer.rule.needs_args:
                 rows = {
@@ -267,6 +271,7 @@ class StepStats:
         bad, worst = self._mismatches(self.layers)
         if not bad:
             return
+        self.moved = bad
         self.engine.reassign(
             bad,
             "per-sample gradients of its module do not sum to .grad (relative "

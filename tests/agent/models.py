@@ -36,6 +36,16 @@ class EncoderClassifier(nn.Module):
         return self.head(self.norm(h.mean(1)))
 
 
+class BroadcastPositions(EncoderClassifier):
+    """The common form ``pos(arange(T))`` broadcast over the batch: the hook on
+    ``pos`` sees ``T`` rows, not samples (served by the whole-model re-run)."""
+
+    def forward(self, ids: Tensor) -> Tensor:
+        pos = self.pos(torch.arange(ids.shape[1], device=ids.device))  # [T, E]
+        h = self.layer(self.tok(ids) + pos)
+        return self.head(self.norm(h.mean(1)))
+
+
 class CausalLM(nn.Module):
     """GPT-style: raw position parameter, pre-LN causal layer, head tied to tokens."""
 
@@ -150,6 +160,12 @@ def _encoder() -> tuple[nn.Module, Tensor, Tensor]:
     return model, ids, torch.randint(0, 3, (4,))
 
 
+def _broadcast() -> tuple[nn.Module, Tensor, Tensor]:
+    model = BroadcastPositions()
+    ids = torch.randint(0, VOCAB, (4, SEQ))
+    return model, ids, torch.randint(0, 3, (4,))
+
+
 def _causal_lm() -> tuple[nn.Module, Tensor, Tensor]:
     model = CausalLM()
     ids = torch.randint(0, VOCAB, (3, SEQ + 1))
@@ -193,6 +209,7 @@ def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 ENCODER = Problem("encoder", _encoder, F.cross_entropy)
+BROADCAST = Problem("broadcast_positions", _broadcast, F.cross_entropy)
 CAUSAL_LM = Problem("causal_lm", _causal_lm, token_cross_entropy)
 RES_CNN = Problem("res_cnn_eval", lambda: _res_cnn(False), F.cross_entropy)
 RES_CNN_TRAIN = Problem("res_cnn_train", lambda: _res_cnn(True), F.cross_entropy)
@@ -210,4 +227,5 @@ MODELS: tuple[Problem, ...] = (
     FUNCTIONAL_TIE,
     PADDED,
     PADDED_VMAP,
+    BROADCAST,
 )

@@ -25,6 +25,7 @@ from glasscockpit.agent.needs import RECORDED
 from glasscockpit.protocol import Readings
 from tests.agent.harness import run_step
 from tests.agent.models import (
+    BROADCAST,
     CAUSAL_LM,
     CUSTOM,
     ENCODER,
@@ -221,6 +222,15 @@ def test_hello_meta_reports_coverage_and_tie_found_at_first_step() -> None:
     assert frame.values["norm_test"] is not None and not frame.errors
 
 
+def test_broadcast_positions_move_to_the_model_fallback() -> None:
+    cockpit, frame = run_full(BROADCAST, ["norm_test"])
+    assert cockpit.hello.meta["coverage"]["pos.weight"] == "embedding-rule"
+    assert cockpit.engine is not None
+    found = cockpit.engine.coverage["pos.weight"]
+    assert found.startswith("torch.func (whole model)") and "6 rows" in found
+    assert not frame.errors
+
+
 def test_train_mode_batchnorm_is_undefined_not_wrong() -> None:
     cockpit, frame = run_full(RES_CNN_TRAIN)
     for name in PER_SAMPLE:
@@ -319,3 +329,32 @@ def test_loss_term_on_a_parameter_is_not_covered(torch_threads: None) -> None:
     assert "0.weight" not in got and "2.weight" in got
     frame = [f for f in cockpit.transport.frames if isinstance(f, Readings)][0]  # type: ignore[attr-defined]
     assert frame.errors["norm_test"].startswith("partial: 1 of 4")
+
+
+def test_curvature_skips_the_step_that_finds_a_tie(torch_threads: None) -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) @ self.fc.weight  # weight also used outside fc
+
+    def build() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        return Tied(), torch.randn(5, 4), torch.randint(0, 4, (5,))
+
+    problem = Problem("tied", build, torch.nn.functional.cross_entropy)
+    model, x, y = problem.make()
+    inst = BY_NAME["tic_diag"](schedule=always)
+    cockpit = Cockpit(model, None, server=None, run="t", instruments=[inst])
+    for step in range(2):  # no optimizer: the same parameters at both steps
+        model.zero_grad()
+        loss = problem.loss_fn(model(x), y)
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+    cockpit.close()
+    frames = [f for f in cockpit.transport.frames if isinstance(f, Readings)]  # type: ignore[attr-defined]
+    assert frames[0].values["tic_diag"] is None
+    assert "used outside their module" in frames[0].errors["tic_diag"]
+    want = REFERENCES["tic_diag"](reference_data(problem), inst)
+    assert_reading(cockpit.readings[1]["tic_diag"], want, "tic_diag")
