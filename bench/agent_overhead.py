@@ -106,11 +106,15 @@ def plain(model_name: str) -> Step:
     return step
 
 
-def ours(model_name: str, spec: str, every_step: bool) -> Step:
-    """A step with glasscockpit's agent (in-memory transport, readings dropped)."""
+def ours(model_name: str, spec: str, every_step: bool, without: str = "") -> Step:
+    """A step with glasscockpit's agent (in-memory transport, readings dropped).
+
+    ``without`` names an instrument left out of the preset.
+    """
     model, x, y = make_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     classes = PRESETS[spec] if spec in PRESETS else [c for c in ALL if c.name == spec]
+    classes = [c for c in classes if c.name != without]
     insts = [c(schedule=always) if every_step else c() for c in classes]
     cockpit = Cockpit(model, opt, server=None, run="bench", instruments=insts)
 
@@ -176,6 +180,13 @@ def rows(model_name: str) -> list[Row]:
     out = [Row("plain", lambda: plain(model_name))]
     for p in PRESETS:
         out.append(Row(f"{p} (every step)", lambda p=p: ours(model_name, p, True)))
+    # Histograms bin all B·D per-sample values; the rest needs only reductions.
+    out.append(
+        Row(
+            "economy without grad_hist_1d (every step)",
+            lambda: ours(model_name, "economy", True, without="grad_hist_1d"),
+        )
+    )
     for p in PRESETS:
         out.append(
             Row(
