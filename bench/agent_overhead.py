@@ -5,8 +5,9 @@ conv(3→16)-pool-conv(16→32)-pool-fc(2048→128)-fc(128→10) (ReLU, batch 64
 cross-entropy, SGD; and (issue 7, ``--models transformer``) the transformer of
 engines.md: 2 post-LN encoder layers, d_model 64, 4 heads, seq 32, batch 32,
 vocabulary 256, token-mean cross-entropy (``TinyLM``). Rows: a plain step, each
-preset and each instrument with every step tracked, each preset with its default schedules (steps 1000+, so sparse
-schedules are in their steady state), and the original Cockpit's configurations
+preset and each instrument with every step tracked, each preset with its default
+schedules (steps 1000+, so sparse schedules are in their steady state), and the
+original Cockpit's configurations
 when ``cockpit-for-pytorch`` is importable. Configurations are interleaved
 round-robin; each repeat times a block of steps; the table shows medians.
 Peak memory (``--memory``) is the peak RSS of a fresh process running a few steps,
