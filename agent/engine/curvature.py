@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from glasscockpit.agent.engine.hooks import EngineError, HookEngine
+from glasscockpit.agent.engine.rules import CONV
 from glasscockpit.agent.engine.stats import StepStats
 
 
@@ -91,38 +92,39 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
     # Layers whose Σ_n ĝ_n² is linear in b² (2-D Linear) accumulate Σ_c b_c² and
     # reduce once after all passes instead of once per pass.
     b_sq: dict[int, tuple[Tensor, Tensor]] = {}
-    for s in _factors(kind, output):
-        engine.clear_grads()
-        if len(outs) == len(recorded):
-            # Gradients w.r.t. the layer outputs are the b's; autograd then skips
-            # every weight gradient, about half of a backward pass.
-            bs = torch.autograd.grad(
-                output, outs, grad_outputs=s, retain_graph=True, allow_unused=True
-            )
-            for c, b in zip(recorded, bs, strict=True):
-                c.b = None if b is None else b.detach()
-        else:  # an output was modified in place: let the tensor hooks collect b
-            torch.autograd.grad(
-                output, params, grad_outputs=s, retain_graph=True, allow_unused=True
-            )
-        for i, layer in enumerate(engine.layers):
-            calls = [c for c in layer.calls if c.b is not None and layer.names]
-            c0 = calls[0] if len(calls) == 1 else None
-            if c0 is not None and c0.b is not None:
-                rule = layer.rule.bind(c0)
-                if rule.linear_in_b_squared(c0.x):
-                    sq = c0.b.square()
-                    b_sq[i] = (c0.x, b_sq[i][1] + sq if i in b_sq else sq)
-                    continue
-                sgs = rule.sum_grad_squared(layer.module, c0.x, c0.b)
-            else:  # a module called twice: sum per-sample gradients first
-                grads = StepStats.layer_grads(layer, calls)
-                sgs = {k: g.square().sum(0) for k, g in grads.items()}
-            for k, v in sgs.items():
-                if k not in layer.names:  # served by another layer
-                    continue
-                name = layer.names[k]
-                out[name] = out[name] + v if name in out else v
+    with CONV.caching():
+        for s in _factors(kind, output):
+            engine.clear_grads()
+            if len(outs) == len(recorded):
+                # Gradients w.r.t. the layer outputs are the b's; autograd then skips
+                # every weight gradient, about half of a backward pass.
+                bs = torch.autograd.grad(
+                    output, outs, grad_outputs=s, retain_graph=True, allow_unused=True
+                )
+                for c, b in zip(recorded, bs, strict=True):
+                    c.b = None if b is None else b.detach()
+            else:  # an output was modified in place: let the tensor hooks collect b
+                torch.autograd.grad(
+                    output, params, grad_outputs=s, retain_graph=True, allow_unused=True
+                )
+            for i, layer in enumerate(engine.layers):
+                calls = [c for c in layer.calls if c.b is not None and layer.names]
+                c0 = calls[0] if len(calls) == 1 else None
+                if c0 is not None and c0.b is not None:
+                    rule = layer.rule.bind(c0)
+                    if rule.linear_in_b_squared(c0.x):
+                        sq = c0.b.square()
+                        b_sq[i] = (c0.x, b_sq[i][1] + sq if i in b_sq else sq)
+                        continue
+                    sgs = rule.sum_grad_squared(layer.module, c0.x, c0.b)
+                else:  # a module called twice: sum per-sample gradients first
+                    grads = StepStats.layer_grads(layer, calls)
+                    sgs = {k: g.square().sum(0) for k, g in grads.items()}
+                for k, v in sgs.items():
+                    if k not in layer.names:  # served by another layer
+                        continue
+                    name = layer.names[k]
+                    out[name] = out[name] + v if name in out else v
     for i, (x, sq) in b_sq.items():
         layer = engine.layers[i]
         sgs = layer.rule.sum_grad_squared_from_b_squared(layer.module, x, sq)

@@ -13,7 +13,9 @@ reductions then fall back to building that one layer's per-sample gradients.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -178,15 +180,26 @@ class LinearRule(LayerRule):
 class ConvRule(LayerRule):
     """``nn.Conv1d``/``nn.Conv2d`` with zero padding: per-sample grads via ``F.unfold``.
 
-    A 1-D convolution is unfolded as a 2-D one of height 1. The unfolded input is
-    cached per recorded input tensor for as long as that tensor lives: the GGN
-    passes reduce the same inputs once per class, and unfolding dominated them.
+    A 1-D convolution is unfolded as a 2-D one of height 1. Inside ``caching()``
+    the unfolded input is kept per recorded input tensor: the GGN passes reduce
+    the same inputs once per class, and unfolding dominated them.
     """
 
     label = "conv-rule"
 
     def __init__(self) -> None:
         self._cols: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}
+        self._caching = False
+
+    @contextlib.contextmanager
+    def caching(self) -> Iterator[None]:
+        """Reuse unfolded inputs until the block ends (then free them)."""
+        self._caching = True
+        try:
+            yield
+        finally:
+            self._caching = False
+            self._cols.clear()
 
     def _unfold(self, module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
         hit = self._cols.get(id(x))
@@ -202,8 +215,10 @@ class ConvRule(LayerRule):
             padding=(0, *pad) if one_d else pad,
             stride=(1, *module.stride) if one_d else module.stride,
         )  # [B, in·k, L]
-        key = id(x)
-        self._cols[key] = (weakref.ref(x, lambda _: self._cols.pop(key, None)), cols)
+        if self._caching:
+            key = id(x)
+            ref = weakref.ref(x, lambda _: self._cols.pop(key, None))
+            self._cols[key] = (ref, cols)
         return cols
 
     def accepts(self, module: nn.Module) -> bool:
