@@ -92,7 +92,7 @@ class FuncRule(LayerRule):
         if drop is not None:
             return (
                 f"dropout in {drop!r}: a per-sample re-run cannot reproduce its "
-                "random mask (set p=0 or use eval mode)"
+                "random mask (refused whatever the mode; p=0 is accepted)"
             )
         return None
 
