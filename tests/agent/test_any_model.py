@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -41,6 +43,8 @@ from tests.agent.problems import BY_NAME as SIMPLE
 from tests.agent.problems import Problem, make_id
 from tests.agent.reference import REFERENCES, Data
 from tests.agent.test_instruments import RTOL, assert_reading, variance_conditioning
+from tests.conftest import free_port
+from tests.server.harness import live_server
 
 #: The per-sample (and curvature) instruments of the ``full`` configuration.
 PER_SAMPLE = sorted(c.name for c in PRESETS["full"] if c.needs & RECORDED)
@@ -358,3 +362,25 @@ def test_curvature_skips_the_step_that_finds_a_tie(torch_threads: None) -> None:
     assert "used outside their module" in frames[0].errors["tic_diag"]
     want = REFERENCES["tic_diag"](reference_data(problem), inst)
     assert_reading(cockpit.readings[1]["tic_diag"], want, "tic_diag")
+
+
+def test_server_serves_coverage_and_partial_errors(torch_threads: None) -> None:
+    # The dashboard reads run metadata and errors through this REST endpoint.
+    model, x, y = PARTIAL.make()
+    with live_server(free_port()) as s:
+        cockpit = Cockpit(
+            model,
+            None,
+            server=s.ws,
+            run="coverage-run",
+            instruments=[BY_NAME["norm_test"](schedule=always)],
+        )
+        loss = PARTIAL.loss_fn(model(x), y)
+        with cockpit.step(0, loss=loss):
+            loss.backward()
+        cockpit.close()
+        with urllib.request.urlopen(s.http + "/v1/runs/coverage-run", timeout=5) as r:
+            detail = json.loads(r.read())
+    assert detail["meta"]["coverage"]["0.weight"] == "linear-rule"
+    assert detail["meta"]["coverage"]["1.w"].startswith("not covered: dropout")
+    assert detail["errors"]["norm_test"].startswith("partial: 2 of 6")
