@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from glasscockpit.agent import Cockpit, always
-from glasscockpit.agent.engine import HookEngine
+from glasscockpit.agent.engine import HookEngine, func_rule
+from glasscockpit.agent.engine import stats as stats_module
 from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.instruments import BY_NAME, PRESETS
 from glasscockpit.agent.needs import RECORDED
@@ -384,3 +385,36 @@ def test_server_serves_coverage_and_partial_errors(torch_threads: None) -> None:
     assert detail["meta"]["coverage"]["0.weight"] == "linear-rule"
     assert detail["meta"]["coverage"]["1.w"].startswith("not covered: dropout")
     assert detail["errors"]["norm_test"].startswith("partial: 2 of 6")
+
+
+@pytest.mark.parametrize("problem", MODELS, ids=make_id)
+def test_uncached_and_chunked_paths_match_reference(
+    problem: Problem, torch_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No per-step cache (each statistic from its rule's own reduction) and
+    # fallback re-runs in chunks of a few samples: the paths large models take.
+    monkeypatch.setattr(stats_module, "CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(func_rule, "MAX_ELEMENTS", 64)
+    names = ["norm_test", "inner_test", "mean_gsnr", "grad_hist_1d"]
+    if not _curvature_undefined(problem, "tic_diag"):
+        names.append("tic_diag")
+    # A histogram chunk of ~one sample: samples are sliced with their arguments.
+    insts = [
+        BY_NAME[n](schedule=always, chunk=100)
+        if n == "grad_hist_1d"
+        else BY_NAME[n](schedule=always)
+        for n in names
+    ]
+    got = run_step(problem, insts)
+    data = reference_data(problem)
+    for inst in insts:
+        want = REFERENCES[inst.name](data, inst)
+        reading = got[inst.name]
+        if inst.name == "grad_hist_1d":
+            assert_counts_close(reading.pop("counts"), want.pop("counts"), data, inst)
+        rtol = RTOL
+        if inst.name == "mean_gsnr":
+            rtol = max(
+                rtol, 4 * torch.finfo(torch.float32).eps * variance_conditioning(data)
+            )
+        assert_reading(reading, want, inst.name, rtol)
