@@ -225,7 +225,18 @@ class Cockpit:
                 for i in self.instruments
             )
             + LOG_SPECS,
-            meta=plain({**_model_meta(model, optimizer), **(meta or {})}),
+            meta=plain(
+                {
+                    **_model_meta(model, optimizer),
+                    # Which engine serves which parameter's per-sample statistics.
+                    **(
+                        {"coverage": dict(self.engine.coverage)}
+                        if self.engine is not None
+                        else {}
+                    ),
+                    **(meta or {}),
+                }
+            ),
         )
         self._seq = 0
         self._close_timeout = (
@@ -458,6 +469,18 @@ class Cockpit:
         else:
             self.engine.disarm()
 
+    def _partial(self, inst: Instrument) -> str | None:
+        """A "partial: ..." note when per-sample statistics skip some parameters."""
+        engine = self.engine
+        if engine is None or not inst.needs & RECORDED or not engine.uncovered:
+            return None
+        names = engine.uncovered
+        return (
+            f"partial: {len(names)} of {len(self.params)} parameter tensors not "
+            f"covered and left out of this instrument: {', '.join(names[:6])}"
+            f"{' ...' if len(names) > 6 else ''} ({engine.coverage[names[0]]})"
+        )
+
     def _step_data(self, due: Sequence[Instrument], loss: Tensor | None) -> StepData:
         """Engine work before the backward pass; per-sample statistics come lazily."""
         engine = self.engine
@@ -481,9 +504,18 @@ class Cockpit:
         def stats() -> StepStats:
             result = StepStats(engine, check=not self._checked)
             self._checked = True
+            if result.moved and isinstance(data.ggn, dict):
+                # The curvature passes ran before the check found these
+                # parameters used outside their module; from the next step on
+                # they are served correctly.
+                data.ggn = EngineError(
+                    f"Parameters {result.moved[:4]} turned out to be used outside "
+                    "their module (tied?) at this step; curvature resumes next step"
+                )
             return result
 
-        return StepData(stats, ggn)
+        data = StepData(stats, ggn)
+        return data
 
     def _view(
         self,
@@ -558,6 +590,9 @@ class Cockpit:
                 )
                 if ok and not inst.two_step:
                     results[inst.key] = value
+                    note = self._partial(inst)
+                    if note and inst.key not in errors:
+                        errors[inst.key] = note
         for inst in pending:
             if inst.phase is phase and inst.key not in self.disabled:
                 view = self._view(ctx, inst, applied)

@@ -2,9 +2,12 @@
 
 Models of issue 3: MLP 784-128-64-10 (ReLU, batch 128) and CNN
 conv(3→16)-pool-conv(16→32)-pool-fc(2048→128)-fc(128→10) (ReLU, batch 64, 3×32×32),
-cross-entropy, SGD. Rows: a plain step, each preset and each instrument with every
-step tracked, each preset with its default schedules (steps 1000+, so sparse
-schedules are in their steady state), and the original Cockpit's configurations
+cross-entropy, SGD; and (issue 7, ``--models transformer``) the transformer of
+engines.md: 2 post-LN encoder layers, d_model 64, 4 heads, seq 32, batch 32,
+vocabulary 256, token-mean cross-entropy (``TinyLM``). Rows: a plain step, each
+preset and each instrument with every step tracked, each preset with its default
+schedules (steps 1000+, so sparse schedules are in their steady state), and the
+original Cockpit's configurations
 when ``cockpit-for-pytorch`` is importable. Configurations are interleaved
 round-robin; each repeat times a block of steps; the table shows medians.
 Peak memory (``--memory``) is the peak RSS of a fresh process running a few steps,
@@ -36,9 +39,36 @@ from glasscockpit.agent.instruments import ALL, PRESETS
 Step = Callable[[int], None]
 
 
+class TinyLM(nn.Module):
+    """The transformer of engines.md: 2 post-LN encoder layers (d 64, 4 heads, ff 256),
+    token + position embeddings, causal mask, vocabulary 256.
+
+    Returns logits as ``[B, V, T]`` so that ``F.cross_entropy(model(x), y)`` is the
+    mean over all tokens; a sample is a sequence (docs/any-model.md).
+    """
+
+    def __init__(self, vocab: int = 256, d: int = 64, seq: int = 32) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 256, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+        mask = nn.Transformer.generate_square_subsequent_mask(seq)
+        self.register_buffer("mask", mask)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        t = ids.shape[1]
+        pos = torch.arange(t, device=ids.device).expand_as(ids)
+        h = self.enc(self.tok(ids) + self.pos(pos), mask=self.mask, is_causal=True)
+        return self.head(h).transpose(1, 2)
+
+
 def make_model(name: str) -> tuple[nn.Module, Tensor, Tensor]:
     """Seeded model and one batch."""
     torch.manual_seed(0)
+    if name == "transformer":
+        ids = torch.randint(0, 256, (32, 33))
+        return TinyLM(), ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     if name == "mlp":
         model = nn.Sequential(
             nn.Flatten(),
@@ -77,11 +107,15 @@ def plain(model_name: str) -> Step:
     return step
 
 
-def ours(model_name: str, spec: str, every_step: bool) -> Step:
-    """A step with glasscockpit's agent (in-memory transport, readings dropped)."""
+def ours(model_name: str, spec: str, every_step: bool, without: str = "") -> Step:
+    """A step with glasscockpit's agent (in-memory transport, readings dropped).
+
+    ``without`` names an instrument left out of the preset.
+    """
     model, x, y = make_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     classes = PRESETS[spec] if spec in PRESETS else [c for c in ALL if c.name == spec]
+    classes = [c for c in classes if c.name != without]
     insts = [c(schedule=always) if every_step else c() for c in classes]
     cockpit = Cockpit(model, opt, server=None, run="bench", instruments=insts)
 
@@ -106,6 +140,8 @@ def original(model_name: str, spec: str) -> Step | None:
             from cockpit.utils.configuration import configuration
             from cockpit.utils.schedules import linear
     except ImportError:
+        return None
+    if model_name == "transformer":  # BackPACK skips attention and LayerNorm
         return None
     model, x, y = make_model(model_name)
     model = backpack.extend(model)
@@ -145,6 +181,13 @@ def rows(model_name: str) -> list[Row]:
     out = [Row("plain", lambda: plain(model_name))]
     for p in PRESETS:
         out.append(Row(f"{p} (every step)", lambda p=p: ours(model_name, p, True)))
+    # Histograms bin all B·D per-sample values; the rest needs only reductions.
+    out.append(
+        Row(
+            "economy without grad_hist_1d (every step)",
+            lambda: ours(model_name, "economy", True, without="grad_hist_1d"),
+        )
+    )
     for p in PRESETS:
         out.append(
             Row(

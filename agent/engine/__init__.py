@@ -5,6 +5,11 @@
 ``nn.Conv2d``); ``StepStats`` reduces them after the backward pass; ``diag_ggn``
 runs the curvature passes. Another engine (e.g. ``torch.func`` for modules
 without a rule) plugs in per layer as a ``LayerRule`` subclass in ``RULES``.
+``norm_rules`` adds LayerNorm, GroupNorm, eval-mode BatchNorm and Embedding,
+``attention_rule`` ``nn.MultiheadAttention``; every other module (custom raw
+parameters, tied or functionally used weights) is served by the ``torch.func``
+fallback of ``func_rule``, per module or for the whole model. The engine of each
+parameter is in ``HookEngine.coverage`` (docs/any-model.md).
 
 BackPACK is not used here: measured on the issue's MLP and CNN, these hooks are
 faster than its first-order extensions for every statistic the instruments need,

@@ -69,7 +69,21 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
     if output is None or not engine.recorded:
         raise EngineError("The forward pass of this step was not recorded")
     kind, scale = _loss_kind(loss, output)
-    params = [getattr(layer.module, k) for layer in engine.layers for k in layer.names]
+    engine.reassign_unbatched()
+    samples = {
+        c.x.shape[0] for layer in engine.layers if layer.names for c in layer.calls
+    }
+    if samples and output.shape[0] not in samples:
+        # E.g. token logits flattened to [B·T, V] inside forward: the passes
+        # below would square per-sequence sums over tokens (cross terms).
+        raise EngineError(
+            f"The model's output has {output.shape[0]} rows but the batch has "
+            f"{sorted(samples)[0]} samples: the exact GGN diagonal needs one output "
+            "row per sample (token-level losses are not supported)"
+        )
+    params = [
+        layer.module.get_parameter(k) for layer in engine.layers for k in layer.names
+    ]
     recorded = [c for layer in engine.layers for c in layer.calls]
     outs = [
         c.out for c in recorded if c.out is not None and c.out._version == c.version
@@ -94,24 +108,29 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
                     output, params, grad_outputs=s, retain_graph=True, allow_unused=True
                 )
             for i, layer in enumerate(engine.layers):
-                calls = [c for c in layer.calls if c.b is not None]
+                calls = [c for c in layer.calls if c.b is not None and layer.names]
                 c0 = calls[0] if len(calls) == 1 else None
                 if c0 is not None and c0.b is not None:
-                    if layer.rule.linear_in_b_squared(c0.x):
+                    rule = layer.rule.bind(c0)
+                    if rule.linear_in_b_squared(c0.x):
                         sq = c0.b.square()
                         b_sq[i] = (c0.x, b_sq[i][1] + sq if i in b_sq else sq)
                         continue
-                    sgs = layer.rule.sum_grad_squared(layer.module, c0.x, c0.b)
+                    sgs = rule.sum_grad_squared(layer.module, c0.x, c0.b)
                 else:  # a module called twice: sum per-sample gradients first
                     grads = StepStats.layer_grads(layer, calls)
                     sgs = {k: g.square().sum(0) for k, g in grads.items()}
                 for k, v in sgs.items():
+                    if k not in layer.names:  # served by another layer
+                        continue
                     name = layer.names[k]
                     out[name] = out[name] + v if name in out else v
     for i, (x, sq) in b_sq.items():
         layer = engine.layers[i]
         sgs = layer.rule.sum_grad_squared_from_b_squared(layer.module, x, sq)
         for k, v in sgs.items():
+            if k not in layer.names:  # served by another layer
+                continue
             name = layer.names[k]
             out[name] = out[name] + v if name in out else v
     engine.clear_grads()

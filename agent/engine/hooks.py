@@ -19,6 +19,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+# Imported for their side effect: they add their rules to ``RULES``.
+from glasscockpit.agent.engine import attention_rule, norm_rules  # noqa: F401
+from glasscockpit.agent.engine.func_rule import (
+    FUNC_RULES,
+    REENTRY,
+    FuncRule,
+    _first_tensor,
+)
 from glasscockpit.agent.engine.rules import LayerRule, supports
 
 
@@ -32,11 +40,37 @@ class Call:
 
     x: Tensor
     b: Tensor | None = None
+    #: All arguments of the call, for rules that re-run the module
+    #: (``LayerRule.needs_args``); empty otherwise.
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Rule-specific intermediate results of this call (e.g. attention's re-run).
+    cache: dict[str, Any] = field(default_factory=dict)
     #: The module's output and its version counter at the forward pass, so that
     #: curvature passes can differentiate with respect to it (if not modified
     #: in place since) and skip every weight gradient.
     out: Tensor | None = None
     version: int = 0
+
+    def part(self, rows: slice, batched_kwargs: frozenset[str] = frozenset()) -> Call:
+        """The same call restricted to samples ``rows`` (no output kept)."""
+        n = self.x.shape[0]
+
+        cuts: dict[int, Tensor] = {}
+
+        def cut(v: Any) -> Any:
+            if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n:
+                if id(v) not in cuts:  # keep identity between arguments
+                    cuts[id(v)] = v[rows]
+                return cuts[id(v)]
+            return v
+
+        return Call(
+            self.x[rows],
+            None if self.b is None else self.b[rows],
+            tuple(cut(a) for a in self.args),
+            {k: cut(v) if k in batched_kwargs else v for k, v in self.kwargs.items()},
+        )
 
 
 @dataclass
@@ -52,6 +86,14 @@ class Layer:
 class HookEngine:
     """Records what the per-layer rules need, for every covered module of a model.
 
+    Engine choice is per module, at attach time: a closed-form rule from
+    ``RULES`` (exact module types), else a ``torch.func`` fallback re-running that
+    module alone (``func_rule.FuncRule``). Parameters owned by the model itself,
+    shared by several modules (tied weights), or found at the first tracked step
+    to be used outside their module (``reassign``) are served by a fallback that
+    re-runs the whole model from its recorded input and output gradient. A
+    model whose modules all have rules uses the rules only.
+
     Args:
         model: the network.
         params: the tracked ``(name, parameter)`` pairs.
@@ -63,30 +105,130 @@ class HookEngine:
         name_of = {id(p): n for n, p in self.params}
         self.layers: list[Layer] = []
         self.uncovered: list[str] = []
-        seen: set[int] = set()
+        #: Tracked parameter name -> engine label or "not covered: <reason>".
+        self.coverage: dict[str, str] = {}
         self._handles: list[RemovableHandle] = []
+        owners: dict[int, int] = {}
         for module in model.modules():
+            for _, p in module.named_parameters(recurse=False):
+                if id(p) in name_of:
+                    owners[id(p)] = owners.get(id(p), 0) + 1
+        shared = {pid for pid, count in owners.items() if count > 1}
+        # The whole-model fallback: always recorded when armed (a few
+        # references), so that ``reassign`` can serve parameters at once.
+        root_rule = FuncRule(label="torch.func (whole model)")
+        self._root_refusal = root_rule.refuse(model)
+        self.root = Layer(model, root_rule, {})
+        root_params: list[str] = [name_of[pid] for pid in shared]
+        claimed: set[int] = set()
+        for module in model.modules():
+            if id(module) in claimed:
+                continue
+            rule: LayerRule | None = supports(module)
+            if rule is None and type(module) in FUNC_RULES:
+                rule = FUNC_RULES[type(module)]()
+            recurse = rule is not None and rule.claims_subtree
             direct = [
                 (k, p)
-                for k, p in module.named_parameters(recurse=False)
-                if id(p) in name_of
+                for k, p in module.named_parameters(recurse=recurse)
+                if id(p) in name_of and id(p) not in shared
             ]
+            if recurse:
+                claimed.update(id(m) for m in module.modules())
             if not direct:
                 continue
-            rule = supports(module)
-            if rule is None or any(id(p) in seen for _, p in direct):
-                self.uncovered.extend(name_of[id(p)] for _, p in direct)
+            if rule is None and module is model:
+                root_params.extend(name_of[id(p)] for _, p in direct)
                 continue
-            seen.update(id(p) for _, p in direct)
+            if rule is None:
+                rule = FuncRule(label=f"torch.func ({type(module).__name__})")
+            why = rule.refuse(module) if isinstance(rule, FuncRule) else None
+            if why is not None:
+                self._not_covered([name_of[id(p)] for _, p in direct], why)
+                continue
+            if isinstance(rule, FuncRule):
+                rule.names = [k for k, _ in direct]
             layer = Layer(module, rule, {k: name_of[id(p)] for k, p in direct})
+            self.coverage.update(dict.fromkeys(layer.names.values(), _label(rule)))
             self.layers.append(layer)
             self._handles.append(
-                module.register_forward_hook(partial(self._on_forward, layer))
+                module.register_forward_hook(
+                    partial(self._on_forward, layer), with_kwargs=True
+                )
             )
+        self.layers.append(self.root)
+        self._handles.append(
+            model.register_forward_hook(
+                partial(self._on_forward, self.root), with_kwargs=True
+            )
+        )
+        self.reassign(root_params, "owned by the model itself or shared (tied)")
+        self.coverage = {n: self.coverage[n] for n, _ in self.params}
         self._handles.append(model.register_forward_hook(self._on_output))
         self.recording = False
         #: The model's output of the recorded forward pass (for curvature passes).
         self.output: Tensor | None = None
+
+    def _not_covered(self, names: list[str], why: str) -> None:
+        self.uncovered.extend(n for n in names if n not in self.uncovered)
+        self.coverage.update(dict.fromkeys(names, f"not covered: {why}"))
+
+    def reassign_unbatched(self) -> None:
+        """Move layers whose recorded input lacks the batch axis to the model fallback.
+
+        The model's own input defines the batch; a module called on a tensor
+        without that leading axis (``pos(torch.arange(T))`` broadcast over the
+        batch) gets gradients already summed over samples: only re-running the
+        whole model can split them. (When ``T`` equals the batch size this
+        cannot be seen from shapes.)
+        """
+        if not self.root.calls:
+            return
+        n = self.root.calls[0].x.shape[0]
+        for layer in self.layers:
+            if layer is self.root or not layer.names:
+                continue
+            sizes = {c.x.shape[0] for c in layer.calls}
+            if sizes and sizes != {n}:
+                self.reassign(
+                    list(layer.names.values()),
+                    f"its module's input has {sorted(sizes)[0]} rows, the batch "
+                    f"{n} samples (called on a tensor without the batch axis?)",
+                )
+
+    def drop(self, layer: Layer, why: str) -> None:
+        """Stop serving the parameters of ``layer``; report them as not covered."""
+        self._not_covered(list(layer.names.values()), why)
+        layer.names.clear()
+        if isinstance(layer.rule, FuncRule):
+            layer.rule.names.clear()
+
+    def reassign(self, names: list[str], why: str) -> None:
+        """Serve ``names`` by re-running the whole model (or mark them uncovered).
+
+        Args:
+            names: tracked parameter names, removed from the layers serving them.
+            why: why their own module's rule cannot serve them.
+        """
+        if not names:
+            return
+        for layer in self.layers:
+            for k in [k for k, n in layer.names.items() if n in names]:
+                del layer.names[k]
+                if isinstance(layer.rule, FuncRule):
+                    layer.rule.names.remove(k)
+        if self._root_refusal is not None:
+            self._not_covered(
+                names, f"{why}; whole-model fallback: {self._root_refusal}"
+            )
+            return
+        assert isinstance(self.root.rule, FuncRule)
+        for n in names:
+            self.root.names[n] = n
+            self.root.rule.names.append(n)
+        self.coverage.update(
+            dict.fromkeys(names, f"{self.root.rule.label_text}: {why}")
+        )
 
     # -- state ---------------------------------------------------------------------
     def arm(self) -> None:
@@ -130,18 +272,30 @@ class HookEngine:
 
     # -- hooks ---------------------------------------------------------------------
     def _on_forward(
-        self, layer: Layer, module: nn.Module, inputs: tuple[Any, ...], output: Any
+        self,
+        layer: Layer,
+        module: nn.Module,
+        inputs: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
     ) -> None:
         del module
-        if not self.recording or not torch.is_grad_enabled():
+        if not self.recording or REENTRY.active or not torch.is_grad_enabled():
             return
-        if not inputs or not isinstance(inputs[0], Tensor):
+        x = _first_input(inputs, kwargs)
+        out = output if isinstance(output, Tensor) else _first_tensor(output)
+        if x is None or out is None or not out.requires_grad:
             return
-        call = Call(inputs[0].detach())
-        if isinstance(output, Tensor) and output.requires_grad:
-            call.out, call.version = output, output._version
-            output.register_hook(partial(_store_grad, call))  # type: ignore[no-untyped-call]
-            layer.calls.append(call)
+        call = Call(x.detach())
+        if layer.rule.needs_args:
+            # One detached tensor per input tensor: identity is meaningful
+            # (attention's self-attention path checks ``query is key``).
+            seen: dict[int, Tensor] = {}
+            call.args = tuple(_detach(a, seen) for a in inputs)
+            call.kwargs = {k: _detach(v, seen) for k, v in kwargs.items()}
+        call.out, call.version = out, out._version
+        out.register_hook(partial(_store_grad, call))  # type: ignore[no-untyped-call]
+        layer.calls.append(call)
 
     def _on_output(
         self, module: nn.Module, inputs: tuple[Any, ...], output: Any
@@ -152,12 +306,15 @@ class HookEngine:
 
     # -- checks --------------------------------------------------------------------
     def check_model(self) -> None:
-        """Raise ``EngineError`` if per-sample gradients are undefined or uncovered."""
-        if self.uncovered:
+        """Raise ``EngineError`` if per-sample gradients are undefined or uncovered.
+
+        Some parameters without coverage are not an error (the statistics cover
+        the others, see ``coverage``); no covered parameter at all is.
+        """
+        if len(self.uncovered) == len(self.params):
             raise EngineError(
-                "No per-sample rule for parameters "
-                f"{self.uncovered[:8]}{' ...' if len(self.uncovered) > 8 else ''}; "
-                "covered module types: nn.Linear, nn.Conv1d, nn.Conv2d (zero padding)"
+                "No per-sample engine covers any parameter: "
+                + "; ".join(sorted(set(self.coverage.values())))[:1000]
             )
         for name, module in self.model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
@@ -174,3 +331,23 @@ class HookEngine:
 
 def _store_grad(call: Call, grad: Tensor) -> None:
     call.b = grad.detach()
+
+
+def _label(rule: LayerRule) -> str:
+    return rule.label_text if isinstance(rule, FuncRule) else rule.label
+
+
+def _detach(value: Any, seen: dict[int, Tensor]) -> Any:
+    if not isinstance(value, Tensor):
+        return value
+    if id(value) not in seen:
+        seen[id(value)] = value.detach()
+    return seen[id(value)]
+
+
+def _first_input(inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+    """The tensor whose leading axis is the batch: first positional, else keyword."""
+    for v in (*inputs, *kwargs.values()):
+        if isinstance(v, Tensor):
+            return v
+    return None

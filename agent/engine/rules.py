@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - torch convention
@@ -23,6 +24,25 @@ from torch.nn import functional as F  # noqa: N812 - torch convention
 
 class LayerRule:
     """Per-sample statistics of one module type; reductions use ``batch_grads``."""
+
+    #: Engine name reported in the coverage map (``Hello.meta["coverage"]``).
+    label: ClassVar[str] = "rule"
+    #: The rule needs every positional and keyword argument of the call, not
+    #: only the first input (``bind`` receives them).
+    needs_args: ClassVar[bool] = False
+    #: The rule also serves the parameters of the module's descendants (e.g.
+    #: ``nn.MultiheadAttention.out_proj``, which is never called as a module).
+    claims_subtree: ClassVar[bool] = False
+
+    def materialises(self, x: Tensor) -> bool:
+        """Whether the reductions build ``[B, *shape]`` per-sample gradients."""
+        del x
+        return True
+
+    def bind(self, call: Any) -> LayerRule:
+        """This rule for one recorded call (rules that need its arguments)."""
+        del call
+        return self
 
     def accepts(self, module: nn.Module) -> bool:
         """Whether this rule handles this module's configuration."""
@@ -78,6 +98,12 @@ def _has(module: nn.Module, name: str) -> bool:
 
 class LinearRule(LayerRule):
     """``nn.Linear``: closed forms for 2-D inputs (Goodfellow 2015), else per layer."""
+
+    label = "linear-rule"
+
+    def materialises(self, x: Tensor) -> bool:
+        """Closed forms for 2-D inputs; sequences build per-sample gradients."""
+        return x.dim() != 2
 
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Weight ``[B, out, in]`` = Σ_t b_t a_tᵀ, bias ``[B, out]`` = Σ_t b_t."""
@@ -158,6 +184,8 @@ class ConvRule(LayerRule):
     the unfolded input is kept per recorded input tensor: the GGN passes reduce
     the same inputs once per class, and unfolding dominated them.
     """
+
+    label = "conv-rule"
 
     def __init__(self) -> None:
         self._cols: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}

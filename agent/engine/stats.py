@@ -12,7 +12,11 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
+
+#: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).
+CACHE_ELEMENTS = 1 << 24
 
 
 class StepStats:
@@ -27,11 +31,7 @@ class StepStats:
     def __init__(self, engine: HookEngine, *, check: bool = False) -> None:
         engine.check_model()
         self.engine = engine
-        self.layers = [
-            (layer, calls)
-            for layer in engine.layers
-            if (calls := [c for c in layer.calls if c.b is not None])
-        ]
+        self._collect()
         sizes = {c.x.shape[0] for _, calls in self.layers for c in calls}
         if len(sizes) != 1:
             raise EngineError(
@@ -40,8 +40,43 @@ class StepStats:
             )
         self.batch_size: int = sizes.pop()
         self._cache: dict[str, dict[str, Tensor]] = {}
+        #: Per-sample gradients of layers whose rule builds them anyway, kept for
+        #: the step so that every statistic and histogram reuses one build.
+        self._grads: dict[int, dict[str, Tensor]] = {}
+        self._held = 0
+        #: Parameters the first-step check moved to another engine: statistics
+        #: computed before it (the GGN diagonal) used the wrong rule for them.
+        self.moved: list[str] = []
         if check:
             self._check_sums()
+
+    def _collect(self) -> None:
+        """Layers serving some parameter whose calls were backpropagated through."""
+        self.engine.reassign_unbatched()
+        for layer in self.engine.layers:
+            if layer.names and layer.rule.needs_args:
+                rows = {
+                    (c.x.shape[0], c.b.shape[0] if c.b.dim() else 0)
+                    for c in layer.calls
+                    if c.b is not None
+                }
+                if any(n != m for n, m in rows):
+                    # A re-run per sample needs one output row per sample.
+                    self.engine.drop(
+                        layer,
+                        f"{type(layer.module).__name__} returns {sorted(rows)[0][1]} "
+                        f"rows for {sorted(rows)[0][0]} samples (e.g. tokens "
+                        "flattened into rows): no per-sample re-run",
+                    )
+        self.layers = [
+            (layer, calls)
+            for layer in self.engine.layers
+            if layer.names and (calls := [c for c in layer.calls if c.b is not None])
+        ]
+        if not self.layers:
+            raise EngineError(
+                "No covered module was called in a backward pass of this step"
+            )
 
     # -- per layer -------------------------------------------------------------------
     @staticmethod
@@ -54,12 +89,37 @@ class StepStats:
             assert c.b is not None
             # Scaling the (small) output gradient saves a pass over B·D values.
             b = c.b if scale == 1.0 else c.b * scale
-            for k, g in layer.rule.batch_grads(layer.module, c.x, b).items():
+            rule = layer.rule.bind(c)
+            for k, g in rule.batch_grads(layer.module, c.x, b).items():
+                if k not in layer.names:  # served elsewhere (``reassign``)
+                    continue
                 total[k] = total[k] + g if k in total else g
         return total
 
+    def _materialised(
+        self, layer: Layer, calls: list[Call]
+    ) -> dict[str, Tensor] | None:
+        """``ĝ_n`` of a layer whose rule builds them for any statistic, kept once.
+
+        None when the rule has cheaper closed forms (2-D Linear, Embedding) or
+        keeping them would exceed ``CACHE_ELEMENTS`` for this step.
+        """
+        key = id(layer)
+        if key in self._grads:
+            return self._grads[key]
+        if not layer.rule.materialises(calls[0].x):
+            return None
+        size = self.batch_size * sum(
+            layer.module.get_parameter(k).numel() for k in layer.names
+        )
+        if self._held + size > CACHE_ELEMENTS:
+            return None
+        self._held += size
+        self._grads[key] = self.layer_grads(layer, calls)
+        return self._grads[key]
+
     def _params(self, layer: Layer) -> dict[str, nn.Parameter]:
-        return {k: getattr(layer.module, k) for k in layer.names}
+        return {k: layer.module.get_parameter(k) for k in layer.names}
 
     # -- accessors -----------------------------------------------------------------
     def batch_l2(self) -> dict[str, Tensor]:
@@ -68,16 +128,29 @@ class StepStats:
             out: dict[str, Tensor] = {}
             b2 = float(self.batch_size) ** 2
             for layer, calls in self.layers:
-                if len(calls) == 1:
+                kept = self._materialised(layer, calls)
+                if kept is not None:
+                    # vector_norm reduces without a B·D temporary.
+                    vals = {
+                        k: torch.linalg.vector_norm(g.flatten(1), dim=1).square()
+                        for k, g in kept.items()
+                    }
+                elif len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
-                    vals = layer.rule.batch_l2(layer.module, c.x, c.b)
+                    vals = layer.rule.bind(c).batch_l2(layer.module, c.x, c.b)
                 else:
                     vals = {
                         k: g.flatten(1).square().sum(1)
                         for k, g in self.layer_grads(layer, calls).items()
                     }
-                out.update({layer.names[k]: v * b2 for k, v in vals.items()})
+                out.update(
+                    {
+                        layer.names[k]: v * b2
+                        for k, v in vals.items()
+                        if k in layer.names
+                    }
+                )
             self._cache["l2"] = out
         return self._cache["l2"]
 
@@ -91,10 +164,19 @@ class StepStats:
                     for k, p in self._params(layer).items()
                     if p.grad is not None
                 }
-                if len(calls) == 1:
+                kept = self._materialised(layer, calls)
+                if kept is not None:
+                    vals = {
+                        k: g.flatten(1) @ direction[k].reshape(-1).to(g.dtype)
+                        for k, g in kept.items()
+                        if k in direction
+                    }
+                elif len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
-                    vals = layer.rule.batch_dot(layer.module, c.x, c.b, direction)
+                    vals = layer.rule.bind(c).batch_dot(
+                        layer.module, c.x, c.b, direction
+                    )
                 else:
                     vals = {
                         k: g.flatten(1) @ direction[k].reshape(-1)
@@ -102,7 +184,11 @@ class StepStats:
                         if k in direction
                     }
                 out.update(
-                    {layer.names[k]: v * self.batch_size for k, v in vals.items()}
+                    {
+                        layer.names[k]: v * self.batch_size
+                        for k, v in vals.items()
+                        if k in layer.names
+                    }
                 )
             self._cache["dot"] = out
         return self._cache["dot"]
@@ -113,16 +199,25 @@ class StepStats:
             out: dict[str, Tensor] = {}
             b2 = float(self.batch_size) ** 2
             for layer, calls in self.layers:
-                if len(calls) == 1:
+                kept = self._materialised(layer, calls)
+                if kept is not None:
+                    vals = {k: g.square().sum(0) for k, g in kept.items()}
+                elif len(calls) == 1:
                     c = calls[0]
                     assert c.b is not None
-                    vals = layer.rule.sum_grad_squared(layer.module, c.x, c.b)
+                    vals = layer.rule.bind(c).sum_grad_squared(layer.module, c.x, c.b)
                 else:
                     vals = {
                         k: g.square().sum(0)
                         for k, g in self.layer_grads(layer, calls).items()
                     }
-                out.update({layer.names[k]: v * b2 for k, v in vals.items()})
+                out.update(
+                    {
+                        layer.names[k]: v * b2
+                        for k, v in vals.items()
+                        if k in layer.names
+                    }
+                )
             self._cache["sgs"] = out
         return self._cache["sgs"]
 
@@ -143,39 +238,90 @@ class StepStats:
             chunk = self.batch_size
             if max_elements is not None:
                 chunk = max(1, min(self.batch_size, max_elements // per_sample))
+            kept = self._grads.get(id(layer))
             for s in range(0, self.batch_size, chunk):
-                part = [
-                    Call(
-                        c.x[s : s + chunk], None if c.b is None else c.b[s : s + chunk]
-                    )
-                    for c in calls
-                ]
+                if kept is not None:
+                    for k, g in kept.items():
+                        if k in layer.names:
+                            yield (
+                                layer.names[k],
+                                params[k].detach(),
+                                g[s : s + chunk] * scale,
+                            )
+                    continue
+                batched: frozenset[str] = getattr(
+                    layer.rule, "batched_kwargs", frozenset()
+                )
+                part = [c.part(slice(s, s + chunk), batched) for c in calls]
                 grads = self.layer_grads(layer, part, scale)
                 for k in list(grads):
                     yield layer.names[k], params[k].detach(), grads.pop(k)
 
     # -- checks --------------------------------------------------------------------
     def _check_sums(self) -> None:
-        for layer, calls in self.layers:
+        """Move parameters whose ``Σ_n ĝ_n`` misses ``.grad`` to the model fallback.
+
+        A parameter also used outside its module (tied weights, ``x @ w.t()`` in
+        a parent's ``forward``) gets only part of its gradient from its module's
+        rule; re-running the whole model serves it exactly (``reassign``). What
+        the whole model cannot explain either (a loss term on the parameters
+        themselves, ``.grad`` accumulated over several backward passes) is
+        reported as not covered.
+        """
+        bad, worst = self._mismatches(self.layers)
+        if not bad:
+            return
+        self.moved = bad
+        self.engine.reassign(
+            bad,
+            "per-sample gradients of its module do not sum to .grad (relative "
+            f"difference up to {worst:.1e}): used outside its module (tied?)",
+        )
+        self._collect()
+        root = [
+            (layer, calls) for layer, calls in self.layers if layer is self.engine.root
+        ]
+        still, worst = self._mismatches(root)
+        if still:
+            for layer, _ in root:
+                for k in [k for k, n in layer.names.items() if n in still]:
+                    del layer.names[k]
+                    if isinstance(layer.rule, FuncRule):
+                        layer.rule.names.remove(k)
+            self.engine._not_covered(
+                still,
+                "per-sample gradients of the whole model do not sum to .grad either "
+                f"(relative difference up to {worst:.1e}): a loss term on the "
+                "parameters, or .grad accumulated over several backward passes",
+            )
+            self._collect()
+
+    def _mismatches(
+        self, layers: list[tuple[Layer, list[Call]]]
+    ) -> tuple[list[str], float]:
+        """Tracked names whose ``Σ_n ĝ_n`` differs from ``.grad``, and the worst."""
+        bad: list[str] = []
+        worst = 0.0
+        for layer, calls in layers:
             params = self._params(layer)
             sums: dict[str, Tensor] = {}
             for c in calls:
                 assert c.b is not None
-                for k, g in layer.rule.grad_sum(layer.module, c.x, c.b).items():
+                rule = layer.rule.bind(c)
+                for k, g in rule.grad_sum(layer.module, c.x, c.b).items():
                     sums[k] = sums[k] + g if k in sums else g
             for k, g in sums.items():
+                if k not in params:
+                    continue
                 ref = params[k].grad
                 if ref is None:
                     continue
                 err = float((g - ref).norm())
                 scale = float(ref.norm())
                 if err > 1e-3 * scale + 1e-12:
-                    raise EngineError(
-                        f"Per-sample gradients of {layer.names[k]!r} do not sum to its "
-                        f".grad (relative difference {err / max(scale, 1e-30):.1e}): "
-                        "the parameter is used outside its module (tied weights?) or "
-                        ".grad accumulates over several backward passes"
-                    )
+                    bad.append(layer.names[k])
+                    worst = max(worst, err / max(scale, 1e-30))
+        return bad, worst
 
     @staticmethod
     def zero_like(params: dict[str, Tensor]) -> Tensor:

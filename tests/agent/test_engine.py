@@ -177,22 +177,34 @@ def test_histograms_count_nan_apart(torch_threads: None):
 
 
 def test_uncovered_module_is_reported(torch_threads: None):
+    class Noisy(nn.Module):  # raw parameter and dropout: no rule, no re-run
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(5))
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.drop(x) * self.scale
+
     def build() -> tuple[nn.Module, Tensor, Tensor]:
-        model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+        model = nn.Sequential(nn.Linear(6, 5), Noisy(), nn.Linear(5, 3)).eval()
         return model, torch.randn(4, 6), torch.randint(0, 3, (4,))
 
     model, x, y = build()
     cockpit = Cockpit(model, None, server=None, instruments=[NormTest(schedule=always)])
+    assert cockpit.hello.meta["coverage"]["1.scale"].startswith("not covered")
     loss = F.cross_entropy(model(x), y)
     with cockpit.step(0, loss=loss):
         loss.backward()
     cockpit.close()
-    assert cockpit.readings[0]["norm_test"] is None
+    got = cockpit.readings[0]["norm_test"]
+    assert "1.scale" not in got and "0.weight" in got  # the others are computed
     frame = [f for f in cockpit.transport.frames if getattr(f, "errors", None)][0]
-    assert "1.weight" in frame.errors["norm_test"]
+    assert "1.scale" in frame.errors["norm_test"]
+    assert frame.errors["norm_test"].startswith("partial:")
 
 
-def test_tied_weights_are_refused(torch_threads: None):
+def test_tied_weights_are_served_by_the_model_fallback(torch_threads: None):
     class Tied(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -201,15 +213,12 @@ def test_tied_weights_are_refused(torch_threads: None):
         def forward(self, x: Tensor) -> Tensor:
             return self.fc(x) @ self.fc.weight  # weight also used outside fc
 
-    torch.manual_seed(0)
-    model, x, y = Tied(), torch.randn(5, 4), torch.randint(0, 4, (5,))
-    cockpit = Cockpit(model, None, server=None, instruments=[NormTest(schedule=always)])
-    loss = F.cross_entropy(model(x), y)
-    with cockpit.step(0, loss=loss):
-        loss.backward()
-    cockpit.close()
-    frame = [f for f in cockpit.transport.frames if getattr(f, "errors", None)][0]
-    assert "do not sum to its .grad" in frame.errors["norm_test"]
+    def build() -> tuple[nn.Module, Tensor, Tensor]:
+        return Tied(), torch.randn(5, 4), torch.randint(0, 4, (5,))
+
+    problem = Problem("tied", build, F.cross_entropy)
+    got = run_step(problem, [NormTest(schedule=always)])
+    assert_reading(got["norm_test"], norm_test(collect(problem), None), "norm_test")
 
 
 def _reused() -> tuple[nn.Module, Tensor, Tensor]:

@@ -1,0 +1,290 @@
+"""The general fallback: per-sample gradients of any module through ``torch.func``.
+
+For a module without a closed-form rule (a custom module with raw
+``nn.Parameter``s, ``nn.MultiheadAttention``, or the whole model for parameters
+that are tied or used functionally), the engine records the call's arguments and
+the gradient ``b`` of the loss with respect to the module's output. Sample ``n``'s
+gradient is then the vector-Jacobian product of the module applied to sample
+``n`` alone, ``J_nᵀ b_n``: ``vmap`` over samples of ``vjp`` of
+``functional_call`` on a batch of one (the idea of Opacus' functorch grad
+sampler). This needs neither the batch's targets nor the loss function: the
+recorded ``b`` already splits the loss into per-sample terms, so ``cockpit.step``
+needs no extra argument.
+
+Assumptions, checked where possible: the module treats samples independently
+(positional tensor arguments are batched along axis 0, keyword tensors are shared
+unless the rule lists them as batched), and its re-run is deterministic (modules
+with active dropout are refused). Samples are processed in chunks that bound the
+per-sample gradients held at once (``max_elements``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from glasscockpit.agent.engine.rules import LayerRule
+
+
+class Reentry:
+    """Set while a fallback re-runs a module, so the engine's hooks stay quiet."""
+
+    active = False
+
+
+REENTRY = Reentry()
+
+#: Per-sample gradient values held at once by one chunk of a fallback.
+MAX_ELEMENTS = 1 << 22
+
+
+def _first_tensor(value: Any) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, tuple | list):
+        for v in value:
+            if isinstance(v, Tensor):
+                return v
+    return None
+
+
+def active_dropout(module: nn.Module) -> str | None:
+    """Name of a dropout (or attention dropout) that would make a re-run differ."""
+    for name, m in module.named_modules():
+        p = (
+            getattr(m, "p", None)
+            if isinstance(m, nn.modules.dropout._DropoutNd)
+            else None
+        )
+        if isinstance(m, nn.MultiheadAttention):
+            p = m.dropout
+        if p:
+            return name or type(module).__name__
+    return None
+
+
+class FuncRule(LayerRule):
+    """``torch.func`` per-sample gradients of one module's parameters.
+
+    Args:
+        names: local (possibly dotted) names of the parameters this rule serves;
+            the engine may extend the list (e.g. tied weights found at a step).
+        label: the engine name in the coverage map.
+    """
+
+    label = "torch.func"
+    needs_args = True
+    #: Keyword arguments batched along axis 0 like the positional ones.
+    batched_kwargs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, names: list[str] | None = None, label: str | None = None):
+        self.names: list[str] = list(names or [])
+        self.label_text = label or self.label
+
+    def refuse(self, module: nn.Module) -> str | None:
+        """Why this module cannot be re-run per sample, or None."""
+        drop = active_dropout(module)
+        if drop is not None:
+            return (
+                f"dropout in {drop!r}: a per-sample re-run cannot reproduce its "
+                "random mask (refused whatever the mode; p=0 is accepted)"
+            )
+        return None
+
+    def bind(self, call: Any) -> LayerRule:
+        """The rule for one call: its arguments are what the re-run needs."""
+        return BoundFuncRule(self, call)
+
+    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Unbound use is a bug: the engine always binds fallback rules."""
+        del module, x, b
+        raise RuntimeError("FuncRule must be bound to a recorded call")
+
+
+class BoundFuncRule(LayerRule):
+    """A ``FuncRule`` with one call's arguments; reductions run chunk by chunk."""
+
+    def __init__(self, rule: FuncRule, call: Any) -> None:
+        self.rule, self.call = rule, call
+
+    # -- per-sample gradients ---------------------------------------------------------
+    def _run(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        b: Tensor,
+    ) -> dict[str, Tensor]:
+        """``J_nᵀ b_n`` for every sample of ``args`` (all batched along axis 0)."""
+        n = b.shape[0]
+        # Batched tensors once each: identity matters (attention takes its
+        # self-attention path only when query is key is value).
+        batched: list[Tensor] = []
+        slot: dict[int, int] = {}
+
+        def place(v: Any, batch: bool) -> Any:
+            if isinstance(v, Tensor) and batch and v.dim() > 0 and v.shape[0] == n:
+                if id(v) not in slot:
+                    slot[id(v)] = len(batched)
+                    batched.append(v)
+                return ("__batched__", slot[id(v)])
+            return v
+
+        arg_t = [place(a, True) for a in args]
+        kw_t = {k: place(v, k in self.rule.batched_kwargs) for k, v in kwargs.items()}
+        params = {k: module.get_parameter(k).detach() for k in self.rule.names}
+
+        def fill(v: Any, items: tuple[Tensor, ...]) -> Any:
+            if isinstance(v, tuple) and len(v) == 2 and v[0] == "__batched__":
+                return items[v[1]].unsqueeze(0)
+            return v
+
+        def one(bn: Tensor, *items: Tensor) -> dict[str, Tensor]:
+            a1 = tuple(fill(a, items) for a in arg_t)
+            k1 = {k: fill(v, items) for k, v in kw_t.items()}
+
+            def fwd(p: dict[str, Tensor]) -> Tensor:
+                out = _first_tensor(functional_call(module, p, a1, k1))
+                if out is None:
+                    raise RuntimeError("the module returned no tensor")
+                return out
+
+            pull = vjp(fwd, params)[1]
+            grads: dict[str, Tensor] = pull(bn.unsqueeze(0))[0]
+            return grads
+
+        REENTRY.active = True
+        try:
+            # The math attention kernel has batching rules; the fused CPU kernel
+            # would run sample by sample through vmap's slow fallback (and warn).
+            with sdpa_kernel([SDPBackend.MATH]):
+                result: dict[str, Tensor] = vmap(one, randomness="different")(
+                    b, *batched
+                )
+            return result
+        finally:
+            REENTRY.active = False
+
+    def _chunks(
+        self, module: nn.Module, b: Tensor
+    ) -> Iterator[tuple[slice, dict[str, Tensor]]]:
+        per_sample = sum(module.get_parameter(k).numel() for k in self.rule.names)
+        n = b.shape[0]
+        size = max(1, min(n, MAX_ELEMENTS // max(per_sample, 1)))
+        args, kwargs = self.call.args, self.call.kwargs
+        for s in range(0, n, size):
+            part = slice(s, s + size)
+            yield (
+                part,
+                self._run(
+                    module,
+                    tuple(_cut(a, part, n) for a in args),
+                    {
+                        k: _cut(v, part, n) if k in self.rule.batched_kwargs else v
+                        for k, v in kwargs.items()
+                    },
+                    b[part],
+                ),
+            )
+
+    # -- LayerRule -----------------------------------------------------------------
+    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``ĝ_n`` per served parameter, ``[B, *shape]``, built in chunks."""
+        del x
+        parts: dict[str, list[Tensor]] = {}
+        for _, g in self._chunks(module, b):
+            for k, v in g.items():
+                parts.setdefault(k, []).append(v)
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``‖ĝ_n‖²`` chunk by chunk."""
+        del x
+        parts: dict[str, list[Tensor]] = {}
+        for _, g in self._chunks(module, b):
+            for k, v in g.items():
+                parts.setdefault(k, []).append(v.flatten(1).square().sum(1))
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def batch_dot(
+        self, module: nn.Module, x: Tensor, b: Tensor, grads: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """``ĝ_n · G`` chunk by chunk."""
+        del x
+        parts: dict[str, list[Tensor]] = {}
+        for _, g in self._chunks(module, b):
+            for k, v in g.items():
+                if k in grads:
+                    d = grads[k].reshape(-1).to(v.dtype)
+                    parts.setdefault(k, []).append(v.flatten(1) @ d)
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def sum_grad_squared(
+        self, module: nn.Module, x: Tensor, b: Tensor
+    ) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n²`` chunk by chunk."""
+        del x
+        out: dict[str, Tensor] = {}
+        for _, g in self._chunks(module, b):
+            for k, v in g.items():
+                s = v.square().sum(0)
+                out[k] = out[k] + s if k in out else s
+        return out
+
+    def grad_sum(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n`` chunk by chunk."""
+        del x
+        out: dict[str, Tensor] = {}
+        for _, g in self._chunks(module, b):
+            for k, v in g.items():
+                s = v.sum(0)
+                out[k] = out[k] + s if k in out else s
+        return out
+
+
+def _cut(value: Any, part: slice, n: int) -> Any:
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value[part]
+    return value
+
+
+class AttentionRule(FuncRule):
+    """``nn.MultiheadAttention`` (``batch_first=True``): all four of its tensors.
+
+    ``in_proj_weight`` is a raw parameter and ``out_proj`` is applied
+    functionally (its module hook never fires), so the module is re-run as a
+    whole; ``key_padding_mask`` is per sample, ``attn_mask`` shared.
+    """
+
+    label = "attention (torch.func)"
+    claims_subtree = True
+    batched_kwargs: ClassVar[frozenset[str]] = frozenset({"key_padding_mask"})
+
+    def refuse(self, module: nn.Module) -> str | None:
+        """Sequence-first attention would be vmapped over positions."""
+        assert isinstance(module, nn.MultiheadAttention)
+        if not module.batch_first:
+            return "nn.MultiheadAttention with batch_first=False (samples on axis 1)"
+        return super().refuse(module)
+
+
+#: Module types whose fallback is a dedicated ``FuncRule`` subclass. Kept apart
+#: from ``RULES`` (singletons): fallback rules hold the names they serve.
+FUNC_RULES: dict[type[nn.Module], type[FuncRule]] = {
+    nn.MultiheadAttention: AttentionRule,
+}
+
+__all__ = [
+    "FUNC_RULES",
+    "MAX_ELEMENTS",
+    "REENTRY",
+    "AttentionRule",
+    "BoundFuncRule",
+    "FuncRule",
+    "active_dropout",
+]
