@@ -1,8 +1,10 @@
-"""``python -m bench``: run the agent overhead benchmark."""
+"""``python -m bench``: every benchmark within a time budget → docs/benchmarks.md."""
 
 from __future__ import annotations
 
-from bench.agent_overhead import main
+import sys
+
+from bench.report import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,7 +13,11 @@ round-robin; each repeat times a block of steps; the table shows medians.
 Peak memory (``--memory``) is the peak RSS of a fresh process running a few steps,
 minus the plain step's.
 
-    python -m bench [--repeats 3] [--models mlp,cnn] [--memory]
+    python -m bench.agent_overhead [--repeats 3] [--models mlp,cnn] [--memory]
+        [--device cuda]
+
+On CUDA (``--device cuda``) every timed block ends with a synchronisation, and the
+memory column is the peak of ``torch.cuda.max_memory_allocated`` instead of RSS.
 """
 
 from __future__ import annotations
@@ -63,8 +67,13 @@ class TinyLM(nn.Module):
         return self.head(h).transpose(1, 2)
 
 
-def make_model(name: str) -> tuple[nn.Module, Tensor, Tensor]:
-    """Seeded model and one batch."""
+def make_model(name: str, device: str = "cpu") -> tuple[nn.Module, Tensor, Tensor]:
+    """Seeded model and one batch, on ``device``."""
+    model, x, y = _make_model(name)
+    return model.to(device), x.to(device), y.to(device)
+
+
+def _make_model(name: str) -> tuple[nn.Module, Tensor, Tensor]:
     torch.manual_seed(0)
     if name == "transformer":
         ids = torch.randint(0, 256, (32, 33))
@@ -94,9 +103,13 @@ def make_model(name: str) -> tuple[nn.Module, Tensor, Tensor]:
     return model, torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
 
 
-def plain(model_name: str) -> Step:
+def plain(model_name: str, device: str = "cpu") -> Step:
     """A training step without any monitoring."""
-    model, x, y = make_model(model_name)
+    return plain_step(*make_model(model_name, device))
+
+
+def plain_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
+    """A training step of ``model`` on one batch, without any monitoring."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def step(_: int) -> None:
@@ -107,12 +120,29 @@ def plain(model_name: str) -> Step:
     return step
 
 
-def ours(model_name: str, spec: str, every_step: bool, without: str = "") -> Step:
+def ours(
+    model_name: str,
+    spec: str,
+    every_step: bool,
+    without: str = "",
+    device: str = "cpu",
+) -> Step:
     """A step with glasscockpit's agent (in-memory transport, readings dropped).
 
     ``without`` names an instrument left out of the preset.
     """
-    model, x, y = make_model(model_name)
+    return ours_step(*make_model(model_name, device), spec, every_step, without)
+
+
+def ours_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    spec: str,
+    every_step: bool,
+    without: str = "",
+) -> Step:
+    """A step of ``model`` on one batch with the agent (see :func:`ours`)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     classes = PRESETS[spec] if spec in PRESETS else [c for c in ALL if c.name == spec]
     classes = [c for c in classes if c.name != without]
@@ -121,8 +151,13 @@ def ours(model_name: str, spec: str, every_step: bool, without: str = "") -> Ste
 
     def step(i: int) -> None:
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        with cockpit.step(i, loss=loss):
+        out = model(x)
+        # Curvature needs the loss straight from the output; alpha needs per-sample
+        # losses (a sample of the transformer is a sequence).
+        loss = F.cross_entropy(out, y)
+        token = F.cross_entropy(out, y, reduction="none")
+        losses = token.reshape(token.shape[0], -1).mean(1)
+        with cockpit.step(i, loss=loss, losses=losses):
             loss.backward()
         opt.step()
         cockpit.transport.frames.clear()  # type: ignore[attr-defined]
@@ -130,7 +165,7 @@ def ours(model_name: str, spec: str, every_step: bool, without: str = "") -> Ste
     return step
 
 
-def original(model_name: str, spec: str) -> Step | None:
+def original(model_name: str, spec: str, device: str = "cpu") -> Step | None:
     """A step with cockpit-for-pytorch's configuration, every step tracked."""
     try:
         with warnings.catch_warnings():
@@ -143,7 +178,7 @@ def original(model_name: str, spec: str) -> Step | None:
         return None
     if model_name == "transformer":  # BackPACK skips attention and LayerNorm
         return None
-    model, x, y = make_model(model_name)
+    model, x, y = make_model(model_name, device)
     model = backpack.extend(model)
     lossfunc = backpack.extend(nn.CrossEntropyLoss())
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -176,44 +211,73 @@ class Row:
     start: int = 0
 
 
-def rows(model_name: str) -> list[Row]:
+def rows(model_name: str, device: str = "cpu") -> list[Row]:
     """Every configuration of the table, in display order."""
-    out = [Row("plain", lambda: plain(model_name))]
+    d = device
+    out = [Row("plain", lambda: plain(model_name, d))]
     for p in PRESETS:
-        out.append(Row(f"{p} (every step)", lambda p=p: ours(model_name, p, True)))
+        out.append(
+            Row(f"{p} (every step)", lambda p=p: ours(model_name, p, True, device=d))
+        )
     # Histograms bin all B·D per-sample values; the rest needs only reductions.
     out.append(
         Row(
             "economy without grad_hist_1d (every step)",
-            lambda: ours(model_name, "economy", True, without="grad_hist_1d"),
+            lambda: ours(model_name, "economy", True, "grad_hist_1d", d),
         )
     )
     for p in PRESETS:
         out.append(
             Row(
-                f"{p} (default schedules)", lambda p=p: ours(model_name, p, False), 1000
+                f"{p} (default schedules)",
+                lambda p=p: ours(model_name, p, False, device=d),
+                1000,
             )
         )
     for p in PRESETS:
         out.append(
-            Row(f"Cockpit {p} (every step)", lambda p=p: original(model_name, p))
+            Row(f"Cockpit {p} (every step)", lambda p=p: original(model_name, p, d))
         )
     for c in ALL:
-        out.append(Row(f"  {c.name}", lambda c=c: ours(model_name, c.name, True)))
+        out.append(
+            Row(f"  {c.name}", lambda c=c: ours(model_name, c.name, True, device=d))
+        )
     return out
 
 
-def bench(model_name: str, repeats: int, block_s: float) -> dict[str, float]:
+def bench(
+    model_name: str, repeats: int, block_s: float, device: str = "cpu"
+) -> dict[str, float]:
     """Median ms per step for every row, interleaved round-robin."""
     steps: dict[str, tuple[Step, list[int]]] = {}
-    for row in rows(model_name):
+    for row in rows(model_name, device):
         fn = row.make()
         if fn is not None:
             steps[row.label] = (fn, [row.start])
+    return interleave(steps, repeats, block_s, device)
+
+
+def sync(device: str) -> None:
+    """Wait for queued kernels, so that a timed block holds its own work only."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def interleave(
+    steps: dict[str, tuple[Step, list[int]]],
+    repeats: int,
+    block_s: float,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Median ms per step of each named step function, timed round-robin.
+
+    Each value is ``(step function, [next step index])``; one warm-up step each.
+    """
     times: dict[str, list[float]] = {k: [] for k in steps}
     for fn, counter in steps.values():  # warm-up
         fn(counter[0])
         counter[0] += 1
+    sync(device)
     for _ in range(repeats):
         for k, (fn, counter) in steps.items():
             gc.collect()
@@ -222,23 +286,35 @@ def bench(model_name: str, repeats: int, block_s: float) -> dict[str, float]:
                 fn(counter[0])
                 counter[0] += 1
                 n += 1
+            sync(device)
             times[k].append((time.perf_counter() - t0) / n * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def peak_rss_mib(model_name: str, label: str, steps: int = 3) -> float:
+def peak_rss_mib(
+    model_name: str, label: str, steps: int = 3, device: str = "cpu"
+) -> float:
     """Peak RSS (``VmHWM``, MiB) of a fresh process running a few steps of one row.
 
     ``ru_maxrss`` would not do: Linux carries the parent's peak across ``exec``.
+    On CUDA: the peak of ``torch.cuda.max_memory_allocated`` instead.
     """
+    if device.startswith("cuda"):
+        peak = (
+            "torch.cuda.synchronize();"
+            f"print(torch.cuda.max_memory_allocated({device!r}) // 1024 if fn else -1)"
+        )
+    else:
+        peak = (
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')];"
+            "print(hwm[0].split()[1] if fn else -1)"
+        )
     code = (
         "import torch; torch.set_num_threads(1);"
         "from bench.agent_overhead import rows;"
-        f"r = {{x.label: x for x in rows({model_name!r})}}[{label!r}];"
+        f"r = {{x.label: x for x in rows({model_name!r}, {device!r})}}[{label!r}];"
         "fn = r.make();"
-        f"[fn(r.start + i) for i in range({steps})] if fn else None;"
-        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')];"
-        "print(hwm[0].split()[1] if fn else -1)"
+        f"[fn(r.start + i) for i in range({steps})] if fn else None;" + peak
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -258,7 +334,7 @@ MEMORY_ROWS = (
 )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run, print a markdown table per model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mlp,cnn")
@@ -267,20 +343,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="also peak RSS")
     parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = {}
+    results: dict[str, object] = {"device": args.device}
+    if args.device.startswith("cuda"):
+        results["device_name"] = torch.cuda.get_device_name(args.device)
     for model_name in args.models.split(","):
-        ms = bench(model_name, args.repeats, args.block_s)
+        ms = bench(model_name, args.repeats, args.block_s, args.device)
         base = ms["plain"]
         mem = {}
         if args.memory:
             for label in MEMORY_ROWS:
                 if label in ms:
-                    mem[label] = peak_rss_mib(model_name, label)
+                    mem[label] = peak_rss_mib(model_name, label, device=args.device)
         print(
             f"\n### {model_name} (torch threads: {args.threads}, "
-            f"repeats: {args.repeats}, medians)\n"
+            f"repeats: {args.repeats}, device: {args.device}, medians)\n"
         )
         print("| configuration | ms/step | × plain | peak RSS − plain, MiB |")
         print("|---|---|---|---|")

@@ -1,0 +1,645 @@
+"""``python -m bench``: every benchmark within a time budget → docs/benchmarks.md.
+
+Each benchmark runs as its own subprocess (``python -m bench.<name> ... --json F``)
+with a hard timeout; their JSON results become one page with the machine, the
+versions, the exact command, a section per benchmark and the table of the issues'
+performance targets (met / missed). The PNGs of the scaling study go to docs/img/.
+
+    python -m bench                  # everything, ~15 min on 2 cores
+    python -m bench --quick          # fewer repeats and points, ~3-4 min
+    python -m bench --only scaling,dashboard_latency --out /tmp/b.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Bench:
+    """One benchmark: module, arguments (full / quick), share of the budget."""
+
+    name: str
+    title: str
+    full: list[str]
+    quick: list[str]
+    share: float
+    doc: str = ""
+    json_flag: str = "--json"
+    extra: list[str] = field(default_factory=list)
+
+
+BENCHES = [
+    Bench(
+        "agent_overhead",
+        "Agent overhead per configuration and per instrument (issues 3 and 7)",
+        ["--models", "mlp,cnn,transformer", "--memory", "--repeats", "3"],
+        ["--models", "mlp,cnn,transformer", "--repeats", "1", "--block-s", "0.05"],
+        0.35,
+        "benchmarks-agent.md",
+    ),
+    Bench(
+        "transport",
+        "Transport: step time against healthy, dead and broken servers (issue 4)",
+        ["--rounds", "3"],
+        ["--rounds", "1", "--steps", "300", "--warmup", "50"],
+        0.12,
+        "benchmarks-transport.md",
+    ),
+    Bench(
+        "server_ingest",
+        "Server: ingest throughput, ack latency, memory (issue 5)",
+        [],
+        ["--frames", "200", "--no-memory"],
+        0.2,
+        "benchmarks-server.md",
+    ),
+    Bench(
+        "dashboard_latency",
+        "Agent send → browser drawn (issue 6)",
+        ["--steps", "300"],
+        ["--steps", "120", "--warmup", "20"],
+        0.05,
+    ),
+    Bench(
+        "dashboard",
+        "Dashboard responsiveness: a long run and 20 runs (issue 6)",
+        [],
+        [],
+        0.1,
+        "benchmarks-dashboard.md",
+    ),
+    Bench(
+        "scaling",
+        "Scaling study: agent cost vs batch, width, depth; server memory",
+        ["--plots", "docs/img"],
+        [
+            "--quick",
+            "--repeats",
+            "1",
+            "--max-steps",
+            "10000",
+            "--max-runs",
+            "8",
+            "--run-steps",
+            "500",
+            "--plots",
+            "docs/img",
+        ],
+        0.18,
+    ),
+]
+
+
+def sh(cmd: list[str]) -> str:
+    """Output of a command, or "" when it fails."""
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def machine() -> dict[str, str]:
+    """CPU model, cores, memory, load, versions, commit."""
+    cpu = ""
+    mem = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        cockpit = version("cockpit-for-pytorch")
+    except Exception:  # noqa: BLE001 - optional extra
+        cockpit = "not installed"
+    dirty = (
+        " (with uncommitted changes)" if sh(["git", "status", "--porcelain"]) else ""
+    )
+    return {
+        "CPU": cpu or platform.processor(),
+        "cores": str(os.cpu_count()),
+        "memory": mem,
+        "load average at start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cockpit-for-pytorch": cockpit,
+        "glasscockpit commit": sh(["git", "rev-parse", "--short", "HEAD"]) + dirty,
+        "date (UTC)": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+
+
+def run_one(b: Bench, quick: bool, budget_s: float, out: Path) -> dict[str, Any]:
+    """Run one benchmark subprocess; its JSON, or why there is none."""
+    path = out / f"{b.name}.json"
+    args = b.quick if quick else b.full
+    cmd = [sys.executable, "-m", f"bench.{b.name}", *args, b.json_flag, str(path)]
+    timeout = max(60.0, b.share * budget_s * 1.5)
+    shown = "python -m " + " ".join(shlex.quote(a) for a in cmd[2:-2])
+    t0 = time.monotonic()
+    print(f"[bench] {shown} (cap {timeout:.0f} s)", file=sys.stderr, flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True
+        )
+        error = "" if proc.returncode == 0 else proc.stderr[-1500:]
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {timeout:.0f} s (budget share)"
+    seconds = time.monotonic() - t0
+    result: dict[str, Any] = {"command": shown, "seconds": seconds, "error": error}
+    if not error and path.exists():
+        result["data"] = json.loads(path.read_text())
+    elif not error:
+        result["error"] = "no JSON written"
+    print(f"[bench] {b.name}: {seconds:.0f} s {error[:200]}", file=sys.stderr)
+    return result
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def table(head: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def f2(x: float) -> str:
+    """Two decimals."""
+    return f"{x:.2f}"
+
+
+def render_agent(d: dict[str, Any]) -> str:
+    """One table per model: ms/step, × plain, memory."""
+    parts = []
+    for model, res in d.items():
+        if not isinstance(res, dict) or "ms" not in res:
+            continue
+        ms, mem = res["ms"], res.get("peak_rss_mib", {})
+        base = ms["plain"]
+        rows = []
+        for label, v in ms.items():
+            extra = ""
+            if label in mem and "plain" in mem:
+                extra = f"{mem[label] - mem['plain']:+.0f}"
+            rows.append([label, f2(v), f2(v / base), extra])
+        parts.append(
+            f"**{model}**\n\n"
+            + table(
+                ["configuration", "ms/step", "× plain", "peak RSS − plain, MiB"], rows
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def render_transport(d: dict[str, Any]) -> str:
+    """Median step ms and ratio to ``server=None`` per configuration."""
+    rows = [
+        [
+            c,
+            f"{s['median_ms']:.3f}",
+            f2(s["ratio"]),
+            f"{s['p99_ms']:.1f}",
+            f2(s["close_s"]),
+        ]
+        for c, s in d["summary"].items()
+    ]
+    return table(
+        [
+            "configuration",
+            "median ms/step",
+            "× memory (server=None)",
+            "p99 ms",
+            "close s",
+        ],
+        rows,
+    )
+
+
+def render_server(d: dict[str, Any]) -> str:
+    """Throughput rows and the memory samples."""
+    rows = [
+        [
+            r["agents"],
+            "yes" if r["histogram"] else "no",
+            r["frame_bytes"],
+            f"{r['frames_per_s']:,}",
+            r["ack_p50_ms"],
+            r["ack_p99_ms"],
+            r["server_cpu_us_per_frame"],
+        ]
+        for r in d["throughput"]
+    ]
+    out = table(
+        [
+            "agents",
+            "histogram",
+            "frame B",
+            "frames/s",
+            "ack p50 ms",
+            "ack p99 ms",
+            "server CPU µs/frame",
+        ],
+        rows,
+    )
+    if d.get("memory"):
+        out += "\n\nMemory (default `max_runs` 20, `max_points` 4096):\n\n" + table(
+            ["after", "RSS MiB", "store estimate MiB", "runs", "points", "evicted"],
+            [
+                [
+                    m["after"],
+                    m["rss_mb"],
+                    m["store_estimate_mb"],
+                    m["runs"],
+                    m["points"],
+                    m["evicted"],
+                ]
+                for m in d["memory"]
+            ],
+        )
+    return out
+
+
+def render_latency(d: dict[str, Any]) -> str:
+    """p50/p95 of the browser latency."""
+    return table(
+        [
+            "steps",
+            "s between steps",
+            "measured",
+            "missing",
+            "p50 ms",
+            "p95 ms",
+            "max ms",
+        ],
+        [
+            [
+                d["steps"],
+                d["interval_s"],
+                d["measured"],
+                d["missing"],
+                f"{d['p50_ms']:.0f}",
+                f"{d['p95_ms']:.0f}",
+                f"{d['max_ms']:.0f}",
+            ]
+        ],
+    )
+
+
+def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(d, dict):
+        out = []
+        for k, v in d.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(d, list) and d and isinstance(d[0], dict):
+        out = []
+        for i, v in enumerate(d):
+            out += _flatten(v, f"{prefix}[{i}]")
+        return out
+    return [(prefix, d)]
+
+
+def render_generic(d: dict[str, Any]) -> str:
+    """Any JSON as a key/value table (benchmarks without their own renderer)."""
+    rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in _flatten(d)]
+    return table(["key", "value"], rows[:200])
+
+
+def render_scaling(d: dict[str, Any]) -> str:
+    """The sweep table, the server table, the plots and what they show."""
+    rows = [
+        [
+            r["axis"],
+            r["batch"],
+            r["width"],
+            r["layers"],
+            f"{r['params']:,}",
+            f2(r["ms"]["plain"]),
+            f2(r["ratio"]["economy"]),
+            f2(r["ratio"]["full"]),
+        ]
+        for r in d["agent"]
+    ]
+    out = table(
+        [
+            "varied",
+            "batch",
+            "width",
+            "layers",
+            "parameters",
+            "plain ms",
+            "economy ×",
+            "full ×",
+        ],
+        rows,
+    )
+    if "scaling-agent.png" in d.get("plots", []):
+        out += "\n\n![agent cost vs batch, parameters, layers](img/scaling-agent.png)"
+    srv = d.get("server")
+    if srv:
+        out += "\n\nServer memory as one run grows:\n\n" + table(
+            ["steps", "RSS MiB", "store estimate MiB", "points"],
+            [
+                [
+                    f"{r['steps']:,}",
+                    f"{r['rss_mb']:.0f}",
+                    f"{r['store_estimate_mb']:.1f}",
+                    r["points"],
+                ]
+                for r in srv["steps"]
+            ],
+        )
+        out += f"\n\nServer memory as runs of {d['run_steps']} steps are added:\n\n"
+        out += table(
+            ["runs", "RSS MiB", "store estimate MiB", "points"],
+            [
+                [
+                    r["runs"],
+                    f"{r['rss_mb']:.0f}",
+                    f"{r['store_estimate_mb']:.1f}",
+                    r["points"],
+                ]
+                for r in srv["runs"]
+            ],
+        )
+        if "scaling-server.png" in d.get("plots", []):
+            out += "\n\n![server memory vs steps and runs](img/scaling-server.png)"
+    return out
+
+
+RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
+    "agent_overhead": render_agent,
+    "transport": render_transport,
+    "server_ingest": render_server,
+    "dashboard_latency": render_latency,
+    "scaling": render_scaling,
+}
+
+
+def targets(res: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Rows: issue, target, measured, met?, from which benchmark."""
+    rows: list[list[str]] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+    def data(name: str) -> dict[str, Any] | None:
+        r = res.get(name)
+        return r.get("data") if r else None
+
+    a = data("agent_overhead")
+    if a:
+
+        def ratio(model: str, label: str) -> float | None:
+            ms = a.get(model, {}).get("ms", {})
+            return ms[label] / ms["plain"] if label in ms else None
+
+        def row(issue: str, what: str, model: str, label: str, limit: float) -> None:
+            r = ratio(model, label)
+            ck = ratio(model, "Cockpit " + label)
+            got = "not measured" if r is None else f"{r:.2f}×"
+            if ck is not None:
+                got += f" (original Cockpit {ck:.2f}×)"
+            rows.append([issue, what, got, verdict(None if r is None else r <= limit)])
+
+        row(
+            "3",
+            "economy every step ≤ 1.6× plain, CNN",
+            "cnn",
+            "economy (every step)",
+            1.6,
+        )
+        row(
+            "3",
+            "economy every step ≤ 15× plain, MLP",
+            "mlp",
+            "economy (every step)",
+            15,
+        )
+        row("3", "full every step ≤ 5× plain, CNN", "cnn", "full (every step)", 5)
+        for model in ("mlp", "cnn"):
+            row(
+                "3",
+                f"economy, default schedules ≤ 1.10× plain, {model.upper()}",
+                model,
+                "economy (default schedules)",
+                1.10,
+            )
+        for model in ("mlp", "cnn"):
+            mem = a.get(model, {}).get("peak_rss_mib", {})
+            need = ("plain", "full (every step)", "Cockpit full (every step)")
+            if all(k in mem for k in need):
+                ours = mem["full (every step)"] - mem["plain"]
+                theirs = mem["Cockpit full (every step)"] - mem["plain"]
+                rows.append(
+                    [
+                        "3",
+                        f"peak memory added ≤ ¼ of Cockpit's (full), {model.upper()}",
+                        f"{ours:+.0f} MiB vs Cockpit {theirs:+.0f} MiB",
+                        verdict(ours <= theirs / 4),
+                    ]
+                )
+        row(
+            "7",
+            "economy every step ≤ 2.5× plain, transformer",
+            "transformer",
+            "economy (every step)",
+            2.5,
+        )
+    t = data("transport")
+    if t:
+        for c in ("live", "offline", "silent", "slow", "stalled"):
+            s = t["summary"].get(c)
+            if s:
+                rows.append(
+                    [
+                        "4",
+                        f"step time unaffected, server {c} (≤ 1.10× `server=None`, "
+                        "this box's noise band)",
+                        f"{s['ratio']:.2f}×",
+                        verdict(s["ratio"] <= 1.10),
+                    ]
+                )
+    s = data("server_ingest")
+    if s:
+        for r in s["throughput"]:
+            if r["agents"] == 32 and not r["histogram"]:
+                rows.append(
+                    [
+                        "5",
+                        "≥ 20,000 frames/s with 32 agents, one worker",
+                        f"{r['frames_per_s']:,} frames/s "
+                        f"(server CPU {r['server_cpu_us_per_frame']} µs/frame)",
+                        verdict(r["frames_per_s"] >= 20_000),
+                    ]
+                )
+                rows.append(
+                    [
+                        "5",
+                        "ack p99 < 50 ms with 32 agents",
+                        f"{r['ack_p99_ms']} ms",
+                        verdict(r["ack_p99_ms"] < 50),
+                    ]
+                )
+    lat = data("dashboard_latency")
+    if lat:
+        rows.append(
+            [
+                "6",
+                "agent send → browser drawn p95 < 1 s",
+                f"p95 {lat['p95_ms']:.0f} ms (p50 {lat['p50_ms']:.0f} ms)",
+                verdict(lat["p95_ms"] < 1000),
+            ]
+        )
+    if "dashboard" in res:
+        rows.append(
+            [
+                "6",
+                "a 1M-step run and 20 runs stay responsive (no number given)",
+                "see the dashboard section" if data("dashboard") else "not measured",
+                "n/a",
+            ]
+        )
+    return rows
+
+
+def page(
+    info: dict[str, str], command: str, res: dict[str, dict[str, Any]], total_s: float
+) -> str:
+    """The whole docs/benchmarks.md."""
+    parts = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m bench` (`bench/report.py`); do not edit by hand. "
+        "Every number below comes from one run of the command below, on the machine "
+        "below. The box is a 2-core VM **shared with other sessions**: absolute times "
+        "move by 2× between runs; ratios measured side by side in the same process "
+        "(interleaved repeats, medians) are what to compare, and ratios within ~10 % "
+        "of each other are within noise.",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        f"Total wall-clock: {total_s / 60:.1f} min.",
+        "",
+        table(["", ""], [[k, v] for k, v in info.items()]),
+        "",
+        "## Targets of the issues",
+        "",
+        table(["issue", "target", "measured", "verdict"], targets(res)),
+    ]
+    for b in BENCHES:
+        if b.name not in res:
+            continue
+        r = res[b.name]
+        parts += ["", f"## {b.title}", "", f"`{r['command']}` ({r['seconds']:.0f} s)"]
+        if b.doc and (ROOT / "docs" / b.doc).exists():
+            parts += ["", f"Method and discussion: [{b.doc}]({b.doc})."]
+        if r.get("error"):
+            parts += [
+                "",
+                "Not measured in this run: " + r["error"].strip().splitlines()[-1],
+            ]
+            continue
+        render = RENDER.get(b.name, render_generic)
+        try:
+            body = render(r["data"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            body = f"(could not render: {e!r})\n\n" + render_generic(r["data"])
+        parts += ["", body]
+        note = NOTES.get(b.name)
+        if note:
+            parts += ["", note]
+    return "\n".join(parts) + "\n"
+
+
+NOTES = {
+    "agent_overhead": (
+        "Rows are interleaved round-robin; each repeat times a block of ≥ 0.1 s (at "
+        'least one step); medians of the per-step means. "(default schedules)" rows '
+        "start at step 1000, where sparse schedules are in their steady state. Peak "
+        "RSS is that of a fresh process running three steps of the row. The original "
+        "Cockpit runs in the same process (the `parity` extra); it has no transformer "
+        "support (BackPACK skips attention and LayerNorm)."
+    ),
+    "dashboard_latency": (
+        "A real `glasscockpit serve` subprocess, headless Debian Chromium (Playwright) "
+        "on the dashboard, and a training loop tracking `loss` every step "
+        "(`bench/dashboard_latency.py`). Sent = wall clock right after the step's "
+        "`cockpit.step` block; drawn = first time a 5 ms poll in the page finds the "
+        "step in the loss panel's Plotly data. Steps already drawn when the poll "
+        "started are left out."
+    ),
+    "scaling": "",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks, write the page."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="~3-4 min instead of ~15")
+    parser.add_argument("--budget-min", type=float, default=15.0)
+    parser.add_argument("--only", help="comma-separated benchmark names")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--results", type=Path, help="keep the JSON results here")
+    args = parser.parse_args(argv)
+    budget_s = (4.0 if args.quick and args.budget_min == 15.0 else args.budget_min) * 60
+    command = "python -m bench" + "".join(
+        " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    info = machine()
+    only = set(args.only.split(",")) if args.only else None
+    out_dir = args.results or Path(tempfile.mkdtemp(prefix="bench-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res: dict[str, dict[str, Any]] = {}
+    t0 = time.monotonic()
+    for b in BENCHES:
+        if only is not None and b.name not in only:
+            continue
+        if not (ROOT / "bench" / f"{b.name}.py").exists():
+            continue
+        if time.monotonic() - t0 > budget_s * 1.3:
+            res[b.name] = {
+                "command": "",
+                "seconds": 0.0,
+                "error": "skipped: the time budget was spent",
+            }
+            continue
+        res[b.name] = run_one(b, args.quick, budget_s, out_dir)
+    total = time.monotonic() - t0
+    info["load average at end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    args.out.write_text(page(info, command, res, total))
+    print(f"[bench] wrote {args.out} ({total / 60:.1f} min)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
