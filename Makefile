@@ -54,8 +54,8 @@ fmt: $(BIN)/.installed  ## format and fix what ruff can
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BIN)/.installed  ## run the benchmarks (writes numbers to stdout)
-	$(BIN)/python -m bench
+bench: $(BIN)/.installed system-deps  ## every benchmark (~15 min; BENCH_ARGS=--quick ~4) → docs/benchmarks.md
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:  ## remove caches and test output
 	rm -rf .typecheck .mypy_cache .ruff_cache .pytest_cache test-output

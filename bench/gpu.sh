@@ -49,7 +49,7 @@ PY
 
 if [ "$quick" = 1 ]; then
   overhead=(--models mlp --repeats 1 --block-s 0.02)
-  scaling=(--quick --repeats 1)
+  scaling=(--quick --repeats 1 --block-s 0.02)
 else
   overhead=(--models mlp,cnn,transformer --repeats 5 --memory)
   scaling=(--repeats 3)

@@ -1,0 +1,77 @@
+"""The numbers page: verdicts follow the measured values, every section renders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report import BENCHES, page, targets
+
+
+def agent(cnn_economy: float, mlp_mem: float) -> dict[str, Any]:
+    def model(economy: float, mem: float) -> dict[str, Any]:
+        return {
+            "ms": {
+                "plain": 10.0,
+                "economy (every step)": economy * 10,
+                "full (every step)": 40.0,
+                "economy (default schedules)": 10.5,
+                "Cockpit economy (every step)": 150.0,
+            },
+            "peak_rss_mib": {
+                "plain": 100.0,
+                "full (every step)": 100.0 + mem,
+                "Cockpit full (every step)": 500.0,
+            },
+        }
+
+    return {"cnn": model(cnn_economy, 10), "mlp": model(2.0, mlp_mem)}
+
+
+def verdicts(res: dict[str, Any]) -> dict[str, str]:
+    return {r[1]: r[3] for r in targets(res)}
+
+
+def test_agent_targets_follow_the_ratios() -> None:
+    met = verdicts({"agent_overhead": {"data": agent(1.5, 50)}})
+    assert met["economy every step ≤ 1.6× plain, CNN"] == "**met**"
+    assert met["peak memory added ≤ ¼ of Cockpit's (full), MLP"] == "**met**"
+    assert met["full every step ≤ 5× plain, CNN"] == "**met**"
+    missed = verdicts({"agent_overhead": {"data": agent(1.7, 150)}})
+    assert missed["economy every step ≤ 1.6× plain, CNN"] == "**missed**"
+    assert missed["peak memory added ≤ ¼ of Cockpit's (full), MLP"] == "**missed**"
+    # No transformer in the data: said, not guessed.
+    assert missed["economy every step ≤ 2.5× plain, transformer"] == "n/a"
+
+
+def test_server_and_latency_targets() -> None:
+    row = {
+        "agents": 32,
+        "histogram": False,
+        "frames_per_s": 19_999,
+        "ack_p99_ms": 49.9,
+        "server_cpu_us_per_frame": 40.0,
+    }
+    lat = {"p50_ms": 300.0, "p95_ms": 1000.0}
+    v = verdicts(
+        {
+            "server_ingest": {"data": {"throughput": [row]}},
+            "dashboard_latency": {"data": lat},
+        }
+    )
+    assert v["≥ 20,000 frames/s with 32 agents, one worker"] == "**missed**"
+    assert v["ack p99 < 50 ms with 32 agents"] == "**met**"
+    assert v["agent send → browser drawn p95 < 1 s"] == "**missed**"
+
+
+def test_page_has_a_section_per_result_and_reports_failures() -> None:
+    res = {
+        "agent_overhead": {"command": "x", "seconds": 1.0, "data": agent(1.5, 50)},
+        "transport": {"command": "y", "seconds": 1.0, "error": "timed out after 9 s"},
+        "dashboard": {"command": "z", "seconds": 1.0, "data": {"long_run": {"ms": 3}}},
+    }
+    text = page({"CPU": "test"}, ["python -m bench"], res, 3.0)
+    titles = {b.name: b.title for b in BENCHES}
+    for name in res:
+        assert f"## {titles[name]}" in text
+    assert "Not measured in this run: timed out after 9 s" in text
+    assert "long_run.ms" in text  # a benchmark without its own renderer
