@@ -78,10 +78,22 @@ BENCHES = [
     Bench(
         "dashboard",
         "Dashboard responsiveness: a long run and 20 runs (issue 6)",
-        [],
-        [],
-        0.1,
+        ["--steps", "1000000", "--runs", "20"],
+        [
+            "--steps",
+            "100000",
+            "--runs",
+            "5",
+            "--run-steps",
+            "2000",
+            "--seconds",
+            "5",
+            "--iters",
+            "5",
+        ],
+        0.15,
         "benchmarks-dashboard.md",
+        json_flag="",  # prints its JSON last on stdout
     ),
     Bench(
         "scaling",
@@ -157,9 +169,11 @@ def run_one(b: Bench, quick: bool, budget_s: float, out: Path) -> dict[str, Any]
     """Run one benchmark subprocess; its JSON, or why there is none."""
     path = out / f"{b.name}.json"
     args = b.quick if quick else b.full
-    cmd = [sys.executable, "-m", f"bench.{b.name}", *args, b.json_flag, str(path)]
+    cmd = [sys.executable, "-m", f"bench.{b.name}", *args]
+    shown = "python -m " + " ".join(shlex.quote(a) for a in cmd[2:])
+    if b.json_flag:
+        cmd += [b.json_flag, str(path)]
     timeout = max(60.0, b.share * budget_s * 1.5)
-    shown = "python -m " + " ".join(shlex.quote(a) for a in cmd[2:-2])
     t0 = time.monotonic()
     print(f"[bench] {shown} (cap {timeout:.0f} s)", file=sys.stderr, flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -168,6 +182,10 @@ def run_one(b: Bench, quick: bool, budget_s: float, out: Path) -> dict[str, Any]
             cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True
         )
         error = "" if proc.returncode == 0 else proc.stderr[-1500:]
+        if not error and not b.json_flag:
+            data = trailing_json(proc.stdout)
+            if data is not None:
+                path.write_text(json.dumps(data))
     except subprocess.TimeoutExpired:
         error = f"timed out after {timeout:.0f} s (budget share)"
     seconds = time.monotonic() - t0
@@ -178,6 +196,18 @@ def run_one(b: Bench, quick: bool, budget_s: float, out: Path) -> dict[str, Any]
         result["error"] = "no JSON written"
     print(f"[bench] {b.name}: {seconds:.0f} s {error[:200]}", file=sys.stderr)
     return result
+
+
+def trailing_json(text: str) -> Any:
+    """The JSON document that ends ``text`` (it starts a line), or None."""
+    starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+    for i in starts:
+        if text[i : i + 1] in ("[", "{"):
+            try:
+                return json.loads(text[i:])
+            except ValueError:
+                continue
+    return None
 
 
 # ---------------------------------------------------------------- rendering
@@ -332,6 +362,18 @@ def render_generic(d: dict[str, Any]) -> str:
     return table(["key", "value"], rows[:200])
 
 
+def render_rows(d: Any) -> str:
+    """A list of flat dicts as one table (columns: the first row's keys)."""
+    if not (isinstance(d, list) and d and isinstance(d[0], dict)):
+        return render_generic(d)
+    keys = list(d[0])
+    rows = [
+        [f"{r.get(k):.3g}" if isinstance(r.get(k), float) else r.get(k) for k in keys]
+        for r in d
+    ]
+    return table(keys, rows)
+
+
 def render_scaling(d: dict[str, Any]) -> str:
     """The sweep table, the server table, the plots and what they show."""
     rows = [
@@ -400,6 +442,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "server_ingest": render_server,
     "dashboard_latency": render_latency,
     "scaling": render_scaling,
+    "dashboard": render_rows,
 }
 
 
@@ -518,14 +561,26 @@ def targets(res: dict[str, dict[str, Any]]) -> list[list[str]]:
                 verdict(lat["p95_ms"] < 1000),
             ]
         )
-    if "dashboard" in res:
+    dash = data("dashboard")
+    if isinstance(dash, list):
+        # The issue asks for sub-second live updates and a responsive page with
+        # no number for the latter: the update round trip's p95 is held to 1 s.
+        for r in dash:
+            if isinstance(r, dict) and "tick_p95_ms" in r:
+                rows.append(
+                    [
+                        "6",
+                        f"sub-second live updates, {r.get('scenario', '?')} "
+                        "(tick round trip p95 < 1 s)",
+                        f"p95 {r['tick_p95_ms']:.0f} ms (median "
+                        f"{r.get('tick_median_ms', float('nan')):.0f} ms), first "
+                        f"render {r.get('first_render_s', float('nan')):.1f} s",
+                        verdict(r["tick_p95_ms"] < 1000),
+                    ]
+                )
+    elif "dashboard" in res:
         rows.append(
-            [
-                "6",
-                "a 1M-step run and 20 runs stay responsive (no number given)",
-                "see the dashboard section" if data("dashboard") else "not measured",
-                "n/a",
-            ]
+            ["6", "a 1M-step run and 20 runs stay responsive", "not measured", "n/a"]
         )
     return rows
 

@@ -75,3 +75,28 @@ def test_page_has_a_section_per_result_and_reports_failures() -> None:
         assert f"## {titles[name]}" in text
     assert "Not measured in this run: timed out after 9 s" in text
     assert "long_run.ms" in text  # a benchmark without its own renderer
+
+
+def test_dashboard_rows_become_targets_and_a_table() -> None:
+    dash = [
+        {
+            "scenario": "1 run",
+            "first_render_s": 2.0,
+            "tick_median_ms": 90.0,
+            "tick_p95_ms": 400.0,
+        },
+        {
+            "scenario": "20 runs",
+            "first_render_s": 3.0,
+            "tick_median_ms": 900.0,
+            "tick_p95_ms": 1500.0,
+        },
+    ]
+    res = {"dashboard": {"command": "d", "seconds": 1.0, "data": dash}}
+    v = verdicts(res)
+    assert v["sub-second live updates, 1 run (tick round trip p95 < 1 s)"] == "**met**"
+    assert v["sub-second live updates, 20 runs (tick round trip p95 < 1 s)"] == (
+        "**missed**"
+    )
+    text = page({}, ["python -m bench"], res, 1.0)
+    assert "| scenario | first_render_s | tick_median_ms | tick_p95_ms |" in text
