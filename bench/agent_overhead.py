@@ -162,6 +162,7 @@ def ours_step(
         opt.step()
         cockpit.transport.frames.clear()  # type: ignore[attr-defined]
 
+    step.cockpit = cockpit  # type: ignore[attr-defined]  # for disabled instruments
     return step
 
 
@@ -246,15 +247,29 @@ def rows(model_name: str, device: str = "cpu") -> list[Row]:
 
 
 def bench(
-    model_name: str, repeats: int, block_s: float, device: str = "cpu"
+    model_name: str,
+    repeats: int,
+    block_s: float,
+    device: str = "cpu",
+    disabled: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, float]:
-    """Median ms per step for every row, interleaved round-robin."""
+    """Median ms per step for every row, interleaved round-robin.
+
+    ``disabled`` receives, per row, the instruments that failed and were disabled
+    (their cost is then missing from the row).
+    """
     steps: dict[str, tuple[Step, list[int]]] = {}
     for row in rows(model_name, device):
         fn = row.make()
         if fn is not None:
             steps[row.label] = (fn, [row.start])
-    return interleave(steps, repeats, block_s, device)
+    ms = interleave(steps, repeats, block_s, device)
+    if disabled is not None:
+        for label, (fn, _) in steps.items():
+            cockpit = getattr(fn, "cockpit", None)
+            if cockpit is not None and cockpit.disabled:
+                disabled[label] = dict(cockpit.disabled)
+    return ms
 
 
 def sync(device: str) -> None:
@@ -350,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda"):
         results["device_name"] = torch.cuda.get_device_name(args.device)
     for model_name in args.models.split(","):
-        ms = bench(model_name, args.repeats, args.block_s, args.device)
+        off: dict[str, dict[str, str]] = {}
+        ms = bench(model_name, args.repeats, args.block_s, args.device, off)
         base = ms["plain"]
         mem = {}
         if args.memory:
@@ -366,7 +382,9 @@ def main(argv: list[str] | None = None) -> None:
         for label, v in ms.items():
             extra = f"{mem[label] - mem['plain']:+.0f}" if label in mem else ""
             print(f"| {label} | {v:.2f} | {v / base:.2f} | {extra} |")
-        results[model_name] = {"ms": ms, "peak_rss_mib": mem}
+        for label, why in off.items():
+            print(f"{label}: disabled {', '.join(why)}")
+        results[model_name] = {"ms": ms, "peak_rss_mib": mem, "disabled": off}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -226,25 +226,37 @@ def f2(x: float) -> str:
 
 
 def render_agent(d: dict[str, Any]) -> str:
-    """One table per model: ms/step, × plain, memory."""
+    """One table per model: ms/step, × plain, memory, failed instruments."""
     parts = []
     for model, res in d.items():
         if not isinstance(res, dict) or "ms" not in res:
             continue
         ms, mem = res["ms"], res.get("peak_rss_mib", {})
+        off = res.get("disabled", {})
         base = ms["plain"]
         rows = []
         for label, v in ms.items():
             extra = ""
             if label in mem and "plain" in mem:
                 extra = f"{mem[label] - mem['plain']:+.0f}"
-            rows.append([label, f2(v), f2(v / base), extra])
-        parts.append(
-            f"**{model}**\n\n"
-            + table(
-                ["configuration", "ms/step", "× plain", "peak RSS − plain, MiB"], rows
-            )
+            failed = ", ".join(sorted(off.get(label, {})))
+            rows.append([label, f2(v), f2(v / base), extra, failed])
+        head = [
+            "configuration",
+            "ms/step",
+            "× plain",
+            "peak RSS − plain, MiB",
+            "failed (cost not included)",
+        ]
+        why = sorted(
+            {m.splitlines()[0][:160] for x in off.values() for m in x.values()}
         )
+        text = f"**{model}**\n\n" + table(head, rows)
+        if why:
+            text += "\n\nWhy instruments failed here: " + "; ".join(
+                f"`{w}`" for w in why
+            )
+        parts.append(text)
     return "\n\n".join(parts)
 
 
