@@ -57,7 +57,7 @@ BENCHES = [
         "Transport: step time against healthy, dead and broken servers (issue 4)",
         ["--rounds", "3"],
         ["--rounds", "1", "--steps", "300", "--warmup", "50"],
-        0.1,
+        0.25,
         "benchmarks-transport.md",
     ),
     Bench(
@@ -65,7 +65,7 @@ BENCHES = [
         "Server: ingest throughput, ack latency, memory (issue 5)",
         [],
         ["--frames", "200", "--no-memory"],
-        0.18,
+        0.08,
         "benchmarks-server.md",
     ),
     Bench(
