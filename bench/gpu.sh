@@ -21,9 +21,10 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
+mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: the rest runs from the repository root
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python}
-mkdir -p "$out"
 
 if [ "${GPU_BENCH_NO_INSTALL:-0}" != 1 ]; then
   # Pinning torch to the installed version keeps the CUDA build that is there.
