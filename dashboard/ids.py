@@ -2,24 +2,53 @@
 
 from __future__ import annotations
 
-RUN_SELECT = "run-select"
-RUN_STATUS = "run-status"
-GRID = "instrument-grid"
-TICK = "refresh-tick"
-CURSOR = "panel-cursor"
+RUN_FILTER = "run-filter"
+RUN_LIST = "run-list"
+RUN_COLORS = "run-colors"
 RUN_META = "run-meta"
+RUN_STATUS = "run-status"
+WARNINGS = "run-warnings"
+SMOOTHING = "smoothing"
+X_AXIS = "x-axis"
+LAYERS = "layers"
+GRID = "instrument-grid"
+GRID_STATE = "grid-state"
+TICK = "refresh-tick"
+VISIBLE = "visible-panels"
+CURSOR = "panel-cursor"
+DOWNLOAD = "panel-download-file"
+
+#: Per-panel buttons handled in the browser.
+BUTTONS = ("log", "big", "png")
+#: Per-panel data downloads handled by the server.
+FORMATS = ("csv", "json")
 
 
 def instrument_graph(name: str) -> dict[str, str]:
-    """Id of the graph of one instrument's panel."""
+    """Id of the graph of one panel (an instrument name or a shared card id)."""
     return {"type": "instrument-graph", "name": name}
 
 
 def instrument_card(name: str) -> dict[str, str]:
-    """Id of the card around one instrument's panel."""
+    """Id of the card around one panel."""
     return {"type": "instrument-card", "name": name}
 
 
 def instrument_status(name: str) -> dict[str, str]:
-    """Id of the status line under one instrument's panel."""
+    """Id of the status line under one panel."""
     return {"type": "instrument-status", "name": name}
+
+
+def panel_button(name: str, action: str) -> dict[str, str]:
+    """Id of one of a panel's browser-side buttons (``BUTTONS``)."""
+    return {"type": "panel-button", "name": name, "action": action}
+
+
+def panel_download(name: str, fmt: str) -> dict[str, str]:
+    """Id of a panel's data download button (``FORMATS``)."""
+    return {"type": "panel-download", "name": name, "fmt": fmt}
+
+
+def panel_log(name: str) -> dict[str, str]:
+    """Id of the store holding whether a panel's value axis is logarithmic."""
+    return {"type": "panel-log", "name": name}

@@ -1,19 +1,64 @@
-"""Layout shared by every panel figure."""
+"""Colours and the layout shared by every panel figure."""
 
 from __future__ import annotations
 
 from typing import Any
 
+#: Run colours, assigned in order of arrival so a run keeps its colour.
+PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#7f7f7f",
+    "#393b79",
+    "#ad494a",
+    "#637939",
+    "#7b4173",
+    "#e7ba52",
+    "#3182bd",
+    "#843c39",
+    "#31a354",
+    "#756bb1",
+    "#636363",
+)
+
+#: Cockpit's column colours (step size blue, gradients orange, curvature green).
+GROUP_COLORS = {
+    "step size": "#7596c4",
+    "gradients": "#f3a66a",
+    "curvature": "#7ab38b",
+    "performance": "#a9a8b8",
+}
+
+BAD_COLOR = "#dc2626"
+BAND_COLOR = "rgba(34, 197, 94, 0.12)"
+REF_COLOR = "#6b7280"
+DASHES = ("solid", "dot", "dash", "longdash", "dashdot", "longdashdot")
+
+
+def color_of(index: int) -> str:
+    """The palette colour for the ``index``-th run (wrapping around)."""
+    return PALETTE[index % len(PALETTE)]
+
 
 def base_layout(panel: dict[str, Any], showlegend: bool) -> dict[str, Any]:
     """Compact margins, axis titles, legend only when there are several traces."""
     return {
-        "margin": {"l": 50, "r": 10, "t": 10, "b": 35},
-        "height": 260,
-        "xaxis": {"title": {"text": "step"}},
-        "yaxis": {"title": {"text": panel.get("y_label", "")}},
+        "margin": {"l": 56, "r": 12, "t": 8, "b": 40},
+        "autosize": True,
+        "xaxis": {"title": {"text": "step", "standoff": 4}},
+        "yaxis": {"title": {"text": panel.get("y_label", ""), "standoff": 4}},
         "showlegend": showlegend,
-        "legend": {"font": {"size": 9}},
+        "legend": {"font": {"size": 10}, "bgcolor": "rgba(255,255,255,0.6)"},
         "template": "plotly_white",
-        "uirevision": "keep",
+        "font": {"size": 11},
+        "hovermode": "closest",
+        # Keep the user's zoom across updates of the same panel.
+        "uirevision": panel.get("id", "keep"),
     }
