@@ -49,9 +49,8 @@ from glasscockpit.dashboard.model import (
     LINE_KINDS,
     ViewOptions,
     build_panels,
-    run_colors,
 )
-from glasscockpit.dashboard.panels.style import base_layout
+from glasscockpit.dashboard.panels.style import base_layout, run_colors
 
 _generation = itertools.count(1)
 
@@ -180,7 +179,10 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
             "colors": shown,
         }
         meta = [run_meta(details[r], shown[r]) for r in runs]
-        return grid(groups), state, meta
+        # The drawn runs, readable from the page (tests wait for it).
+        attrs: dict[str, Any] = {"data-runs": " ".join(runs), "hidden": True}
+        marker = html.Div(className="grid-runs", **attrs)
+        return [marker, *grid(groups)], state, meta
 
 
 def _panel_callbacks(app: Dash, provider: DataProvider) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from glasscockpit.dashboard.panels.style import color_of
-
 LINE_KINDS = frozenset({"scalar", "per_layer"})
 TOTAL = "total"
 
@@ -131,11 +129,6 @@ def panel_series(
             for key in series_keys(keys.get(run, {}).get(member["name"], []), layers):
                 out.append([run, member["name"], key])
     return out
-
-
-def run_colors(runs_oldest_first: list[str]) -> dict[str, str]:
-    """A colour per run, by order of arrival (stable while runs are added)."""
-    return {run: color_of(i) for i, run in enumerate(runs_oldest_first)}
 
 
 def to_float(v: Any) -> float | None:

@@ -53,6 +53,8 @@ def add_traces(
         if alpha
         else None
     )
+    # y is a dummy of zeros: Plotly's extendTraces extends x and y of every trace
+    # it touches, and a "count" histogram ignores y.
     common: dict[str, Any] = {
         "xaxis": "x2",
         "yaxis": "y4",
@@ -69,6 +71,7 @@ def add_traces(
         fig.add_trace(
             go.Histogram(
                 x=xs,
+                y=[0.0] * len(xs),
                 name=f"all (μ={mean:.2f})" if single else f"{run} all",
                 marker={"color": GREY if single else color},
                 opacity=0.55,
@@ -84,6 +87,7 @@ def add_traces(
         fig.add_trace(
             go.Histogram(
                 x=recent,
+                y=[0.0] * len(recent),
                 name=f"last 10 % (μ={mean:.2f})",
                 marker={"color": colors[0]},
                 opacity=0.65,
@@ -114,7 +118,7 @@ def layout(fig: go.Figure, panel: dict[str, Any]) -> None:
     alpha = panel.get("distribution") == "alpha"
     fig.update_layout(
         barmode="overlay",
-        xaxis={"domain": [0, 0.56]},
+        xaxis={"domain": [0, 0.56], "nticks": 4},
         xaxis2={
             "domain": [0.66, 1],
             "anchor": "y3",

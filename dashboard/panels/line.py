@@ -26,6 +26,11 @@ from glasscockpit.dashboard.panels.style import (
 )
 from glasscockpit.dashboard.smoothing import ema
 
+#: Most legend entries a panel shows.
+MAX_LEGEND = 12
+#: Lines whose readings are this many steps apart on average also get markers
+#: (epoch-level metrics would otherwise be a few invisible segments).
+SPARSE_GAP = 10
 #: Weight of the smoothed line of ``smooth`` panels while the slider is at 0.
 DEFAULT_SMOOTHING = 0.6
 #: extendData keeps at most this many points per trace (the live loop rebuilds
@@ -158,7 +163,8 @@ def line_figure(
                 "marker": {"color": line["color"], "size": 4, "opacity": 0.45},
             }
         else:
-            raw |= {"mode": "lines", "line": line, "opacity": 0.3 if weight else 1}
+            mode = "lines+markers" if sparse(data.get(s)) else "lines"
+            raw |= {"mode": mode, "line": line, "opacity": 0.3 if weight else 1}
         if weight:
             raw["showlegend"] = False
         fig.add_trace(go.Scatter(**raw))
@@ -181,7 +187,11 @@ def line_figure(
         state["recent_window"] = distribution.add_traces(
             fig, panel, runs, values_by_run, run_colors
         )
-    layout = base_layout(panel, showlegend=len(series) > 1 or state["bad"] > 0)
+    # Past a dozen entries a legend hides the plot; hovering still names lines.
+    entries = len(series) + (1 if state["bad"] else 0)
+    layout = base_layout(
+        panel, showlegend=1 < entries <= MAX_LEGEND or state["bad"] > 0
+    )
     fig.update_layout(**layout)
     fig.update_layout(
         yaxis2={
@@ -190,12 +200,14 @@ def line_figure(
             "visible": False,
             "fixedrange": True,
         },
-        legend={"orientation": "h", "y": -0.22, "x": 0} if multi_run else {},
+        legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"}
+        if multi_run
+        else {},
     )
     if multi_run:
-        fig.update_layout(margin={"b": 64})
-    if opts.x_axis == "wall":
-        fig.update_layout(xaxis={"type": "date", "title": {"text": "wall time"}})
+        fig.update_layout(margin={"b": 70}, xaxis={"title": {"text": ""}})
+    if opts.x_axis == "wall":  # date ticks speak for themselves: no title
+        fig.update_layout(xaxis={"type": "date", "title": {"text": ""}, "nticks": 5})
     fig.update_layout(yaxis={"type": "log" if log_y else "linear"})
     _guides(fig, panel)
     if panel.get("distribution"):
@@ -254,6 +266,14 @@ def bad_trace(
     )
 
 
+def sparse(data: Series | None) -> bool:
+    """Whether a series has few readings for its span of steps (or only one)."""
+    steps = (data or {}).get("step") or []
+    if len(steps) <= 1:
+        return bool(steps)
+    return (steps[-1] - steps[0]) / (len(steps) - 1) >= SPARSE_GAP
+
+
 def empty_series() -> Series:
     """A series with no points."""
     return {"step": [], "wall_time": [], "value": []}
@@ -305,8 +325,9 @@ def line_extend(
                 if run in plan[where]:
                     k = plan[where][run]
                     xs_out.setdefault(k, []).extend(finite)
-                    ys_out.setdefault(k, [])
-                    limits[k] = int(state.get("recent_window", MAX_TRACE_POINTS))
+                    ys_out.setdefault(k, []).extend(0.0 for _ in finite)
+                    if where == "recent":  # a rolling window: the last 10 %
+                        limits[k] = int(state.get("recent_window", 10))
     if not xs_out:
         return None, state
     state["points"] = state.get("points", 0) + added

@@ -47,6 +47,11 @@ def color_of(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
+def run_colors(runs_oldest_first: list[str]) -> dict[str, str]:
+    """A colour per run, by order of arrival (stable while runs are added)."""
+    return {run: color_of(i) for i, run in enumerate(runs_oldest_first)}
+
+
 def base_layout(panel: dict[str, Any], showlegend: bool) -> dict[str, Any]:
     """Compact margins, axis titles, legend only when there are several traces."""
     return {
