@@ -268,10 +268,10 @@ def bad_trace(
 
 def sparse(data: Series | None) -> bool:
     """Whether a series has few readings for its span of steps (or only one)."""
-    steps = (data or {}).get("step") or []
+    steps: list[int] = (data or {}).get("step") or []
     if len(steps) <= 1:
         return bool(steps)
-    return (steps[-1] - steps[0]) / (len(steps) - 1) >= SPARSE_GAP
+    return bool((steps[-1] - steps[0]) / (len(steps) - 1) >= SPARSE_GAP)
 
 
 def empty_series() -> Series:
