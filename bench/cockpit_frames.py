@@ -256,8 +256,10 @@ def _f32(a: np.ndarray) -> Array:
     return Array("<f4", tuple(int(n) for n in a.shape), a.tobytes())
 
 
-def values(step: int, rng: np.random.Generator, bad: bool = False) -> dict[str, Value]:
-    """Every instrument's reading at ``step`` (expensive ones only every 10)."""
+def values(
+    step: int, rng: np.random.Generator, bad: bool = False, every: int = 10
+) -> dict[str, Value]:
+    """Every instrument's reading at ``step`` (expensive ones only every ``every``)."""
     decay = math.exp(-step / 400)
     loss = 0.15 + 2.1 * decay + abs(rng.normal(0, 0.08 + 0.1 * decay))
     gn = {
@@ -280,7 +282,7 @@ def values(step: int, rng: np.random.Generator, bad: bool = False) -> dict[str, 
         "cabs": float(32 + 200 * (1 - decay) + rng.normal(0, 8)),
         "early_stopping": float(-0.9 * decay + 0.1 * (1 - decay) + rng.normal(0, 0.05)),
     }
-    if step % 10 == 0:
+    if step % every == 0:
         ev = 2.0 + 30 * (1 - decay) + rng.normal(0, 1.0)
         out["hess_max_ev"] = float(-ev / 4 if step < 30 else ev)
         out["hess_trace"] = {"total": float(40 + 120 * (1 - decay) + rng.normal(0, 4))}
@@ -313,15 +315,20 @@ def values(step: int, rng: np.random.Generator, bad: bool = False) -> dict[str, 
 
 
 def readings(
-    run: str, step: int, rng: np.random.Generator, bad: bool = False
+    run: str,
+    step: int,
+    rng: np.random.Generator,
+    bad: bool = False,
+    every: int = 10,
+    wall_time: float | None = None,
 ) -> Readings:
     """The readings frame of ``step`` (seq = step + 1, after the hello)."""
     return Readings(
         run=run,
         seq=step + 1,
         step=step,
-        wall_time=time.time(),
-        values=values(step, rng, bad),
+        wall_time=time.time() if wall_time is None else wall_time,
+        values=values(step, rng, bad, every),
     )
 
 

@@ -12,13 +12,16 @@ Callbacks, each with one job:
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import functools
 import io
 import itertools
 import json
 import re
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from dash import (
     ALL,
@@ -53,6 +56,23 @@ from glasscockpit.dashboard.model import (
 from glasscockpit.dashboard.panels.style import base_layout, run_colors
 
 _generation = itertools.count(1)
+T = TypeVar("T")
+
+
+def offload(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """Run a callback's work in a worker thread, as an async callback.
+
+    Dash's FastAPI backend calls synchronous callbacks on the event loop, so a
+    slow redraw would stall every agent's websocket ingest and every other
+    request; ``asyncio.to_thread`` keeps the loop free (and copies the context,
+    so ``dash.ctx`` still works inside).
+    """
+
+    @functools.wraps(fn)
+    async def run(*args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    return run
 
 
 def placeholder(panel: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +121,7 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         State(ids.RUN_LIST, "value"),
         State(ids.RUN_COLORS, "data"),
     )
+    @offload
     def refresh_runs(
         _n: int | None,
         pattern: str | None,
@@ -144,12 +165,29 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         )
 
     @app.callback(
+        Output(ids.RUN_LIST, "value", allow_duplicate=True),
+        Input(ids.RUN_ALL, "n_clicks"),
+        Input(ids.RUN_ONE, "n_clicks"),
+        State(ids.RUN_FILTER, "value"),
+        prevent_initial_call=True,
+    )
+    @offload
+    def select_many(_all: int | None, _one: int | None, pattern: str | None) -> Any:
+        runs = filter_runs(provider.list_runs(), pattern)
+        if not runs:
+            raise PreventUpdate
+        if ctx.triggered_id == ids.RUN_ONE:
+            return [runs[0]["run"]]
+        return [r["run"] for r in runs]
+
+    @app.callback(
         Output(ids.GRID, "children"),
         Output(ids.GRID_STATE, "data"),
         Output(ids.RUN_META, "children"),
         Input(ids.RUN_LIST, "value"),
         State(ids.RUN_COLORS, "data"),
     )
+    @offload
     def render_grid(
         selected: list[str] | None, colors: dict[str, str] | None
     ) -> tuple[Any, Any, Any]:
@@ -201,6 +239,7 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
         State(ids.panel_log(ALL), "data"),  # type: ignore[arg-type]
         prevent_initial_call=True,
     )
+    @offload
     def tick(
         visible: dict[str, Any] | None,
         smoothing: Any,
@@ -261,6 +300,7 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
         State(ids.LAYERS, "value"),
         prevent_initial_call=True,
     )
+    @offload
     def download(
         clicks: list[int | None], grid_state: dict[str, Any] | None, layers: Any
     ) -> Any:

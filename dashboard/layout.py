@@ -38,7 +38,24 @@ def page(refresh_ms: int) -> html.Div:
                 [
                     html.Aside(
                         [
-                            html.H3("Runs"),
+                            html.Div(
+                                [
+                                    html.H3("Runs"),
+                                    html.Button(
+                                        "all shown",
+                                        id=ids.RUN_ALL,
+                                        className="btn",
+                                        title="overlay every run the filter shows",
+                                    ),
+                                    html.Button(
+                                        "newest",
+                                        id=ids.RUN_ONE,
+                                        className="btn",
+                                        title="show only the newest run",
+                                    ),
+                                ],
+                                className="runs-head",
+                            ),
                             dcc.Input(
                                 id=ids.RUN_FILTER,
                                 type="search",

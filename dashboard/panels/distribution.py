@@ -13,9 +13,8 @@ import math
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
-from glasscockpit.dashboard.panels.style import REF_COLOR
+from glasscockpit.dashboard.panels.style import REF_COLOR, FigureDict, trace
 
 ALPHA_LIMIT = 1.5
 RECENT_SHARE = 0.1
@@ -36,7 +35,7 @@ def recent_window(n: int) -> int:
 
 
 def add_traces(
-    fig: go.Figure,
+    fig: FigureDict,
     panel: dict[str, Any],
     runs: list[str],
     values: dict[str, list[float]],
@@ -69,7 +68,8 @@ def add_traces(
         xs = [clip(panel, v) for v in values.get(run, [])]
         mean = float(np.mean(xs)) if xs else math.nan
         fig.add_trace(
-            go.Histogram(
+            trace(
+                "histogram",
                 x=xs,
                 y=[0.0] * len(xs),
                 name=f"all (μ={mean:.2f})" if single else f"{run} all",
@@ -85,7 +85,8 @@ def add_traces(
         recent = xs[-window:]
         mean = float(np.mean(recent)) if recent else math.nan
         fig.add_trace(
-            go.Histogram(
+            trace(
+                "histogram",
                 x=recent,
                 y=[0.0] * len(recent),
                 name=f"last 10 % (μ={mean:.2f})",
@@ -98,7 +99,8 @@ def add_traces(
     if alpha:
         grid = np.linspace(-ALPHA_LIMIT, ALPHA_LIMIT, 61)
         fig.add_trace(
-            go.Scatter(
+            trace(
+                "scatter",
                 x=grid,
                 y=grid**2,
                 xaxis="x2",
@@ -113,7 +115,7 @@ def add_traces(
     return window
 
 
-def layout(fig: go.Figure, panel: dict[str, Any]) -> None:
+def layout(fig: FigureDict, panel: dict[str, Any]) -> None:
     """Split the panel: time series left, distribution right."""
     alpha = panel.get("distribution") == "alpha"
     fig.update_layout(

@@ -16,10 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
 from glasscockpit.dashboard.model import to_float
-from glasscockpit.dashboard.panels.style import base_layout
+from glasscockpit.dashboard.panels.style import FigureDict, base_layout, trace
 
 BAR_COLOR = "#4c78a8"
 COLORSCALE = "Viridis"
@@ -62,14 +61,14 @@ def log_counts(counts: np.ndarray) -> np.ndarray:
 
 def histogram_figure(
     panel: dict[str, Any], hist: dict[str, Any]
-) -> tuple[go.Figure, dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Over-time heatmap plus latest histogram (1-D), or a 2-D histogram."""
     snaps = [s for s in hist.get("snapshots", []) if array(s, "counts") is not None]
     last = snaps[-1] if snaps else None
     counts = array(last, "counts") if last is not None else None
     if counts is not None and counts.ndim == 2:
         return heatmap_figure(panel, last or {}), {"step": _step(last)}
-    fig = go.Figure()
+    fig = FigureDict()
     fig.update_layout(**base_layout(panel, showlegend=False))
     value_label = panel.get("x_label") or panel.get("y_label") or "value"
     pairs = [(s, array(s, "counts")) for s in snaps]
@@ -81,7 +80,8 @@ def histogram_figure(
         z = np.stack([log_counts(c) for _, c in same], axis=1)  # [bins, steps]
         latest = same[-1][1]
         fig.add_trace(
-            go.Heatmap(
+            trace(
+                "heatmap",
                 x=[s["step"] for s, _ in same],
                 y=centres(edges),
                 z=z,
@@ -92,7 +92,8 @@ def histogram_figure(
             )
         )
         fig.add_trace(
-            go.Bar(
+            trace(
+                "bar",
                 x=np.clip(latest, 0, None) + 1,
                 y=centres(edges),
                 orientation="h",
@@ -112,23 +113,24 @@ def histogram_figure(
             yaxis={"title": {"text": value_label}},
             bargap=0.05,
         )
-    return fig, {"step": _step(last)}
+    return fig.to_dict(), {"step": _step(last)}
 
 
-def heatmap_figure(panel: dict[str, Any], snapshot: dict[str, Any]) -> go.Figure:
+def heatmap_figure(panel: dict[str, Any], snapshot: dict[str, Any]) -> dict[str, Any]:
     """Joint histogram of one step with log marginal sums."""
     counts = array(snapshot, "counts")
-    fig = go.Figure()
+    fig = FigureDict()
     fig.update_layout(**base_layout(panel, showlegend=False))
     if counts is None or counts.ndim != 2:
-        return fig
+        return fig.to_dict()
     ny, nx = counts.shape
     xe, ye = edges_for(snapshot, "x", nx), edges_for(snapshot, "y", ny)
     if xe.size != nx + 1 or ye.size != ny + 1:  # pragma: no cover - edges_for sizes
         xe, ye = np.arange(nx + 1.0), np.arange(ny + 1.0)
     xc, yc = centres(xe), centres(ye)
     fig.add_trace(
-        go.Heatmap(
+        trace(
+            "heatmap",
             x=xc,
             y=yc,
             z=log_counts(counts),
@@ -139,7 +141,8 @@ def heatmap_figure(panel: dict[str, Any], snapshot: dict[str, Any]) -> go.Figure
         )
     )
     fig.add_trace(
-        go.Bar(
+        trace(
+            "bar",
             x=xc,
             y=np.nansum(np.clip(counts, 0, None), axis=0) + 1,
             yaxis="y2",
@@ -148,7 +151,8 @@ def heatmap_figure(panel: dict[str, Any], snapshot: dict[str, Any]) -> go.Figure
         )
     )
     fig.add_trace(
-        go.Bar(
+        trace(
+            "bar",
             x=np.nansum(np.clip(counts, 0, None), axis=1) + 1,
             y=yc,
             xaxis="x2",
@@ -169,7 +173,7 @@ def heatmap_figure(panel: dict[str, Any], snapshot: dict[str, Any]) -> go.Figure
         yaxis2={"domain": [0.8, 1], "type": "log", "showticklabels": False},
         bargap=0.02,
     )
-    return fig
+    return fig.to_dict()
 
 
 def _step(snapshot: dict[str, Any] | None) -> int | None:

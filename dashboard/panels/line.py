@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import plotly.graph_objects as go
-
 from glasscockpit.dashboard.model import TOTAL, ViewOptions, sid, to_float
 from glasscockpit.dashboard.panels import distribution
 from glasscockpit.dashboard.panels.style import (
@@ -22,7 +20,9 @@ from glasscockpit.dashboard.panels.style import (
     DASHES,
     PALETTE,
     REF_COLOR,
+    FigureDict,
     base_layout,
+    trace,
 )
 from glasscockpit.dashboard.smoothing import ema
 
@@ -124,7 +124,7 @@ def line_figure(
     colors: dict[str, str],
     opts: ViewOptions,
     log_y: bool,
-) -> tuple[go.Figure, dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The whole panel and the state live updates continue from.
 
     Args:
@@ -144,7 +144,7 @@ def line_figure(
     multi_run = len(runs) > 1
     multi_member = len(panel["members"]) > 1
     run_colors = [colors.get(r, PALETTE[0]) for r in runs]
-    fig = go.Figure()
+    fig = FigureDict()
     state: dict[str, Any] = {"ema": {}, "points": 0, "bad": 0, "nonpos": 0}
     bad_by_run: dict[str, list[tuple[Any, float, str]]] = {r: [] for r in runs}
     values_by_run: dict[str, list[float]] = {r: [] for r in runs}
@@ -167,12 +167,18 @@ def line_figure(
             raw |= {"mode": mode, "line": line, "opacity": 0.3 if weight else 1}
         if weight:
             raw["showlegend"] = False
-        fig.add_trace(go.Scatter(**raw))
+        fig.add_trace(trace("scatter", **raw))
         if weight:
             smooth, state["ema"][s] = ema(ys, weight)
             fig.add_trace(
-                go.Scatter(
-                    x=xs, y=smooth, mode="lines", name=label, line=line, legendgroup=s
+                trace(
+                    "scatter",
+                    x=xs,
+                    y=smooth,
+                    mode="lines",
+                    name=label,
+                    line=line,
+                    legendgroup=s,
                 )
             )
         bad_by_run[run] += [(x, h, f"{label}: {t}") for x, h, t in bad]
@@ -212,10 +218,10 @@ def line_figure(
     _guides(fig, panel)
     if panel.get("distribution"):
         distribution.layout(fig, panel)
-    return fig, state
+    return fig.to_dict(), state
 
 
-def _guides(fig: go.Figure, panel: dict[str, Any]) -> None:
+def _guides(fig: FigureDict, panel: dict[str, Any]) -> None:
     """The tolerance band and reference lines of the panel's spec."""
     band = panel.get("band")
     if band:
@@ -246,9 +252,10 @@ def _guides(fig: go.Figure, panel: dict[str, Any]) -> None:
 
 def bad_trace(
     run: str, bad: list[tuple[Any, float, str]], multi_run: bool
-) -> go.Scatter:
+) -> dict[str, Any]:
     """Red crosses for NaN/Inf readings of one run, on the hidden overlay axis."""
-    return go.Scatter(
+    return trace(
+        "scatter",
         x=[b[0] for b in bad],
         y=[b[1] for b in bad],
         text=[b[2] for b in bad],

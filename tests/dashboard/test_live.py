@@ -7,6 +7,7 @@ import io
 import json
 
 import numpy as np
+import plotly.graph_objects as go
 from dash import no_update
 
 from bench import cockpit_frames as cf
@@ -54,7 +55,7 @@ def test_first_call_draws_then_only_new_points_travel():
     fig, ext, entry = update_panel(
         RunData(provider, ["r"]), loss, {"r": "#000"}, OPTS, True, None
     )
-    assert ext is no_update and len(fig.data[0].x) == 20
+    assert ext is no_update and len(go.Figure(fig).data[0].x) == 20
     # Nothing new: nothing sent.
     again = update_panel(
         RunData(provider, ["r"]), loss, {"r": "#000"}, OPTS, True, entry
@@ -74,7 +75,7 @@ def test_first_call_draws_then_only_new_points_travel():
     fig, ext, _ = update_panel(
         RunData(provider, ["r"]), loss, {"r": "#000"}, other, True, entry
     )
-    assert ext is no_update and fig.layout.xaxis.type == "date"
+    assert ext is no_update and go.Figure(fig).layout.xaxis.type == "date"
 
 
 def test_long_runs_are_redrawn_from_the_downsampled_store():
@@ -92,14 +93,14 @@ def test_histogram_panels_redraw_only_on_a_new_snapshot():
     provider = StoreProvider(store, 60)
     hist = grid(provider, ["r"])["grad_hist_1d"]
     fig, _, entry = update_panel(RunData(provider, ["r"]), hist, {}, OPTS, False, None)
-    assert list(fig.data[0].x) == [0, 10] and entry["step"] == 10
+    assert list(go.Figure(fig).data[0].x) == [0, 10] and entry["step"] == 10
     store.ingest(cf.readings("r", 11, rng))  # no histogram at step 11
     same = update_panel(RunData(provider, ["r"]), hist, {}, OPTS, False, entry)
     assert same[0] is no_update
     for s in range(12, 21):
         store.ingest(cf.readings("r", s, rng))
     fig, _, entry = update_panel(RunData(provider, ["r"]), hist, {}, OPTS, False, entry)
-    assert list(fig.data[0].x) == [0, 10, 20]
+    assert list(go.Figure(fig).data[0].x) == [0, 10, 20]
 
 
 def test_status_line_names_failures_and_bad_readings():

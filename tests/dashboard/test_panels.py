@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,12 +17,25 @@ from glasscockpit.dashboard.model import (
     series_keys,
     sid,
 )
-from glasscockpit.dashboard.panels import histogram_figure, line_extend, line_figure
+from glasscockpit.dashboard.panels import histogram_figure as histogram_dict
+from glasscockpit.dashboard.panels import line_extend
+from glasscockpit.dashboard.panels import line_figure as line_dict
 from glasscockpit.dashboard.panels.distribution import ALPHA_LIMIT, recent_window
 from glasscockpit.dashboard.panels.line import trace_plan
 from glasscockpit.dashboard.smoothing import ema
 
 RAW = ViewOptions(smoothing=0.0)
+
+
+def line_figure(*args):
+    """The builder's dict, read back through go.Figure (which also validates it)."""
+    fig, state = line_dict(*args)
+    return go.Figure(fig), state
+
+
+def histogram_figure(*args):
+    fig, state = histogram_dict(*args)
+    return go.Figure(fig), state
 
 
 def spec(name, kind="scalar", **panel):

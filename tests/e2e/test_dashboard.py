@@ -15,25 +15,41 @@ Screenshots land in test-output/<test name>/.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 from websockets.sync.client import connect
 
 from bench import cockpit_frames as cf
 from glasscockpit.protocol import Ack, decode, encode
 from tests.conftest import free_port
 from tests.e2e.harness import browser, server_process
-from tests.e2e.test_live import make_cockpit, train
+from tests.e2e.test_live import make_cockpit
 
 pytestmark = pytest.mark.e2e
 
 #: Panels of the full-Cockpit run: 21 instruments, 3 cards merge 7 into 3.
 FULL_PANELS = len(cf.SPECS) - 4
+
+
+def train(cockpit: Any, stop: threading.Event) -> None:
+    """A real training loop with the agent attached, until ``stop`` (or 5000 steps)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
+    opt = cockpit.optimizer
+    for step in range(5000):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(cockpit.model(x), y)
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+        opt.step()
+        if stop.wait(0.02):
+            return
 
 
 class Feeder(threading.Thread):
@@ -52,6 +68,7 @@ class Feeder(threading.Thread):
         )
         self.acked = -1
         self.error: BaseException | None = None
+        self.stop = threading.Event()
 
     def run(self) -> None:
         rng = np.random.default_rng(1)
@@ -68,7 +85,8 @@ class Feeder(threading.Thread):
                     ack = decode(ws.recv(timeout=10))
                     assert isinstance(ack, Ack)
                     self.acked = ack.seq
-                    time.sleep(self.delay)
+                    if self.stop.wait(self.delay):
+                        return
         except BaseException as exc:  # reported by the test, not lost in a thread
             self.error = exc
 
@@ -82,22 +100,35 @@ def site() -> Iterator[dict[str, Any]]:
         nan.start()
         nan.join(30)
         cockpit = make_cockpit(base, "agent-run")
-        trainer = threading.Thread(target=train, args=(cockpit, 2500, 0.02))
+        stop = threading.Event()
+        trainer = threading.Thread(target=train, args=(cockpit, stop))
         trainer.start()
         full.start()
         try:
             with browser() as b:
                 yield {"base": base, "browser": b, "feeders": (full, nan)}
         finally:
+            stop.set()
+            full.stop.set()
             trainer.join()
             cockpit.close()
-            full.join(60)
+            full.join(30)
             for f in (full, nan):
                 assert f.error is None, f.error
 
 
-def open_page(site: dict[str, Any], runs: list[str], width: int = 1700) -> Any:
-    page = site["browser"].new_page(viewport={"width": width, "height": 2400})
+@pytest.fixture
+def pages(site: dict[str, Any]) -> Iterator[list[Any]]:
+    """Pages opened by a test, closed after it (an open page keeps polling)."""
+    opened: list[Any] = []
+    yield opened
+    for page in opened:
+        page.close()
+
+
+def open_page(site: dict[str, Any], runs: list[str], opened: list[Any]) -> Any:
+    page = site["browser"].new_page(viewport={"width": 1700, "height": 2400})
+    opened.append(page)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(site["base"] + "/")
@@ -144,7 +175,21 @@ def points(page: Any, title: str, trace: int = 0) -> int:
     )
 
 
+CARDS_JS = """() => [...document.querySelectorAll('.card')].map(c =>
+  c.querySelector('.card-title').innerText + ' | ' +
+  c.querySelector('.card-status').innerText + ' | ' +
+  (c.querySelector('.js-plotly-plot').data || []).map(t => (t.x || []).length))"""
+
+
 def wait_points(page: Any, title: str, above: int, trace: int = 0) -> int:
+    """Wait until the card's trace has more than ``above`` points; say why not."""
+    try:
+        return _wait_points(page, title, above, trace)
+    except Exception as exc:
+        raise AssertionError(f"{title}: {page.evaluate(CARDS_JS)}") from exc
+
+
+def _wait_points(page: Any, title: str, above: int, trace: int = 0) -> int:
     page.wait_for_function(
         card_js(f"return ((gd.data[{trace}] || {{}}).x || []).length > {above};"),
         arg=title,
@@ -157,8 +202,8 @@ def trace_names(page: Any, title: str) -> list[str]:
     return page.evaluate(card_js("return gd.data.map(t => t.name || '');"), title)
 
 
-def test_every_panel_renders_and_grows_live(site, output_dir):
-    page = open_page(site, ["full-cockpit"])
+def test_every_panel_renders_and_grows_live(site, pages, output_dir):
+    page = open_page(site, ["full-cockpit"], pages)
     page.wait_for_function(
         f"document.querySelectorAll('.card').length === {FULL_PANELS}", timeout=30_000
     )
@@ -203,8 +248,8 @@ def test_every_panel_renders_and_grows_live(site, output_dir):
     assert page.errors == []
 
 
-def test_controls_change_the_figures(site, output_dir):
-    page = open_page(site, ["agent-run"])
+def test_controls_change_the_figures(site, pages, output_dir):
+    page = open_page(site, ["agent-run"], pages)
     wait_points(page, "Mini-batch loss", 5)
     # log-y per panel: the PanelSpec default, then the button flips it.
     axis = card_js("return gd.layout.yaxis.type;")
@@ -269,8 +314,8 @@ def test_controls_change_the_figures(site, output_dir):
     assert page.errors == []
 
 
-def test_nan_run_shows_its_warning(site, output_dir):
-    page = open_page(site, ["nan-run"])
+def test_nan_run_shows_its_warning(site, pages, output_dir):
+    page = open_page(site, ["nan-run"], pages)
     page.wait_for_selector(".warning", timeout=30_000)
     assert "nan-run: 3 NaN/Inf readings" in page.inner_text(".warnings")
     crosses = card_js(
