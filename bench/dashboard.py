@@ -121,23 +121,33 @@ def browser_times(base: str, runs: int, seconds: float) -> dict[str, float]:
         page.wait_for_function(DRAWN_JS, arg=runs, timeout=120_000, polling=50)
         first = time.perf_counter() - t0
         page.on("requestfinished", finished)
+        page.evaluate(LONGTASKS_JS)
         before = page.evaluate(POINTS_JS)
         page.wait_for_timeout(seconds * 1000)
         after = page.evaluate(POINTS_JS)
+        busy = page.evaluate("() => window.__busy")
         page.remove_listener("requestfinished", finished)
+    _ = page  # closed with the browser
     return {
         "first_render_s": first,
         "tick_median_ms": statistics.median(ticks),
         "tick_p95_ms": float(np.percentile(ticks, 95)),
         "ticks": len(ticks),
         "tick_kb_median": statistics.median(sizes) / 1024,
-        "loss_points_gained": after - before,
+        "gradnorm_points_gained": after - before,
+        "browser_busy_pct": 100 * busy / (seconds * 1000),
     }
+
+
+#: Sums the browser's long tasks (> 50 ms of main-thread work) from now on.
+LONGTASKS_JS = """() => { window.__busy = 0;
+  new PerformanceObserver(l => l.getEntries().forEach(e => window.__busy += e.duration))
+    .observe({type: 'longtask'}); }"""
 
 
 POINTS_JS = """() => {
   const c = [...document.querySelectorAll('.card')].find(
-    c => c.querySelector('.card-title').innerText === 'Mini-batch loss');
+    c => c.querySelector('.card-title').innerText === 'Gradient norm');
   const gd = c && c.querySelector('.js-plotly-plot');
   return gd && gd.data[0] ? gd.data[0].x.length : 0;
 }"""

@@ -252,7 +252,9 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
     ) -> Any:
         grid_state = grid_state or {}
         if not graph_ids or not grid_state.get("panels"):
-            raise PreventUpdate
+            # Still answer with the cursor: its arrival opens the tick gate.
+            none = [no_update] * len(graph_ids)
+            return none, none, none, cursor or {}
         opts = ViewOptions.parse(smoothing, x_axis, layers)
         cursor = cursor or {}
         entries: dict[str, Any] = (
@@ -360,6 +362,12 @@ def _browser_callbacks(app: Dash) -> None:
         Output(ids.VISIBLE, "data"),
         Input(ids.TICK, "n_intervals"),
         Input(ids.GRID_STATE, "data"),
+    )
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        ClientsideFunction("glasscockpit", "tickDone"),
+        Output(ids.TICK_DONE, "data"),
+        Input(ids.CURSOR, "data"),
+        prevent_initial_call=True,
     )
     app.clientside_callback(  # type: ignore[no-untyped-call]
         ClientsideFunction("glasscockpit", "toggleLog"),

@@ -18,6 +18,7 @@ GRID_STATE = "grid-state"
 TICK = "refresh-tick"
 VISIBLE = "visible-panels"
 CURSOR = "panel-cursor"
+TICK_DONE = "tick-done"
 DOWNLOAD = "panel-download-file"
 
 #: Per-panel buttons handled in the browser.

@@ -94,6 +94,7 @@ def page(refresh_ms: int) -> html.Div:
             ),
             dcc.Interval(id=ids.TICK, interval=refresh_ms),
             dcc.Store(id=ids.CURSOR, data={}),
+            dcc.Store(id=ids.TICK_DONE, data=0),
             dcc.Store(id=ids.GRID_STATE, data={}),
             dcc.Store(id=ids.VISIBLE, data={}),
             dcc.Store(id=ids.RUN_COLORS, data={}),

@@ -28,9 +28,9 @@ from glasscockpit.dashboard.panels import histogram_figure, line_extend, line_fi
 from glasscockpit.dashboard.panels.line import Series
 
 #: Points per panel from the downsampled store, shared by the overlaid runs.
-PANEL_POINTS = 4000
+PANEL_POINTS = 3000
 #: At most this many points per line, at least this few.
-MAX_POINTS, MIN_POINTS = 2000, 250
+MAX_POINTS, MIN_POINTS = 1500, 100
 #: Histogram snapshots drawn over time.
 HISTORY = 120
 

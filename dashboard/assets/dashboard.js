@@ -3,9 +3,20 @@
  * they answer instantly and never redraw data. */
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
   glasscockpit: {
-    /* Names of the panels on or near the screen; the server updates only these. */
-    visible: function (n) {
-      const margin = window.innerHeight * 0.5;
+    /* Names of the panels on or near the screen; the server updates only these.
+     * Also the gate that keeps ticks from overlapping: Dash drops the answer of
+     * a request overtaken by a newer one, so a tick slower than the interval
+     * would otherwise never land. A new tick starts only when the last one
+     * answered (tickDone), or after 10 s, or when the grid was rebuilt. */
+    visible: function (n, gridState) {
+      const gc = window.dash_clientside.glasscockpit;
+      const ctx = window.dash_clientside.callback_context;
+      const rebuilt = ctx.triggered_id === 'grid-state';
+      if (!rebuilt && gc.pending && Date.now() - gc.pending < 10000) {
+        return window.dash_clientside.no_update;
+      }
+      gc.pending = Date.now();
+      const margin = window.innerHeight * 0.25;
       const out = [];
       document.querySelectorAll('.card[data-panel]').forEach(function (card) {
         const r = card.getBoundingClientRect();
@@ -14,6 +25,10 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         }
       });
       return {n: n, ids: out, t: Date.now()};
+    },
+    tickDone: function () {
+      window.dash_clientside.glasscockpit.pending = 0;
+      return window.dash_clientside.no_update;
     },
     graphOf: function (name) {
       const card = document.querySelector('.card[data-panel="' + CSS.escape(name) + '"]');
