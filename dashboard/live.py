@@ -27,10 +27,15 @@ from glasscockpit.dashboard.model import (
 from glasscockpit.dashboard.panels import histogram_figure, line_extend, line_figure
 from glasscockpit.dashboard.panels.line import Series
 
-#: Points per panel from the downsampled store, shared by the overlaid runs.
+#: Points per panel from the downsampled store, shared by the overlaid runs
+#: (TensorBoard draws 1000 per line; browser rendering, not the server, is the
+#: limit, see docs/benchmarks-dashboard.md).
 PANEL_POINTS = 3000
 #: At most this many points per line, at least this few.
-MAX_POINTS, MIN_POINTS = 1500, 100
+MAX_POINTS, MIN_POINTS = 1000, 100
+#: A panel is redrawn from the store once its lines grew this many times their
+#: budget through live extends (bounds browser work without frequent redraws).
+REBASE = 4
 #: Histogram snapshots drawn over time.
 HISTORY = 120
 
@@ -68,16 +73,28 @@ class RunData:
         ]
 
     def series(
-        self, ids: list[list[str]], after: dict[str, int | None] | None
+        self,
+        ids: list[list[str]],
+        after: dict[str, int | None] | None,
+        strides: dict[str, float] | None = None,
     ) -> dict[str, Series]:
-        """Series columns by id; only points after ``after[id]`` when given."""
+        """Series columns by id; only points after ``after[id]`` when given.
+
+        ``strides`` (steps per drawn point) thins new points to the density
+        the panel was drawn at, so 20 live runs do not send every step.
+        """
         budget = points_per_trace(len(self.runs))
         out: dict[str, Series] = {}
         for run, name, key in ids:
             s = sid(run, name, key)
             since = None if after is None else after.get(s)
+            points = budget
+            last = self.details[run].get("last_step")
+            stride = (strides or {}).get(s, 1.0)
+            if since is not None and last is not None and stride > 1:
+                points = max(1, min(budget, math.ceil((last - since) / stride)))
             try:
-                out[s] = self.provider.series(run, name, key, budget, since)
+                out[s] = self.provider.series(run, name, key, points, since)
             except LookupError:
                 continue
         return out
@@ -86,6 +103,15 @@ class RunData:
 def signature(panel: dict[str, Any], ids: list[list[str]], opts: ViewOptions) -> str:
     """What a drawn panel depends on besides new points."""
     return json.dumps([panel["id"], ids, opts.key()])
+
+
+def strides(data: dict[str, Series]) -> dict[str, float]:
+    """Steps per drawn point of each series (1 for short or raw series)."""
+    out: dict[str, float] = {}
+    for s, d in data.items():
+        steps = d["step"]
+        out[s] = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 1.0
+    return out
 
 
 def _last_steps(data: dict[str, Series], before: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +136,7 @@ def full_line(
     entry = {
         "sig": signature(panel, ids, opts),
         "steps": _last_steps(data, {}),
+        "stride": strides(data),
         "state": state,
     }
     return fig, entry
@@ -145,11 +172,11 @@ def update_panel(
     if (
         entry is None
         or entry.get("sig") != signature(panel, ids, opts)
-        or entry["state"].get("points", 0) > 2 * budget
+        or entry["state"].get("points", 0) > REBASE * budget
     ):
         fig, new = full_line(rd, panel, colors, opts, log_y)
         return fig, no_update, new
-    data = rd.series(ids, entry["steps"])
+    data = rd.series(ids, entry["steps"], entry.get("stride"))
     payload, state = line_extend(panel, ids, data, rd.runs, opts, entry["state"])
     if payload is None:
         return no_update, no_update, entry

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from glasscockpit.dashboard.panels.style import REF_COLOR, FigureDict, trace
+from glasscockpit.dashboard.panels.style import PALETTE, REF_COLOR, FigureDict, trace
 
 ALPHA_LIMIT = 1.5
 RECENT_SHARE = 0.1
@@ -90,7 +90,7 @@ def add_traces(
                 x=recent,
                 y=[0.0] * len(recent),
                 name=f"last 10 % (μ={mean:.2f})",
-                marker={"color": colors[0]},
+                marker={"color": PALETTE[0]},  # the colour of the single run's line
                 opacity=0.65,
                 legendgroup="dist",
                 **common,

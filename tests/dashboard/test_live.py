@@ -147,3 +147,19 @@ def test_run_filter_is_a_regex_or_plain_text():
     assert [r["run"] for r in filter_runs(runs, "^lr")] == ["lr-0.1", "lr-0.01"]
     assert [r["run"] for r in filter_runs(runs, "0.1(")] == []
     assert [r["run"] for r in filter_runs(runs, "")] == ["lr-0.1", "lr-0.01", "adam"]
+
+
+def test_live_points_are_thinned_to_the_density_of_the_drawing():
+    store, rng = fed_store(2000)  # 256 buckets kept: about 8 steps per point
+    provider = StoreProvider(store, 60)
+    loss = grid(provider, ["r"])["loss"]
+    opts = ViewOptions(0.0, "step", False)
+    _, _, entry = update_panel(RunData(provider, ["r"]), loss, {}, opts, False, None)
+    stride = entry["stride"]["r|loss|total"]
+    assert stride > 4
+    for s in range(2000, 2080):
+        store.ingest(cf.readings("r", s, rng))
+    _, ext, entry = update_panel(RunData(provider, ["r"]), loss, {}, opts, False, entry)
+    xs = ext[0]["x"][0]  # raw readings (then the smoothed line)
+    assert 80 / stride / 2 <= len(xs) <= 80 / stride + 1
+    assert xs[-1] == 2079  # the newest reading always arrives
