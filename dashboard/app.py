@@ -13,11 +13,8 @@ Callbacks, each with one job:
 from __future__ import annotations
 
 import asyncio
-import csv
 import functools
-import io
 import itertools
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -25,8 +22,6 @@ from typing import Any, TypeVar
 
 from dash import (
     ALL,
-    MATCH,
-    ClientsideFunction,
     Dash,
     Input,
     Output,
@@ -37,8 +32,9 @@ from dash import (
 )
 from dash.exceptions import PreventUpdate
 
-from glasscockpit.dashboard import ids
+from glasscockpit.dashboard import browser, ids
 from glasscockpit.dashboard.client import DataProvider
+from glasscockpit.dashboard.export import panel_file
 from glasscockpit.dashboard.layout import (
     card,
     grid,
@@ -47,9 +43,8 @@ from glasscockpit.dashboard.layout import (
     run_meta,
     status_text,
 )
-from glasscockpit.dashboard.live import RunData, export_rows, status_line, update_panel
+from glasscockpit.dashboard.live import RunData, status_line, update_panel
 from glasscockpit.dashboard.model import (
-    LINE_KINDS,
     ViewOptions,
     build_panels,
 )
@@ -105,7 +100,7 @@ def create_dash(server: Any, provider: DataProvider, refresh_ms: int = 500) -> D
     app.layout = page(refresh_ms)
     _run_callbacks(app, provider)
     _panel_callbacks(app, provider)
-    _browser_callbacks(app)
+    browser.register(app)
     return app
 
 
@@ -313,79 +308,3 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
         if panel is None:
             raise PreventUpdate
         return panel_file(provider, panel, grid_state["runs"], trigger["fmt"], layers)
-
-
-def panel_file(
-    provider: DataProvider,
-    panel: dict[str, Any],
-    runs: list[str],
-    fmt: str,
-    layers: Any,
-) -> dict[str, Any]:
-    """``dcc.Download`` data: the panel's stored points as CSV or JSON."""
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in panel["id"])
-    if panel["kind"] in LINE_KINDS:
-        rows = export_rows(provider, panel, runs, ViewOptions.parse(0, "step", layers))
-        if fmt == "json":
-            return {"content": json.dumps(rows), "filename": f"{stem}.json"}
-        buf = io.StringIO()
-        writer = csv.DictWriter(
-            buf, ["run", "instrument", "key", "step", "wall_time", "value"]
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-        return {"content": buf.getvalue(), "filename": f"{stem}.csv"}
-    name = panel["members"][0]["name"]
-    snaps: dict[str, Any] = {}
-    for run in runs:
-        try:
-            snaps[run] = provider.histograms(run, name, 1_000_000)["snapshots"]
-        except LookupError:
-            continue
-    if fmt == "json":
-        return {"content": json.dumps(snaps), "filename": f"{stem}.json"}
-    buf = io.StringIO()
-    rows_out = csv.writer(buf)
-    rows_out.writerow(["run", "step", "array", "shape", "index", "value"])
-    for run, items in snaps.items():
-        for snap in items:
-            for key, values in snap["arrays"].items():
-                shape = "x".join(str(n) for n in snap["shapes"][key])
-                for i, v in enumerate(values):
-                    rows_out.writerow([run, snap["step"], key, shape, i, v])
-    return {"content": buf.getvalue(), "filename": f"{stem}.csv"}
-
-
-def _browser_callbacks(app: Dash) -> None:
-    app.clientside_callback(  # type: ignore[no-untyped-call]
-        ClientsideFunction("glasscockpit", "visible"),
-        Output(ids.VISIBLE, "data"),
-        Input(ids.TICK, "n_intervals"),
-        Input(ids.GRID_STATE, "data"),
-    )
-    app.clientside_callback(  # type: ignore[no-untyped-call]
-        ClientsideFunction("glasscockpit", "tickDone"),
-        Output(ids.TICK_DONE, "data"),
-        Input(ids.CURSOR, "data"),
-        prevent_initial_call=True,
-    )
-    app.clientside_callback(  # type: ignore[no-untyped-call]
-        ClientsideFunction("glasscockpit", "toggleLog"),
-        Output(ids.panel_log(MATCH), "data"),  # type: ignore[arg-type]
-        Output(ids.panel_button(MATCH, "log"), "className"),  # type: ignore[arg-type]
-        Input(ids.panel_button(MATCH, "log"), "n_clicks"),  # type: ignore[arg-type]
-        State(ids.panel_log(MATCH), "data"),  # type: ignore[arg-type]
-        prevent_initial_call=True,
-    )
-    app.clientside_callback(  # type: ignore[no-untyped-call]
-        ClientsideFunction("glasscockpit", "enlarge"),
-        Output(ids.instrument_card(MATCH), "className"),  # type: ignore[arg-type]
-        Input(ids.panel_button(MATCH, "big"), "n_clicks"),  # type: ignore[arg-type]
-        prevent_initial_call=True,
-    )
-    app.clientside_callback(  # type: ignore[no-untyped-call]
-        ClientsideFunction("glasscockpit", "png"),
-        Output(ids.panel_button(MATCH, "png"), "title"),  # type: ignore[arg-type]
-        Input(ids.panel_button(MATCH, "png"), "n_clicks"),  # type: ignore[arg-type]
-        prevent_initial_call=True,
-    )

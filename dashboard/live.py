@@ -22,7 +22,6 @@ from glasscockpit.dashboard.model import (
     ViewOptions,
     panel_series,
     sid,
-    to_float,
 )
 from glasscockpit.dashboard.panels import histogram_figure, line_extend, line_figure
 from glasscockpit.dashboard.panels.line import Series
@@ -230,34 +229,3 @@ def status_line(
     if entry.get("run") and len(rd.runs) > 1:
         parts.append(f"showing {entry['run']}")
     return " · ".join(parts)
-
-
-def export_rows(
-    provider: DataProvider,
-    panel: dict[str, Any],
-    runs: list[str],
-    opts: ViewOptions,
-) -> list[dict[str, Any]]:
-    """Every stored point of a line panel, one row per (run, instrument, key, step)."""
-    rd = RunData(provider, runs)
-    rows: list[dict[str, Any]] = []
-    for run, name, key in panel_series(panel, rd.runs, rd.keys, opts.layers):
-        try:
-            s = provider.series(run, name, key, 1_000_000, None)
-        except LookupError:
-            continue
-        for step, wall, value in zip(
-            s["step"], s["wall_time"], s["value"], strict=True
-        ):
-            v = to_float(value)
-            rows.append(
-                {
-                    "run": run,
-                    "instrument": name,
-                    "key": key,
-                    "step": step,
-                    "wall_time": wall,
-                    "value": value if v is None or not math.isfinite(v) else v,
-                }
-            )
-    return rows

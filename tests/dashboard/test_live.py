@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 from dash import no_update
 
 from bench import cockpit_frames as cf
-from glasscockpit.dashboard.app import filter_runs, panel_file
+from glasscockpit.dashboard.app import filter_runs
+from glasscockpit.dashboard.export import panel_file
 from glasscockpit.dashboard.live import RunData, status_line, update_panel
 from glasscockpit.dashboard.model import ViewOptions, build_panels
 from glasscockpit.protocol import decode, encode
