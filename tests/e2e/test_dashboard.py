@@ -328,5 +328,8 @@ def test_nan_run_shows_its_warning(site, pages, output_dir):
         f"{status}//div[contains(@class,'card-status')]"
     )
     assert "NaN/Inf" in page.inner_text("#run-list")
+    page.click(".run-meta summary")  # the run's metadata view
+    meta = page.inner_text(".run-meta")
+    assert "optimizer" in meta and "SGD" in meta and "batch_size" in meta
     page.screenshot(path=str(output_dir / "nan-run.png"))
     assert page.errors == []
