@@ -44,10 +44,7 @@ from glasscockpit.dashboard.layout import (
     status_text,
 )
 from glasscockpit.dashboard.live import RunData, status_line, update_panel
-from glasscockpit.dashboard.model import (
-    ViewOptions,
-    build_panels,
-)
+from glasscockpit.dashboard.model import LINE_KINDS, ViewOptions, build_panels
 from glasscockpit.dashboard.panels.style import base_layout, run_colors
 
 _generation = itertools.count(1)
@@ -258,6 +255,10 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
             else {}
         )
         on_screen = set((visible or {}).get("ids", []))
+        for pid in (visible or {}).get("empty", []):
+            panel = grid_state["panels"].get(pid)
+            if panel is not None and panel["kind"] in LINE_KINDS:
+                entries.pop(pid, None)  # line figures always have traces: redraw
         rd = RunData(provider, grid_state["runs"])
         figures: list[Any] = []
         extends: list[Any] = []

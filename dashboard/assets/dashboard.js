@@ -18,13 +18,19 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       gc.pending = Date.now();
       const margin = window.innerHeight * 0.25;
       const out = [];
+      const empty = [];
       document.querySelectorAll('.card[data-panel]').forEach(function (card) {
         const r = card.getBoundingClientRect();
         if (r.height > 0 && r.bottom > -margin && r.top < window.innerHeight + margin) {
-          out.push(card.getAttribute('data-panel'));
+          const name = card.getAttribute('data-panel');
+          out.push(name);
+          /* A plot with no traces missed its drawing (e.g. a figure that
+           * arrived while the graph was still mounting): ask for it again. */
+          const gd = card.querySelector('.js-plotly-plot');
+          if (!gd || !gd.data || gd.data.length === 0) { empty.push(name); }
         }
       });
-      return {n: n, ids: out, t: Date.now()};
+      return {n: n, ids: out, empty: empty, t: Date.now()};
     },
     tickDone: function () {
       window.dash_clientside.glasscockpit.pending = 0;

@@ -186,7 +186,8 @@ def wait_points(page: Any, title: str, above: int, trace: int = 0) -> int:
     try:
         return _wait_points(page, title, above, trace)
     except Exception as exc:
-        raise AssertionError(f"{title}: {page.evaluate(CARDS_JS)}") from exc
+        cards = page.evaluate(CARDS_JS)
+        raise AssertionError(f"{title}: {cards}; page errors: {page.errors}") from exc
 
 
 def _wait_points(page: Any, title: str, above: int, trace: int = 0) -> int:
