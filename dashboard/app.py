@@ -195,15 +195,16 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
                 continue
         runs = [r for r in selected if r in details]
         panels = build_panels(runs, details, extras)
+        gen = next(_generation)
         groups: dict[str, list[Any]] = {}
         for panel in panels:
             groups.setdefault(panel["group"] or "other", []).append(
-                card(panel, placeholder(panel), bool(panel["log_y"]))
+                card(panel, placeholder(panel), bool(panel["log_y"]), gen)
             )
         colors = colors or run_colors(runs)
         shown = {r: colors.get(r, "#1f77b4") for r in runs}
         state = {
-            "gen": next(_generation),
+            "gen": gen,
             "runs": runs,
             "panels": {p["id"]: p for p in panels},
             "colors": shown,
@@ -217,17 +218,17 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
 
 def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
     @app.callback(
-        Output(ids.instrument_graph(ALL), "figure"),  # type: ignore[arg-type]
-        Output(ids.instrument_graph(ALL), "extendData"),  # type: ignore[arg-type]
-        Output(ids.instrument_status(ALL), "children"),  # type: ignore[arg-type]
+        Output(ids.instrument_graph(ALL, ALL), "figure"),
+        Output(ids.instrument_graph(ALL, ALL), "extendData"),
+        Output(ids.instrument_status(ALL, ALL), "children"),
         Output(ids.CURSOR, "data"),
         Input(ids.VISIBLE, "data"),
-        Input(ids.SMOOTHING, "value"),
-        Input(ids.X_AXIS, "value"),
-        Input(ids.LAYERS, "value"),
+        State(ids.SMOOTHING, "value"),
+        State(ids.X_AXIS, "value"),
+        State(ids.LAYERS, "value"),
         State(ids.GRID_STATE, "data"),
         State(ids.CURSOR, "data"),
-        State(ids.instrument_graph(ALL), "id"),  # type: ignore[arg-type]
+        State(ids.instrument_graph(ALL, ALL), "id"),
         State(ids.panel_log(ALL), "data"),  # type: ignore[arg-type]
         prevent_initial_call=True,
     )
@@ -255,10 +256,14 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
             else {}
         )
         on_screen = set((visible or {}).get("ids", []))
-        for pid in (visible or {}).get("empty", []):
+        drawn = (visible or {}).get("traces", {})
+        for pid, entry in list(entries.items()):
             panel = grid_state["panels"].get(pid)
-            if panel is not None and panel["kind"] in LINE_KINDS:
-                entries.pop(pid, None)  # line figures always have traces: redraw
+            expected = (entry or {}).get("state", {}).get("traces")
+            if panel and panel["kind"] in LINE_KINDS and drawn.get(pid) != expected:
+                # The plot does not hold what the cursor says (a figure lost while
+                # the graph mounted, a late answer): redraw instead of extending.
+                entries.pop(pid)
         rd = RunData(provider, grid_state["runs"])
         figures: list[Any] = []
         extends: list[Any] = []

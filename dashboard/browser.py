@@ -17,6 +17,9 @@ def register(app: Dash) -> None:
         Output(ids.VISIBLE, "data"),
         Input(ids.TICK, "n_intervals"),
         Input(ids.GRID_STATE, "data"),
+        Input(ids.SMOOTHING, "value"),
+        Input(ids.X_AXIS, "value"),
+        Input(ids.LAYERS, "value"),
     )
     app.clientside_callback(  # type: ignore[no-untyped-call]
         ClientsideFunction("glasscockpit", "tickDone"),

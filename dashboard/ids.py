@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 RUN_FILTER = "run-filter"
 RUN_LIST = "run-list"
 RUN_COLORS = "run-colors"
@@ -27,9 +29,13 @@ BUTTONS = ("log", "big", "png")
 FORMATS = ("csv", "json")
 
 
-def instrument_graph(name: str) -> dict[str, str]:
-    """Id of the graph of one panel (an instrument name or a shared card id)."""
-    return {"type": "instrument-graph", "name": name}
+def instrument_graph(name: Any, gen: Any = 0) -> dict[str, Any]:
+    """Id of the graph of one panel (an instrument name or a shared card id).
+
+    ``gen`` is the grid's generation: a late answer meant for an earlier grid
+    then addresses graphs that no longer exist instead of their successors.
+    """
+    return {"type": "instrument-graph", "name": name, "gen": gen}
 
 
 def instrument_card(name: str) -> dict[str, str]:
@@ -37,9 +43,9 @@ def instrument_card(name: str) -> dict[str, str]:
     return {"type": "instrument-card", "name": name}
 
 
-def instrument_status(name: str) -> dict[str, str]:
-    """Id of the status line under one panel."""
-    return {"type": "instrument-status", "name": name}
+def instrument_status(name: Any, gen: Any = 0) -> dict[str, Any]:
+    """Id of the status line under one panel (``gen`` as for the graph)."""
+    return {"type": "instrument-status", "name": name, "gen": gen}
 
 
 def panel_button(name: str, action: str) -> dict[str, str]:

@@ -187,7 +187,7 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-def card(panel: dict[str, Any], figure: Any, log_y: bool) -> html.Div:
+def card(panel: dict[str, Any], figure: Any, log_y: bool, gen: int = 0) -> html.Div:
     """One panel: title with how-to-read tooltip, buttons, graph, status line."""
     pid = panel["id"]
     schedules = sorted({m["schedule"] for m in panel["members"] if m["schedule"]})
@@ -223,7 +223,7 @@ def card(panel: dict[str, Any], figure: Any, log_y: bool) -> html.Div:
                 className="card-head",
             ),
             dcc.Graph(
-                id=ids.instrument_graph(pid),
+                id=ids.instrument_graph(pid, gen),
                 figure=figure,
                 config={
                     "displaylogo": False,
@@ -234,7 +234,7 @@ def card(panel: dict[str, Any], figure: Any, log_y: bool) -> html.Div:
                 style={"height": GRAPH_HEIGHT},
                 className="card-graph",
             ),
-            html.Div("", id=ids.instrument_status(pid), className="card-status"),
+            html.Div("", id=ids.instrument_status(pid, gen), className="card-status"),
             dcc.Store(id=ids.panel_log(pid), data=log_y),
         ],
         id=ids.instrument_card(pid),

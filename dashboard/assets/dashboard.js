@@ -7,30 +7,29 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
      * Also the gate that keeps ticks from overlapping: Dash drops the answer of
      * a request overtaken by a newer one, so a tick slower than the interval
      * would otherwise never land. A new tick starts only when the last one
-     * answered (tickDone), or after 10 s, or when the grid was rebuilt. */
+     * answered (tickDone) or after 10 s; a control moved or a grid rebuilt
+     * while one is pending is picked up by the next interval. */
     visible: function (n, gridState) {
       const gc = window.dash_clientside.glasscockpit;
-      const ctx = window.dash_clientside.callback_context;
-      const rebuilt = ctx.triggered_id === 'grid-state';
-      if (!rebuilt && gc.pending && Date.now() - gc.pending < 10000) {
+      if (gc.pending && Date.now() - gc.pending < 10000) {
         return window.dash_clientside.no_update;
       }
       gc.pending = Date.now();
       const margin = window.innerHeight * 0.25;
       const out = [];
-      const empty = [];
+      const traces = {};
       document.querySelectorAll('.card[data-panel]').forEach(function (card) {
         const r = card.getBoundingClientRect();
         if (r.height > 0 && r.bottom > -margin && r.top < window.innerHeight + margin) {
           const name = card.getAttribute('data-panel');
           out.push(name);
-          /* A plot with no traces missed its drawing (e.g. a figure that
-           * arrived while the graph was still mounting): ask for it again. */
+          /* How many traces the plot holds: the server redraws a panel whose
+           * plot does not match what it last sent. */
           const gd = card.querySelector('.js-plotly-plot');
-          if (!gd || !gd.data || gd.data.length === 0) { empty.push(name); }
+          traces[name] = gd && gd.data ? gd.data.length : 0;
         }
       });
-      return {n: n, ids: out, empty: empty, t: Date.now()};
+      return {n: n, ids: out, traces: traces, t: Date.now()};
     },
     tickDone: function () {
       window.dash_clientside.glasscockpit.pending = 0;

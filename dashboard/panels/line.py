@@ -218,6 +218,7 @@ def line_figure(
     _guides(fig, panel)
     if panel.get("distribution"):
         distribution.layout(fig, panel)
+    state["traces"] = len(fig.data)
     return fig.to_dict(), state
 
 
