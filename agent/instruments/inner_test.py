@@ -45,6 +45,9 @@ class InnerTest(Instrument):
         group="gradients",
         help="Noise of the per-sample gradients along the mean gradient; values ≳ 1 "
         "mean many samples point against the step.",
+        smooth=True,
+        band=(0.0, 1.0),
+        card="Gradient tests",
     )
 
     @override

@@ -44,6 +44,9 @@ class NormTest(Instrument):
         group="gradients",
         help="Gradient noise relative to the gradient's size; values ≳ 1 mean the "
         "batch is too small for the gradient's direction to be trusted.",
+        smooth=True,
+        band=(0.0, 1.0),
+        card="Gradient tests",
     )
 
     @override
