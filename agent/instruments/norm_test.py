@@ -40,7 +40,6 @@ class NormTest(Instrument):
     panel = PanelSpec(
         title="Norm test",
         y_label="θ_norm",
-        log_y=True,
         group="gradients",
         help="Gradient noise relative to the gradient's size; values ≳ 1 mean the "
         "batch is too small for the gradient's direction to be trusted.",

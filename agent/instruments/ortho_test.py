@@ -43,7 +43,6 @@ class OrthoTest(Instrument):
     panel = PanelSpec(
         title="Orthogonality test",
         y_label="ν",
-        log_y=True,
         group="gradients",
         help="Noise of the per-sample gradients orthogonal to the mean gradient; "
         "values ≳ 1 mean the step's direction is unreliable.",
