@@ -1,4 +1,9 @@
-"""Cockpit: the user-facing object attached to a training loop."""
+"""Cockpit: the user-facing object attached to a training loop.
+
+The parts it is built from live next to it: run metadata (``meta``), the epoch
+metrics of ``Cockpit.log`` (``epoch_log``), the engine wiring (``engine_wiring``)
+and running instruments at their phase of a step (``phases``).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,10 @@ import atexit
 import contextlib
 import logging
 import os
-import re
-import socket
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -22,13 +22,14 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.config import AgentConfig, ingest_url
 from glasscockpit.agent.curvature import keep_backpack_io
-from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
-from glasscockpit.agent.instruments import Instrument, Reading, resolve
+from glasscockpit.agent.engine import HookEngine
+from glasscockpit.agent.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
+from glasscockpit.agent.instruments import Instrument, resolve
 from glasscockpit.agent.instruments.base import Phase
+from glasscockpit.agent.meta import default_run_id, model_meta, plain
 from glasscockpit.agent.needs import RECORDED, Need
-from glasscockpit.agent.packing import DeferredReadings, pack_readings
+from glasscockpit.agent.phases import StepContext, StepPhases, on_optimizer_step
 from glasscockpit.agent.schedules import describe
-from glasscockpit.agent.step import StepData, StepView
 from glasscockpit.agent.transport import (
     MemoryTransport,
     Transport,
@@ -41,8 +42,6 @@ from glasscockpit.protocol import (
     Bye,
     Hello,
     InstrumentSpec,
-    Kind,
-    PanelSpec,
     Readings,
     Value,
     check_run_id,
@@ -52,85 +51,8 @@ log = logging.getLogger("glasscockpit.agent")
 FAIL_MODES = ("disable", "raise")
 _UNSET: Any = object()
 
-#: Instruments fed by ``Cockpit.log``: epoch-level metrics, one series per split.
-LOG_SPECS = (
-    InstrumentSpec(
-        "epoch_loss",
-        Kind.PER_LAYER,
-        PanelSpec(
-            title="Epoch loss",
-            y_label="loss",
-            log_y=True,
-            group="performance",
-            help="Train/validation/test loss logged with cockpit.log(...).",
-        ),
-        "logged",
-    ),
-    InstrumentSpec(
-        "epoch_accuracy",
-        Kind.PER_LAYER,
-        PanelSpec(
-            title="Epoch accuracy",
-            y_label="accuracy",
-            group="performance",
-            help="Train/validation/test accuracy logged with cockpit.log(...).",
-        ),
-        "logged",
-    ),
-)
-#: ``Cockpit.log`` keyword -> (instrument key, series key).
-LOG_KEYS = {
-    f"{split}_{metric}": (f"epoch_{metric}", split)
-    for split in ("train", "valid", "test")
-    for metric in ("loss", "accuracy")
-}
 
-
-def default_run_id() -> str:
-    """``<script name>-<YYYYmmdd-HHMMSS>``, safe as a run id."""
-    stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "run"
-    stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-_") or "run"
-    return f"{stem[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def plain(value: Any, depth: int = 0) -> Any:
-    """Metadata made msgpack-safe: containers kept, other objects as their repr."""
-    if isinstance(value, bool | str | float | None):
-        return value
-    if isinstance(value, int):
-        return value if -(2**63) <= value < 2**63 else str(value)
-    if depth < 6 and isinstance(value, dict):
-        return {str(k)[:200]: plain(v, depth + 1) for k, v in list(value.items())[:500]}
-    if depth < 6 and isinstance(value, list | tuple):
-        return [plain(v, depth + 1) for v in value[:500]]
-    return repr(value)[:2000]
-
-
-def _model_meta(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None
-) -> dict[str, Any]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    meta: dict[str, Any] = {
-        "model": type(model).__name__,
-        "model_summary": str(model)[:4000],
-        "parameters": int(sum(p.numel() for p in params)),
-        "device": str(params[0].device) if params else "cpu",
-        "torch": torch.__version__,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": time.time(),
-    }
-    if optimizer is not None:
-        meta["optimizer"] = type(optimizer).__name__
-        meta["optimizer_defaults"] = {
-            k: v
-            for k, v in optimizer.defaults.items()
-            if isinstance(v, int | float | str | bool)
-        }
-    return meta
-
-
-class Cockpit:
+class Cockpit(StepPhases):
     """Computes instruments on the training device and streams them to a server.
 
     Usage::
@@ -227,7 +149,7 @@ class Cockpit:
             + LOG_SPECS,
             meta=plain(
                 {
-                    **_model_meta(model, optimizer),
+                    **model_meta(model, optimizer),
                     # Which engine serves which parameter's per-sample statistics.
                     **(
                         {"coverage": dict(self.engine.coverage)}
@@ -264,7 +186,7 @@ class Cockpit:
             self.transport.send(self.hello)
         self._closed = False
         self._last_time: float | None = None
-        self._after_step: tuple[_StepContext, list[Instrument]] | None = None
+        self._after_step: tuple[StepContext, list[Instrument]] | None = None
         self._init: list[Tensor] | None = None
         if any(Need.INIT_PARAMS in i.needs for i in self.instruments):
             # "Initialisation" = the parameters when monitoring starts (any step).
@@ -273,7 +195,7 @@ class Cockpit:
         if optimizer is not None:
             # AFTER_STEP instruments run right after optimizer.step().
             self._step_hook = optimizer.register_step_post_hook(
-                _on_optimizer_step(weakref.ref(self))
+                on_optimizer_step(weakref.ref(self))
             )
         atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -316,7 +238,7 @@ class Cockpit:
                 self._prepare(step + 1)
             return
         try:
-            ctx = _StepContext(step, loss, losses, batch_size, self._lrs())
+            ctx = StepContext(step, loss, losses, batch_size, self._lrs())
             ctx.param_lrs = self._param_lrs()
             ctx.data = self._step_data(due, loss)
             if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
@@ -353,17 +275,7 @@ class Cockpit:
         ``valid_accuracy``, ``test_accuracy``; sent as instruments ``epoch_loss``
         and ``epoch_accuracy`` with one series per split.
         """
-        unknown = sorted(set(metrics) - set(LOG_KEYS))
-        if unknown:
-            raise ValueError(
-                f"Unknown metric(s) {unknown}; expected some of {sorted(LOG_KEYS)}"
-            )
-        values: dict[str, Value] = {}
-        for key, value in metrics.items():
-            inst, split = LOG_KEYS[key]
-            series = values.setdefault(inst, {})
-            assert isinstance(series, dict)
-            series[split] = float(value)
+        values = epoch_values(metrics)
         if values and not self._closed:
             self._send_frame(
                 Readings(self.run, self._next_seq(), step, time.time(), values, {})
@@ -430,244 +342,6 @@ class Cockpit:
                 )
         return dict(sorted(out.items()))
 
-    # -- internals --------------------------------------------------------------
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _send_frame(self, frame: Hello | Readings | Bye | DeferredReadings) -> None:
-        try:
-            self.transport.send(frame)
-        except Exception:  # noqa: BLE001 - monitoring never breaks training
-            log.exception("glasscockpit: could not queue a frame")
-
-    def _lrs(self) -> list[float]:
-        if self.optimizer is None:
-            return []
-        return [float(g["lr"]) for g in self.optimizer.param_groups if "lr" in g]
-
-    def _param_lrs(self) -> dict[str, float]:
-        if self.optimizer is None:
-            return {}
-        lr_of = {
-            id(p): float(g["lr"])
-            for g in self.optimizer.param_groups
-            if "lr" in g
-            for p in g["params"]
-        }
-        return {n: lr_of[id(p)] for n, p in self.params if id(p) in lr_of}
-
-    def _prepare(self, step: int) -> None:
-        """Arm the engine iff an instrument that needs it is due at ``step``."""
-        if self.engine is None:
-            return
-        if not self._closed and any(
-            i.needs & RECORDED and i.key not in self.disabled and i.is_due(step)
-            for i in self.instruments
-        ):
-            self.engine.arm()
-        else:
-            self.engine.disarm()
-
-    def _partial(self, inst: Instrument) -> str | None:
-        """A "partial: ..." note when per-sample statistics skip some parameters."""
-        engine = self.engine
-        if engine is None or not inst.needs & RECORDED or not engine.uncovered:
-            return None
-        names = engine.uncovered
-        return (
-            f"partial: {len(names)} of {len(self.params)} parameter tensors not "
-            f"covered and left out of this instrument: {', '.join(names[:6])}"
-            f"{' ...' if len(names) > 6 else ''} ({engine.coverage[names[0]]})"
-        )
-
-    def _step_data(self, due: Sequence[Instrument], loss: Tensor | None) -> StepData:
-        """Engine work before the backward pass; per-sample statistics come lazily."""
-        engine = self.engine
-        if engine is None or not any(i.needs & RECORDED for i in due):
-            return StepData()
-        if not engine.recording or engine.backpropagated:
-            # Opened before the forward pass, or what was recorded belongs to an
-            # earlier, finished backward pass: record afresh from here.
-            engine.arm()
-        ggn: dict[str, Tensor] | Exception | None = None
-        if any(Need.DIAG_GGN in i.needs for i in due):
-            try:
-                if loss is None:
-                    raise EngineError(
-                        "Curvature instruments need cockpit.step(loss=...)"
-                    )
-                ggn = diag_ggn(engine, loss)
-            except EngineError as exc:
-                ggn = exc
-
-        def stats() -> StepStats:
-            result = StepStats(engine, check=not self._checked)
-            self._checked = True
-            if result.moved and isinstance(data.ggn, dict):
-                # The curvature passes ran before the check found these
-                # parameters used outside their module; from the next step on
-                # they are served correctly.
-                data.ggn = EngineError(
-                    f"Parameters {result.moved[:4]} turned out to be used outside "
-                    "their module (tied?) at this step; curvature resumes next step"
-                )
-            return result
-
-        data = StepData(stats, ggn)
-        return data
-
-    def _view(
-        self,
-        ctx: _StepContext,
-        inst: Instrument,
-        applied: Sequence[Tensor] | None = None,
-    ) -> StepView:
-        return StepView(
-            ctx.step,
-            ctx.loss,
-            self.params,
-            ctx.lrs,
-            ctx.batch_size,
-            inst.needs,
-            losses=ctx.losses,
-            opt=self.optimizer,
-            init=self._init,
-            applied=applied,
-            cache=ctx.cache,
-            data=ctx.data,
-            param_lrs=ctx.param_lrs,
-        )
-
-    def _guard(
-        self, step: int, inst: Instrument, fn: Callable[[], Any], errors: dict[str, str]
-    ) -> tuple[bool, Any]:
-        """Run ``fn``; on failure disable ``inst`` (or re-raise in raise mode)."""
-        try:
-            return True, fn()
-        except EngineError as exc:
-            # The model or this step does not allow the statistic: report it at
-            # this step (None), keep the instrument for later steps.
-            if self.fail_mode == "raise":
-                raise
-            msg = f"{type(exc).__name__}: {exc}"
-            errors[inst.key] = msg
-            if msg not in self._warned:
-                self._warned.add(msg)
-                log.warning(
-                    "glasscockpit: [Step %d | %s] undefined: %s", step, inst.key, msg
-                )
-            return True, None
-        except Exception as exc:
-            if self.fail_mode == "raise":
-                raise
-            msg = f"{type(exc).__name__}: {exc}"
-            self.disabled[inst.key] = msg
-            errors[inst.key] = msg
-            log.warning(
-                "glasscockpit: [Step %d | %s] failed and is disabled: %s",
-                step,
-                inst.key,
-                msg,
-            )
-            return False, None
-
-    def _run_phase(
-        self,
-        phase: Phase,
-        ctx: _StepContext,
-        due: Sequence[Instrument],
-        pending: Sequence[Instrument],
-        errors: dict[str, str],
-        applied: Sequence[Tensor] | None = None,
-    ) -> dict[str, Reading]:
-        results: dict[str, Reading] = {}
-        for inst in due:
-            if inst.phase is phase and inst.key not in self.disabled:
-                view = self._view(ctx, inst, applied)
-                ok, value = self._guard(
-                    ctx.step, inst, partial(inst.compute, view), errors
-                )
-                if ok and not inst.two_step:
-                    results[inst.key] = value
-                    note = self._partial(inst)
-                    if note and inst.key not in errors:
-                        errors[inst.key] = note
-        for inst in pending:
-            if inst.phase is phase and inst.key not in self.disabled:
-                view = self._view(ctx, inst, applied)
-                self._guard(ctx.step, inst, partial(inst.advance, view), errors)
-        return results
-
-    def _run_after_step(self) -> None:
-        """Run the AFTER_STEP instruments of the last tracked step, once."""
-        if self._after_step is None:
-            return
-        ctx, insts = self._after_step
-        self._after_step = None
-        applied = None
-        if ctx.before is not None:
-            applied = [
-                p.detach() - b
-                for (_, p), b in zip(self.params, ctx.before, strict=True)
-            ]
-        errors: dict[str, str] = {}
-        with torch.no_grad():
-            results = self._run_phase(Phase.AFTER_STEP, ctx, insts, (), errors, applied)
-        if results or errors:
-            self._emit(ctx.step, results, errors)
-        self._send_drained()
-
-    def _send_drained(self) -> None:
-        """Send readings that two-step instruments finished for earlier steps."""
-        by_step: dict[int, dict[str, Reading]] = {}
-        for inst in self.instruments:
-            for step, reading in inst.drain().items():
-                by_step.setdefault(step, {})[inst.key] = reading
-        for step, results in sorted(by_step.items()):
-            self._emit(step, results, {})
-
-    def _emit(
-        self, step: int, results: dict[str, Reading], errors: dict[str, str]
-    ) -> None:
-        try:
-            # On CUDA this only queues the copy; the transport waits for it.
-            frame = pack_readings(
-                self.run, self._seq + 1, step, time.time(), results, errors
-            )
-        except Exception as exc:
-            if self.fail_mode == "raise":
-                raise
-            log.warning("glasscockpit: [Step %d] could not read results: %s", step, exc)
-            return
-        self._next_seq()
-        self._send_frame(frame)
-
-
-@dataclass
-class _StepContext:
-    """What ``cockpit.step`` received, kept until the step's last phase ran."""
-
-    step: int
-    loss: Tensor | None
-    losses: Tensor | None
-    batch_size: int | None
-    lrs: list[float]
-    #: θ_t, cloned on entry when an AFTER_STEP instrument needs the update.
-    before: list[Tensor] | None = None
-    data: StepData = field(default_factory=StepData)
-    param_lrs: dict[str, float] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)
-
-
-def _on_optimizer_step(ref: weakref.ReferenceType[Cockpit]) -> Callable[..., None]:
-    def hook(*_: object) -> None:
-        cockpit = ref()
-        if cockpit is not None:
-            cockpit._run_after_step()
-
-    return hook
-
 
 def _close_at_exit(ref: weakref.ReferenceType[Cockpit]) -> None:
     cockpit = ref()
@@ -689,4 +363,4 @@ def _to_python(value: Value) -> Any:
     return value
 
 
-__all__ = ["Cockpit", "Need"]
+__all__ = ["LOG_KEYS", "LOG_SPECS", "Cockpit", "Need", "default_run_id", "plain"]

@@ -1,35 +1,88 @@
-"""The Dash app, mounted on the server's FastAPI app (Dash's FastAPI backend)."""
+"""The Dash app, mounted on the server's FastAPI app (Dash's FastAPI backend).
+
+Callbacks, each with one job:
+
+* ``refresh_runs`` (every tick): the run list with status badges and colours.
+* ``render_grid`` (run selection): the cards of every panel, empty; the run details.
+* ``visible`` (browser, every tick): which cards are on screen.
+* ``tick`` (after ``visible``, or a control change): new points of visible panels
+  as ``extendData``; a full figure only for new panels or changed controls.
+* browser-side: log-y, enlarge, PNG; server-side: CSV/JSON download.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
+import functools
+import itertools
+import re
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from dash import ALL, Dash, Input, Output, State, ctx, no_update
+from dash import (
+    ALL,
+    Dash,
+    Input,
+    Output,
+    State,
+    ctx,
+    html,
+    no_update,
+)
 from dash.exceptions import PreventUpdate
 
-from glasscockpit.dashboard import ids
+from glasscockpit.dashboard import browser, ids
 from glasscockpit.dashboard.client import DataProvider
-from glasscockpit.dashboard.layout import card, grid, page
-from glasscockpit.dashboard.live import full_figure, panel_update
+from glasscockpit.dashboard.export import panel_file
+from glasscockpit.dashboard.layout import (
+    card,
+    grid,
+    page,
+    run_label,
+    run_meta,
+    status_text,
+)
+from glasscockpit.dashboard.live import RunData, status_line, update_panel
+from glasscockpit.dashboard.model import LINE_KINDS, ViewOptions, build_panels
+from glasscockpit.dashboard.panels.style import base_layout, run_colors
 
-STATUS_ICON = {"live": "●", "stale": "◐", "finished": "○", "failed": "✖"}
+_generation = itertools.count(1)
+T = TypeVar("T")
 
 
-def run_label(run: dict[str, Any]) -> str:
-    """Dropdown label: status dot, id, last step."""
-    step = run["last_step"] if run["last_step"] is not None else "–"
-    return f"{STATUS_ICON.get(run['status'], '')} {run['run']}  (step {step})"
+def offload(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """Run a callback's work in a worker thread, as an async callback.
+
+    Dash's FastAPI backend calls synchronous callbacks on the event loop, so a
+    slow redraw would stall every agent's websocket ingest and every other
+    request; ``asyncio.to_thread`` keeps the loop free (and copies the context,
+    so ``dash.ctx`` still works inside).
+    """
+
+    @functools.wraps(fn)
+    async def run(*args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    return run
 
 
-def status_text(run: dict[str, Any]) -> str:
-    """Header badge: status and how long ago the last frame came."""
-    ago = max(0.0, time.time() - run["last_frame_time"])
-    text = f"{run['status']} · last frame {ago:.0f} s ago · step {run['last_step']}"
-    if run.get("nonfinite"):
-        text += f" · ⚠ {run['nonfinite']} NaN/Inf readings"
-    return text
+def placeholder(panel: dict[str, Any]) -> dict[str, Any]:
+    """An empty figure with the panel's layout, until the first tick fills it."""
+    return {"data": [], "layout": base_layout(panel, showlegend=False)}
+
+
+def filter_runs(
+    runs: list[dict[str, Any]], pattern: str | None
+) -> list[dict[str, Any]]:
+    """Runs whose id matches ``pattern`` (a regex; plain text if it is not one)."""
+    if not pattern:
+        return runs
+    try:
+        rx = re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        rx = re.compile(re.escape(pattern), re.IGNORECASE)
+    return [r for r in runs if rx.search(r["run"])]
 
 
 def create_dash(server: Any, provider: DataProvider, refresh_ms: int = 500) -> Dash:
@@ -42,93 +95,222 @@ def create_dash(server: Any, provider: DataProvider, refresh_ms: int = 500) -> D
         suppress_callback_exceptions=True,
     )
     app.layout = page(refresh_ms)
+    _run_callbacks(app, provider)
+    _panel_callbacks(app, provider)
+    browser.register(app)
+    return app
 
+
+def _run_callbacks(app: Dash, provider: DataProvider) -> None:
     @app.callback(
-        Output(ids.RUN_SELECT, "options"),
-        Output(ids.RUN_SELECT, "value"),
+        Output(ids.RUN_LIST, "options"),
+        Output(ids.RUN_LIST, "value"),
+        Output(ids.RUN_COLORS, "data"),
+        Output(ids.WARNINGS, "children"),
         Output(ids.RUN_STATUS, "children"),
         Input(ids.TICK, "n_intervals"),
-        State(ids.RUN_SELECT, "value"),
+        Input(ids.RUN_FILTER, "value"),
+        State(ids.RUN_LIST, "value"),
+        State(ids.RUN_COLORS, "data"),
     )
-    def refresh_runs(_n: int | None, selected: str | None) -> tuple[Any, Any, Any]:
-        runs = provider.list_runs()
+    @offload
+    def refresh_runs(
+        _n: int | None,
+        pattern: str | None,
+        selected: list[str] | None,
+        old_colors: dict[str, str] | None,
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        runs = provider.list_runs()  # newest first
         if not runs:
-            return [], None, "no runs yet: attach the agent to a training script"
-        options = [{"label": run_label(r), "value": r["run"]} for r in runs]
-        known = {r["run"]: r for r in runs}
-        value = selected if selected in known else runs[0]["run"]
+            return [], no_update, no_update, [], "no runs yet"
+        colors = run_colors([r["run"] for r in reversed(runs)])
+        now = time.time()
+        shown = filter_runs(runs, pattern)
+        selected = [r for r in selected or [] if r in colors]
+        value: Any = no_update
+        if not selected and runs:
+            value = selected = [runs[0]["run"]]
+        options = [
+            {"label": run_label(r, colors[r["run"]], now), "value": r["run"]}
+            for r in shown
+        ]
+        warnings = [
+            html.Div(
+                f"⚠ {r['run']}: {r['nonfinite']} NaN/Inf readings, marked with red × "
+                "in the panels",
+                className="warning",
+            )
+            for r in runs
+            if r["run"] in selected and r.get("nonfinite")
+        ]
+        header = [
+            html.Div(status_text(r, now), style={"color": colors[r["run"]]})
+            for r in runs
+            if r["run"] in selected
+        ][:3]
         return (
             options,
-            value if value != selected else no_update,
-            status_text(known[value]),
+            value,
+            colors if colors != old_colors else no_update,
+            warnings,
+            header,
         )
 
     @app.callback(
-        Output(ids.GRID, "children"),
-        Output(ids.CURSOR, "data"),
-        Output(ids.RUN_META, "children"),
-        Input(ids.RUN_SELECT, "value"),
-    )
-    def build_grid(run: str | None) -> tuple[Any, Any, Any]:
-        if not run:
-            raise PreventUpdate
-        try:
-            detail = provider.run_detail(run)
-        except LookupError:
-            raise PreventUpdate from None
-        groups: dict[str, list[Any]] = {}
-        panels: dict[str, Any] = {}
-        for spec in detail["instruments"]:
-            figure, cursor = full_figure(provider, run, spec)
-            panels[spec["name"]] = cursor
-            groups.setdefault(spec["panel"]["group"], []).append(card(spec, figure))
-        meta = json.dumps(detail["meta"], indent=2, default=str)
-        return grid(groups), {"run": run, "panels": panels}, meta
-
-    @app.callback(
-        Output(ids.instrument_graph(ALL), "figure"),  # type: ignore[arg-type]
-        Output(ids.instrument_graph(ALL), "extendData"),  # type: ignore[arg-type]
-        Output(ids.instrument_status(ALL), "children"),  # type: ignore[arg-type]
-        Output(ids.CURSOR, "data", allow_duplicate=True),
-        Input(ids.TICK, "n_intervals"),
-        State(ids.CURSOR, "data"),
-        State(ids.instrument_graph(ALL), "id"),  # type: ignore[arg-type]
+        Output(ids.RUN_LIST, "value", allow_duplicate=True),
+        Input(ids.RUN_ALL, "n_clicks"),
+        Input(ids.RUN_ONE, "n_clicks"),
+        State(ids.RUN_FILTER, "value"),
         prevent_initial_call=True,
     )
-    def tick(_n: int, cursor: dict[str, Any], graph_ids: list[dict[str, str]]) -> Any:
-        run = (cursor or {}).get("run")
-        if not run or not graph_ids:
+    @offload
+    def select_many(_all: int | None, _one: int | None, pattern: str | None) -> Any:
+        runs = filter_runs(provider.list_runs(), pattern)
+        if not runs:
             raise PreventUpdate
-        try:
-            detail = provider.run_detail(run)
-        except LookupError:
-            raise PreventUpdate from None
-        specs = {s["name"]: s for s in detail["instruments"]}
+        if ctx.triggered_id == ids.RUN_ONE:
+            return [runs[0]["run"]]
+        return [r["run"] for r in runs]
+
+    @app.callback(
+        Output(ids.GRID, "children"),
+        Output(ids.GRID_STATE, "data"),
+        Output(ids.RUN_META, "children"),
+        Input(ids.RUN_LIST, "value"),
+        State(ids.RUN_COLORS, "data"),
+    )
+    @offload
+    def render_grid(
+        selected: list[str] | None, colors: dict[str, str] | None
+    ) -> tuple[Any, Any, Any]:
+        if not selected:
+            raise PreventUpdate
+        details: dict[str, dict[str, Any]] = {}
+        extras: dict[str, dict[str, dict[str, Any]]] = {}
+        for run in selected:
+            try:
+                details[run] = provider.run_detail(run)
+                extras[run] = provider.instrument_panels(run)
+            except LookupError:
+                continue
+        runs = [r for r in selected if r in details]
+        panels = build_panels(runs, details, extras)
+        gen = next(_generation)
+        groups: dict[str, list[Any]] = {}
+        for panel in panels:
+            groups.setdefault(panel["group"] or "other", []).append(
+                card(panel, placeholder(panel), bool(panel["log_y"]), gen)
+            )
+        colors = colors or run_colors(runs)
+        shown = {r: colors.get(r, "#1f77b4") for r in runs}
+        state = {
+            "gen": gen,
+            "runs": runs,
+            "panels": {p["id"]: p for p in panels},
+            "colors": shown,
+        }
+        meta = [run_meta(details[r], shown[r]) for r in runs]
+        # The drawn runs, readable from the page (tests wait for it).
+        attrs: dict[str, Any] = {"data-runs": " ".join(runs), "hidden": True}
+        marker = html.Div(className="grid-runs", **attrs)
+        return [marker, *grid(groups)], state, meta
+
+
+def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
+    @app.callback(
+        Output(ids.instrument_graph(ALL, ALL), "figure"),
+        Output(ids.instrument_graph(ALL, ALL), "extendData"),
+        Output(ids.instrument_status(ALL, ALL), "children"),
+        Output(ids.CURSOR, "data"),
+        Input(ids.VISIBLE, "data"),
+        State(ids.SMOOTHING, "value"),
+        State(ids.X_AXIS, "value"),
+        State(ids.LAYERS, "value"),
+        State(ids.GRID_STATE, "data"),
+        State(ids.CURSOR, "data"),
+        State(ids.instrument_graph(ALL, ALL), "id"),
+        State(ids.panel_log(ALL), "data"),  # type: ignore[arg-type]
+        prevent_initial_call=True,
+    )
+    @offload
+    def tick(
+        visible: dict[str, Any] | None,
+        smoothing: Any,
+        x_axis: Any,
+        layers: Any,
+        grid_state: dict[str, Any] | None,
+        cursor: dict[str, Any] | None,
+        graph_ids: list[dict[str, str]],
+        logs: list[bool],
+    ) -> Any:
+        grid_state = grid_state or {}
+        if not graph_ids or not grid_state.get("panels"):
+            # Still answer with the cursor: its arrival opens the tick gate.
+            none = [no_update] * len(graph_ids)
+            return none, none, none, cursor or {}
+        opts = ViewOptions.parse(smoothing, x_axis, layers)
+        cursor = cursor or {}
+        entries: dict[str, Any] = (
+            dict(cursor.get("panels", {}))
+            if cursor.get("gen") == grid_state["gen"]
+            else {}
+        )
+        on_screen = set((visible or {}).get("ids", []))
+        drawn = (visible or {}).get("traces", {})
+        for pid, entry in list(entries.items()):
+            panel = grid_state["panels"].get(pid)
+            expected = (entry or {}).get("state", {}).get("traces")
+            if panel and panel["kind"] in LINE_KINDS and drawn.get(pid) != expected:
+                # The plot does not hold what the cursor says (a figure lost while
+                # the graph mounted, a late answer): redraw instead of extending.
+                entries.pop(pid)
+        rd = RunData(provider, grid_state["runs"])
         figures: list[Any] = []
         extends: list[Any] = []
         statuses: list[Any] = []
-        panels = dict(cursor.get("panels", {}))
-        for gid in graph_ids:
-            name = gid["name"]
-            spec = specs.get(name)
-            if spec is None:
+        for gid, log_y in zip(graph_ids, logs, strict=True):
+            pid = gid["name"]
+            panel = grid_state["panels"].get(pid)
+            if panel is None or pid not in on_screen:
                 figures.append(no_update)
                 extends.append(no_update)
                 statuses.append(no_update)
                 continue
-            fig, ext, panels[name] = panel_update(provider, run, spec, panels.get(name))
+            try:
+                fig, ext, entries[pid] = update_panel(
+                    rd, panel, grid_state["colors"], opts, bool(log_y), entries.get(pid)
+                )
+            except Exception as exc:  # one bad panel must not stop the others
+                fig, ext = no_update, no_update
+                statuses.append(
+                    html.Span(
+                        f"⚠ cannot draw: {type(exc).__name__}: {exc}", className="warn"
+                    )
+                )
+            else:
+                text = status_line(rd, panel, entries[pid], bool(log_y))
+                statuses.append(
+                    html.Span(text, className="warn" if "⚠" in text else "")
+                )
             figures.append(fig)
             extends.append(ext)
-            error = detail["errors"].get(name)
-            step = panels[name].get("step")
-            statuses.append(
-                f"⚠ {error}" if error else f"step {step}" if step is not None else ""
-            )
-        if all(f is no_update for f in figures) and all(
-            e is no_update for e in extends
-        ):
-            return figures, extends, statuses, no_update
-        return figures, extends, statuses, {"run": run, "panels": panels}
+        return figures, extends, statuses, {"gen": grid_state["gen"], "panels": entries}
 
-    _ = ctx  # callbacks read the triggering context through dash.ctx when needed
-    return app
+    @app.callback(
+        Output(ids.DOWNLOAD, "data"),
+        Input(ids.panel_download(ALL, ALL), "n_clicks"),  # type: ignore[arg-type]
+        State(ids.GRID_STATE, "data"),
+        State(ids.LAYERS, "value"),
+        prevent_initial_call=True,
+    )
+    @offload
+    def download(
+        clicks: list[int | None], grid_state: dict[str, Any] | None, layers: Any
+    ) -> Any:
+        trigger = ctx.triggered_id
+        if not trigger or not any(clicks) or not grid_state:
+            raise PreventUpdate
+        panel = grid_state["panels"].get(trigger["name"])
+        if panel is None:
+            raise PreventUpdate
+        return panel_file(provider, panel, grid_state["runs"], trigger["fmt"], layers)

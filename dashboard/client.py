@@ -25,3 +25,6 @@ class DataProvider(Protocol):
 
     def histograms(self, run_id: str, name: str, last: int) -> dict[str, Any]:
         """The last snapshots of a histogram instrument."""
+
+    def instrument_panels(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Every PanelSpec field (including later, optional ones) per instrument."""

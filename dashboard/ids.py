@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
-RUN_SELECT = "run-select"
-RUN_STATUS = "run-status"
-GRID = "instrument-grid"
-TICK = "refresh-tick"
-CURSOR = "panel-cursor"
+from typing import Any
+
+RUN_FILTER = "run-filter"
+RUN_LIST = "run-list"
+RUN_COLORS = "run-colors"
 RUN_META = "run-meta"
+RUN_STATUS = "run-status"
+RUN_ALL = "run-select-all"
+RUN_ONE = "run-select-newest"
+WARNINGS = "run-warnings"
+SMOOTHING = "smoothing"
+X_AXIS = "x-axis"
+LAYERS = "layers"
+GRID = "instrument-grid"
+GRID_STATE = "grid-state"
+TICK = "refresh-tick"
+VISIBLE = "visible-panels"
+CURSOR = "panel-cursor"
+TICK_DONE = "tick-done"
+DOWNLOAD = "panel-download-file"
+
+#: Per-panel buttons handled in the browser.
+BUTTONS = ("log", "big", "png")
+#: Per-panel data downloads handled by the server.
+FORMATS = ("csv", "json")
 
 
-def instrument_graph(name: str) -> dict[str, str]:
-    """Id of the graph of one instrument's panel."""
-    return {"type": "instrument-graph", "name": name}
+def instrument_graph(name: Any, gen: Any = 0) -> dict[str, Any]:
+    """Id of the graph of one panel (an instrument name or a shared card id).
+
+    ``gen`` is the grid's generation: a late answer meant for an earlier grid
+    then addresses graphs that no longer exist instead of their successors.
+    """
+    return {"type": "instrument-graph", "name": name, "gen": gen}
 
 
 def instrument_card(name: str) -> dict[str, str]:
-    """Id of the card around one instrument's panel."""
+    """Id of the card around one panel."""
     return {"type": "instrument-card", "name": name}
 
 
-def instrument_status(name: str) -> dict[str, str]:
-    """Id of the status line under one instrument's panel."""
-    return {"type": "instrument-status", "name": name}
+def instrument_status(name: Any, gen: Any = 0) -> dict[str, Any]:
+    """Id of the status line under one panel (``gen`` as for the graph)."""
+    return {"type": "instrument-status", "name": name, "gen": gen}
+
+
+def panel_button(name: str, action: str) -> dict[str, str]:
+    """Id of one of a panel's browser-side buttons (``BUTTONS``)."""
+    return {"type": "panel-button", "name": name, "action": action}
+
+
+def panel_download(name: str, fmt: str) -> dict[str, str]:
+    """Id of a panel's data download button (``FORMATS``)."""
+    return {"type": "panel-download", "name": name, "fmt": fmt}
+
+
+def panel_log(name: str) -> dict[str, str]:
+    """Id of the store holding whether a panel's value axis is logarithmic."""
+    return {"type": "panel-log", "name": name}

@@ -1,14 +1,25 @@
-"""Page layout: header with run selector and status, the instrument grid."""
+"""Page layout: controls, run list, and the instrument grid grouped like Cockpit."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from dash import dcc, html
 
 from glasscockpit.dashboard import ids
+from glasscockpit.dashboard.panels.style import GROUP_COLORS
 
-GROUP_ORDER = ("step size", "gradients", "curvature", "performance", "other")
+#: Cockpit's three columns, drawn side by side; other groups follow full width.
+COLUMNS = ("step size", "gradients", "curvature")
+WIDE_ORDER = ("performance", "other")
+BADGE = {
+    "live": ("live", "badge-live"),
+    "stale": ("reconnecting", "badge-stale"),
+    "finished": ("offline · finished", "badge-done"),
+    "failed": ("offline · failed", "badge-failed"),
+}
+GRAPH_HEIGHT = "250px"
 
 
 def page(refresh_ms: int) -> html.Div:
@@ -18,66 +29,290 @@ def page(refresh_ms: int) -> html.Div:
             html.Header(
                 [
                     html.H1("glasscockpit", className="brand"),
-                    dcc.Dropdown(
-                        id=ids.RUN_SELECT,
-                        placeholder="waiting for a run…",
-                        clearable=False,
-                        className="run-select",
-                    ),
+                    controls(),
                     html.Span(id=ids.RUN_STATUS, className="run-status"),
                 ],
                 className="header",
             ),
-            html.Details([html.Summary("run details"), html.Pre(id=ids.RUN_META)]),
-            html.Div(id=ids.GRID, className="grid-groups"),
+            html.Div(
+                [
+                    html.Aside(
+                        [
+                            html.Div(
+                                [
+                                    html.H3("Runs"),
+                                    html.Button(
+                                        "all shown",
+                                        id=ids.RUN_ALL,
+                                        className="btn",
+                                        title="overlay every run the filter shows",
+                                    ),
+                                    html.Button(
+                                        "newest",
+                                        id=ids.RUN_ONE,
+                                        className="btn",
+                                        title="show only the newest run",
+                                    ),
+                                ],
+                                className="runs-head",
+                            ),
+                            dcc.Input(
+                                id=ids.RUN_FILTER,
+                                type="search",
+                                placeholder="filter runs (regex)",
+                                debounce=False,
+                                className="run-filter",
+                            ),
+                            dcc.Checklist(
+                                id=ids.RUN_LIST,
+                                options=[],
+                                value=[],
+                                className="run-list",
+                                labelClassName="run-item",
+                            ),
+                            html.Div(id=ids.RUN_META, className="run-meta"),
+                        ],
+                        className="sidebar",
+                    ),
+                    html.Main(
+                        [
+                            html.Div(id=ids.WARNINGS, className="warnings"),
+                            html.Div(
+                                html.P(
+                                    "waiting for a run: attach the agent to a "
+                                    "training script",
+                                    className="empty",
+                                ),
+                                id=ids.GRID,
+                                className="grid-groups",
+                            ),
+                        ],
+                        className="main",
+                    ),
+                ],
+                className="body",
+            ),
             dcc.Interval(id=ids.TICK, interval=refresh_ms),
             dcc.Store(id=ids.CURSOR, data={}),
+            dcc.Store(id=ids.TICK_DONE, data=0),
+            dcc.Store(id=ids.GRID_STATE, data={}),
+            dcc.Store(id=ids.VISIBLE, data={}),
+            dcc.Store(id=ids.RUN_COLORS, data={}),
+            dcc.Download(id=ids.DOWNLOAD),
         ],
         className="page",
     )
 
 
-def card(spec: dict[str, Any], figure: Any) -> html.Div:
-    """One instrument panel: title (with how-to-read tooltip), graph, status line."""
-    panel = spec["panel"]
+def controls() -> html.Div:
+    """Smoothing slider, x axis, total or per-layer lines."""
+    return html.Div(
+        [
+            html.Label("smoothing", htmlFor=ids.SMOOTHING, className="ctl-label"),
+            html.Div(
+                dcc.Slider(
+                    id=ids.SMOOTHING,
+                    min=0,
+                    max=0.99,
+                    step=0.01,
+                    value=0.6,
+                    marks={0: "0", 0.6: "0.6", 0.99: ".99"},
+                    tooltip={"placement": "bottom", "always_visible": False},
+                    updatemode="mouseup",
+                ),
+                className="ctl-slider",
+                title="Debiased exponential moving average, as in TensorBoard",
+            ),
+            html.Label("x axis", className="ctl-label"),
+            dcc.RadioItems(
+                id=ids.X_AXIS,
+                options=[
+                    {"label": "step", "value": "step"},
+                    {"label": "wall time", "value": "wall"},
+                ],
+                value="step",
+                inline=True,
+                className="ctl-radio",
+            ),
+            html.Label("lines", className="ctl-label"),
+            dcc.RadioItems(
+                id=ids.LAYERS,
+                options=[
+                    {"label": "total", "value": "total"},
+                    {"label": "per layer", "value": "layers"},
+                ],
+                value="total",
+                inline=True,
+                className="ctl-radio",
+            ),
+        ],
+        className="controls",
+    )
+
+
+def run_label(run: dict[str, Any], color: str, now: float) -> html.Span:
+    """One entry of the run list: colour, id, status badge, last frame age, step."""
+    text, css = BADGE.get(run["status"], (run["status"], "badge-done"))
+    ago = max(0.0, now - run["last_frame_time"])
+    step = run["last_step"] if run["last_step"] is not None else "–"
+    warn = (
+        html.Span(f"⚠ {run['nonfinite']} NaN/Inf", className="run-warn")
+        if run.get("nonfinite")
+        else None
+    )
+    return html.Span(
+        [
+            html.Span(className="swatch", style={"background": color}),
+            html.Span(run["run"], className="run-name"),
+            html.Span(text, className=f"badge {css}"),
+            html.Span(f"last frame {_ago(ago)} · step {step}", className="run-sub"),
+            warn,
+        ],
+        className="run-label",
+    )
+
+
+def status_text(run: dict[str, Any], now: float) -> str:
+    """Header badge of one run: status and how long ago its last frame came."""
+    text = BADGE.get(run["status"], (run["status"], ""))[0]
+    ago = _ago(max(0.0, now - run["last_frame_time"]))
+    return f"{run['run']}: {text} · last frame {ago} · step {run['last_step']}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def card(panel: dict[str, Any], figure: Any, log_y: bool, gen: int = 0) -> html.Div:
+    """One panel: title with how-to-read tooltip, buttons, graph, status line."""
+    pid = panel["id"]
+    schedules = sorted({m["schedule"] for m in panel["members"] if m["schedule"]})
+    buttons = [
+        html.Button(
+            "log",
+            id=ids.panel_button(pid, "log"),
+            className="btn btn-on" if log_y else "btn",
+            title="logarithmic value axis",
+        ),
+        html.Button(
+            "⤢", id=ids.panel_button(pid, "big"), className="btn", title="enlarge"
+        ),
+        html.Button(
+            "csv", id=ids.panel_download(pid, "csv"), className="btn", title="data"
+        ),
+        html.Button(
+            "json", id=ids.panel_download(pid, "json"), className="btn", title="data"
+        ),
+        html.Button(
+            "png", id=ids.panel_button(pid, "png"), className="btn", title="image"
+        ),
+    ]
     return html.Div(
         [
             html.Div(
                 [
                     html.Span(panel["title"], className="card-title"),
-                    html.Span(
-                        "(?)", title=panel.get("help", ""), className="card-help"
-                    ),
-                    html.Span(
-                        f"  {spec.get('schedule', '')}", className="card-schedule"
-                    ),
+                    help_badge(panel.get("help") or "no description"),
+                    html.Span(", ".join(schedules), className="card-schedule"),
+                    html.Span(buttons, className="card-buttons"),
                 ],
                 className="card-head",
             ),
             dcc.Graph(
-                id=ids.instrument_graph(spec["name"]),
+                id=ids.instrument_graph(pid, gen),
                 figure=figure,
-                config={"displaylogo": False, "responsive": True},
-                style={"height": "260px"},
+                config={
+                    "displaylogo": False,
+                    "responsive": True,
+                    "toImageButtonOptions": {"filename": _file_name(pid), "scale": 2},
+                    "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+                },
+                style={"height": GRAPH_HEIGHT},
+                className="card-graph",
             ),
+            html.Div("", id=ids.instrument_status(pid, gen), className="card-status"),
+            dcc.Store(id=ids.panel_log(pid), data=log_y),
+        ],
+        id=ids.instrument_card(pid),
+        className="card",
+        **{"data-panel": pid},
+    )
+
+
+def help_badge(text: str) -> html.Span:
+    """A "?" that shows ``text`` on hover (CSS tooltip from ``data-help``)."""
+    attrs: dict[str, Any] = {"data-help": text, "className": "card-help"}
+    return html.Span("?", **attrs)
+
+
+def _file_name(pid: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in pid)
+
+
+def grid(cards: dict[str, list[html.Div]]) -> list[html.Section | html.Div]:
+    """Cockpit's columns (step size, gradients, curvature) side by side, then rest."""
+    columns = [
+        html.Section(
+            [_heading(g), html.Div(cards[g], className="stack")],
+            className="group column",
+            style={"--group": GROUP_COLORS.get(g, "#9ca3af")},
+        )
+        for g in COLUMNS
+        if g in cards
+    ]
+    rest = [g for g in WIDE_ORDER if g in cards] + sorted(
+        set(cards) - set(COLUMNS) - set(WIDE_ORDER)
+    )
+    out: list[html.Section | html.Div] = []
+    if columns:
+        out.append(html.Div(columns, className="columns"))
+    out += [
+        html.Section(
+            [_heading(g), html.Div(cards[g], className="grid")],
+            className="group wide",
+            style={"--group": GROUP_COLORS.get(g, "#9ca3af")},
+        )
+        for g in rest
+    ]
+    return out
+
+
+def _heading(group: str) -> html.H2:
+    return html.H2(group.upper(), className="group-title")
+
+
+def run_meta(detail: dict[str, Any], color: str) -> html.Details:
+    """A run's metadata (model, optimizer, config) and instrument failures."""
+    meta = detail.get("meta") or {}
+    rows = [
+        html.Tr([html.Th(k), html.Td(_meta_value(v))])
+        for k, v in sorted(meta.items(), key=lambda kv: kv[0])
+    ]
+    errors = detail.get("errors") or {}
+    return html.Details(
+        [
+            html.Summary(
+                [
+                    html.Span(className="swatch", style={"background": color}),
+                    f"{detail['run']} details",
+                ]
+            ),
+            html.Table(rows or [html.Tr(html.Td("no metadata sent"))]),
             html.Div(
-                "", id=ids.instrument_status(spec["name"]), className="card-status"
+                [html.Div(f"⚠ {n}: {e}", className="err") for n, e in errors.items()]
             ),
         ],
-        id=ids.instrument_card(spec["name"]),
-        className="card",
+        className="meta",
+        open=False,
     )
 
 
-def grid(cards: dict[str, list[html.Div]]) -> list[html.Section]:
-    """Cards grouped like Cockpit: step size, gradients, curvature, performance."""
-    order = [g for g in GROUP_ORDER if g in cards] + sorted(
-        set(cards) - set(GROUP_ORDER)
-    )
-    return [
-        html.Section(
-            [html.H2(group.title()), html.Div(cards[group], className="grid")],
-            className="group",
-        )
-        for group in order
-    ]
+def _meta_value(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return html.Pre(json.dumps(value, indent=1, default=str))
+    text = str(value)
+    return html.Pre(text) if "\n" in text else text

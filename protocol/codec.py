@@ -8,6 +8,7 @@ frame either decodes into a valid dataclass or raises a ``ProtocolError``.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -76,6 +77,12 @@ def _panel_dict(panel: PanelSpec) -> dict[str, Any]:
         "log_y": panel.log_y,
         "group": panel.group,
         "help": panel.help,
+        "ref_lines": list(panel.ref_lines),
+        "band": None if panel.band is None else list(panel.band),
+        "smooth": panel.smooth,
+        "distribution": panel.distribution,
+        "card": panel.card,
+        "x_label": panel.x_label,
     }
 
 
@@ -156,6 +163,49 @@ def _value(value: Any, name: str) -> Value:
     return _number(value, repr(name))
 
 
+def _floats(value: Any, what: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise MalformedFrame(f"{what} must be a list of at most 64 numbers")
+    return tuple(_finite(v, what) for v in value)
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedFrame(f"{what} must hold numbers, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise MalformedFrame(f"{what} must hold finite numbers, got {value}")
+    return float(value)
+
+
+def _panel(panel: dict[str, Any]) -> PanelSpec:
+    """A PanelSpec; fields added after protocol 1 shipped are optional."""
+    band_raw = panel.get("band")
+    band: tuple[float, float] | None = None
+    if band_raw is not None:
+        values = _floats(band_raw, "Panel band")
+        if len(values) != 2:
+            raise MalformedFrame(f"Panel band must be [low, high], got {band_raw!r}")
+        band = (values[0], values[1])
+    optional = {"smooth": bool, "distribution": str, "card": str, "x_label": str}
+    extra = {k: _get(panel, k, t) for k, t in optional.items() if k in panel}
+    try:
+        return PanelSpec(
+            title=_name(_get(panel, "title", str), "Panel title"),
+            y_label=_get(panel, "y_label", str)[:MAX_NAME],
+            log_y=_get(panel, "log_y", bool),
+            group=_get(panel, "group", str)[:MAX_NAME],
+            help=_get(panel, "help", str)[:2000],
+            ref_lines=_floats(panel.get("ref_lines", []), "Panel ref_lines"),
+            band=band,
+            smooth=extra.get("smooth", False),
+            distribution=extra.get("distribution", ""),
+            card=extra.get("card", "")[:MAX_NAME],
+            x_label=extra.get("x_label", "")[:MAX_NAME],
+        )
+    except ValueError as exc:
+        raise MalformedFrame(f"Bad panel description: {exc}") from exc
+
+
 def _spec(raw: Any) -> InstrumentSpec:
     if not isinstance(raw, dict):
         raise MalformedFrame("Each instrument description must be a map")
@@ -167,13 +217,7 @@ def _spec(raw: Any) -> InstrumentSpec:
     return InstrumentSpec(
         name=_name(_get(raw, "name", str), "Instrument name"),
         kind=kind,
-        panel=PanelSpec(
-            title=_name(_get(panel, "title", str), "Panel title"),
-            y_label=_get(panel, "y_label", str)[:MAX_NAME],
-            log_y=_get(panel, "log_y", bool),
-            group=_get(panel, "group", str)[:MAX_NAME],
-            help=_get(panel, "help", str)[:2000],
-        ),
+        panel=_panel(panel),
         schedule=str(raw.get("schedule", ""))[:MAX_NAME],
     )
 

@@ -34,15 +34,63 @@ class Kind(StrEnum):
     HEATMAP = "heatmap"  # Array [ny, nx] counts + x/y edges
 
 
+#: Values of ``PanelSpec.distribution``.
+DISTRIBUTIONS = frozenset({"", "histogram", "alpha"})
+
+
 @dataclass(frozen=True, slots=True)
 class PanelSpec:
-    """How the dashboard should show an instrument; plain data, no plotting code."""
+    """How the dashboard should show an instrument; plain data, no plotting code.
+
+    Every field after ``help`` was added later with a default, and the codec
+    fills the default when a frame lacks it, so old agents keep working.
+
+    Attributes:
+        title: Panel title.
+        y_label: Value-axis label (for heatmaps: the y axis).
+        log_y: Start the panel with a logarithmic value axis.
+        group: Section of the grid: "step size", "gradients", "curvature",
+            "performance" (Cockpit's columns), or any other name.
+        help: One line on how to read the panel, shown as its tooltip.
+        ref_lines: Values drawn as dashed horizontal reference lines, e.g.
+            ``(0.0,)`` for a criterion that says "stop above 0".
+        band: ``(low, high)`` range shaded as the healthy/tolerance band, e.g.
+            ``(0.0, 1.0)`` for the gradient tests (signal dominates noise below 1).
+        smooth: Readings are noisy per-step estimates: draw them as faint dots
+            under a debiased-EMA line, even while the smoothing slider is at 0.
+        distribution: Next to the time series, also draw the distribution of the
+            readings: "" (no), "histogram" (all readings and the last 10 %), or
+            "alpha" (as "histogram", over Cockpit's normalised parabola with
+            reference lines at -1, 0 and 1).
+        card: Instruments of one run with the same non-empty ``card`` share one
+            panel titled ``card`` (e.g. "Gradient tests" for the three tests).
+        x_label: Value-axis label of histogram panels, x-axis label of heatmaps.
+    """
 
     title: str
     y_label: str = ""
     log_y: bool = False
     group: str = "other"
     help: str = ""
+    ref_lines: tuple[float, ...] = ()
+    band: tuple[float, float] | None = None
+    smooth: bool = False
+    distribution: str = ""
+    card: str = ""
+    x_label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"PanelSpec.distribution must be one of {sorted(DISTRIBUTIONS)}, "
+                f"got {self.distribution!r}"
+            )
+        if self.band is not None and (
+            len(self.band) != 2 or not self.band[0] <= self.band[1]
+        ):
+            raise ValueError(
+                f"PanelSpec.band must be (low, high) with low <= high, got {self.band}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,3 +32,7 @@ class StoreProvider:
     def histograms(self, run_id: str, name: str, last: int) -> dict[str, Any]:
         """Histogram snapshots."""
         return views.histograms_view(self.store, run_id, name, last)
+
+    def instrument_panels(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Every PanelSpec field of each instrument of one run."""
+        return views.panel_specs(self.store, run_id)

@@ -11,20 +11,19 @@ lose its data. Evictions are logged and counted (``runs_evicted`` on /v1/metrics
 With a ``FrameLogs`` the store writes each accepted frame to disk before it returns,
 so an acknowledged frame survives a restart, and ``replay`` rebuilds the store from
 the logs at start-up.
+
+A frame is first checked on its own (``frame_checks.py``), then against its run;
+what is kept per run is defined in ``run.py``. Both modules' public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 
 from glasscockpit.protocol import (
     Ack,
@@ -32,167 +31,24 @@ from glasscockpit.protocol import (
     Bye,
     Frame,
     Hello,
-    InstrumentSpec,
     ProtocolError,
     Readings,
     Value,
     decode,
 )
 from glasscockpit.server.errors import LimitExceeded, Rejected
+from glasscockpit.server.frame_checks import (
+    MAX_INT,
+    Limits,
+    check_frame,
+    clean_meta,
+)
 from glasscockpit.server.framelog import FrameLogs
 from glasscockpit.server.history import History
-from glasscockpit.server.jsonsafe import safe
+from glasscockpit.server.run import TOTAL, Histogram, Run, as_numpy
 from glasscockpit.server.series import Series
 
-TOTAL = "total"  # series key of scalar instruments and of per-layer totals
-#: Largest step and sequence number accepted (exact in float64 and in JSON).
-MAX_INT = 2**53
 log = logging.getLogger("glasscockpit.server")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-frame and per-run limits; see ``Settings`` for the meaning of each."""
-
-    max_instruments: int = 256
-    max_keys: int = 4096
-    max_array_elements: int = 1_000_000
-    max_meta_bytes: int = 64 * 2**10
-
-
-@dataclass
-class Histogram:
-    """One histogram-like reading at one step: named arrays (counts, edges, ...)."""
-
-    step: int
-    wall_time: float
-    arrays: dict[str, np.ndarray]
-
-
-@dataclass
-class Run:
-    """Everything stored about one run."""
-
-    run_id: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    instruments: dict[str, InstrumentSpec] = field(default_factory=dict)
-    series: dict[tuple[str, str], Series] = field(default_factory=dict)
-    histograms: dict[str, History[Histogram]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    last_seq: int = -1
-    last_step: int | None = None
-    frames: int = 0
-    nonfinite: int = 0
-    status: str = "live"  # live | finished | failed (stale is derived on read)
-    connected: int = 0
-    created: float = field(default_factory=time.time)
-    last_frame_time: float = field(default_factory=time.time)
-    #: Instrument names seen in hello or readings frames (bounded by max_instruments).
-    names: set[str] = field(default_factory=set)
-    #: Series keys per instrument (bounded by max_keys).
-    key_count: Counter[str] = field(default_factory=Counter)
-
-    def keys(self, name: str) -> list[str]:
-        """Series keys of one instrument: "total" first, then layers as they came."""
-        keys = [k for (n, k) in self.series if n == name]
-        return sorted(keys, key=lambda k: k != TOTAL)
-
-    @property
-    def nbytes(self) -> int:
-        """Estimated memory held by the run's series and histograms."""
-        total = sum(s.nbytes for s in self.series.values())
-        for hist in self.histograms.values():
-            total += sum(a.nbytes for h in hist for a in h.arrays.values())
-        return total
-
-
-def as_numpy(a: Array) -> np.ndarray:
-    """Zero-copy view of a wire array."""
-    return np.frombuffer(a.data, dtype=a.dtype).reshape(a.shape)
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-    if isinstance(value, float):
-        return safe(value)
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if depth < 32 and isinstance(value, list):
-        return [_plain(v, depth + 1) for v in value]
-    if (
-        depth < 32
-        and isinstance(value, dict)
-        and all(isinstance(k, str) for k in value)
-    ):
-        return {k: _plain(v, depth + 1) for k, v in value.items()}
-    raise Rejected(
-        "schema",
-        "Run metadata must be maps with string keys, lists, strings, numbers, "
-        f"booleans or null, at most 32 levels deep; got {type(value).__name__}",
-    )
-
-
-def clean_meta(meta: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    """Metadata as JSON-safe data (NaN/Inf spelled out, like readings), size-checked.
-
-    Non-finite numbers are kept as "NaN"/"Infinity" rather than refused: a
-    hyperparameter such as ``max_norm=inf`` is legitimate and must not cost the run.
-    """
-    clean: dict[str, Any] = _plain(meta)
-    size = len(json.dumps(clean))
-    if size > limits.max_meta_bytes:
-        raise LimitExceeded(
-            f"Run metadata of {size} bytes exceeds the limit of "
-            f"{limits.max_meta_bytes} (GLASSCOCKPIT_MAX_META_BYTES)"
-        )
-    return clean
-
-
-def _check_array(a: Array, where: str, limits: Limits) -> None:
-    size = math.prod(a.shape)
-    if len(a.shape) > 3 or size > limits.max_array_elements:
-        raise LimitExceeded(
-            f"Array {where} of shape {list(a.shape)} exceeds the limits of 3 "
-            f"dimensions and {limits.max_array_elements} elements "
-            "(GLASSCOCKPIT_MAX_ARRAY_ELEMENTS)"
-        )
-
-
-def check_frame(frame: Frame, limits: Limits) -> None:
-    """Checks that need no run state; raise ``Rejected`` with a specific reason."""
-    if not 0 <= frame.seq <= MAX_INT:
-        raise Rejected("schema", f"Sequence number {frame.seq} is out of [0, 2**53]")
-    if isinstance(frame, Hello):
-        if len(frame.instruments) > limits.max_instruments:
-            raise LimitExceeded(
-                f"Hello declares {len(frame.instruments)} instruments; the limit is "
-                f"{limits.max_instruments} (GLASSCOCKPIT_MAX_INSTRUMENTS)"
-            )
-    elif isinstance(frame, Readings):
-        if not math.isfinite(frame.wall_time):
-            raise Rejected(
-                "nonfinite", f"wall_time must be finite, got {frame.wall_time}"
-            )
-        if not 0 <= frame.step <= MAX_INT:
-            raise Rejected("schema", f"Step {frame.step} is out of [0, 2**53]")
-        if len(frame.values) > limits.max_instruments or (
-            len(frame.errors) > limits.max_instruments
-        ):
-            raise LimitExceeded(
-                f"Readings name more than {limits.max_instruments} instruments "
-                "(GLASSCOCKPIT_MAX_INSTRUMENTS)"
-            )
-        for name, value in frame.values.items():
-            if isinstance(value, Array):
-                _check_array(value, repr(name), limits)
-            elif isinstance(value, dict):
-                if len(value) > limits.max_keys:
-                    raise LimitExceeded(
-                        f"Reading {name!r} has {len(value)} keys; the limit is "
-                        f"{limits.max_keys} (GLASSCOCKPIT_MAX_KEYS)"
-                    )
-                for key, v in value.items():
-                    if isinstance(v, Array):
-                        _check_array(v, f"{name}.{key}", limits)
 
 
 class RunStore:
@@ -444,3 +300,16 @@ class RunStore:
         """Buckets stored over all series."""
         with self.lock:
             return sum(len(s) for r in self.runs.values() for s in r.series.values())
+
+
+__all__ = [
+    "MAX_INT",
+    "TOTAL",
+    "Histogram",
+    "Limits",
+    "Run",
+    "RunStore",
+    "as_numpy",
+    "check_frame",
+    "clean_meta",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from typing import Any
 
@@ -215,4 +216,21 @@ def metrics_view(
             "memory_bytes": store.nbytes(),
             "runs_evicted": store.evicted_count,
             "evicted_runs": list(store.evicted),
+        }
+
+
+def panel_specs(store: RunStore, run_id: str) -> dict[str, dict[str, Any]]:
+    """Every PanelSpec field of each instrument of one run, JSON-ready.
+
+    ``run_detail`` lists the first five fields only; this one also carries the
+    fields added later (ref_lines, band, smooth, distribution, card, x_label).
+    """
+    with store.lock:
+        run = find_run(store, run_id)
+        return {
+            name: {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(spec.panel).items()
+            }
+            for name, spec in run.instruments.items()
         }

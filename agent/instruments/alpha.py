@@ -82,6 +82,8 @@ class Alpha(Instrument):
         help="Where each step lands on a local parabola: −1 start, 0 minimum, "
         "+1 same loss on the far side; > 1 overshoots, tuned SGD sits mostly "
         "a little above 0.",
+        smooth=True,
+        distribution="alpha",
     )
 
     def __init__(

@@ -39,6 +39,7 @@ class CABS(Instrument):
         group="auxiliary",
         help="Batch size that the coupled-adaptive-batch-size rule suggests at the "
         "current learning rate; growth means rising noise relative to the loss.",
+        smooth=True,
     )
 
     @override

@@ -35,6 +35,8 @@ class EarlyStopping(Instrument):
         group="auxiliary",
         help="Above 0 the gradient is statistically indistinguishable from noise: "
         "a hint to stop without a validation set.",
+        ref_lines=(0.0,),
+        smooth=True,
     )
 
     def __init__(

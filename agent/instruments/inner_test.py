@@ -41,10 +41,12 @@ class InnerTest(Instrument):
     panel = PanelSpec(
         title="Inner-product test",
         y_label="θ_inner",
-        log_y=True,
         group="gradients",
         help="Noise of the per-sample gradients along the mean gradient; values ≳ 1 "
         "mean many samples point against the step.",
+        smooth=True,
+        band=(0.0, 1.0),
+        card="Gradient tests",
     )
 
     @override

@@ -26,6 +26,7 @@ class Loss(Instrument):
         log_y=True,
         group="performance",
         help="Training loss per step; watch the trend, not single noisy values.",
+        smooth=True,
     )
 
     @override

@@ -35,6 +35,7 @@ class MeanGSNR(Instrument):
         group="auxiliary",
         help="How much the samples agree on each gradient entry, averaged; it "
         "usually decays as the model fits the data (≈ 1/B for pure noise).",
+        smooth=True,
     )
 
     def __init__(

@@ -40,10 +40,12 @@ class NormTest(Instrument):
     panel = PanelSpec(
         title="Norm test",
         y_label="θ_norm",
-        log_y=True,
         group="gradients",
         help="Gradient noise relative to the gradient's size; values ≳ 1 mean the "
         "batch is too small for the gradient's direction to be trusted.",
+        smooth=True,
+        band=(0.0, 1.0),
+        card="Gradient tests",
     )
 
     @override

@@ -43,10 +43,12 @@ class OrthoTest(Instrument):
     panel = PanelSpec(
         title="Orthogonality test",
         y_label="ν",
-        log_y=True,
         group="gradients",
         help="Noise of the per-sample gradients orthogonal to the mean gradient; "
         "values ≳ 1 mean the step's direction is unreliable.",
+        smooth=True,
+        band=(0.0, 1.0),
+        card="Gradient tests",
     )
 
     @override

@@ -433,5 +433,7 @@ def test_unwritable_spill_folder_drops_counted_and_training_finishes(
     assert s.dropped == 21 and s.spilled == 0 and s.pending == 0
     messages = [r.getMessage() for r in caplog.records]
     assert sum("cannot write the spill file" in m for m in messages) == 1
-    assert sum("is dropping frames" in m for m in messages) == 1
+    # One warning per reason: the packer's failed spill, and (when close() wins the
+    # race against the packer under load) close()'s own failed save.
+    assert 1 <= sum("is dropping frames" in m for m in messages) <= 2
     assert len(messages) <= 5, messages  # per state change or reason, not per step

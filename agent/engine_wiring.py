@@ -1,0 +1,83 @@
+"""Cockpit's use of the hook engine: arming it, step data, partial-coverage notes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
+from glasscockpit.agent.instruments import Instrument
+from glasscockpit.agent.needs import RECORDED, Need
+from glasscockpit.agent.step import StepData
+
+
+class EngineWiring:
+    """Mixin of ``Cockpit``: when the engine records, and what it hands a step."""
+
+    engine: HookEngine | None
+    instruments: list[Instrument]
+    params: list[tuple[str, nn.Parameter]]
+    disabled: dict[str, str]
+    _closed: bool
+    _checked: bool
+
+    def _prepare(self, step: int) -> None:
+        """Arm the engine iff an instrument that needs it is due at ``step``."""
+        if self.engine is None:
+            return
+        if not self._closed and any(
+            i.needs & RECORDED and i.key not in self.disabled and i.is_due(step)
+            for i in self.instruments
+        ):
+            self.engine.arm()
+        else:
+            self.engine.disarm()
+
+    def _partial(self, inst: Instrument) -> str | None:
+        """A "partial: ..." note when per-sample statistics skip some parameters."""
+        engine = self.engine
+        if engine is None or not inst.needs & RECORDED or not engine.uncovered:
+            return None
+        names = engine.uncovered
+        return (
+            f"partial: {len(names)} of {len(self.params)} parameter tensors not "
+            f"covered and left out of this instrument: {', '.join(names[:6])}"
+            f"{' ...' if len(names) > 6 else ''} ({engine.coverage[names[0]]})"
+        )
+
+    def _step_data(self, due: Sequence[Instrument], loss: Tensor | None) -> StepData:
+        """Engine work before the backward pass; per-sample statistics come lazily."""
+        engine = self.engine
+        if engine is None or not any(i.needs & RECORDED for i in due):
+            return StepData()
+        if not engine.recording or engine.backpropagated:
+            # Opened before the forward pass, or what was recorded belongs to an
+            # earlier, finished backward pass: record afresh from here.
+            engine.arm()
+        ggn: dict[str, Tensor] | Exception | None = None
+        if any(Need.DIAG_GGN in i.needs for i in due):
+            try:
+                if loss is None:
+                    raise EngineError(
+                        "Curvature instruments need cockpit.step(loss=...)"
+                    )
+                ggn = diag_ggn(engine, loss)
+            except EngineError as exc:
+                ggn = exc
+
+        def stats() -> StepStats:
+            result = StepStats(engine, check=not self._checked)
+            self._checked = True
+            if result.moved and isinstance(data.ggn, dict):
+                # The curvature passes ran before the check found these
+                # parameters used outside their module; from the next step on
+                # they are served correctly.
+                data.ggn = EngineError(
+                    f"Parameters {result.moved[:4]} turned out to be used outside "
+                    "their module (tied?) at this step; curvature resumes next step"
+                )
+            return result
+
+        data = StepData(stats, ggn)
+        return data

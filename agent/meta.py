@@ -1,0 +1,59 @@
+"""Run metadata: the default run id and what the Hello frame says about the run."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def default_run_id() -> str:
+    """``<script name>-<YYYYmmdd-HHMMSS>``, safe as a run id."""
+    stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "run"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-_") or "run"
+    return f"{stem[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """Metadata made msgpack-safe: containers kept, other objects as their repr."""
+    if isinstance(value, bool | str | float | None):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else str(value)
+    if depth < 6 and isinstance(value, dict):
+        return {str(k)[:200]: plain(v, depth + 1) for k, v in list(value.items())[:500]}
+    if depth < 6 and isinstance(value, list | tuple):
+        return [plain(v, depth + 1) for v in value[:500]]
+    return repr(value)[:2000]
+
+
+def model_meta(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> dict[str, Any]:
+    """Model, optimizer and host facts shown with the run on the dashboard."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    meta: dict[str, Any] = {
+        "model": type(model).__name__,
+        "model_summary": str(model)[:4000],
+        "parameters": int(sum(p.numel() for p in params)),
+        "device": str(params[0].device) if params else "cpu",
+        "torch": torch.__version__,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.time(),
+    }
+    if optimizer is not None:
+        meta["optimizer"] = type(optimizer).__name__
+        meta["optimizer_defaults"] = {
+            k: v
+            for k, v in optimizer.defaults.items()
+            if isinstance(v, int | float | str | bool)
+        }
+    return meta

@@ -1,0 +1,67 @@
+"""What the server keeps about one run: its metadata, series and histograms."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from glasscockpit.protocol import Array, InstrumentSpec
+from glasscockpit.server.history import History
+from glasscockpit.server.series import Series
+
+TOTAL = "total"  # series key of scalar instruments and of per-layer totals
+
+
+@dataclass
+class Histogram:
+    """One histogram-like reading at one step: named arrays (counts, edges, ...)."""
+
+    step: int
+    wall_time: float
+    arrays: dict[str, np.ndarray]
+
+
+@dataclass
+class Run:
+    """Everything stored about one run."""
+
+    run_id: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    instruments: dict[str, InstrumentSpec] = field(default_factory=dict)
+    series: dict[tuple[str, str], Series] = field(default_factory=dict)
+    histograms: dict[str, History[Histogram]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    last_seq: int = -1
+    last_step: int | None = None
+    frames: int = 0
+    nonfinite: int = 0
+    status: str = "live"  # live | finished | failed (stale is derived on read)
+    connected: int = 0
+    created: float = field(default_factory=time.time)
+    last_frame_time: float = field(default_factory=time.time)
+    #: Instrument names seen in hello or readings frames (bounded by max_instruments).
+    names: set[str] = field(default_factory=set)
+    #: Series keys per instrument (bounded by max_keys).
+    key_count: Counter[str] = field(default_factory=Counter)
+
+    def keys(self, name: str) -> list[str]:
+        """Series keys of one instrument: "total" first, then layers as they came."""
+        keys = [k for (n, k) in self.series if n == name]
+        return sorted(keys, key=lambda k: k != TOTAL)
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated memory held by the run's series and histograms."""
+        total = sum(s.nbytes for s in self.series.values())
+        for hist in self.histograms.values():
+            total += sum(a.nbytes for h in hist for a in h.arrays.values())
+        return total
+
+
+def as_numpy(a: Array) -> np.ndarray:
+    """Zero-copy view of a wire array."""
+    return np.frombuffer(a.data, dtype=a.dtype).reshape(a.shape)
