@@ -128,6 +128,14 @@ def sh(cmd: list[str]) -> str:
         return ""
 
 
+def commit() -> str:
+    """The checked-out commit, and whether tracked files differ from it."""
+    dirty = sh(["git", "status", "--porcelain", "--untracked-files=no"])
+    return sh(["git", "rev-parse", "--short", "HEAD"]) + (
+        " (modified)" if dirty else ""
+    )
+
+
 def machine() -> dict[str, str]:
     """CPU model, cores, memory, load, versions, commit."""
     cpu = ""
@@ -150,9 +158,6 @@ def machine() -> dict[str, str]:
         cockpit = version("cockpit-for-pytorch")
     except Exception:  # noqa: BLE001 - optional extra
         cockpit = "not installed"
-    dirty = (
-        " (with uncommitted changes)" if sh(["git", "status", "--porcelain"]) else ""
-    )
     return {
         "CPU": cpu or platform.processor(),
         "cores": str(os.cpu_count()),
@@ -161,7 +166,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cockpit-for-pytorch": cockpit,
-        "glasscockpit commit": sh(["git", "rev-parse", "--short", "HEAD"]) + dirty,
+        "glasscockpit commit": commit(),
         "date (UTC)": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
 
@@ -694,6 +699,7 @@ def page(
             continue
         r = res[b.name]
         when = f", finished {r['finished']}" if r.get("finished") else ""
+        when += f", commit {r['commit']}" if r.get("commit") else ""
         parts += [
             "",
             f"## {b.title}",
@@ -790,7 +796,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         res[b.name] = run_one(b, args.quick, budget_s, out_dir)
         res[b.name]["finished"] = time.strftime("%H:%M UTC", time.gmtime())
+        res[b.name]["commit"] = commit()
     if ran:
+        run["info"]["glasscockpit commit"] = ", ".join(
+            sorted({r["commit"] for r in res.values() if r.get("commit")})
+        )
         run["commands"].append(command)
         run["total_s"] += time.monotonic() - t0
         run["info"]["load average at end"] = " ".join(
