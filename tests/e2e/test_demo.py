@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.harness import get_json, server_process
+from tests.e2e.harness import browser, get_json, server_process
 
 pytestmark = pytest.mark.e2e
 
@@ -58,3 +58,48 @@ def test_demo_streams_every_full_instrument_without_errors():
         if i["kind"] in ("scalar", "per_layer") and not i["keys"]
     ]
     assert empty == [], empty
+
+
+EVERY_CARD_DRAWN = """() => {
+    const cards = [...document.querySelectorAll('.card')];
+    const drawn = c => [...c.querySelectorAll('.js-plotly-plot')].some(gd =>
+        (gd.data || []).some(t => ['x', 'z'].some(k => t[k] &&
+            (t[k].length > 0 || (t[k].bdata || '').length > 0))));
+    return cards.length > 0 && cards.every(drawn) ? cards.length : 0;
+}"""
+
+
+def test_every_panel_of_a_real_full_run_renders_in_the_browser(output_dir):
+    port = free_port()
+    with server_process(port) as base, browser() as b:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "glasscockpit",
+                "demo",
+                "--port",
+                str(port),
+                "--epochs",
+                "2",
+                "--delay",
+                "0",
+                "--exit",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        run = get_json(base + "/v1/runs")[0]["run"]
+        specs = get_json(base + f"/v1/runs/{run}")["instruments"]
+        page = b.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(base + "/")
+        page.wait_for_function(EVERY_CARD_DRAWN, timeout=60_000)
+        cards = page.evaluate(EVERY_CARD_DRAWN)
+        page.screenshot(path=str(output_dir / "demo-grid.png"), full_page=True)
+    # The three gradient tests share one card ("Gradient tests"); every other
+    # instrument has its own.
+    names = {s["name"] for s in specs}
+    assert {"norm_test", "inner_test", "ortho_test"} <= names
+    assert cards == len(names) - 2
