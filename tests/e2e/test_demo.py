@@ -13,28 +13,33 @@ from tests.e2e.harness import browser, get_json, server_process
 pytestmark = pytest.mark.e2e
 
 
+def run_demo(port: int) -> subprocess.CompletedProcess[str]:
+    """The README's demo, two short epochs, into the server on ``port``."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glasscockpit",
+            "demo",
+            "--port",
+            str(port),
+            "--epochs",
+            "2",
+            "--delay",
+            "0",
+            "--exit",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+
+
 def test_demo_streams_every_full_instrument_without_errors():
     port = free_port()
     with server_process(port) as base:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "glasscockpit",
-                "demo",
-                "--port",
-                str(port),
-                "--epochs",
-                "2",
-                "--delay",
-                "0",
-                "--exit",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
+        out = run_demo(port)
         assert "finished, test accuracy" in out.stdout
         runs = get_json(base + "/v1/runs")
         assert len(runs) == 1 and runs[0]["status"] == "finished"
@@ -72,25 +77,7 @@ EVERY_CARD_DRAWN = """() => {
 def test_every_panel_of_a_real_full_run_renders_in_the_browser(output_dir):
     port = free_port()
     with server_process(port) as base, browser() as b:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "glasscockpit",
-                "demo",
-                "--port",
-                str(port),
-                "--epochs",
-                "2",
-                "--delay",
-                "0",
-                "--exit",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
+        run_demo(port)
         run = get_json(base + "/v1/runs")[0]["run"]
         specs = get_json(base + f"/v1/runs/{run}")["instruments"]
         page = b.new_page(viewport={"width": 1600, "height": 1200})
