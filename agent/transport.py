@@ -82,6 +82,11 @@ class MemoryTransport:
         self._items = [resolve(i) for i in self._items]
         return list(self._items)  # type: ignore[arg-type]
 
+    def drain(self) -> list[Frame]:
+        """Every frame sent so far, forgotten here (long in-memory runs, benchmarks)."""
+        frames, self._items = self.frames, []
+        return frames
+
     def send(self, frame: Item) -> None:
         """Append the frame (and hand it to the recorder)."""
         self._items.append(frame)

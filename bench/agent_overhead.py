@@ -160,7 +160,7 @@ def ours_step(
         with cockpit.step(i, loss=loss, losses=losses):
             loss.backward()
         opt.step()
-        cockpit.transport.frames.clear()  # type: ignore[attr-defined]
+        cockpit.transport.drain()  # type: ignore[attr-defined]
 
     step.cockpit = cockpit  # type: ignore[attr-defined]  # for disabled instruments
     return step

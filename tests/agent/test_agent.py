@@ -53,6 +53,24 @@ def test_loss_grad_norm_and_lr_match_autograd(torch_threads):
         assert got[step]["lr"]["total"] == pytest.approx(lr)
 
 
+def test_drain_hands_over_frames_once_and_forgets_them(torch_threads):
+    # Long in-memory runs (and the benchmarks) drain frames to keep memory flat.
+    model, x, y = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cockpit = Cockpit(model, opt, server=None, run="t", instruments=["loss"])
+    for step in range(3):
+        loss = nn.functional.cross_entropy(model(x), y)
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+        if step == 1:
+            first = cockpit.transport.drain()  # type: ignore[attr-defined]
+    cockpit.close()
+    steps = [getattr(f, "step", None) for f in first]
+    assert [s for s in steps if s is not None] == [0, 1]
+    assert sorted(cockpit.readings) == [2]
+    assert cockpit.transport.drain() and not cockpit.transport.drain()  # type: ignore[attr-defined]
+
+
 def test_untracked_steps_compute_nothing():
     model, x, y = _problem()
     cockpit = Cockpit(
