@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from glasscockpit.agent.budget import OverheadBudget
 from glasscockpit.agent.config import AgentConfig, ingest_url
 from glasscockpit.agent.curvature import keep_backpack_io
 from glasscockpit.agent.engine import HookEngine
@@ -29,7 +30,7 @@ from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.meta import default_run_id, model_meta, plain
 from glasscockpit.agent.needs import RECORDED, Need
 from glasscockpit.agent.phases import StepContext, StepPhases, on_optimizer_step
-from glasscockpit.agent.schedules import describe
+from glasscockpit.agent.schedules import auto, describe
 from glasscockpit.agent.transport import (
     MemoryTransport,
     Transport,
@@ -89,6 +90,11 @@ class Cockpit(StepPhases):
             ``GLASSCOCKPIT_CLOSE_TIMEOUT`` or 5.
         transport: where frames go (overrides ``server``; for tests).
         transport_options: budgets and timings of the websocket transport.
+        budget: overhead budget, a fraction of the plain step time (default
+            ``GLASSCOCKPIT_BUDGET`` or 0.05): instruments on their default
+            schedule are tracked as often as it allows once their cost is measured
+            (``agent/budget.py``); None keeps the fixed cadences by cost.
+            Explicit schedules are never changed.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class Cockpit(StepPhases):
         close_timeout: float | None = None,
         transport: Transport | None = None,
         transport_options: TransportOptions | None = None,
+        budget: float | None = _UNSET,
     ) -> None:
         env = AgentConfig.from_env()
         if fail_mode not in FAIL_MODES:
@@ -185,6 +192,15 @@ class Cockpit(StepPhases):
         if isinstance(self.transport, MemoryTransport):
             self.transport.send(self.hello)
         self._closed = False
+        fraction = env.budget if budget is _UNSET else budget
+        auto_schedules = {
+            i.key: i.schedule for i in self.instruments if isinstance(i.schedule, auto)
+        }
+        self._budget: OverheadBudget | None = (
+            OverheadBudget(fraction, auto_schedules)
+            if fraction and auto_schedules
+            else None
+        )
         self._last_time: float | None = None
         self._after_step: tuple[StepContext, list[Instrument]] | None = None
         self._init: list[Tensor] | None = None
@@ -228,6 +244,10 @@ class Cockpit(StepPhases):
             losses: per-sample losses, shape [B], for instruments such as Alpha.
         """
         self._run_after_step()
+        budget = self._budget
+        start = time.perf_counter()
+        if budget is not None:
+            budget.begin(start)
         live = [i for i in self.instruments if i.key not in self.disabled]
         due = [i for i in live if i.is_due(step)]
         pending = [i for i in live if i not in due and i.is_pending()]
@@ -235,6 +255,8 @@ class Cockpit(StepPhases):
             try:
                 yield False
             finally:
+                if budget is not None:
+                    budget.update()
                 self._prepare(step + 1)
             return
         try:
@@ -253,7 +275,16 @@ class Cockpit(StepPhases):
                 # user's backward must be the one they keep.
                 self.engine.clear_grads()
             self._send_drained()
+            if budget is not None:
+                budget.track(
+                    [i.key for i in (*due, *pending)],
+                    [i.key for i in due if i.needs & RECORDED],
+                    self.engine is not None and self.engine.recording,
+                )
+                body = time.perf_counter()
+                budget.charge(body - start)
             yield bool(due)
+            start = time.perf_counter()
             with torch.no_grad():
                 results.update(
                     self._run_phase(Phase.AFTER_BACKWARD, ctx, due, pending, errors)
@@ -266,7 +297,12 @@ class Cockpit(StepPhases):
             if after:
                 self._after_step = (ctx, after)
         finally:
+            if budget is not None:
+                # Between steps: no schedule is being consulted.
+                budget.update()
             self._prepare(step + 1)
+            if budget is not None:
+                budget.charge(time.perf_counter() - start)
 
     def log(self, step: int, **metrics: float) -> None:
         """Record epoch-level metrics at ``step`` (Cockpit's performance gauge).

@@ -22,7 +22,12 @@ ENV_SPILL_DIR = "GLASSCOCKPIT_SPILL_DIR"
 #: Disk budget of one run's spill or recording file, in MiB; frames beyond it drop.
 ENV_SPILL_MAX_MB = "GLASSCOCKPIT_SPILL_MAX_MB"
 
+#: Overhead budget of default schedules, a fraction of the plain step time;
+#: "none" or "0" keeps the fixed cadences by cost.
+ENV_BUDGET = "GLASSCOCKPIT_BUDGET"
+
 DEFAULT_SERVER = "ws://127.0.0.1:8050"
+DEFAULT_BUDGET = 0.05
 DEFAULT_CLOSE_TIMEOUT = 5.0
 DEFAULT_SPILL_MAX_MB = 1024.0
 
@@ -43,6 +48,16 @@ def _float_env(name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _budget_env() -> float | None:
+    raw = os.environ.get(ENV_BUDGET, "").strip().lower()
+    if raw in ("none", "off"):
+        return None
+    budget = _float_env(ENV_BUDGET, DEFAULT_BUDGET)
+    if budget < 0:
+        raise ValueError(f"{ENV_BUDGET} must be >= 0, got {budget}")
+    return budget or None
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Resolved agent settings."""
@@ -53,6 +68,7 @@ class AgentConfig:
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     spill_dir: Path | None = None
     spill_max_bytes: int = int(DEFAULT_SPILL_MAX_MB * 2**20)
+    budget: float | None = DEFAULT_BUDGET
 
     @classmethod
     def from_env(cls) -> AgentConfig:
@@ -69,6 +85,7 @@ class AgentConfig:
             spill_max_bytes=int(
                 _float_env(ENV_SPILL_MAX_MB, DEFAULT_SPILL_MAX_MB) * 2**20
             ),
+            budget=_budget_env(),
         )
 
 

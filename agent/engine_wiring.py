@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from glasscockpit.agent.budget import OverheadBudget
 from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
 from glasscockpit.agent.instruments import Instrument
 from glasscockpit.agent.needs import RECORDED, Need
@@ -21,6 +23,7 @@ class EngineWiring:
     disabled: dict[str, str]
     _closed: bool
     _checked: bool
+    _budget: OverheadBudget | None
 
     def _prepare(self, step: int) -> None:
         """Arm the engine iff an instrument that needs it is due at ``step``."""
@@ -56,6 +59,7 @@ class EngineWiring:
             # earlier, finished backward pass: record afresh from here.
             engine.arm()
         ggn: dict[str, Tensor] | Exception | None = None
+        start = time.perf_counter()
         if any(Need.DIAG_GGN in i.needs for i in due):
             try:
                 if loss is None:
@@ -65,9 +69,14 @@ class EngineWiring:
                 ggn = diag_ggn(engine, loss)
             except EngineError as exc:
                 ggn = exc
+        if self._budget is not None:
+            self._budget.share(time.perf_counter() - start)
 
         def stats() -> StepStats:
+            start = time.perf_counter()
             result = StepStats(engine, check=not self._checked)
+            if self._budget is not None:  # shared by every engine user of the step
+                self._budget.share(time.perf_counter() - start)
             self._checked = True
             if result.moved and isinstance(data.ggn, dict):
                 # The curvature passes ran before the check found these

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glasscockpit.agent.budget import OverheadBudget
 from glasscockpit.agent.engine import EngineError
 from glasscockpit.agent.engine_wiring import EngineWiring
 from glasscockpit.agent.instruments import Instrument, Reading
@@ -58,6 +59,7 @@ class StepPhases(EngineWiring):
     _seq: int
     _init: list[Tensor] | None
     _after_step: tuple[StepContext, list[Instrument]] | None
+    _budget: OverheadBudget | None
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -150,12 +152,15 @@ class StepPhases(EngineWiring):
         applied: Sequence[Tensor] | None = None,
     ) -> dict[str, Reading]:
         results: dict[str, Reading] = {}
+        budget = self._budget
         for inst in due:
             if inst.phase is phase and inst.key not in self.disabled:
                 view = self._view(ctx, inst, applied)
+                start = time.perf_counter(), _shared(budget)
                 ok, value = self._guard(
                     ctx.step, inst, partial(inst.compute, view), errors
                 )
+                _attribute(budget, inst.key, start)
                 if ok and not inst.two_step:
                     results[inst.key] = value
                     note = self._partial(inst)
@@ -164,15 +169,24 @@ class StepPhases(EngineWiring):
         for inst in pending:
             if inst.phase is phase and inst.key not in self.disabled:
                 view = self._view(ctx, inst, applied)
+                start = time.perf_counter(), _shared(budget)
                 self._guard(ctx.step, inst, partial(inst.advance, view), errors)
+                _attribute(budget, inst.key, start)
         return results
 
     def _run_after_step(self) -> None:
         """Run the AFTER_STEP instruments of the last tracked step, once."""
-        if self._after_step is None:
+        pending, self._after_step = self._after_step, None
+        if pending is None:
             return
-        ctx, insts = self._after_step
-        self._after_step = None
+        start = time.perf_counter()
+        try:
+            self._after_step_phase(*pending)
+        finally:
+            if self._budget is not None:
+                self._budget.charge(time.perf_counter() - start)
+
+    def _after_step_phase(self, ctx: StepContext, insts: list[Instrument]) -> None:
         applied = None
         if ctx.before is not None:
             applied = [
@@ -210,6 +224,19 @@ class StepPhases(EngineWiring):
             return
         self._next_seq()
         self._send_frame(frame)
+
+
+def _shared(budget: OverheadBudget | None) -> float:
+    return 0.0 if budget is None else budget.shared_so_far()
+
+
+def _attribute(
+    budget: OverheadBudget | None, key: str, start: tuple[float, float]
+) -> None:
+    """Charge ``key`` the time since ``start`` less engine work shared meanwhile."""
+    if budget is not None:
+        shared = budget.shared_so_far() - start[1]
+        budget.attribute(key, time.perf_counter() - start[0] - shared)
 
 
 def on_optimizer_step(ref: weakref.ReferenceType[StepPhases]) -> Callable[..., None]:

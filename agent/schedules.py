@@ -55,6 +55,33 @@ class log_spaced:  # noqa: N801
         return f"log-spaced ({self.per_decade}/decade)"
 
 
+@dataclass
+class auto:  # noqa: N801
+    """The default schedule: ``fallback`` at first, then as often as a budget allows.
+
+    A ``Cockpit`` with an overhead budget (``agent/budget.py``) measures what each
+    instrument costs and sets ``stride``: from then on steps that are multiples
+    of it are tracked (strides are 1, 2, 5, 10, 20, ..., so instruments of similar
+    cost land on the same steps and share the per-sample pass). Before the first
+    measurement, below ``warmup`` and outside a budgeted Cockpit, ``fallback``
+    (the instrument's cadence by cost) decides.
+    """
+
+    fallback: Schedule
+    warmup: int = 10
+    stride: int | None = None
+
+    def __call__(self, step: int) -> bool:
+        """Whether ``step`` is tracked."""
+        if self.stride is None or step < self.warmup:
+            return bool(self.fallback(step))
+        return step >= 0 and step % self.stride == 0
+
+    def __str__(self) -> str:
+        now = self.fallback if self.stride is None else every(self.stride)
+        return f"auto (now {describe(now)})"
+
+
 def always(step: int) -> bool:
     """Track every step."""
     return step >= 0
@@ -71,6 +98,6 @@ def describe(schedule: Schedule) -> str:
         return "every step"
     if schedule is never:
         return "never"
-    if isinstance(schedule, every | log_spaced):
+    if isinstance(schedule, every | log_spaced | auto):
         return str(schedule)
     return getattr(schedule, "__name__", "custom")

@@ -6,7 +6,8 @@ cross-entropy, SGD; and (issue 7, ``--models transformer``) the transformer of
 engines.md: 2 post-LN encoder layers, d_model 64, 4 heads, seq 32, batch 32,
 vocabulary 256, token-mean cross-entropy (``TinyLM``). Rows: a plain step, each
 preset and each instrument with every step tracked, each preset with its default
-schedules (steps 1000+, so sparse schedules are in their steady state), and the
+schedules (from step 1000 after 500 untimed steps, so that log-spaced cadences
+and the overhead budget of ``agent/budget.py`` are in their steady state), and the
 original Cockpit's configurations
 when ``cockpit-for-pytorch`` is importable. Configurations are interleaved
 round-robin; each repeat times a block of steps; the table shows medians.
@@ -210,6 +211,8 @@ class Row:
     label: str
     make: Callable[[], Step | None]
     start: int = 0
+    #: Untimed steps first (default schedules: until the budget measured costs).
+    warmup: int = 0
 
 
 def rows(model_name: str, device: str = "cpu") -> list[Row]:
@@ -233,6 +236,7 @@ def rows(model_name: str, device: str = "cpu") -> list[Row]:
                 f"{p} (default schedules)",
                 lambda p=p: ours(model_name, p, False, device=d),
                 1000,
+                500,
             )
         )
     for p in PRESETS:
@@ -262,7 +266,9 @@ def bench(
     for row in rows(model_name, device):
         fn = row.make()
         if fn is not None:
-            steps[row.label] = (fn, [row.start])
+            for i in range(row.warmup):
+                fn(row.start + i)
+            steps[row.label] = (fn, [row.start + row.warmup])
     ms = interleave(steps, repeats, block_s, device)
     if disabled is not None:
         for label, (fn, _) in steps.items():

@@ -730,7 +730,9 @@ NOTES = {
     "agent_overhead": (
         "Rows are interleaved round-robin; each repeat times a block of ≥ 0.1 s (at "
         'least one step); medians of the per-step means. "(default schedules)" rows '
-        "start at step 1000, where sparse schedules are in their steady state. Peak "
+        "start at step 1000 after 500 untimed steps, where log-spaced cadences and "
+        "the overhead budget (5 % of the plain step, `agent/budget.py`) are in "
+        "their steady state. Peak "
         "RSS is that of a fresh process running three steps of the row. The original "
         "Cockpit runs in the same process (the `parity` extra); it has no transformer "
         "support (BackPACK skips attention and LayerNorm)."

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, TypeAlias
 import torch
 from torch import Tensor
 
-from glasscockpit.agent.schedules import Schedule, every, log_spaced
+from glasscockpit.agent.schedules import Schedule, auto, every, log_spaced
 from glasscockpit.protocol import Kind, PanelSpec
 
 if TYPE_CHECKING:
@@ -70,13 +70,18 @@ class Phase(Enum):
     AFTER_STEP = "after_step"
 
 
-def default_schedule(cost: Cost) -> Schedule:
+def cadence(cost: Cost) -> Schedule:
     """Every step for cheap instruments, every 10 for moderate, log-spaced otherwise."""
     if cost is Cost.CHEAP:
         return every(1)
     if cost is Cost.MODERATE:
         return every(10)
     return log_spaced()
+
+
+def default_schedule(cost: Cost) -> Schedule:
+    """``cadence(cost)``, which a Cockpit's overhead budget later thins out."""
+    return auto(cadence(cost))
 
 
 class Instrument(ABC):

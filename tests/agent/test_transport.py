@@ -47,6 +47,8 @@ def _cockpit(run: str, server: str | None, **kw) -> Cockpit:
     # One frame per step: the counts below follow it (after-step instruments of
     # the presets would add a second frame per step).
     kw.setdefault("instruments", ["loss", "grad_norm", "lr"])
+    # Every step tracked (no overhead budget thinning the cadence).
+    kw.setdefault("budget", None)
     return Cockpit(model, opt, run=run, server=server, **kw)
 
 

@@ -40,6 +40,7 @@ def make_cockpit(base: str, run: str) -> Cockpit:
         run=run,
         server=base.replace("http", "ws"),
         instruments=["loss", "grad_norm", "lr"],
+        budget=None,  # every step tracked: the assertions count them
     )
 
 

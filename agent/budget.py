@@ -1,0 +1,186 @@
+"""Overhead budget: default schedules track as often as a share of step time allows.
+
+Fixed cadences cannot suit every model: a moderate instrument every 10 steps adds
+1 % to a large network's step and 100 % to a 1 ms MLP step. So the Cockpit
+measures, on the training thread, what the agent costs per step interval and
+sets the stride of every instrument on its default (``auto``) schedule such that
+the measured overhead stays near ``fraction`` of the plain step time.
+
+Per interval (entry of ``cockpit.step`` to the next entry) the agent's own time
+(its phases, the optimizer hook, arming) is timed directly; when the engine
+recorded that step, the extra time of the user's forward and backward is the
+interval minus agent time minus the plain interval (median of recent intervals
+the engine did not record). Each tracked instrument is charged its own timed
+compute and an equal share of the rest (the engine users share the engine's
+part). Strides come from water-filling: cheap instruments that fit their equal
+share run every step, the rest split what is left equally; strides are rounded
+up to 1, 2, 5, 10, 20, ... so that similar instruments share tracked steps.
+
+Times are host times: on a GPU they include what the agent waits for, not
+kernels still queued; a training loop that syncs each step (``loss.item()``)
+makes the interval, and so the budget, exact.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from glasscockpit.agent.schedules import auto
+
+#: A cost is the median of this many recent observations.
+_RECENT = 3
+#: Own time below this (seconds) counts as this, so fixed work is spread.
+_FLOOR = 5e-6
+#: Plain intervals remembered for the median.
+_WINDOW = 32
+_MAX_STRIDE = 10**6
+
+
+def nice_stride(x: float) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that is at least ``x``."""
+    if not x > 1:
+        return 1
+    if not math.isfinite(x) or x >= _MAX_STRIDE:
+        return _MAX_STRIDE
+    scale = 10 ** math.floor(math.log10(x))
+    for m in (1, 2, 5, 10):
+        if m * scale >= x * (1 - 1e-12):
+            return int(m * scale)
+    return int(10 * scale)  # pragma: no cover - the loop always returns
+
+
+def allocate(costs: Mapping[str, float], budget: float) -> dict[str, float]:
+    """Strides ≥ 1 with ``Σ cost / stride ≤ budget`` (water-filling).
+
+    Instruments are visited cheapest first; each may spend an equal share of what
+    is left: one that fits runs every step, the others are thinned to the share.
+    """
+    out: dict[str, float] = {}
+    left = max(budget, 0.0)
+    items = sorted(costs.items(), key=lambda kv: kv[1])
+    for i, (key, cost) in enumerate(items):
+        share = left / (len(items) - i)
+        if cost <= share:
+            out[key] = 1.0
+        else:
+            out[key] = cost / share if share > 0 else math.inf
+        left -= cost / out[key]
+    return out
+
+
+@dataclass
+class _Interval:
+    """What happened since the last entry of ``cockpit.step``."""
+
+    start: float
+    agent: float = 0.0  # seconds in the agent's code on the training thread
+    recorded: bool = False  # the engine recorded this step's forward/backward
+    tracked: set[str] = field(default_factory=set)
+    engine_users: set[str] = field(default_factory=set)
+    own: dict[str, float] = field(default_factory=dict)  # timed compute per key
+    shared: float = 0.0  # engine work every engine user of the step draws on
+
+
+class OverheadBudget:
+    """Measures the agent's cost per interval and sets ``auto`` strides.
+
+    Args:
+        fraction: target overhead as a fraction of the plain step (0.05 = 5 %).
+        schedules: the ``auto`` schedules to steer, by instrument key.
+    """
+
+    def __init__(self, fraction: float, schedules: Mapping[str, auto]) -> None:
+        if not fraction > 0:
+            raise ValueError(f"The overhead budget must be > 0, got {fraction!r}")
+        self.fraction = fraction
+        self.schedules = dict(schedules)
+        self.costs: dict[str, float] = {}
+        self._seen: dict[str, deque[float]] = {}
+        self._first = True
+        self._plain: deque[float] = deque(maxlen=_WINDOW)
+        self._now: _Interval | None = None
+        self._dirty = False
+
+    @property
+    def plain_step(self) -> float | None:
+        """Median seconds of recent intervals without engine recording."""
+        return statistics.median(self._plain) if self._plain else None
+
+    def begin(self, now: float) -> None:
+        """Close the running interval at ``now`` (entry of a step), open the next."""
+        if self._now is not None:
+            self._observe(self._now, now - self._now.start)
+        self._now = _Interval(start=now)
+
+    def charge(self, seconds: float) -> None:
+        """Add agent time (training thread) to the running interval."""
+        if self._now is not None:
+            self._now.agent += seconds
+
+    def share(self, seconds: float) -> None:
+        """Note that ``seconds`` of the charged time were engine work for all users.
+
+        Work done lazily inside one instrument's compute is subtracted from its
+        own time (see ``shared_so_far``).
+        """
+        if self._now is not None:
+            self._now.shared += seconds
+
+    def shared_so_far(self) -> float:
+        """Shared seconds noted in the running interval."""
+        return 0.0 if self._now is None else self._now.shared
+
+    def attribute(self, key: str, seconds: float) -> None:
+        """Note that ``seconds`` of the charged time were ``key``'s own compute."""
+        now = self._now
+        if now is not None:
+            now.own[key] = now.own.get(key, 0.0) + seconds
+
+    def track(
+        self, keys: Iterable[str], engine_users: Iterable[str], recorded: bool
+    ) -> None:
+        """Name the instruments tracked in the running interval."""
+        now = self._now
+        if now is None:
+            return
+        now.tracked.update(keys)
+        now.engine_users.update(engine_users)
+        now.recorded = now.recorded or recorded
+
+    def _observe(self, it: _Interval, total: float) -> None:
+        base = max(total - it.agent, 0.0)
+        if not it.recorded:
+            self._plain.append(base)
+        if not it.tracked:
+            return
+        plain = self.plain_step
+        extra = max(base - plain, 0.0) if it.recorded and plain is not None else 0.0
+        if self._first:  # one-time work (allocations, checks) is not a cost
+            self._first = False
+            return
+        own = {k: max(it.own.get(k, 0.0), _FLOOR) for k in it.tracked}
+        # The step's fixed work (frames, copies) in proportion to own compute,
+        # the engine's (recording, per-sample passes) equally to its users.
+        rest = max(it.agent - sum(own.values()) - it.shared, 0.0) / sum(own.values())
+        engine = it.engine_users & it.tracked or it.tracked
+        for key in it.tracked:
+            cost = own[key] * (1 + rest)
+            if key in engine:
+                cost += (extra + it.shared) / len(engine)
+            self._seen.setdefault(key, deque(maxlen=_RECENT)).append(cost)
+            self.costs[key] = statistics.median(self._seen[key])
+        self._dirty = True
+
+    def update(self) -> None:
+        """Recompute the strides; call only where no schedule is being consulted."""
+        plain = self.plain_step
+        if not self._dirty or plain is None:
+            return
+        self._dirty = False
+        costs = {k: self.costs[k] for k in self.schedules if k in self.costs}
+        for key, stride in allocate(costs, self.fraction * plain).items():
+            self.schedules[key].stride = nice_stride(stride)
