@@ -208,12 +208,13 @@ def pack_readings(
     wall_time: float,
     results: dict[str, Reading],
     errors: dict[str, str],
-) -> Readings | DeferredReadings:
-    """One step's frame: ready now on CPU, deferred while a CUDA copy is in flight."""
-    copy = HostCopy(results)
-    if copy.on_device:
-        return DeferredReadings(run, seq, step, wall_time, copy, errors)
-    return Readings(run, seq, step, wall_time, copy.values(), errors)
+) -> DeferredReadings:
+    """One step's frame, deferred: the training thread only gathers the tensors.
+
+    The conversion to host values (and, on CUDA, the wait for the copy) happens
+    where the frame is resolved: the packer thread, or ``cockpit.readings``.
+    """
+    return DeferredReadings(run, seq, step, wall_time, HostCopy(results), errors)
 
 
 def is_finite(value: Value) -> bool:

@@ -324,7 +324,8 @@ def test_host_copy_on_cpu_is_ready_and_exact():
     arr = values["hist"]["counts"]
     assert arr.shape == (2, 3) and arr.dtype == "<f8"
     assert values["hist"]["n"] == 3.0
-    frame = pack_readings("r", 1, 0, 0.0, readings, {})
+    # Converted off the training thread, where the frame is resolved.
+    frame = pack_readings("r", 1, 0, 0.0, readings, {}).resolve()
     assert isinstance(frame, Readings) and frame.values == values
 
 
