@@ -145,6 +145,9 @@ class Cockpit(StepPhases):
             self.engine = HookEngine(model, self.params)
             # The first step number is unknown: record the first forward pass.
             self.engine.arm()
+        complete = self.engine is not None and not self.engine.uncovered
+        for inst in self.instruments:
+            inst.on_engine(complete)
         self._checked = False
         self.hello = Hello(
             run=self.run,
@@ -262,7 +265,7 @@ class Cockpit(StepPhases):
         try:
             ctx = StepContext(step, loss, losses, batch_size, self._lrs())
             ctx.param_lrs = self._param_lrs()
-            ctx.data = self._step_data(due, loss)
+            ctx.data = self._step_data([*due, *pending], loss)
             if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
                 ctx.before = [p.detach().clone() for _, p in self.params]
             errors: dict[str, str] = {}

@@ -26,11 +26,17 @@ class EngineWiring:
     _budget: OverheadBudget | None
 
     def _prepare(self, step: int) -> None:
-        """Arm the engine iff an instrument that needs it is due at ``step``."""
+        """Arm the engine iff an instrument that needs it is due at ``step``.
+
+        Or pending: a two-step instrument finishes its reading with this step's
+        per-sample data.
+        """
         if self.engine is None:
             return
         if not self._closed and any(
-            i.needs & RECORDED and i.key not in self.disabled and i.is_due(step)
+            i.needs & RECORDED
+            and i.key not in self.disabled
+            and (i.is_due(step) or i.is_pending())
             for i in self.instruments
         ):
             self.engine.arm()

@@ -115,6 +115,15 @@ class StepView:
         self.require(Need.BATCH_DOT)
         return self.data.stats().batch_dot()
 
+    def project(self, direction: dict[str, Tensor]) -> Tensor:
+        """``g_n · v`` over all parameters for ``v`` given per name: ``[B]`` float64.
+
+        From the recorded layers (no graph needed): callable after the backward
+        pass. Raises ``EngineError`` if some parameter of ``v`` is not served.
+        """
+        self.require(Need.BATCH_DOT)
+        return self.data.stats().project(direction)
+
     def sum_grad_squared(self) -> dict[str, Tensor]:
         """``Σ_n g_n²`` per parameter name, each of the parameter's shape."""
         self.require(Need.SUM_GRAD_SQUARED)

@@ -7,7 +7,7 @@ Every accessor returns unscaled ``g_n`` statistics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -157,41 +157,67 @@ class StepStats:
     def batch_dot(self) -> dict[str, Tensor]:
         """``g_n · g`` per tracked parameter name with ``g = p.grad``, each ``[B]``."""
         if "dot" not in self._cache:
-            out: dict[str, Tensor] = {}
-            for layer, calls in self.layers:
-                direction = {
+            self._cache["dot"] = self._dots(
+                lambda layer: {
                     k: p.grad
                     for k, p in self._params(layer).items()
                     if p.grad is not None
                 }
-                kept = self._materialised(layer, calls)
-                if kept is not None:
-                    vals = {
-                        k: g.flatten(1) @ direction[k].reshape(-1).to(g.dtype)
-                        for k, g in kept.items()
-                        if k in direction
-                    }
-                elif len(calls) == 1:
-                    c = calls[0]
-                    assert c.b is not None
-                    vals = layer.rule.bind(c).batch_dot(
-                        layer.module, c.x, c.b, direction
-                    )
-                else:
-                    vals = {
-                        k: g.flatten(1) @ direction[k].reshape(-1)
-                        for k, g in self.layer_grads(layer, calls).items()
-                        if k in direction
-                    }
-                out.update(
-                    {
-                        layer.names[k]: v * self.batch_size
-                        for k, v in vals.items()
-                        if k in layer.names
-                    }
-                )
-            self._cache["dot"] = out
+            )
         return self._cache["dot"]
+
+    def project(self, direction: dict[str, Tensor]) -> Tensor:
+        """``g_n · v`` summed over parameters for ``v`` given per name: ``[B]``.
+
+        Raises ``EngineError`` when a parameter of ``direction`` is not served
+        by the engine (its part of the product would be missing).
+        """
+        served = {n for layer, _ in self.layers for n in layer.names.values()}
+        missing = sorted(set(direction) - served)
+        if missing:
+            raise EngineError(
+                f"Per-sample gradients of {missing[:4]} are not available "
+                "(not covered, or not used in this step's backward pass)"
+            )
+        dots = self._dots(
+            lambda layer: {
+                k: direction[n] for k, n in layer.names.items() if n in direction
+            }
+        )
+        return torch.stack([v.double() for v in dots.values()]).sum(0)
+
+    def _dots(
+        self, direction_of: Callable[[Layer], dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """``g_n · v`` per tracked parameter name for a direction per layer."""
+        out: dict[str, Tensor] = {}
+        for layer, calls in self.layers:
+            direction = direction_of(layer)
+            kept = self._materialised(layer, calls)
+            if kept is not None:
+                vals = {
+                    k: g.flatten(1) @ direction[k].reshape(-1).to(g.dtype)
+                    for k, g in kept.items()
+                    if k in direction
+                }
+            elif len(calls) == 1:
+                c = calls[0]
+                assert c.b is not None
+                vals = layer.rule.bind(c).batch_dot(layer.module, c.x, c.b, direction)
+            else:
+                vals = {
+                    k: g.flatten(1) @ direction[k].reshape(-1).to(g.dtype)
+                    for k, g in self.layer_grads(layer, calls).items()
+                    if k in direction
+                }
+            out.update(
+                {
+                    layer.names[k]: v * self.batch_size
+                    for k, v in vals.items()
+                    if k in layer.names
+                }
+            )
+        return out
 
     def sum_grad_squared(self) -> dict[str, Tensor]:
         """``Σ_n g_n²`` per tracked parameter name, each of the parameter's shape."""

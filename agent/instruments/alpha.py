@@ -10,6 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from glasscockpit.agent.curvature import split_flat
+from glasscockpit.agent.engine import EngineError
 from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
@@ -44,6 +45,10 @@ def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
     ]
 
 
+#: Needs of the fallback that differentiates the loss graph (before backward).
+_GRAPH_NEEDS = frozenset({Need.PARAMS, Need.LOSSES, Need.OPTIMIZER})
+
+
 def _jacobian(step: StepView, losses: Tensor, params: list[Tensor]) -> SampleJacobian:
     """One per step, shared by the end of α(t−1), the start of α(t) and instances."""
     jac = step.cache.get("sample_jacobian")
@@ -64,16 +69,23 @@ class Alpha(Instrument):
     than ``span_rtol`` (e.g. Adam with clipping) α is undefined (None). The
     reading for step t arrives at step t+1; the last tracked step gets None at
     ``close()``. Needs ``cockpit.step(..., losses=per_sample_losses)``.
+
+    Two engines: when the hook engine serves every parameter, the projections
+    are per-layer contractions of the recorded inputs and output gradients after
+    the backward pass (one matrix product per layer and direction); otherwise
+    ``SampleJacobian`` differentiates the loss graph twice before the backward
+    pass. Both assume the loss is the mean of the per-sample losses.
     """
 
     name = "alpha"
+    #: The per-sample engine path; ``on_engine`` falls back to ``_GRAPH_NEEDS``.
     needs: ClassVar[frozenset[Need]] = frozenset(
-        {Need.PARAMS, Need.LOSSES, Need.OPTIMIZER}
+        {Need.PARAMS, Need.LOSSES, Need.OPTIMIZER, Need.BATCH_DOT}
     )
+    phase: ClassVar[Phase] = Phase.AFTER_BACKWARD
     cost = Cost.MODERATE
     preset = "economy"  # Cockpit's configuration membership
     kind = Kind.SCALAR
-    phase = Phase.BEFORE_BACKWARD
     two_step = True
     panel = PanelSpec(
         title="Alpha (relative step size)",
@@ -136,7 +148,7 @@ class Alpha(Instrument):
         u = start.basis.T @ (coef / tau)  # unit direction [D], float64
         slopes0 = (coef / tau) @ start.proj  # [B]
         losses = step.sample_losses()
-        slopes1 = _jacobian(step, losses, params).project(_as_params(u, params))
+        slopes1 = self._project(step, losses, params, [u])[0]
         value1 = float((losses.mean() if step.loss is None else step.loss).detach())
         _, var1 = _mean_var(losses.detach())
         s0, vs0 = _mean_var(slopes0)
@@ -146,6 +158,41 @@ class Alpha(Instrument):
         )
 
     @override
+    def on_engine(self, complete: bool) -> None:
+        """Without an engine serving every parameter, use the loss graph."""
+        if not complete:
+            self._use_graph()
+
+    def _use_graph(self) -> None:
+        # A per-instance choice of engine: instance attributes shadow the class's.
+        self.phase = Phase.BEFORE_BACKWARD  # type: ignore[misc]
+        self.needs = _GRAPH_NEEDS  # type: ignore[misc]
+
+    def _project(
+        self,
+        step: StepView,
+        losses: Tensor,
+        params: list[Tensor],
+        directions: list[Tensor],
+    ) -> list[Tensor]:
+        """Per-sample slopes ``[B]`` (float64) along flat float64 directions."""
+        if Need.BATCH_DOT in self.needs:
+            names = [n for n, _ in step.params]
+            try:
+                return [
+                    step.project(dict(zip(names, _as_params(d, params), strict=True)))
+                    for d in directions
+                ]
+            except EngineError:
+                # E.g. a loss term on the parameters found at the first step:
+                # this step's α is undefined, later ones use the loss graph.
+                self._start = None
+                self._use_graph()
+                raise
+        jac = _jacobian(step, losses, params)
+        return [jac.project(_as_params(d, params)).double() for d in directions]
+
+    @override
     def compute(self, step: StepView) -> Reading:
         """Starts step t's α (finishing t−1's first); the reading comes later."""
         self.advance(step)
@@ -153,16 +200,24 @@ class Alpha(Instrument):
         step.require(Need.PARAMS)
         losses = step.sample_losses()
         loss = losses.mean() if step.loss is None else step.loss
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        # What the optimizer will see: this gradient plus anything accumulated.
-        seen = [
-            (torch.zeros_like(p) if g is None else g.detach())
-            + (torch.zeros_like(p) if p.grad is None else p.grad.detach())
-            for p, g in zip(params, grads, strict=True)
-        ]
+        if self.phase is Phase.AFTER_BACKWARD:
+            # p.grad is what the optimizer will see (accumulation included).
+            seen = [
+                torch.zeros_like(p) if p.grad is None else p.grad.detach()
+                for p in params
+            ]
+        else:
+            grads = torch.autograd.grad(
+                loss, params, retain_graph=True, allow_unused=True
+            )
+            # What the optimizer will see: this gradient plus anything accumulated.
+            seen = [
+                (torch.zeros_like(p) if g is None else g.detach())
+                + (torch.zeros_like(p) if p.grad is None else p.grad.detach())
+                for p, g in zip(params, grads, strict=True)
+            ]
         basis = orthonormal_basis(update_directions(step.optimizer(), params, seen))
-        jac = _jacobian(step, losses, params)
-        rows = [jac.project(_as_params(q, params)).double() for q in basis]
+        rows = self._project(step, losses, params, list(basis))
         proj = torch.stack(rows) if rows else basis.new_zeros((0, losses.numel()))
         _, var0 = _mean_var(losses.detach())
         self._start = _Start(

@@ -107,6 +107,14 @@ class Instrument(ABC):
         #: Wire key of this instance; a label lets two instances of one class coexist.
         self.key = self.name if label is None else f"{self.name}:{label}"
 
+    def on_engine(self, complete: bool) -> None:
+        """Told once by the Cockpit whether its hook engine serves every parameter.
+
+        Instruments with a per-sample fast path and a graph-based fallback
+        choose here (and may then set ``phase`` and ``needs`` per instance).
+        """
+        del complete
+
     def is_due(self, step: int) -> bool:
         """Whether ``step`` should be tracked; asked before the forward pass."""
         return bool(self.schedule(step))

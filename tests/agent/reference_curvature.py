@@ -265,7 +265,10 @@ def train(
     trace = Trace()
     for step in range(steps):
         trace.thetas.append(flat_params(model))
-        trace.sample_grads.append(per_sample_grads(model, problem, step))
+        # On a hook-free twin: the Cockpit's engine records only the step's pass.
+        twin = problem.make_model()
+        twin.load_state_dict(model.state_dict())
+        trace.sample_grads.append(per_sample_grads(twin, problem, step))
         if opt is not None:
             opt.zero_grad()
         x, y = problem.make_batch(step)

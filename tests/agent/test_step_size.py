@@ -12,12 +12,15 @@ import torch
 
 from glasscockpit.agent import Cockpit, every
 from glasscockpit.agent.instruments import Alpha, Distance, Time, UpdateSize
+from glasscockpit.agent.instruments.base import Phase
+from glasscockpit.agent.needs import Need
 from glasscockpit.agent.update_fit import SampleJacobian
 from glasscockpit.protocol import Readings
 from glasscockpit.server.store import TOTAL, RunStore
 from tests.agent.reference_curvature import (
     OPTIMIZERS,
     PROBLEMS,
+    Problem,
     alpha_reference,
     as_float_dict,
     norms,
@@ -188,6 +191,82 @@ def test_two_alpha_and_update_size_instances_coexist(torch_threads):
     assert got[1]["alpha:odd"] == pytest.approx(got[1]["alpha:every"], rel=1e-6)
     assert "alpha:odd" not in got[0] and "update_size:b" not in got[1]
     assert "update_size:b" in got[2]
+
+
+class _Masked(torch.nn.Module):
+    """Raw parameters behind dropout (eval mode): no per-sample engine serves them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 5) / 3)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.drop(x) @ self.w)
+
+
+UNCOVERED = Problem(
+    "uncovered-mlp",
+    lambda: _seeded_eval(
+        lambda: torch.nn.Sequential(
+            torch.nn.Linear(4, 5), _Masked(), torch.nn.Linear(5, 3)
+        )
+    ),
+    PROBLEMS[1].make_batch,
+    PROBLEMS[1].sample_losses,
+    PROBLEMS[1].loss_module,
+)
+
+
+def _seeded_eval(build):
+    torch.manual_seed(0)
+    return build().eval()
+
+
+def test_alpha_uses_per_layer_contractions_when_the_engine_covers_all():
+    problem = PROBLEMS[2]  # the CNN
+    alpha = Alpha()
+    Cockpit(problem.make_model(), None, server=None, instruments=[alpha])
+    assert alpha.phase is Phase.AFTER_BACKWARD and Need.BATCH_DOT in alpha.needs
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_alpha_falls_back_to_the_loss_graph_for_uncovered_parameters(
+    optimizer, torch_threads
+):
+    alpha = Alpha(schedule=every(1))
+    cockpit, trace, _ = train(UNCOVERED, optimizer, [alpha], STEPS)
+    assert cockpit.engine is not None and cockpit.engine.uncovered == ["1.w"]
+    assert alpha.phase is Phase.BEFORE_BACKWARD and Need.BATCH_DOT not in alpha.needs
+    got = cockpit.readings
+    for t in range(STEPS - 1):
+        assert got[t]["alpha"] == pytest.approx(
+            alpha_reference(trace, t), rel=1e-4, abs=1e-5
+        ), t
+
+
+def test_alpha_switches_to_the_graph_when_a_loss_term_hides_samples(torch_threads):
+    # A penalty on the parameters belongs to no sample: the first step finds it,
+    # its α is undefined with the reason, later steps differentiate the graph.
+    problem = PROBLEMS[1]
+    model = problem.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    alpha = Alpha(schedule=every(1))
+    cockpit = Cockpit(model, opt, server=None, instruments=[alpha])
+    for step in range(3):
+        opt.zero_grad()
+        x, y = problem.make_batch(step)
+        losses = problem.sample_losses(model(x), y)
+        loss = losses.mean() + 1e-2 * model[0].weight.square().sum()
+        with cockpit.step(step, loss=loss, losses=losses):
+            loss.backward()
+        opt.step()
+    cockpit.close()
+    frames = [f for f in cockpit.transport.frames if isinstance(f, Readings)]  # type: ignore[attr-defined]
+    assert "not available" in [f for f in frames if f.step == 0][0].errors["alpha"]
+    assert alpha.phase is Phase.BEFORE_BACKWARD
+    assert isinstance(cockpit.readings[1]["alpha"], float)
+    assert not cockpit.disabled
 
 
 def test_alpha_is_undefined_for_a_single_sample(torch_threads):
