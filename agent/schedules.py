@@ -78,8 +78,8 @@ class auto:  # noqa: N801
         return step >= 0 and step % self.stride == 0
 
     def __str__(self) -> str:
-        now = self.fallback if self.stride is None else every(self.stride)
-        return f"auto (now {describe(now)})"
+        # Sent once in the hello frame: name the rule, not the current stride.
+        return f"auto: {describe(self.fallback)}, then within the overhead budget"
 
 
 def always(step: int) -> bool:

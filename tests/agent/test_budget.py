@@ -70,7 +70,7 @@ def test_auto_schedule_follows_its_cadence_until_a_stride_is_set():
     assert [s for s in range(30) if sched(s)] == [0, 10, 20]
     sched.stride = 5  # from the end of the warm-up on
     assert [s for s in range(30) if sched(s)] == [0, 10, 15, 20, 25]
-    assert describe(sched) == "auto (now every 5)"
+    assert describe(sched) == "auto: every 10, then within the overhead budget"
 
 
 def _train(cockpit: Cockpit, steps: int) -> list[int]:
