@@ -65,7 +65,7 @@ def predict_update(
 
     A fresh optimizer of the same class gets cloned parameters, a deep copy of the
     state and the given gradients, and takes one step; the real optimizer, its
-    state and the parameters are untouched. Returns float64 updates per entry of
+    state and the parameters are untouched. Returns the updates per entry of
     ``params`` (zeros for parameters the optimizer does not hold), or None when
     the optimizer cannot be rebuilt as ``type(optimizer)(param_groups)``.
     """
@@ -89,16 +89,29 @@ def predict_update(
         shadow.step()
     except Exception:  # noqa: BLE001 - an optimizer that cannot be rebuilt
         return None
+    # One rounded subtraction: accurate to the parameters' relative precision.
     return [
-        clones[id(p)].double() - p.detach().double()
-        if id(p) in clones
-        else torch.zeros_like(p, dtype=torch.float64)
+        clones[id(p)] - p.detach() if id(p) in clones else torch.zeros_like(p)
         for p in params
     ]
 
 
-def _flat64(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.double().reshape(-1) for t in tensors])
+def direction_dtype(params: Sequence[Tensor]) -> torch.dtype:
+    """float64 if a parameter is, else float32 (also for half-precision models).
+
+    The directions only need the parameters' precision: the per-sample
+    projections are computed in it, and float32 halves the memory traffic of
+    the ``K × D`` basis against float64.
+    """
+    return (
+        torch.float64
+        if any(p.dtype == torch.float64 for p in params)
+        else (torch.float32)
+    )
+
+
+def _flat(tensors: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    return torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
 
 
 def update_directions(
@@ -106,7 +119,7 @@ def update_directions(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
 ) -> list[Tensor]:
-    """Flat float64 directions [D] expected to span the optimizer's next update.
+    """Flat directions [D] (``direction_dtype``) spanning the optimizer's update.
 
     The update predicted by ``predict_update``, the gradient the optimizer will
     see, every parameter-shaped floating-point state tensor (momentum buffers,
@@ -115,11 +128,12 @@ def update_directions(
     each direction is split per group, since groups may use different rates.
     """
     out: list[Tensor] = []
+    dtype = direction_dtype(params)
     if optimizer is not None:
         predicted = predict_update(optimizer, params, grads)
         if predicted is not None:
-            out.append(_flat64(predicted))
-    out.append(_flat64(grads))
+            out.append(_flat(predicted, dtype))
+    out.append(_flat(grads, dtype))
     if optimizer is None:
         return out
     state = [optimizer.state.get(p, {}) for p in params]
@@ -133,30 +147,38 @@ def update_directions(
     )
     for key in keys:
         out.append(
-            _flat64(
+            _flat(
                 [
                     st.get(key, torch.zeros_like(p))
                     for p, st in zip(params, state, strict=True)
-                ]
+                ],
+                dtype,
             )
         )
     if any(g.get("weight_decay", 0) for g in optimizer.param_groups):
-        out.append(_flat64([p.detach() for p in params]))
+        out.append(_flat(params, dtype))
     if len(optimizer.param_groups) < 2:
         return out
     masks = []
     for group in optimizer.param_groups:
         ids = {id(q) for q in group["params"]}
-        masks.append(_flat64([torch.full_like(p, float(id(p) in ids)) for p in params]))
+        masks.append(
+            _flat([torch.full_like(p, float(id(p) in ids)) for p in params], dtype)
+        )
     return [v * m for v in out for m in masks]
 
 
-def orthonormal_basis(candidates: Sequence[Tensor], drop_rtol: float = 1e-7) -> Tensor:
-    """Rows spanning ``candidates`` (flat float64 vectors [D]), orthonormal: [K, D].
+def orthonormal_basis(
+    candidates: Sequence[Tensor], drop_rtol: float | None = None
+) -> Tensor:
+    """Rows spanning ``candidates`` (flat vectors [D]), orthonormal: [K, D].
 
     Vectors already in the span of earlier ones (relative remainder at most
-    ``drop_rtol``) are dropped.
+    ``drop_rtol``; default 1e-7 in float64, 1e-5 in float32) are dropped; a
+    kept remainder of round-off size only adds a harmless extra direction.
     """
+    if drop_rtol is None:
+        drop_rtol = 1e-7 if candidates[0].dtype == torch.float64 else 1e-5
     rows: list[Tensor] = []
     for v in candidates:
         norm = float(v.norm())

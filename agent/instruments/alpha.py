@@ -28,7 +28,7 @@ from glasscockpit.protocol import Kind, PanelSpec
 class _Start:
     step: int
     theta: list[Tensor]  # θ_t per parameter
-    basis: Tensor  # [K, D] float64, orthonormal; spans the predicted update
+    basis: Tensor  # [K, D] orthonormal, direction_dtype; spans the predicted update
     proj: Tensor  # [K, B] per-sample gradients at θ_t projected on the basis
     value: float  # L_t(θ_t)
     var_value: float  # unbiased variance of the per-sample losses
@@ -133,20 +133,21 @@ class Alpha(Instrument):
             return
         params: list[Tensor] = [p for _, p in step.params]
         step.require(Need.PARAMS)
+        # Each entry one rounded subtraction: d to the parameters' precision.
         d = torch.cat(
             [
-                (p.detach().double() - t.double()).reshape(-1)
+                (p.detach() - t).reshape(-1).to(start.basis.dtype)
                 for p, t in zip(params, start.theta, strict=True)
             ]
         )
         coef = start.basis @ d  # [K]
-        tau = float(coef.norm())
-        resid = float((d - start.basis.T @ coef).norm()) / max(float(d.norm()), 1e-300)
+        tau = float(coef.double().norm())
+        resid = float((d - coef @ start.basis).norm()) / max(float(d.norm()), 1e-300)
         if tau == 0.0 or resid > self.span_rtol:
             self._done[start.step] = None
             return
-        u = start.basis.T @ (coef / tau)  # unit direction [D], float64
-        slopes0 = (coef / tau) @ start.proj  # [B]
+        u = (coef / tau) @ start.basis  # unit direction [D]
+        slopes0 = (coef.double() / tau) @ start.proj  # [B]
         losses = step.sample_losses()
         slopes1 = self._project(step, losses, params, [u])[0]
         value1 = float((losses.mean() if step.loss is None else step.loss).detach())
