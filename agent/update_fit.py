@@ -89,11 +89,17 @@ def predict_update(
         shadow.step()
     except Exception:  # noqa: BLE001 - an optimizer that cannot be rebuilt
         return None
-    # One rounded subtraction: accurate to the parameters' relative precision.
+    # One rounded subtraction in at least float32 (exact for bf16/fp16 values).
     return [
-        clones[id(p)] - p.detach() if id(p) in clones else torch.zeros_like(p)
+        _wide(clones[id(p)]) - _wide(p.detach())
+        if id(p) in clones
+        else torch.zeros_like(_wide(p))
         for p in params
     ]
+
+
+def _wide(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def direction_dtype(params: Sequence[Tensor]) -> torch.dtype:

@@ -133,10 +133,10 @@ class Alpha(Instrument):
             return
         params: list[Tensor] = [p for _, p in step.params]
         step.require(Need.PARAMS)
-        # Each entry one rounded subtraction: d to the parameters' precision.
+        # One rounded subtraction per entry, in at least float32 (bf16 models).
         d = torch.cat(
             [
-                (p.detach() - t).reshape(-1).to(start.basis.dtype)
+                (p.detach().to(start.basis.dtype) - t.to(start.basis.dtype)).reshape(-1)
                 for p, t in zip(params, start.theta, strict=True)
             ]
         )
