@@ -29,6 +29,13 @@ def _transfer_dtype(device: torch.device) -> torch.dtype:
 _pinned_ok = [True]
 
 
+def _stack_scalars(scalars: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """One vector of 0-d tensors (of mixed dtypes) in ``dtype``."""
+    if len({t.dtype for t in scalars}) > 1:
+        scalars = [t.to(dtype) for t in scalars]
+    return torch.stack([t.detach() for t in scalars]).to(dtype)
+
+
 def _start_cuda_copy(flat: Tensor) -> tuple[Tensor, Any]:
     """Queue a non-blocking copy of ``flat`` into pinned memory; (buffer, event)."""
     try:
@@ -98,11 +105,17 @@ class HostCopy:
         self._chunks: list[tuple[Tensor, Any]] = []
         for device, tensors in by_device.items():
             dtype = _transfer_dtype(device)
+            # Scalars (most readings) in one stack: two kernels, not three each.
+            scalars = [t for t in tensors if t.dim() == 0]
+            arrays = [t for t in tensors if t.dim() != 0]
             offset = 0
-            for t in tensors:
+            for t in (*scalars, *arrays):
                 slots[id(t)] = _Slot(len(self._chunks), offset, tuple(t.shape))
                 offset += t.numel()
-            flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
+            parts = [t.detach().reshape(-1).to(dtype) for t in arrays]
+            if scalars:
+                parts.insert(0, _stack_scalars(scalars, dtype))
+            flat = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
             if flat.is_cuda and _pinned_ok[0]:
                 self._chunks.append(_start_cuda_copy(flat))
             else:

@@ -189,10 +189,9 @@ class StepPhases(EngineWiring):
     def _after_step_phase(self, ctx: StepContext, insts: list[Instrument]) -> None:
         applied = None
         if ctx.before is not None:
-            applied = [
-                p.detach() - b
-                for (_, p), b in zip(self.params, ctx.before, strict=True)
-            ]
+            applied = list(
+                torch._foreach_sub([p.detach() for _, p in self.params], ctx.before)
+            )
         errors: dict[str, str] = {}
         with torch.no_grad():
             results = self._run_phase(Phase.AFTER_STEP, ctx, insts, (), errors, applied)

@@ -143,6 +143,19 @@ class Instrument(ABC):
         """Runs at ``close()``: settle pending readings (None when undefined)."""
 
 
+def norms_and_total(named: list[tuple[str, Tensor]]) -> dict[str, Leaf] | None:
+    """``{"total": ‖all‖₂ (float64), name: ‖t‖₂ ...}``; None when ``named`` is empty.
+
+    One fused ``_foreach_norm`` instead of one kernel per tensor: what keeps the
+    cheap every-step instruments cheap on models with hundreds of tensors.
+    """
+    if not named:
+        return None
+    norms = torch._foreach_norm([t.detach() for _, t in named])
+    total = torch.linalg.vector_norm(torch.stack(norms).double())
+    return {"total": total, **{n: v for (n, _), v in zip(named, norms, strict=True)}}
+
+
 def sq_norms(step: StepView) -> dict[str, Tensor]:
     """``‖g^{(l)}‖²`` of ``p.grad`` per parameter name, float64 scalars."""
     return {n: g.detach().double().square().sum() for n, g in step.grads()}

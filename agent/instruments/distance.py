@@ -7,7 +7,12 @@ from typing import ClassVar
 import torch
 from typing_extensions import override
 
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.instruments.base import (
+    Cost,
+    Instrument,
+    Reading,
+    norms_and_total,
+)
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
@@ -37,7 +42,7 @@ class Distance(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": [], name: [] per parameter}, scalar tensors."""
-        init = dict(step.init_params())
-        norms = {name: (p - init[name]).norm() for name, p in step.param_data()}
-        total = torch.stack([n.double() for n in norms.values()]).square().sum().sqrt()
-        return {"total": total, **norms}
+        init = step.init_params()
+        now = step.param_data()
+        moved = torch._foreach_sub([p for _, p in now], [t for _, t in init])
+        return norms_and_total([(n, d) for (n, _), d in zip(now, moved, strict=True)])

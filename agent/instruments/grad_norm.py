@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from typing_extensions import override
 
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.instruments.base import (
+    Cost,
+    Instrument,
+    Reading,
+    norms_and_total,
+)
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
@@ -33,8 +37,4 @@ class GradNorm(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": [], name: [] for each parameter}, scalar tensors."""
-        norms = {name: g.detach().norm() for name, g in step.grads()}
-        if not norms:
-            return None
-        total = torch.stack([n.double() for n in norms.values()]).square().sum().sqrt()
-        return {"total": total, **norms}
+        return norms_and_total(step.grads())

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from typing_extensions import override
 
-from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
+from glasscockpit.agent.instruments.base import (
+    Cost,
+    Instrument,
+    Phase,
+    Reading,
+    norms_and_total,
+)
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
@@ -40,6 +45,4 @@ class UpdateSize(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": [], name: [] per parameter}, scalar tensors."""
-        norms = {name: d.norm() for name, d in step.update()}
-        total = torch.stack([n.double() for n in norms.values()]).square().sum().sqrt()
-        return {"total": total, **norms}
+        return norms_and_total(step.update())
