@@ -17,6 +17,9 @@ import numpy as np
 from glasscockpit.dashboard.panels.style import PALETTE, REF_COLOR, FigureDict, trace
 
 ALPHA_LIMIT = 1.5
+#: The α series axis autoranges within ±this: α of a near-flat fit (μ₁ → 0)
+#: reaches ±100s and would flatten every other point; those stay off-scale.
+ALPHA_SERIES_CLIP = 5.0
 RECENT_SHARE = 0.1
 GREY = "#9ca3af"
 PARABOLA = "#f97316"
@@ -148,6 +151,14 @@ def layout(fig: FigureDict, panel: dict[str, Any]) -> None:
         margin={"r": 44},
     )
     if alpha:
+        fig.update_layout(
+            yaxis={
+                "autorangeoptions": {
+                    "clipmin": -ALPHA_SERIES_CLIP,
+                    "clipmax": ALPHA_SERIES_CLIP,
+                }
+            }
+        )
         for x in (-1.0, 0.0, 1.0):
             fig.add_shape(
                 type="line",

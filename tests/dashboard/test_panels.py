@@ -20,7 +20,11 @@ from glasscockpit.dashboard.model import (
 from glasscockpit.dashboard.panels import histogram_figure as histogram_dict
 from glasscockpit.dashboard.panels import line_extend
 from glasscockpit.dashboard.panels import line_figure as line_dict
-from glasscockpit.dashboard.panels.distribution import ALPHA_LIMIT, recent_window
+from glasscockpit.dashboard.panels.distribution import (
+    ALPHA_LIMIT,
+    ALPHA_SERIES_CLIP,
+    recent_window,
+)
 from glasscockpit.dashboard.panels.line import trace_plan
 from glasscockpit.dashboard.smoothing import ema
 
@@ -345,6 +349,9 @@ def test_alpha_distribution_has_parabola_clipped_histograms_and_marks():
     marks = sorted(s.x0 for s in fig.layout.shapes if s.xref == "x2")
     assert marks == [-1.0, 0.0, 1.0]
     assert fig.layout.xaxis.domain[1] < fig.layout.xaxis2.domain[0]
+    # The series keeps autoranging, but an ill-posed α of -300 cannot flatten it.
+    clip = fig.layout.yaxis.autorangeoptions
+    assert (clip.clipmin, clip.clipmax) == (-ALPHA_SERIES_CLIP, ALPHA_SERIES_CLIP)
 
 
 # -- histogram panels -----------------------------------------------------------
