@@ -73,7 +73,7 @@ class EngineWiring:
                         "Curvature instruments need cockpit.step(loss=...)"
                     )
                 ggn = diag_ggn(engine, loss)
-            except EngineError as exc:
+            except Exception as exc:  # noqa: BLE001 - the TIC instruments report it
                 ggn = exc
         if self._budget is not None:
             self._budget.share(time.perf_counter() - start)

@@ -20,7 +20,8 @@ per-sample gradients held at once (``max_elements``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from glasscockpit.agent.engine.errors import EngineError
 from glasscockpit.agent.engine.rules import LayerRule
 
 
@@ -39,16 +41,41 @@ class Reentry:
 
 REENTRY = Reentry()
 
+
+@contextlib.contextmanager
+def _native_rnn_kernels() -> Iterator[None]:
+    """OneDNN and cuDNN off (set directly: ``backends.*.flags`` warns in 2.13)."""
+    mkldnn, cudnn = torch._C._get_mkldnn_enabled(), torch._C._get_cudnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    torch._C._set_cudnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(mkldnn)
+        torch._C._set_cudnn_enabled(cudnn)
+
+
 #: Per-sample gradient values held at once by one chunk of a fallback.
 MAX_ELEMENTS = 1 << 22
 
 
 def _first_tensor(value: Any) -> Tensor | None:
+    """The tensor a module's (or model's) output is about.
+
+    A tensor; in a tuple or list the first with a batch axis (``(loss, logits)``
+    puts a 0-d loss first, ``(out, (h, c))`` the output); in a mapping
+    ``"logits"`` when present (Hugging Face style), else the first such value.
+    """
     if isinstance(value, Tensor):
         return value
+    if isinstance(value, Mapping):
+        logits = value.get("logits")
+        if isinstance(logits, Tensor):
+            return logits
+        value = list(value.values())
     if isinstance(value, tuple | list):
         for v in value:
-            if isinstance(v, Tensor):
+            if isinstance(v, Tensor) and v.dim() > 0:
                 return v
     return None
 
@@ -85,6 +112,8 @@ class FuncRule(LayerRule):
     def __init__(self, names: list[str] | None = None, label: str | None = None):
         self.names: list[str] = list(names or [])
         self.label_text = label or self.label
+        #: vmap failed once for this module: re-run it sample by sample.
+        self.sample_loop = False
 
     def refuse(self, module: nn.Module) -> str | None:
         """Why this module cannot be re-run per sample, or None."""
@@ -160,13 +189,32 @@ class BoundFuncRule(LayerRule):
 
         REENTRY.active = True
         try:
-            # The math attention kernel has batching rules; the fused CPU kernel
-            # would run sample by sample through vmap's slow fallback (and warn).
-            with sdpa_kernel([SDPBackend.MATH]):
-                result: dict[str, Tensor] = vmap(one, randomness="different")(
-                    b, *batched
-                )
-            return result
+            if not self.rule.sample_loop:
+                try:
+                    # The math attention kernel has batching rules; the fused CPU
+                    # kernel would run sample by sample through vmap's slow
+                    # fallback (and warn). Likewise oneDNN's and cuDNN's fused RNN
+                    # kernels have none; the native ones decompose.
+                    with sdpa_kernel([SDPBackend.MATH]), _native_rnn_kernels():
+                        result: dict[str, Tensor] = vmap(one, randomness="different")(
+                            b, *batched
+                        )
+                    return result
+                except RuntimeError:
+                    # Some modules cannot run under vmap at all (RNNs update an
+                    # unbatched hidden state in place): loop over samples instead,
+                    # from now on.
+                    self.rule.sample_loop = True
+            try:
+                with _native_rnn_kernels():  # oneDNN's LSTM has no torch.func vjp
+                    rows = [one(b[i], *(t[i] for t in batched)) for i in range(n)]
+            except RuntimeError as exc:
+                # Report, never crash: the instruments say which module and why.
+                raise EngineError(
+                    f"torch.func could not re-run {type(module).__name__} per "
+                    f"sample: {str(exc).splitlines()[0][:300]}"
+                ) from exc
+            return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
         finally:
             REENTRY.active = False
 

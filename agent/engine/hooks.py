@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 # Imported for their side effect: they add their rules to ``RULES``.
 from glasscockpit.agent.engine import attention_rule, norm_rules  # noqa: F401
+from glasscockpit.agent.engine.errors import EngineError as EngineError
 from glasscockpit.agent.engine.func_rule import (
     FUNC_RULES,
     REENTRY,
@@ -28,10 +29,6 @@ from glasscockpit.agent.engine.func_rule import (
     _first_tensor,
 )
 from glasscockpit.agent.engine.rules import LayerRule, supports
-
-
-class EngineError(RuntimeError):
-    """Per-sample statistics are not available for this model or step."""
 
 
 @dataclass
@@ -301,8 +298,9 @@ class HookEngine:
         self, module: nn.Module, inputs: tuple[Any, ...], output: Any
     ) -> None:
         del module, inputs
-        if self.recording and torch.is_grad_enabled() and isinstance(output, Tensor):
-            self.output = output
+        out = _first_tensor(output)  # logits of dict/tuple outputs too
+        if self.recording and torch.is_grad_enabled() and out is not None:
+            self.output = out
 
     # -- checks --------------------------------------------------------------------
     def check_model(self) -> None:
