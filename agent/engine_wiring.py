@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
 from glasscockpit.agent.instruments import Instrument
-from glasscockpit.agent.needs import RECORDED, Need
+from glasscockpit.agent.kernels import MathAttention
+from glasscockpit.agent.needs import RECORDED, TWICE, Need
 from glasscockpit.agent.step import StepData
 
 
@@ -16,6 +17,7 @@ class EngineWiring:
     """Mixin of ``Cockpit``: when the engine records, and what it hands a step."""
 
     engine: HookEngine | None
+    kernels: MathAttention | None
     instruments: list[Instrument]
     params: list[tuple[str, nn.Parameter]]
     disabled: dict[str, str]
@@ -23,7 +25,19 @@ class EngineWiring:
     _checked: bool
 
     def _prepare(self, step: int) -> None:
-        """Arm the engine iff an instrument that needs it is due at ``step``."""
+        """Arm the engine iff an instrument that needs it is due at ``step``.
+
+        Likewise, ``step``'s forward pass runs under the math attention kernel
+        iff an instrument that differentiates twice is due then, or pending
+        (Alpha finishes a reading with the next step's graph).
+        """
+        if self.kernels is not None:
+            self.kernels.wanted = not self._closed and any(
+                i.needs & TWICE
+                and i.key not in self.disabled
+                and (i.is_due(step) or i.is_pending())
+                for i in self.instruments
+            )
         if self.engine is None:
             return
         if not self._closed and any(

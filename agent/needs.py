@@ -26,6 +26,9 @@ class Need(Enum):
     UPDATE = "update"  # θ_{t+1} − θ_t, in the AFTER_STEP phase
     OPTIMIZER = "optimizer"  # the optimizer (state, hyperparameters)
     DIAG_HESSIAN = "diag_hessian"  # exact diag of H by BackPACK, before backward
+    # Differentiates through the backward graph of the step (e.g. Alpha's
+    # per-sample slopes): the forward pass must be twice differentiable.
+    DOUBLE_BACKWARD = "double_backward"
 
 
 #: Needs served by the hook engine: the forward pass must be recorded.
@@ -38,3 +41,7 @@ RECORDED: frozenset[Need] = frozenset(
         Need.DIAG_GGN,
     }
 )
+
+#: Needs that differentiate the step's graph twice: its forward pass runs under
+#: the math attention kernel (``agent/kernels.py``).
+TWICE: frozenset[Need] = frozenset({Need.HVP, Need.DOUBLE_BACKWARD})

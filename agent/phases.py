@@ -45,6 +45,8 @@ class StepContext:
     data: StepData = field(default_factory=StepData)
     param_lrs: dict[str, float] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    #: ``mixes_samples`` of the model at this step (per-sample losses undefined).
+    mixes: str | None = None
 
 
 class StepPhases(EngineWiring):
@@ -105,6 +107,7 @@ class StepPhases(EngineWiring):
             cache=ctx.cache,
             data=ctx.data,
             param_lrs=ctx.param_lrs,
+            mixes=ctx.mixes,
         )
 
     def _guard(

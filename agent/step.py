@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from glasscockpit.agent.engine import StepStats
+from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.needs import RECORDED, Need
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ class StepView:
     applied: Sequence[Tensor] | None = None
     #: Shared by all views of one step, e.g. one Hessian operator for all.
     cache: dict[str, Any] = field(default_factory=dict)
+    #: Why the model's samples are not independent at this step (train-mode
+    #: BatchNorm), or None: per-sample losses are then undefined.
+    mixes: str | None = None
 
     def require(self, need: Need) -> None:
         """Raise ``UndeclaredNeedError`` unless ``need`` was declared."""
@@ -144,6 +147,8 @@ class StepView:
     def sample_losses(self) -> Tensor:
         """Per-sample losses, shape [B], still attached to the graph."""
         self.require(Need.LOSSES)
+        if self.mixes is not None:
+            raise EngineError(self.mixes)
         if self.losses is None:
             raise ValueError(
                 "This instrument needs per-sample losses: pass them as "

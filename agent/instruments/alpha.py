@@ -68,7 +68,7 @@ class Alpha(Instrument):
 
     name = "alpha"
     needs: ClassVar[frozenset[Need]] = frozenset(
-        {Need.PARAMS, Need.LOSSES, Need.OPTIMIZER}
+        {Need.PARAMS, Need.LOSSES, Need.OPTIMIZER, Need.DOUBLE_BACKWARD}
     )
     cost = Cost.MODERATE
     preset = "economy"  # Cockpit's configuration membership
@@ -135,7 +135,11 @@ class Alpha(Instrument):
             return
         u = start.basis.T @ (coef / tau)  # unit direction [D], float64
         slopes0 = (coef / tau) @ start.proj  # [B]
-        losses = step.sample_losses()
+        try:
+            losses = step.sample_losses()
+        except Exception:
+            self._done[start.step] = None  # undefined at t+1: so is α(t)
+            raise
         slopes1 = _jacobian(step, losses, params).project(_as_params(u, params))
         value1 = float((losses.mean() if step.loss is None else step.loss).detach())
         _, var1 = _mean_var(losses.detach())
