@@ -11,7 +11,7 @@ per-sample gradients by a loop (a sample is a sequence for the sequence models).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -21,6 +21,8 @@ from torch.nn import functional as F  # noqa: N812
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from glasscockpit.agent import Cockpit, always, every
+from glasscockpit.agent.engine import EngineError, HookEngine, diag_ggn
+from glasscockpit.agent.engine import curvature as engine_curvature
 from glasscockpit.agent.instruments import Alpha, HessMaxEV, HessTrace, Instrument
 from tests.agent.models import (
     CAUSAL_LM,
@@ -269,3 +271,68 @@ def test_math_kernel_only_on_steps_that_differentiate_twice(
     readings = _train.readings  # type: ignore[attr-defined]
     due = [s for s in range(5) if inst.is_due(s)]
     assert all(readings[s][inst.name] is not None for s in due)
+
+
+# -- exact GGN diagonal of token-level losses (TIC on sequence models) ----------------
+def _token_losses() -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    v = VOCAB
+    return {
+        "flat": lambda z, y: F.cross_entropy(z.reshape(-1, v), y.reshape(-1)),
+        "b_v_t": lambda z, y: F.cross_entropy(z.transpose(1, 2), y),
+        "ignore_index": lambda z, y: F.cross_entropy(
+            z.reshape(-1, v), y.reshape(-1), ignore_index=0
+        ),
+        "sliced": lambda z, y: F.cross_entropy(
+            z[:, 1:].reshape(-1, v), y[:, 1:].reshape(-1)
+        ),
+        "sum": lambda z, y: F.cross_entropy(
+            z.reshape(-1, v), y.reshape(-1), reduction="sum"
+        ),
+        "float64": lambda z, y: F.cross_entropy(
+            z.double().reshape(-1, v), y.reshape(-1)
+        ),
+    }
+
+
+def ggn_of_output(model: nn.Module, x: Tensor, y: Tensor, loss_fn) -> list[Tensor]:
+    """diag(Jᵀ H_z J) with J = ∂z/∂θ [N, D] and H_z the loss Hessian [N, N]."""
+    ps = list(model.parameters())
+    z = model(x)
+    rows = [
+        torch.cat(
+            [g.reshape(-1) for g in torch.autograd.grad(e, ps, retain_graph=True)]
+        )
+        for e in z.reshape(-1)
+    ]
+    jac = torch.stack(rows).double()
+    h_z = torch.autograd.functional.hessian(
+        lambda out: loss_fn(out.view_as(z), y), z.detach().double().reshape(-1)
+    )
+    diag = (jac * (h_z @ jac)).sum(0)
+    return list(diag.split([p.numel() for p in ps]))
+
+
+@pytest.mark.parametrize("layout", sorted(_token_losses()))
+def test_token_level_ggn_diagonal_is_exact(layout: str, torch_threads: None) -> None:
+    loss_fn = _token_losses()[layout]
+    model, x, y = CAUSAL_LM.make()
+    y[0, 2:4] = 0  # a few targets equal to the ignored index
+    engine = HookEngine(model, list(model.named_parameters()))
+    engine.arm()
+    got = diag_ggn(engine, loss_fn(model(x), y))
+    want = ggn_of_output(model, x, y, loss_fn)
+    scale = max(float(w.abs().max()) for w in want)
+    for (n, _), w in zip(model.named_parameters(), want, strict=True):
+        err = float((got[n].double().reshape(-1) - w).abs().max())
+        assert err <= 1e-5 * scale, (n, err, scale)
+
+
+def test_ggn_diagonal_beyond_its_pass_budget_is_refused(
+    torch_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_curvature, "MAX_PASSES", SEQ * VOCAB - 1)
+    model, x, y = CAUSAL_LM.make()
+    engine = HookEngine(model, list(model.named_parameters()))
+    engine.arm()
+    with pytest.raises(EngineError, match=f"needs {SEQ * VOCAB} backward passes"):
+        diag_ggn(engine, CAUSAL_LM.loss_fn(model(x), y))
