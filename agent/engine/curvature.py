@@ -7,6 +7,13 @@ respect to ``z_n`` factorises as ``S_n S_nᵀ``, the GGN diagonal is
 engine's ``Σ_n ĝ_n²`` rule. For piecewise-linear networks (ReLU, max-pooling) the
 GGN diagonal equals the Hessian diagonal (what BackPACK's ``DiagHessian`` gives).
 
+Token-level cross-entropy (logits ``[B, T, V]`` or ``[B, V, T]``, reshaped,
+transposed, sliced or cast between the model and the loss) has one Hessian
+block per token: a pass then carries column ``c`` of token ``t`` of every
+sample and nothing else (``T·V`` passes), so the squared per-sample gradients
+hold no cross terms between tokens of one sample. ``ignore_index`` tokens are
+left out and a mean is over the counted tokens, as the loss does.
+
 The passes must run before the user's ``loss.backward()`` frees the graph.
 """
 
