@@ -249,7 +249,7 @@ class Cockpit(StepPhases):
             ctx.param_lrs = self._param_lrs()
             if any(Need.LOSSES in i.needs for i in (*due, *pending)):
                 ctx.mixes = mixes_samples(self.model)
-            ctx.data = self._step_data(due, loss)
+            ctx.data = self._step_data([*due, *pending], loss)
             if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
                 ctx.before = [p.detach().clone() for _, p in self.params]
             errors: dict[str, str] = {}

@@ -25,11 +25,11 @@ class EngineWiring:
     _checked: bool
 
     def _prepare(self, step: int) -> None:
-        """Arm the engine iff an instrument that needs it is due at ``step``.
+        """Arm the engine iff an instrument that needs it is due or pending.
 
+        Pending: Alpha finishes a reading with the next step's statistics.
         Likewise, ``step``'s forward pass runs under the math attention kernel
-        iff an instrument that differentiates twice is due then, or pending
-        (Alpha finishes a reading with the next step's graph).
+        iff an instrument that differentiates twice is due then, or pending.
         """
         if self.kernels is not None:
             self.kernels.wanted = not self._closed and any(
@@ -41,7 +41,9 @@ class EngineWiring:
         if self.engine is None:
             return
         if not self._closed and any(
-            i.needs & RECORDED and i.key not in self.disabled and i.is_due(step)
+            i.needs & RECORDED
+            and i.key not in self.disabled
+            and (i.is_due(step) or i.is_pending())
             for i in self.instruments
         ):
             self.engine.arm()
@@ -61,7 +63,10 @@ class EngineWiring:
         )
 
     def _step_data(self, due: Sequence[Instrument], loss: Tensor | None) -> StepData:
-        """Engine work before the backward pass; per-sample statistics come lazily."""
+        """Engine work before the backward pass; per-sample statistics come lazily.
+
+        ``due``: the instruments that run at this step, pending ones included.
+        """
         engine = self.engine
         if engine is None or not any(i.needs & RECORDED for i in due):
             return StepData()

@@ -15,7 +15,7 @@ class Need(Enum):
     GRAD = "grad"  # p.grad, the mini-batch gradient
     PARAMS = "params"  # p.data before the optimizer step
     BATCH_L2 = "batch_l2"  # ‖g_n‖² per parameter, [B]
-    BATCH_DOT = "batch_dot"  # g_n · p.grad per parameter, [B]
+    BATCH_DOT = "batch_dot"  # g_n · p.grad per parameter, [B]; g_n · d for any d
     SUM_GRAD_SQUARED = "sum_grad_squared"  # Σ_n g_n² per parameter, its shape
     BATCH_GRAD = "batch_grad"  # g_n per parameter, [B, *shape], one layer at a time
     DIAG_GGN = "diag_ggn"  # exact GGN diagonal of the mean loss per parameter
@@ -26,9 +26,6 @@ class Need(Enum):
     UPDATE = "update"  # θ_{t+1} − θ_t, in the AFTER_STEP phase
     OPTIMIZER = "optimizer"  # the optimizer (state, hyperparameters)
     DIAG_HESSIAN = "diag_hessian"  # exact diag of H by BackPACK, before backward
-    # Differentiates through the backward graph of the step (e.g. Alpha's
-    # per-sample slopes): the forward pass must be twice differentiable.
-    DOUBLE_BACKWARD = "double_backward"
 
 
 #: Needs served by the hook engine: the forward pass must be recorded.
@@ -44,4 +41,4 @@ RECORDED: frozenset[Need] = frozenset(
 
 #: Needs that differentiate the step's graph twice: its forward pass runs under
 #: the math attention kernel (``agent/kernels.py``).
-TWICE: frozenset[Need] = frozenset({Need.HVP, Need.DOUBLE_BACKWARD})
+TWICE: frozenset[Need] = frozenset({Need.HVP})

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from glasscockpit.agent.engine import EngineError, StepStats
@@ -117,6 +118,35 @@ class StepView:
         """``g_n · g`` per parameter name, ``g`` its ``.grad``, each ``[B]``."""
         self.require(Need.BATCH_DOT)
         return self.data.stats().batch_dot()
+
+    def sample_dots(self, directions: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        """``[K, B]``: ``g_n · d_k`` summed over all tracked parameters, float64.
+
+        Needs every parameter covered (a slope along ``d`` that leaves some
+        parameters out is a different slope): raises ``EngineError`` otherwise.
+
+        Args:
+            directions: ``d_k`` by tracked parameter name (missing names: zero).
+        """
+        self.require(Need.BATCH_DOT)
+        stats = self.data.stats()
+        uncovered = stats.engine.uncovered
+        if uncovered:
+            raise EngineError(
+                f"needs per-sample gradients of every parameter; {len(uncovered)} "
+                f"not covered: {', '.join(uncovered[:4])} "
+                f"({stats.engine.coverage[uncovered[0]]})"
+            )
+        rows = []
+        for d in directions:
+            dots = stats.dot_with(d)
+            total = torch.zeros(stats.batch_size, dtype=torch.float64)
+            for v in dots.values():
+                total = total.to(v.device) + v.double()
+            rows.append(total)
+        if not rows:
+            return torch.zeros((0, stats.batch_size), dtype=torch.float64)
+        return torch.stack(rows)
 
     def sum_grad_squared(self) -> dict[str, Tensor]:
         """``Σ_n g_n²`` per parameter name, each of the parameter's shape."""

@@ -7,7 +7,7 @@ Every accessor returns unscaled ``g_n`` statistics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -157,41 +157,46 @@ class StepStats:
     def batch_dot(self) -> dict[str, Tensor]:
         """``g_n · g`` per tracked parameter name with ``g = p.grad``, each ``[B]``."""
         if "dot" not in self._cache:
-            out: dict[str, Tensor] = {}
-            for layer, calls in self.layers:
-                direction = {
-                    k: p.grad
-                    for k, p in self._params(layer).items()
-                    if p.grad is not None
-                }
-                kept = self._materialised(layer, calls)
-                if kept is not None:
-                    vals = {
-                        k: g.flatten(1) @ direction[k].reshape(-1).to(g.dtype)
-                        for k, g in kept.items()
-                        if k in direction
-                    }
-                elif len(calls) == 1:
-                    c = calls[0]
-                    assert c.b is not None
-                    vals = layer.rule.bind(c).batch_dot(
-                        layer.module, c.x, c.b, direction
-                    )
-                else:
-                    vals = {
-                        k: g.flatten(1) @ direction[k].reshape(-1)
-                        for k, g in self.layer_grads(layer, calls).items()
-                        if k in direction
-                    }
-                out.update(
-                    {
-                        layer.names[k]: v * self.batch_size
-                        for k, v in vals.items()
-                        if k in layer.names
-                    }
-                )
-            self._cache["dot"] = out
+            grads = {n: p.grad for n, p in self.engine.params if p.grad is not None}
+            self._cache["dot"] = self.dot_with(grads)
         return self._cache["dot"]
+
+    def dot_with(self, direction: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``g_n · d`` per tracked parameter name in ``direction``, each ``[B]``.
+
+        Args:
+            direction: ``d`` by tracked parameter name, each of its shape.
+        """
+        out: dict[str, Tensor] = {}
+        for layer, calls in self.layers:
+            local = {k: direction[n] for k, n in layer.names.items() if n in direction}
+            if not local:
+                continue
+            kept = self._materialised(layer, calls)
+            if kept is not None:
+                vals = {
+                    k: g.flatten(1) @ local[k].reshape(-1).to(g.dtype)
+                    for k, g in kept.items()
+                    if k in local
+                }
+            elif len(calls) == 1:
+                c = calls[0]
+                assert c.b is not None
+                vals = layer.rule.bind(c).batch_dot(layer.module, c.x, c.b, local)
+            else:
+                vals = {
+                    k: g.flatten(1) @ local[k].reshape(-1).to(g.dtype)
+                    for k, g in self.layer_grads(layer, calls).items()
+                    if k in local
+                }
+            out.update(
+                {
+                    layer.names[k]: v * self.batch_size
+                    for k, v in vals.items()
+                    if k in layer.names
+                }
+            )
+        return out
 
     def sum_grad_squared(self) -> dict[str, Tensor]:
         """``Σ_n g_n²`` per tracked parameter name, each of the parameter's shape."""

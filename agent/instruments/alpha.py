@@ -15,7 +15,6 @@ from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
 from glasscockpit.agent.update_fit import (
-    SampleJacobian,
     fit_alpha,
     orthonormal_basis,
     update_directions,
@@ -44,19 +43,19 @@ def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
     ]
 
 
-def _jacobian(step: StepView, losses: Tensor, params: list[Tensor]) -> SampleJacobian:
-    """One per step, shared by the end of α(t−1), the start of α(t) and instances."""
-    jac = step.cache.get("sample_jacobian")
-    if not isinstance(jac, SampleJacobian):
-        with torch.enable_grad():
-            jac = step.cache["sample_jacobian"] = SampleJacobian(losses, params)
-    return jac
+def _slopes(step: StepView, basis: Tensor) -> Tensor:
+    """``[K, B]``: each sample's gradient dotted with each row of ``basis`` [K, D]."""
+    names = [n for n, _ in step.params]
+    params: list[Tensor] = [p for _, p in step.params]
+    return step.sample_dots(
+        [dict(zip(names, _as_params(row, params), strict=True)) for row in basis]
+    )
 
 
 class Alpha(Instrument):
     """Cockpit's effective relative step size α, for the update actually applied.
 
-    At a tracked step t (before backward) the per-sample gradients are projected
+    At a tracked step t (after backward) the per-sample gradients are projected
     onto a few directions that span the coming update: the update predicted by a
     shadow copy of the optimizer, the gradient, parameter-shaped optimizer state
     (momentum) and, with weight decay, θ_t. At step t+1 the measured
@@ -64,16 +63,22 @@ class Alpha(Instrument):
     than ``span_rtol`` (e.g. Adam with clipping) α is undefined (None). The
     reading for step t arrives at step t+1; the last tracked step gets None at
     ``close()``. Needs ``cockpit.step(..., losses=per_sample_losses)``.
+
+    The projections ``g_n · d`` come from the hook engine's per-layer rules
+    (engines.md: "g_n·d: hook engine"), so α needs per-sample gradients of
+    every parameter: it is undefined (None, with the engine's reason) on
+    models or steps where some parameter is not covered or per-sample
+    gradients are undefined (train-mode BatchNorm).
     """
 
     name = "alpha"
     needs: ClassVar[frozenset[Need]] = frozenset(
-        {Need.PARAMS, Need.LOSSES, Need.OPTIMIZER, Need.DOUBLE_BACKWARD}
+        {Need.PARAMS, Need.GRAD, Need.LOSSES, Need.OPTIMIZER, Need.BATCH_DOT}
     )
     cost = Cost.MODERATE
     preset = "economy"  # Cockpit's configuration membership
     kind = Kind.SCALAR
-    phase = Phase.BEFORE_BACKWARD
+    phase = Phase.AFTER_BACKWARD
     two_step = True
     panel = PanelSpec(
         title="Alpha (relative step size)",
@@ -137,10 +142,10 @@ class Alpha(Instrument):
         slopes0 = (coef / tau) @ start.proj  # [B]
         try:
             losses = step.sample_losses()
+            slopes1 = _slopes(step, u[None])[0]
         except Exception:
             self._done[start.step] = None  # undefined at t+1: so is α(t)
             raise
-        slopes1 = _jacobian(step, losses, params).project(_as_params(u, params))
         value1 = float((losses.mean() if step.loss is None else step.loss).detach())
         _, var1 = _mean_var(losses.detach())
         s0, vs0 = _mean_var(slopes0)
@@ -155,19 +160,15 @@ class Alpha(Instrument):
         self.advance(step)
         params: list[Tensor] = [p for _, p in step.params]
         step.require(Need.PARAMS)
+        step.require(Need.GRAD)
         losses = step.sample_losses()
         loss = losses.mean() if step.loss is None else step.loss
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        # What the optimizer will see: this gradient plus anything accumulated.
+        # What the optimizer will see: .grad after this step's backward pass.
         seen = [
-            (torch.zeros_like(p) if g is None else g.detach())
-            + (torch.zeros_like(p) if p.grad is None else p.grad.detach())
-            for p, g in zip(params, grads, strict=True)
+            torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params
         ]
         basis = orthonormal_basis(update_directions(step.optimizer(), params, seen))
-        jac = _jacobian(step, losses, params)
-        rows = [jac.project(_as_params(q, params)).double() for q in basis]
-        proj = torch.stack(rows) if rows else basis.new_zeros((0, losses.numel()))
+        proj = _slopes(step, basis)
         _, var0 = _mean_var(losses.detach())
         self._start = _Start(
             step.step,

@@ -49,7 +49,10 @@ from tests.conftest import free_port
 from tests.server.harness import live_server
 
 #: The per-sample (and curvature) instruments of the ``full`` configuration.
-PER_SAMPLE = sorted(c.name for c in PRESETS["full"] if c.needs & RECORDED)
+#: (Alpha's per-sample slopes are tested in test_any_model_curvature.py.)
+PER_SAMPLE = sorted(
+    c.name for c in PRESETS["full"] if c.needs & RECORDED and not c.two_step
+)
 
 
 def ggn_diag(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -442,3 +445,30 @@ def test_uncached_and_chunked_paths_match_reference(
                 rtol, 4 * torch.finfo(torch.float32).eps * variance_conditioning(data)
             )
         assert_reading(reading, want, inst.name, rtol)
+
+
+def test_alpha_is_undefined_when_some_parameters_are_not_covered(
+    torch_threads: None,
+) -> None:
+    # α's slopes along the update need every parameter's per-sample gradient.
+    model, x, y = PARTIAL.make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cockpit = Cockpit(
+        model,
+        opt,
+        server=None,
+        run="t",
+        instruments=[BY_NAME["alpha"](schedule=always)],
+    )
+    for step in range(2):
+        opt.zero_grad()
+        out = model(x)
+        losses = torch.nn.functional.cross_entropy(out, y, reduction="none")
+        with cockpit.step(step, loss=losses.mean(), losses=losses):
+            losses.mean().backward()
+        opt.step()
+    cockpit.close()
+    frames = [f for f in cockpit.transport.frames if isinstance(f, Readings)]  # type: ignore[attr-defined]
+    assert "2 not covered: 1.w, 1.gate" in frames[0].errors["alpha"]
+    assert all(r.get("alpha") is None for r in cockpit.readings.values())
+    assert "alpha" not in cockpit.disabled
