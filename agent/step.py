@@ -138,8 +138,7 @@ class StepView:
                 f"({stats.engine.coverage[uncovered[0]]})"
             )
         rows = []
-        for d in directions:
-            dots = stats.dot_with(d)
+        for dots in stats.dots_with(directions):
             total = torch.zeros(stats.batch_size, dtype=torch.float64)
             for v in dots.values():
                 total = total.to(v.device) + v.double()

@@ -7,7 +7,7 @@ Every accessor returns unscaled ``g_n`` statistics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -167,36 +167,55 @@ class StepStats:
         Args:
             direction: ``d`` by tracked parameter name, each of its shape.
         """
-        out: dict[str, Tensor] = {}
+        return self.dots_with([direction])[0]
+
+    def dots_with(
+        self, directions: Sequence[Mapping[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
+        """``dot_with`` for several directions, one pass over each layer.
+
+        Kept per-sample gradients are read once for all directions (one matrix
+        product with the stacked directions instead of one pass per direction).
+        """
+        outs: list[dict[str, Tensor]] = [{} for _ in directions]
         for layer, calls in self.layers:
-            local = {k: direction[n] for k, n in layer.names.items() if n in direction}
-            if not local:
+            locals_ = [
+                {k: d[n] for k, n in layer.names.items() if n in d} for d in directions
+            ]
+            if not any(locals_):
                 continue
             kept = self._materialised(layer, calls)
+            if kept is None and len(calls) != 1:
+                kept = self.layer_grads(layer, calls)
             if kept is not None:
-                vals = {
-                    k: g.flatten(1) @ local[k].reshape(-1).to(g.dtype)
-                    for k, g in kept.items()
-                    if k in local
-                }
-            elif len(calls) == 1:
-                c = calls[0]
-                assert c.b is not None
-                vals = layer.rule.bind(c).batch_dot(layer.module, c.x, c.b, local)
-            else:
-                vals = {
-                    k: g.flatten(1) @ local[k].reshape(-1).to(g.dtype)
-                    for k, g in self.layer_grads(layer, calls).items()
-                    if k in local
-                }
-            out.update(
-                {
-                    layer.names[k]: v * self.batch_size
-                    for k, v in vals.items()
-                    if k in layer.names
-                }
-            )
-        return out
+                for k, g in kept.items():
+                    if k not in layer.names:
+                        continue
+                    which = [i for i, loc in enumerate(locals_) if k in loc]
+                    if not which:
+                        continue
+                    stacked = torch.stack(
+                        [locals_[i][k].reshape(-1).to(g.dtype) for i in which], 1
+                    )
+                    dots = g.flatten(1) @ stacked  # [B, K]
+                    for j, i in enumerate(which):
+                        outs[i][layer.names[k]] = dots[:, j] * self.batch_size
+                continue
+            c = calls[0]
+            assert c.b is not None
+            rule = layer.rule.bind(c)
+            for i, local in enumerate(locals_):
+                if not local:
+                    continue
+                vals = rule.batch_dot(layer.module, c.x, c.b, local)
+                outs[i].update(
+                    {
+                        layer.names[k]: v * self.batch_size
+                        for k, v in vals.items()
+                        if k in layer.names
+                    }
+                )
+        return outs
 
     def sum_grad_squared(self) -> dict[str, Tensor]:
         """``Σ_n g_n²`` per tracked parameter name, each of the parameter's shape."""

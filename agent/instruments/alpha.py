@@ -118,12 +118,15 @@ class Alpha(Instrument):
             self._done[self._start.step] = None
             self._start = None
 
-    @override
-    def advance(self, step: StepView) -> None:
-        """Finish step t's α with the batch of this step at θ_{t+1}."""
+    def _end(self, step: StepView) -> tuple[_Start, Tensor, float] | None:
+        """Pops step t's start; (start, coefficients of d in its basis, τ).
+
+        None when nothing is pending, or α(t) is already decided (undefined: the
+        applied update left the predicted span, or no update at all).
+        """
         start, self._start = self._start, None
         if start is None:
-            return
+            return None
         params: list[Tensor] = [p for _, p in step.params]
         step.require(Need.PARAMS)
         d = torch.cat(
@@ -137,15 +140,16 @@ class Alpha(Instrument):
         resid = float((d - start.basis.T @ coef).norm()) / max(float(d.norm()), 1e-300)
         if tau == 0.0 or resid > self.span_rtol:
             self._done[start.step] = None
-            return
-        u = start.basis.T @ (coef / tau)  # unit direction [D], float64
+            return None
+        return start, coef, tau
+
+    def _finish(
+        self, step: StepView, end: tuple[_Start, Tensor, float], slopes1: Tensor
+    ) -> None:
+        """α(t) from its start and this step's losses and slopes along ``u``."""
+        start, coef, tau = end
+        losses = step.sample_losses()
         slopes0 = (coef / tau) @ start.proj  # [B]
-        try:
-            losses = step.sample_losses()
-            slopes1 = _slopes(step, u[None])[0]
-        except Exception:
-            self._done[start.step] = None  # undefined at t+1: so is α(t)
-            raise
         value1 = float((losses.mean() if step.loss is None else step.loss).detach())
         _, var1 = _mean_var(losses.detach())
         s0, vs0 = _mean_var(slopes0)
@@ -154,27 +158,64 @@ class Alpha(Instrument):
             tau, (start.value, value1), (s0, s1), (start.var_value, var1), (vs0, vs1)
         )
 
+    @staticmethod
+    def _direction(end: tuple[_Start, Tensor, float]) -> Tensor:
+        """The applied update's unit direction ``u`` [D], float64, in the basis."""
+        start, coef, tau = end
+        return start.basis.T @ (coef / tau)
+
+    @override
+    def advance(self, step: StepView) -> None:
+        """Finish step t's α with the batch of this step at θ_{t+1}."""
+        end = self._end(step)
+        if end is None:
+            return
+        try:
+            step.sample_losses()  # undefined losses: say so before any work
+            self._finish(step, end, _slopes(step, self._direction(end)[None])[0])
+        except Exception:
+            self._done[end[0].step] = None  # undefined at t+1: so is α(t)
+            raise
+
     @override
     def compute(self, step: StepView) -> Reading:
-        """Starts step t's α (finishing t−1's first); the reading comes later."""
-        self.advance(step)
-        params: list[Tensor] = [p for _, p in step.params]
-        step.require(Need.PARAMS)
-        step.require(Need.GRAD)
-        losses = step.sample_losses()
-        loss = losses.mean() if step.loss is None else step.loss
-        # What the optimizer will see: .grad after this step's backward pass.
-        seen = [
-            torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params
-        ]
-        basis = orthonormal_basis(update_directions(step.optimizer(), params, seen))
-        proj = _slopes(step, basis)
+        """Starts step t's α (finishing t−1's first); the reading comes later.
+
+        Both need per-sample slopes at this step: the finished reading's along
+        ``u``, the new start's along its basis; one pass over the engine's
+        per-sample gradients serves all of them.
+        """
+        end = self._end(step)
+        try:
+            params: list[Tensor] = [p for _, p in step.params]
+            step.require(Need.PARAMS)
+            step.require(Need.GRAD)
+            losses = step.sample_losses()
+            loss = losses.mean() if step.loss is None else step.loss
+            # What the optimizer will see: .grad after this step's backward pass.
+            seen = [
+                torch.zeros_like(p) if p.grad is None else p.grad.detach()
+                for p in params
+            ]
+            opt = step.optimizer()
+            basis = orthonormal_basis(update_directions(opt, params, seen))
+            rows = (
+                basis if end is None else torch.cat([self._direction(end)[None], basis])
+            )
+            slopes = _slopes(step, rows)
+        except Exception:
+            if end is not None:
+                self._done[end[0].step] = None  # undefined at t+1: so is α(t)
+            raise
+        if end is not None:
+            self._finish(step, end, slopes[0])
+            slopes = slopes[1:]
         _, var0 = _mean_var(losses.detach())
         self._start = _Start(
             step.step,
             [p.detach().clone() for p in params],
             basis,
-            proj,
+            slopes,
             float(loss.detach()),
             var0,
         )
