@@ -339,3 +339,30 @@ def test_ggn_diagonal_beyond_its_pass_budget_is_refused(
     engine.arm()
     with pytest.raises(EngineError, match=f"needs {SEQ * VOCAB} backward passes"):
         diag_ggn(engine, CAUSAL_LM.loss_fn(model(x), y))
+
+
+def test_math_kernel_is_left_when_the_forward_raises(torch_threads: None) -> None:
+    class Failing(SdpaLM):
+        fail = False
+
+        def forward(self, ids: Tensor) -> Tensor:
+            out = super().forward(ids)
+            if self.fail:
+                raise RuntimeError("boom")
+            return out
+
+    model = Failing()
+    cockpit = Cockpit(model, None, server=None, instruments=[HessMaxEV()])
+    seen: list[bool] = []
+    model.tok.register_forward_hook(
+        lambda *_: seen.append(torch.backends.cuda.flash_sdp_enabled())
+    )
+    model.fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        model(torch.zeros(2, SEQ, dtype=torch.long))
+    assert seen == [False]  # inside: the math kernel only (first forward)
+    assert torch.backends.cuda.flash_sdp_enabled()  # left on the way out
+    cockpit.close()
+    model.fail = False
+    model(torch.zeros(2, SEQ, dtype=torch.long))  # hooks removed: fused kernel
+    assert seen == [False, True]
