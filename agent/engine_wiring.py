@@ -50,6 +50,14 @@ class EngineWiring:
         else:
             self.engine.disarm()
 
+    def _note(self, inst: Instrument, data: StepData) -> str | None:
+        """Notes on a reading: partial coverage, an estimated GGN diagonal."""
+        notes = [self._partial(inst)]
+        if Need.DIAG_GGN in inst.needs and isinstance(data.ggn, dict):
+            notes.append(data.ggn_note)
+        text = "; ".join(n for n in notes if n)
+        return text or None
+
     def _partial(self, inst: Instrument) -> str | None:
         """A "partial: ..." note when per-sample statistics skip some parameters."""
         engine = self.engine
@@ -75,13 +83,14 @@ class EngineWiring:
             # earlier, finished backward pass: record afresh from here.
             engine.arm()
         ggn: dict[str, Tensor] | Exception | None = None
+        notes: list[str] = []
         if any(Need.DIAG_GGN in i.needs for i in due):
             try:
                 if loss is None:
                     raise EngineError(
                         "Curvature instruments need cockpit.step(loss=...)"
                     )
-                ggn = diag_ggn(engine, loss)
+                ggn = diag_ggn(engine, loss, notes)
             except EngineError as exc:
                 ggn = exc
 
@@ -99,4 +108,5 @@ class EngineWiring:
             return result
 
         data = StepData(stats, ggn)
+        data.ggn_note = notes[0] if notes else None
         return data

@@ -161,7 +161,7 @@ class StepPhases(EngineWiring):
                 )
                 if ok and not inst.two_step:
                     results[inst.key] = value
-                    note = self._partial(inst)
+                    note = self._note(inst, ctx.data)
                     if note and inst.key not in errors:
                         errors[inst.key] = note
         for inst in pending:

@@ -40,6 +40,8 @@ class StepData:
         self._make = stats
         self._stats: StepStats | Exception | None = None
         self.ggn = ggn
+        #: Set when ``ggn`` is an estimate rather than exact (a note for readers).
+        self.ggn_note: str | None = None
 
     def stats(self) -> StepStats:
         """The per-sample statistics; raises the engine's error if unavailable."""

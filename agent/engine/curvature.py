@@ -54,6 +54,8 @@ _REARRANGE = frozenset(
 #: token-level cross-entropy, ``C`` for a classifier, one per output element of
 #: a sample for MSE).
 MAX_PASSES = 4096
+#: Beyond ``MAX_PASSES``: sampled passes of the Monte-Carlo GGN diagonal.
+MC_DRAWS = 16
 _NLL = ("NllLossBackward0", "NllLoss2DBackward0")
 
 
@@ -180,6 +182,29 @@ class _Loss:
         moved = s.reshape(*self._shape[: self._dim], *self._shape[self._dim + 1 :], -1)
         return _pull(self._lower, moved.movedim(-1, self._dim))
 
+    def sampled(self, draws: int, gen: torch.Generator) -> Iterator[Tensor]:
+        """Output gradients ``r`` with ``E[r rᵀ]`` = the loss Hessian (unscaled).
+
+        Cross-entropy: ``r = p − e_ŷ`` per counted token with ``ŷ`` drawn from
+        the model's own softmax (``E[r rᵀ] = diag(p) − ppᵀ``); MSE: Rademacher
+        entries (``E[r rᵀ] = I``). Draws are independent between tokens, so the
+        cross terms between tokens of one sample vanish in expectation and one
+        pass seeds every token: the mean of ``Σ_n ĝ_n²`` over draws is an
+        unbiased estimate of the GGN diagonal.
+        """
+        z = self.output.detach()
+        for _ in range(draws):
+            if self.kind == "mse":
+                bits = torch.randint(0, 2, z.shape, generator=gen, device=z.device)
+                yield bits.to(z.dtype) * 2 - 1
+                continue
+            p = self.p
+            labels = torch.multinomial(p.float(), 1, generator=gen)  # [M, 1]
+            r = p.clone()
+            r.scatter_add_(1, labels, -torch.ones_like(labels, dtype=p.dtype))
+            r *= (self.position >= 0)[:, None].to(p.dtype)
+            yield self._to_output(r).to(z.dtype)
+
     def passes(self) -> Iterator[Tensor]:
         """Output gradients of the passes (unscaled)."""
         z = self.output.detach()
@@ -200,18 +225,34 @@ class _Loss:
                 yield self._to_output(s).to(z.dtype)
 
 
-def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
-    """Exact GGN diagonal of ``loss`` per tracked parameter name (parameter shapes)."""
+def diag_ggn(
+    engine: HookEngine, loss: Tensor, notes: list[str] | None = None
+) -> dict[str, Tensor]:
+    """GGN diagonal of ``loss`` per tracked parameter name (parameter shapes).
+
+    Exact when it takes at most ``MAX_PASSES`` backward passes; otherwise the
+    Monte-Carlo estimate from ``MC_DRAWS`` sampled passes (a private generator
+    per engine and device, seed 0), and a note saying so is appended to
+    ``notes``.
+    """
     output = engine.output
     if output is None or not engine.recorded:
         raise EngineError("The forward pass of this step was not recorded")
     spec = _Loss(loss, output)
+    passes = spec.passes()
+    draws = 0
     if spec.count > MAX_PASSES:
-        raise EngineError(
-            f"The exact GGN diagonal needs {spec.count} backward passes here "
-            f"(tokens per sample × classes for a token-level loss), more than "
-            f"MAX_PASSES = {MAX_PASSES}"
-        )
+        gen = engine.generators.get(output.device)
+        if gen is None:
+            gen = torch.Generator(output.device).manual_seed(0)
+            engine.generators[output.device] = gen
+        draws = MC_DRAWS
+        passes = spec.sampled(draws, gen)
+        if notes is not None:
+            notes.append(
+                f"estimate: Monte-Carlo GGN diagonal from {draws} sampled passes "
+                f"(the exact one needs {spec.count} > MAX_PASSES = {MAX_PASSES})"
+            )
     engine.reassign_unbatched()
     samples = {
         c.x.shape[0] for layer in engine.layers if layer.names for c in layer.calls
@@ -236,7 +277,7 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
     # reduce once after all passes instead of once per pass.
     b_sq: dict[int, tuple[Tensor, Tensor]] = {}
     with CONV.caching():
-        for s in spec.passes():
+        for s in passes:
             engine.clear_grads()
             if len(outs) == len(recorded):
                 # Gradients w.r.t. the layer outputs are the b's; autograd then skips
@@ -277,4 +318,5 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
             name = layer.names[k]
             out[name] = out[name] + v if name in out else v
     engine.clear_grads()
-    return {k: v.detach() * spec.scale for k, v in out.items()}
+    scale = spec.scale / draws if draws else spec.scale
+    return {k: v.detach() * scale for k, v in out.items()}

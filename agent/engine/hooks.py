@@ -166,6 +166,8 @@ class HookEngine:
         self.coverage = {n: self.coverage[n] for n, _ in self.params}
         self._handles.append(model.register_forward_hook(self._on_output))
         self.recording = False
+        #: Private generators of sampled curvature passes, per device.
+        self.generators: dict[torch.device, torch.Generator] = {}
         #: The model's output of the recorded forward pass (for curvature passes).
         self.output: Tensor | None = None
 
@@ -301,7 +303,12 @@ class HookEngine:
         self, module: nn.Module, inputs: tuple[Any, ...], output: Any
     ) -> None:
         del module, inputs
-        if self.recording and torch.is_grad_enabled() and isinstance(output, Tensor):
+        if (
+            self.recording
+            and not REENTRY.active  # our own re-run of the whole model
+            and torch.is_grad_enabled()
+            and isinstance(output, Tensor)
+        ):
             self.output = output
 
     # -- checks --------------------------------------------------------------------
