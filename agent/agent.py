@@ -23,12 +23,13 @@ from torch import Tensor, nn
 from glasscockpit.agent.budget import OverheadBudget
 from glasscockpit.agent.config import AgentConfig, ingest_url
 from glasscockpit.agent.curvature import keep_backpack_io
-from glasscockpit.agent.engine import HookEngine
+from glasscockpit.agent.engine import HookEngine, mixes_samples
 from glasscockpit.agent.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
 from glasscockpit.agent.instruments import Instrument, resolve
 from glasscockpit.agent.instruments.base import Phase
+from glasscockpit.agent.kernels import MathAttention
 from glasscockpit.agent.meta import default_run_id, model_meta, plain
-from glasscockpit.agent.needs import RECORDED, Need
+from glasscockpit.agent.needs import RECORDED, TWICE, Need
 from glasscockpit.agent.phases import StepContext, StepPhases, on_optimizer_step
 from glasscockpit.agent.schedules import auto, describe
 from glasscockpit.agent.transport import (
@@ -148,6 +149,12 @@ class Cockpit(StepPhases):
         complete = self.engine is not None and not self.engine.uncovered
         for inst in self.instruments:
             inst.on_engine(complete)
+        #: Fused attention kernels cannot be differentiated twice: forward passes
+        #: of steps with curvature (or Alpha) run under the math kernel.
+        self.kernels: MathAttention | None = None
+        if any(i.needs & TWICE for i in self.instruments):
+            self.kernels = MathAttention(model)
+            self.kernels.wanted = True  # the first forward pass, as above
         self._checked = False
         self.hello = Hello(
             run=self.run,
@@ -265,6 +272,8 @@ class Cockpit(StepPhases):
         try:
             ctx = StepContext(step, loss, losses, batch_size, self._lrs())
             ctx.param_lrs = self._param_lrs()
+            if any(Need.LOSSES in i.needs for i in (*due, *pending)):
+                ctx.mixes = mixes_samples(self.model)
             ctx.data = self._step_data([*due, *pending], loss)
             if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
                 ctx.before = [p.detach().clone() for _, p in self.params]
@@ -342,6 +351,8 @@ class Cockpit(StepPhases):
             self._step_hook.remove()
         if self.engine is not None:
             self.engine.remove()
+        if self.kernels is not None:
+            self.kernels.remove()
         status = status if status in ("finished", "failed") else "finished"
         self._send_frame(Bye(run=self.run, seq=self._next_seq(), status=status))
         try:

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from glasscockpit.agent.budget import OverheadBudget
 from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
 from glasscockpit.agent.instruments import Instrument
-from glasscockpit.agent.needs import RECORDED, Need
+from glasscockpit.agent.kernels import MathAttention
+from glasscockpit.agent.needs import RECORDED, TWICE, Need
 from glasscockpit.agent.step import StepData
 
 
@@ -18,6 +19,7 @@ class EngineWiring:
     """Mixin of ``Cockpit``: when the engine records, and what it hands a step."""
 
     engine: HookEngine | None
+    kernels: MathAttention | None
     instruments: list[Instrument]
     params: list[tuple[str, nn.Parameter]]
     disabled: dict[str, str]
@@ -26,11 +28,19 @@ class EngineWiring:
     _budget: OverheadBudget | None
 
     def _prepare(self, step: int) -> None:
-        """Arm the engine iff an instrument that needs it is due at ``step``.
+        """Arm the engine iff an instrument that needs it is due or pending.
 
-        Or pending: a two-step instrument finishes its reading with this step's
-        per-sample data.
+        Pending: Alpha finishes a reading with the next step's statistics.
+        Likewise, ``step``'s forward pass runs under the math attention kernel
+        iff an instrument that differentiates twice is due then, or pending.
         """
+        if self.kernels is not None:
+            self.kernels.wanted = not self._closed and any(
+                i.needs & TWICE
+                and i.key not in self.disabled
+                and (i.is_due(step) or i.is_pending())
+                for i in self.instruments
+            )
         if self.engine is None:
             return
         if not self._closed and any(
@@ -42,6 +52,14 @@ class EngineWiring:
             self.engine.arm()
         else:
             self.engine.disarm()
+
+    def _note(self, inst: Instrument, data: StepData) -> str | None:
+        """Notes on a reading: partial coverage, an estimated GGN diagonal."""
+        notes = [self._partial(inst)]
+        if Need.DIAG_GGN in inst.needs and isinstance(data.ggn, dict):
+            notes.append(data.ggn_note)
+        text = "; ".join(n for n in notes if n)
+        return text or None
 
     def _partial(self, inst: Instrument) -> str | None:
         """A "partial: ..." note when per-sample statistics skip some parameters."""
@@ -56,7 +74,10 @@ class EngineWiring:
         )
 
     def _step_data(self, due: Sequence[Instrument], loss: Tensor | None) -> StepData:
-        """Engine work before the backward pass; per-sample statistics come lazily."""
+        """Engine work before the backward pass; per-sample statistics come lazily.
+
+        ``due``: the instruments that run at this step, pending ones included.
+        """
         engine = self.engine
         if engine is None or not any(i.needs & RECORDED for i in due):
             return StepData()
@@ -66,13 +87,14 @@ class EngineWiring:
             engine.arm()
         ggn: dict[str, Tensor] | Exception | None = None
         start = time.perf_counter()
+        notes: list[str] = []
         if any(Need.DIAG_GGN in i.needs for i in due):
             try:
                 if loss is None:
                     raise EngineError(
                         "Curvature instruments need cockpit.step(loss=...)"
                     )
-                ggn = diag_ggn(engine, loss)
+                ggn = diag_ggn(engine, loss, notes)
             except Exception as exc:  # noqa: BLE001 - the TIC instruments report it
                 ggn = exc
         if self._budget is not None:
@@ -95,4 +117,5 @@ class EngineWiring:
             return result
 
         data = StepData(stats, ggn)
+        data.ggn_note = notes[0] if notes else None
         return data

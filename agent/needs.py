@@ -15,7 +15,7 @@ class Need(Enum):
     GRAD = "grad"  # p.grad, the mini-batch gradient
     PARAMS = "params"  # p.data before the optimizer step
     BATCH_L2 = "batch_l2"  # ‖g_n‖² per parameter, [B]
-    BATCH_DOT = "batch_dot"  # g_n · p.grad per parameter, [B]
+    BATCH_DOT = "batch_dot"  # g_n · p.grad per parameter, [B]; g_n · d for any d
     SUM_GRAD_SQUARED = "sum_grad_squared"  # Σ_n g_n² per parameter, its shape
     BATCH_GRAD = "batch_grad"  # g_n per parameter, [B, *shape], one layer at a time
     DIAG_GGN = "diag_ggn"  # exact GGN diagonal of the mean loss per parameter
@@ -38,3 +38,7 @@ RECORDED: frozenset[Need] = frozenset(
         Need.DIAG_GGN,
     }
 )
+
+#: Needs that differentiate the step's graph twice: its forward pass runs under
+#: the math attention kernel (``agent/kernels.py``).
+TWICE: frozenset[Need] = frozenset({Need.HVP})

@@ -46,6 +46,8 @@ class StepContext:
     data: StepData = field(default_factory=StepData)
     param_lrs: dict[str, float] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    #: ``mixes_samples`` of the model at this step (per-sample losses undefined).
+    mixes: str | None = None
 
 
 class StepPhases(EngineWiring):
@@ -107,6 +109,7 @@ class StepPhases(EngineWiring):
             cache=ctx.cache,
             data=ctx.data,
             param_lrs=ctx.param_lrs,
+            mixes=ctx.mixes,
         )
 
     def _guard(
@@ -163,7 +166,7 @@ class StepPhases(EngineWiring):
                 _attribute(budget, inst.key, start)
                 if ok and not inst.two_step:
                     results[inst.key] = value
-                    note = self._partial(inst)
+                    note = self._note(inst, ctx.data)
                     if note and inst.key not in errors:
                         errors[inst.key] = note
         for inst in pending:

@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
-from glasscockpit.agent.engine import StepStats
+from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.needs import RECORDED, Need
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class StepData:
         self._make = stats
         self._stats: StepStats | Exception | None = None
         self.ggn = ggn
+        #: Set when ``ggn`` is an estimate rather than exact (a note for readers).
+        self.ggn_note: str | None = None
 
     def stats(self) -> StepStats:
         """The per-sample statistics; raises the engine's error if unavailable."""
@@ -76,6 +79,9 @@ class StepView:
     applied: Sequence[Tensor] | None = None
     #: Shared by all views of one step, e.g. one Hessian operator for all.
     cache: dict[str, Any] = field(default_factory=dict)
+    #: Why the model's samples are not independent at this step (train-mode
+    #: BatchNorm), or None: per-sample losses are then undefined.
+    mixes: str | None = None
 
     def require(self, need: Need) -> None:
         """Raise ``UndeclaredNeedError`` unless ``need`` was declared."""
@@ -115,14 +121,33 @@ class StepView:
         self.require(Need.BATCH_DOT)
         return self.data.stats().batch_dot()
 
-    def project(self, direction: dict[str, Tensor]) -> Tensor:
-        """``g_n · v`` over all parameters for ``v`` given per name: ``[B]`` float64.
+    def sample_dots(self, directions: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        """``[K, B]``: ``g_n · d_k`` summed over all tracked parameters, float64.
 
-        From the recorded layers (no graph needed): callable after the backward
-        pass. Raises ``EngineError`` if some parameter of ``v`` is not served.
+        Needs every parameter covered (a slope along ``d`` that leaves some
+        parameters out is a different slope): raises ``EngineError`` otherwise.
+
+        Args:
+            directions: ``d_k`` by tracked parameter name (missing names: zero).
         """
         self.require(Need.BATCH_DOT)
-        return self.data.stats().project(direction)
+        stats = self.data.stats()
+        uncovered = stats.engine.uncovered
+        if uncovered:
+            raise EngineError(
+                f"needs per-sample gradients of every parameter; {len(uncovered)} "
+                f"not covered: {', '.join(uncovered[:4])} "
+                f"({stats.engine.coverage[uncovered[0]]})"
+            )
+        rows = []
+        for dots in stats.dots_with(directions):
+            total = torch.zeros(stats.batch_size, dtype=torch.float64)
+            for v in dots.values():
+                total = total.to(v.device) + v.double()
+            rows.append(total)
+        if not rows:
+            return torch.zeros((0, stats.batch_size), dtype=torch.float64)
+        return torch.stack(rows)
 
     def sum_grad_squared(self) -> dict[str, Tensor]:
         """``Σ_n g_n²`` per parameter name, each of the parameter's shape."""
@@ -153,6 +178,8 @@ class StepView:
     def sample_losses(self) -> Tensor:
         """Per-sample losses, shape [B], still attached to the graph."""
         self.require(Need.LOSSES)
+        if self.mixes is not None:
+            raise EngineError(self.mixes)
         if self.losses is None:
             raise ValueError(
                 "This instrument needs per-sample losses: pass them as "

@@ -7,10 +7,20 @@ respect to ``z_n`` factorises as ``S_n S_nᵀ``, the GGN diagonal is
 engine's ``Σ_n ĝ_n²`` rule. For piecewise-linear networks (ReLU, max-pooling) the
 GGN diagonal equals the Hessian diagonal (what BackPACK's ``DiagHessian`` gives).
 
+Token-level cross-entropy (logits ``[B, T, V]`` or ``[B, V, T]``, reshaped,
+transposed, sliced or cast between the model and the loss) has one Hessian
+block per token: a pass then carries column ``c`` of token ``t`` of every
+sample and nothing else (``T·V`` passes), so the squared per-sample gradients
+hold no cross terms between tokens of one sample. ``ignore_index`` tokens are
+left out and a mean is over the counted tokens, as the loss does.
+
 The passes must run before the user's ``loss.backward()`` frees the graph.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,56 +29,240 @@ from glasscockpit.agent.engine.hooks import EngineError, HookEngine
 from glasscockpit.agent.engine.rules import CONV
 from glasscockpit.agent.engine.stats import StepStats
 
+#: Autograd nodes that only move, select or cast elements: between the model's
+#: output and cross_entropy's log_softmax (``logits.reshape(-1, V)``, a
+#: transpose, ``logits.float()``) they keep one output element per logit.
+_REARRANGE = frozenset(
+    {
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "TransposeBackward0",
+        "TransposeBackward1",
+        "PermuteBackward0",
+        "CloneBackward0",
+        "SelectBackward0",
+        "SliceBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+        "UnsqueezeBackward0",
+        "ToCopyBackward0",
+    }
+)
+#: At most this many backward passes per exact GGN diagonal (``T·V`` for a
+#: token-level cross-entropy, ``C`` for a classifier, one per output element of
+#: a sample for MSE).
+MAX_PASSES = 4096
+#: Beyond ``MAX_PASSES``: sampled passes of the Monte-Carlo GGN diagonal.
+MC_DRAWS = 16
+_NLL = ("NllLossBackward0", "NllLoss2DBackward0")
 
-def _loss_kind(loss: Tensor, output: Tensor) -> tuple[str, float]:
-    """("ce" | "mse", reduction scale), after checking ``loss`` reads ``output``."""
-    fn = loss.grad_fn
-    name = type(fn).__name__
-    reduction = getattr(fn, "_saved_reduction", None)
-    if name == "NllLossBackward0" and fn is not None:
-        soft = fn.next_functions[0][0]
-        src = soft.next_functions[0][0] if soft is not None else None
-        if type(soft).__name__ == "LogSoftmaxBackward0" and src is output.grad_fn:
+
+def _only_input(node: Any) -> Any:
+    nexts = [f for f, _ in node.next_functions if f is not None]
+    return nexts[0] if len(nexts) == 1 else None
+
+
+def _pull(nodes: list[Any], grad: Tensor) -> Tensor:
+    """Backpropagate ``grad`` through a chain of element-rearranging nodes."""
+    for node in nodes:
+        out = node(grad)
+        grad = out[0] if isinstance(out, tuple) else out
+    return grad
+
+
+def _walk(node: Any, stop: Any, until: str) -> tuple[list[Any], Any]:
+    """Rearranging nodes from ``node`` down to ``stop`` or a node named ``until``."""
+    chain: list[Any] = []
+    while node is not None and node is not stop and type(node).__name__ != until:
+        if type(node).__name__ not in _REARRANGE or _only_input(node) is None:
+            return chain, None
+        chain.append(node)
+        node = _only_input(node)
+    return chain, node
+
+
+class _Loss:
+    """The loss's Hessian w.r.t. the model output, as factors ``Σ_k s_k s_kᵀ``.
+
+    ``passes()`` yields gradients for the model output such that the sum over
+    passes of the squared per-sample gradients is the GGN diagonal (times
+    ``scale``): each pass carries at most one token per sample, so no cross
+    terms between tokens of one sample arise.
+    """
+
+    def __init__(self, loss: Tensor, output: Tensor) -> None:
+        self.output = output
+        fn = loss.grad_fn
+        name = type(fn).__name__
+        reduction = getattr(fn, "_saved_reduction", None)
+        if loss.dim() != 0 or reduction not in (0, 1, 2):
+            raise EngineError("Curvature needs a scalar loss (mean or sum)")
+        if name in _NLL and fn is not None:
             if getattr(fn, "_saved_weight", None) is not None:
                 raise EngineError("class weights in cross_entropy are not supported")
-            if output.dim() != 2:
-                raise EngineError("cross_entropy curvature needs [B, C] outputs")
-            scale = 1.0 / output.shape[0] if reduction == 1 else 1.0
-            return "ce", scale
-    if (
-        name == "MseLossBackward0"
-        and fn is not None
-        and fn.next_functions[0][0] is output.grad_fn
-    ):
-        return "mse", 2.0 / output.numel() if reduction == 1 else 2.0
-    raise EngineError(
-        "Curvature needs loss = cross_entropy(model(x), y) or mse_loss(model(x), y) "
-        f"computed directly from the model's output (got {name})"
-    )
+            upper, soft = _walk(_only_input(fn), None, "LogSoftmaxBackward0")
+            lower, src = (
+                _walk(_only_input(soft), output.grad_fn, "")
+                if soft is not None
+                else ([], None)
+            )
+            if src is not None and src is output.grad_fn:
+                self.kind = "ce"
+                self._ce(fn, soft, upper, lower, reduction)
+                return
+        if (
+            name == "MseLossBackward0"
+            and fn is not None
+            and fn.next_functions[0][0] is output.grad_fn
+        ):
+            self.kind = "mse"
+            self.scale = 2.0 / output.numel() if reduction == 1 else 2.0
+            self.count = output[0].numel()
+            return
+        raise EngineError(
+            "Curvature needs loss = cross_entropy(model(x), y) (logits [B, C], "
+            "or token logits [B, T, V] / [B, V, T], possibly reshaped) or "
+            f"mse_loss(model(x), y) computed directly from the model's output (got "
+            f"{name})"
+        )
+
+    def _ce(
+        self, fn: Any, soft: Any, upper: list[Any], lower: list[Any], reduction: int
+    ) -> None:
+        logp = soft._saved_result.detach()  # log-probabilities, classes on ``dim``
+        dim = soft._saved_dim % logp.dim()
+        self._lower, self._dim, self._shape = lower, dim, logp.shape
+        ignore = int(fn._saved_ignore_index)
+        ignore = ignore - 2**64 if ignore >= 2**63 else ignore
+        target = fn._saved_target
+        nll_shape = fn._saved_self.shape
+        counted = (target != ignore).unsqueeze(1).expand(nll_shape).to(logp.dtype)
+        # Tokens the loss counts, as a [M] mask in log_softmax's layout.
+        weight = _pull(upper, counted).movedim(dim, -1)
+        self.p = logp.movedim(dim, -1).reshape(-1, logp.shape[dim]).exp()  # [M, C]
+        m = self.p.shape[0]
+        counted_tokens = weight.reshape(m, -1)[:, 0] > 0
+        self.scale = (
+            1.0 / max(float(fn._saved_total_weight.detach()), 1.0)
+            if reduction == 1
+            else 1.0
+        )
+        # Which sample each token belongs to: pull token ids to the output.
+        ids = torch.arange(1, m + 1, dtype=torch.float64, device=logp.device)
+        for dtype in (logp.dtype, self.output.dtype):
+            if not ids.to(dtype).double().equal(ids):
+                raise EngineError(f"{m} tokens: too many to tell apart in {dtype}")
+        # Only class 0 carries the id: M entries to scatter, not M·C.
+        seed = torch.zeros_like(self.p)
+        seed[:, 0] = ids.to(logp.dtype)
+        where = self._to_output(seed)
+        b = where.shape[0]
+        flat = where.reshape(b, -1).double()
+        hit = flat > 0
+        tok = flat[hit].long() - 1
+        sample = torch.arange(b, device=logp.device)[:, None].expand_as(flat)[hit]
+        first = torch.full((m,), b, dtype=torch.long, device=logp.device)
+        last = torch.full((m,), -1, dtype=torch.long, device=logp.device)
+        first.scatter_reduce_(0, tok, sample, "amin")
+        last.scatter_reduce_(0, tok, sample, "amax")
+        if bool(((last >= 0) & (first != last)).any()):
+            raise EngineError("a token's logits are spread over several samples")
+        owner = last
+        if bool((counted_tokens & (owner < 0)).any()):
+            raise EngineError("some counted tokens' logits are not in the output")
+        # Position of each counted token among its sample's counted tokens.
+        group = torch.where(counted_tokens, owner, torch.full_like(owner, b))
+        order = torch.argsort(group, stable=True)
+        _, sizes = torch.unique_consecutive(group[order], return_counts=True)
+        starts = torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
+        position = torch.empty_like(owner)
+        position[order] = torch.arange(m, device=owner.device) - starts
+        position[~counted_tokens] = -1
+        self.position = position
+        self.count = (int(position.max()) + 1) * self.p.shape[1]
+
+    def _to_output(self, s: Tensor) -> Tensor:
+        """``s`` [M, C] in log_softmax's layout -> a gradient of the model output."""
+        moved = s.reshape(*self._shape[: self._dim], *self._shape[self._dim + 1 :], -1)
+        return _pull(self._lower, moved.movedim(-1, self._dim))
+
+    def sampled(self, draws: int, gen: torch.Generator) -> Iterator[Tensor]:
+        """Output gradients ``r`` with ``E[r rᵀ]`` = the loss Hessian (unscaled).
+
+        Cross-entropy: ``r = p − e_ŷ`` per counted token with ``ŷ`` drawn from
+        the model's own softmax (``E[r rᵀ] = diag(p) − ppᵀ``); MSE: Rademacher
+        entries (``E[r rᵀ] = I``). Draws are independent between tokens, so the
+        cross terms between tokens of one sample vanish in expectation and one
+        pass seeds every token: the mean of ``Σ_n ĝ_n²`` over draws is an
+        unbiased estimate of the GGN diagonal.
+        """
+        z = self.output.detach()
+        for _ in range(draws):
+            if self.kind == "mse":
+                bits = torch.randint(0, 2, z.shape, generator=gen, device=z.device)
+                yield bits.to(z.dtype) * 2 - 1
+                continue
+            p = self.p
+            # Inverse-CDF sampling: ~20× faster than torch.multinomial here.
+            u = torch.rand(p.shape[0], 1, generator=gen, device=p.device)
+            cdf = p.float().cumsum(1)
+            labels = torch.searchsorted(cdf, u * cdf[:, -1:])
+            labels = labels.clamp_max(p.shape[1] - 1)  # [M, 1]
+            r = p.clone()
+            r.scatter_add_(1, labels, -torch.ones_like(labels, dtype=p.dtype))
+            r *= (self.position >= 0)[:, None].to(p.dtype)
+            yield self._to_output(r).to(z.dtype)
+
+    def passes(self) -> Iterator[Tensor]:
+        """Output gradients of the passes (unscaled)."""
+        z = self.output.detach()
+        if self.kind == "mse":
+            flat = z.reshape(z.shape[0], -1)
+            for k in range(flat.shape[1]):
+                e = torch.zeros_like(flat)
+                e[:, k] = 1.0
+                yield e.reshape(z.shape)
+            return
+        p = self.p
+        classes = p.shape[1]
+        eye = torch.eye(classes, dtype=p.dtype, device=p.device)
+        for t in range(self.count // classes):
+            rows = (self.position == t)[:, None].to(p.dtype)
+            for c in range(classes):
+                s = rows * p[:, c : c + 1].sqrt() * (eye[c] - p)
+                yield self._to_output(s).to(z.dtype)
 
 
-def _factors(kind: str, output: Tensor) -> list[Tensor]:
-    """Columns ``s_c`` with ``Σ_c s_c s_cᵀ`` = per-sample loss Hessian (unscaled)."""
-    z = output.detach()
-    if kind == "ce":
-        p = torch.softmax(z, dim=1)  # [B, C]
-        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
-        return [p[:, c : c + 1].sqrt() * (eye[c] - p) for c in range(z.shape[1])]
-    flat = z.reshape(z.shape[0], -1)
-    cols = []
-    for k in range(flat.shape[1]):
-        e = torch.zeros_like(flat)
-        e[:, k] = 1.0
-        cols.append(e.reshape(z.shape))
-    return cols
+def diag_ggn(
+    engine: HookEngine, loss: Tensor, notes: list[str] | None = None
+) -> dict[str, Tensor]:
+    """GGN diagonal of ``loss`` per tracked parameter name (parameter shapes).
 
-
-def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
-    """Exact GGN diagonal of ``loss`` per tracked parameter name (parameter shapes)."""
+    Exact when it takes at most ``MAX_PASSES`` backward passes; otherwise the
+    Monte-Carlo estimate from ``MC_DRAWS`` sampled passes (a private generator
+    per engine and device, seed 0), and a note saying so is appended to
+    ``notes``.
+    """
     output = engine.output
     if output is None or not engine.recorded:
         raise EngineError("The forward pass of this step was not recorded")
-    kind, scale = _loss_kind(loss, output)
+    spec = _Loss(loss, output)
+    passes = spec.passes()
+    draws = 0
+    if spec.count > MAX_PASSES:
+        gen = engine.generators.get(output.device)
+        if gen is None:
+            gen = torch.Generator(output.device).manual_seed(0)
+            engine.generators[output.device] = gen
+        draws = MC_DRAWS
+        passes = spec.sampled(draws, gen)
+        if notes is not None:
+            notes.append(
+                f"estimate: Monte-Carlo GGN diagonal from {draws} sampled passes "
+                f"(the exact one needs {spec.count} > MAX_PASSES = {MAX_PASSES})"
+            )
     engine.reassign_unbatched()
     samples = {
         c.x.shape[0] for layer in engine.layers if layer.names for c in layer.calls
@@ -93,7 +287,7 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
     # reduce once after all passes instead of once per pass.
     b_sq: dict[int, tuple[Tensor, Tensor]] = {}
     with CONV.caching():
-        for s in _factors(kind, output):
+        for s in passes:
             engine.clear_grads()
             if len(outs) == len(recorded):
                 # Gradients w.r.t. the layer outputs are the b's; autograd then skips
@@ -134,4 +328,5 @@ def diag_ggn(engine: HookEngine, loss: Tensor) -> dict[str, Tensor]:
             name = layer.names[k]
             out[name] = out[name] + v if name in out else v
     engine.clear_grads()
-    return {k: v * scale for k, v in out.items()}
+    scale = spec.scale / draws if draws else spec.scale
+    return {k: v.detach() * scale for k, v in out.items()}

@@ -163,6 +163,8 @@ class HookEngine:
         self.coverage = {n: self.coverage[n] for n, _ in self.params}
         self._handles.append(model.register_forward_hook(self._on_output))
         self.recording = False
+        #: Private generators of sampled curvature passes, per device.
+        self.generators: dict[torch.device, torch.Generator] = {}
         #: The model's output of the recorded forward pass (for curvature passes).
         self.output: Tensor | None = None
 
@@ -299,7 +301,12 @@ class HookEngine:
     ) -> None:
         del module, inputs
         out = _first_tensor(output)  # logits of dict/tuple outputs too
-        if self.recording and torch.is_grad_enabled() and out is not None:
+        if (
+            self.recording
+            and not REENTRY.active  # our own re-run of the whole model
+            and torch.is_grad_enabled()
+            and out is not None
+        ):
             self.output = out
 
     # -- checks --------------------------------------------------------------------
@@ -314,17 +321,29 @@ class HookEngine:
                 "No per-sample engine covers any parameter: "
                 + "; ".join(sorted(set(self.coverage.values())))[:1000]
             )
-        for name, module in self.model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-                raise EngineError(
-                    f"BatchNorm {name!r} is in train mode: it mixes samples, so "
-                    "per-sample gradients are undefined (use eval mode or GroupNorm)"
-                )
+        mixing = mixes_samples(self.model)
+        if mixing is not None:
+            raise EngineError(mixing)
         if not self.recorded:
             raise EngineError(
                 "The forward pass of this step was not recorded: use consecutive "
                 "step numbers, or open `cockpit.step(...)` before the forward pass"
             )
+
+
+def mixes_samples(model: nn.Module) -> str | None:
+    """Why per-sample gradients of ``model`` are undefined now, or None.
+
+    A BatchNorm in train mode normalises with the batch's statistics, so every
+    sample's output depends on every other sample (docs/any-model.md).
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            return (
+                f"BatchNorm {name!r} is in train mode: it mixes samples, so "
+                "per-sample gradients are undefined (use eval mode or GroupNorm)"
+            )
+    return None
 
 
 def _store_grad(call: Call, grad: Tensor) -> None:

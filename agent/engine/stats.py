@@ -7,7 +7,7 @@ Every accessor returns unscaled ``g_n`` statistics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -157,67 +157,65 @@ class StepStats:
     def batch_dot(self) -> dict[str, Tensor]:
         """``g_n · g`` per tracked parameter name with ``g = p.grad``, each ``[B]``."""
         if "dot" not in self._cache:
-            self._cache["dot"] = self._dots(
-                lambda layer: {
-                    k: p.grad
-                    for k, p in self._params(layer).items()
-                    if p.grad is not None
-                }
-            )
+            grads = {n: p.grad for n, p in self.engine.params if p.grad is not None}
+            self._cache["dot"] = self.dot_with(grads)
         return self._cache["dot"]
 
-    def project(self, direction: dict[str, Tensor]) -> Tensor:
-        """``g_n · v`` summed over parameters for ``v`` given per name: ``[B]``.
+    def dot_with(self, direction: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``g_n · d`` per tracked parameter name in ``direction``, each ``[B]``.
 
-        Raises ``EngineError`` when a parameter of ``direction`` is not served
-        by the engine (its part of the product would be missing).
+        Args:
+            direction: ``d`` by tracked parameter name, each of its shape.
         """
-        served = {n for layer, _ in self.layers for n in layer.names.values()}
-        missing = sorted(set(direction) - served)
-        if missing:
-            raise EngineError(
-                f"Per-sample gradients of {missing[:4]} are not available "
-                "(not covered, or not used in this step's backward pass)"
-            )
-        dots = self._dots(
-            lambda layer: {
-                k: direction[n] for k, n in layer.names.items() if n in direction
-            }
-        )
-        return torch.stack([v.double() for v in dots.values()]).sum(0)
+        return self.dots_with([direction])[0]
 
-    def _dots(
-        self, direction_of: Callable[[Layer], dict[str, Tensor]]
-    ) -> dict[str, Tensor]:
-        """``g_n · v`` per tracked parameter name for a direction per layer."""
-        out: dict[str, Tensor] = {}
+    def dots_with(
+        self, directions: Sequence[Mapping[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
+        """``dot_with`` for several directions, one pass over each layer.
+
+        Kept per-sample gradients are read once for all directions (one matrix
+        product with the stacked directions instead of one pass per direction).
+        """
+        outs: list[dict[str, Tensor]] = [{} for _ in directions]
         for layer, calls in self.layers:
-            direction = direction_of(layer)
+            locals_ = [
+                {k: d[n] for k, n in layer.names.items() if n in d} for d in directions
+            ]
+            if not any(locals_):
+                continue
             kept = self._materialised(layer, calls)
+            if kept is None and len(calls) != 1:
+                kept = self.layer_grads(layer, calls)
             if kept is not None:
-                vals = {
-                    k: g.flatten(1) @ direction[k].reshape(-1).to(g.dtype)
-                    for k, g in kept.items()
-                    if k in direction
-                }
-            elif len(calls) == 1:
-                c = calls[0]
-                assert c.b is not None
-                vals = layer.rule.bind(c).batch_dot(layer.module, c.x, c.b, direction)
-            else:
-                vals = {
-                    k: g.flatten(1) @ direction[k].reshape(-1).to(g.dtype)
-                    for k, g in self.layer_grads(layer, calls).items()
-                    if k in direction
-                }
-            out.update(
-                {
-                    layer.names[k]: v * self.batch_size
-                    for k, v in vals.items()
-                    if k in layer.names
-                }
-            )
-        return out
+                for k, g in kept.items():
+                    if k not in layer.names:
+                        continue
+                    which = [i for i, loc in enumerate(locals_) if k in loc]
+                    if not which:
+                        continue
+                    stacked = torch.stack(
+                        [locals_[i][k].reshape(-1).to(g.dtype) for i in which], 1
+                    )
+                    dots = g.flatten(1) @ stacked  # [B, K]
+                    for j, i in enumerate(which):
+                        outs[i][layer.names[k]] = dots[:, j] * self.batch_size
+                continue
+            c = calls[0]
+            assert c.b is not None
+            rule = layer.rule.bind(c)
+            for i, local in enumerate(locals_):
+                if not local:
+                    continue
+                vals = rule.batch_dot(layer.module, c.x, c.b, local)
+                outs[i].update(
+                    {
+                        layer.names[k]: v * self.batch_size
+                        for k, v in vals.items()
+                        if k in layer.names
+                    }
+                )
+        return outs
 
     def sum_grad_squared(self) -> dict[str, Tensor]:
         """``Σ_n g_n²`` per tracked parameter name, each of the parameter's shape."""

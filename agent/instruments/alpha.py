@@ -49,19 +49,34 @@ def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
 _GRAPH_NEEDS = frozenset({Need.PARAMS, Need.LOSSES, Need.OPTIMIZER})
 
 
-def _jacobian(step: StepView, losses: Tensor, params: list[Tensor]) -> SampleJacobian:
-    """One per step, shared by the end of α(t−1), the start of α(t) and instances."""
+def _engine_slopes(step: StepView, rows: Tensor) -> Tensor:
+    """``[K, B]``: each sample's gradient dotted with each row of ``rows`` [K, D]."""
+    names = [n for n, _ in step.params]
+    params: list[Tensor] = [p for _, p in step.params]
+    return step.sample_dots(
+        [dict(zip(names, _as_params(row, params), strict=True)) for row in rows]
+    )
+
+
+def _graph_slopes(step: StepView, losses: Tensor, rows: Tensor) -> Tensor:
+    """``_engine_slopes`` by differentiating the loss graph twice (before backward).
+
+    One ``SampleJacobian`` per step, shared by the end of α(t−1), the start of
+    α(t) and every instance.
+    """
+    params: list[Tensor] = [p for _, p in step.params]
     jac = step.cache.get("sample_jacobian")
     if not isinstance(jac, SampleJacobian):
         with torch.enable_grad():
             jac = step.cache["sample_jacobian"] = SampleJacobian(losses, params)
-    return jac
+    out = [jac.project(_as_params(row, params)).double() for row in rows]
+    return torch.stack(out) if out else rows.new_zeros((0, losses.numel())).double()
 
 
 class Alpha(Instrument):
     """Cockpit's effective relative step size α, for the update actually applied.
 
-    At a tracked step t (before backward) the per-sample gradients are projected
+    At a tracked step t (after backward) the per-sample gradients are projected
     onto a few directions that span the coming update: the update predicted by a
     shadow copy of the optimizer, the gradient, parameter-shaped optimizer state
     (momentum) and, with weight decay, θ_t. At step t+1 the measured
@@ -70,22 +85,24 @@ class Alpha(Instrument):
     reading for step t arrives at step t+1; the last tracked step gets None at
     ``close()``. Needs ``cockpit.step(..., losses=per_sample_losses)``.
 
-    Two engines: when the hook engine serves every parameter, the projections
-    are per-layer contractions of the recorded inputs and output gradients after
-    the backward pass (one matrix product per layer and direction); otherwise
-    ``SampleJacobian`` differentiates the loss graph twice before the backward
-    pass. Both assume the loss is the mean of the per-sample losses.
+    The projections ``g_n · d`` come from the hook engine's per-layer rules
+    after the backward pass (engines.md: "g_n·d: hook engine"; one pass over
+    each layer for all directions). When the engine does not cover every
+    parameter (``on_engine``), or a step finds it cannot (a loss term on the
+    parameters: that step's α is None with the reason), α differentiates the
+    loss graph twice before the backward pass instead (``SampleJacobian``).
+    Under train-mode BatchNorm per-sample losses are undefined, and so is α.
     """
 
     name = "alpha"
-    #: The per-sample engine path; ``on_engine`` falls back to ``_GRAPH_NEEDS``.
+    #: The per-sample engine path; ``_use_graph`` switches to ``_GRAPH_NEEDS``.
     needs: ClassVar[frozenset[Need]] = frozenset(
-        {Need.PARAMS, Need.LOSSES, Need.OPTIMIZER, Need.BATCH_DOT}
+        {Need.PARAMS, Need.GRAD, Need.LOSSES, Need.OPTIMIZER, Need.BATCH_DOT}
     )
-    phase: ClassVar[Phase] = Phase.AFTER_BACKWARD
     cost = Cost.MODERATE
     preset = "economy"  # Cockpit's configuration membership
     kind = Kind.SCALAR
+    phase = Phase.AFTER_BACKWARD
     two_step = True
     panel = PanelSpec(
         title="Alpha (relative step size)",
@@ -125,18 +142,22 @@ class Alpha(Instrument):
             self._done[self._start.step] = None
             self._start = None
 
-    @override
-    def advance(self, step: StepView) -> None:
-        """Finish step t's α with the batch of this step at θ_{t+1}."""
+    def _end(self, step: StepView) -> tuple[_Start, Tensor, float] | None:
+        """Pops step t's start; (start, coefficients of d in its basis, τ).
+
+        None when nothing is pending, or α(t) is already decided (undefined: the
+        applied update left the predicted span, or no update at all).
+        """
         start, self._start = self._start, None
         if start is None:
-            return
+            return None
         params: list[Tensor] = [p for _, p in step.params]
         step.require(Need.PARAMS)
         # One rounded subtraction per entry, in at least float32 (bf16 models).
+        dtype = start.basis.dtype
         d = torch.cat(
             [
-                (p.detach().to(start.basis.dtype) - t.to(start.basis.dtype)).reshape(-1)
+                (p.detach().to(dtype) - t.to(dtype)).reshape(-1)
                 for p, t in zip(params, start.theta, strict=True)
             ]
         )
@@ -145,11 +166,16 @@ class Alpha(Instrument):
         resid = float((d - coef @ start.basis).norm()) / max(float(d.norm()), 1e-300)
         if tau == 0.0 or resid > self.span_rtol:
             self._done[start.step] = None
-            return
-        u = (coef / tau) @ start.basis  # unit direction [D]
-        slopes0 = (coef.double() / tau) @ start.proj  # [B]
+            return None
+        return start, coef, tau
+
+    def _finish(
+        self, step: StepView, end: tuple[_Start, Tensor, float], slopes1: Tensor
+    ) -> None:
+        """α(t) from its start and this step's losses and slopes along ``u``."""
+        start, coef, tau = end
         losses = step.sample_losses()
-        slopes1 = self._project(step, losses, params, [u])[0]
+        slopes0 = (coef.double() / tau) @ start.proj  # [B]
         value1 = float((losses.mean() if step.loss is None else step.loss).detach())
         _, var1 = _mean_var(losses.detach())
         s0, vs0 = _mean_var(slopes0)
@@ -157,6 +183,12 @@ class Alpha(Instrument):
         self._done[start.step] = fit_alpha(
             tau, (start.value, value1), (s0, s1), (start.var_value, var1), (vs0, vs1)
         )
+
+    @staticmethod
+    def _direction(end: tuple[_Start, Tensor, float]) -> Tensor:
+        """The applied update's unit direction ``u`` [D], in the basis."""
+        start, coef, tau = end
+        return (coef / tau) @ start.basis
 
     @override
     def on_engine(self, complete: bool) -> None:
@@ -169,63 +201,83 @@ class Alpha(Instrument):
         self.phase = Phase.BEFORE_BACKWARD  # type: ignore[misc]
         self.needs = _GRAPH_NEEDS  # type: ignore[misc]
 
-    def _project(
-        self,
-        step: StepView,
-        losses: Tensor,
-        params: list[Tensor],
-        directions: list[Tensor],
-    ) -> list[Tensor]:
-        """Per-sample slopes ``[B]`` (float64) along flat float64 directions."""
-        if Need.BATCH_DOT in self.needs:
-            names = [n for n, _ in step.params]
-            try:
-                return [
-                    step.project(dict(zip(names, _as_params(d, params), strict=True)))
-                    for d in directions
-                ]
-            except EngineError:
-                # E.g. a loss term on the parameters found at the first step:
-                # this step's α is undefined, later ones use the loss graph.
-                self._start = None
+    def _slopes(self, step: StepView, losses: Tensor, rows: Tensor) -> Tensor:
+        """``[K, B]`` per-sample slopes along ``rows``, from either engine."""
+        if self.phase is Phase.BEFORE_BACKWARD:
+            return _graph_slopes(step, losses, rows)
+        try:
+            return _engine_slopes(step, rows)
+        except EngineError:
+            if step.mixes is None:
+                # The engine cannot serve this model after all (found at a
+                # step): this α is None with the reason, later ones use the graph.
                 self._use_graph()
-                raise
-        jac = _jacobian(step, losses, params)
-        return [jac.project(_as_params(d, params)).double() for d in directions]
+            raise
 
     @override
-    def compute(self, step: StepView) -> Reading:
-        """Starts step t's α (finishing t−1's first); the reading comes later."""
-        self.advance(step)
-        params: list[Tensor] = [p for _, p in step.params]
-        step.require(Need.PARAMS)
-        losses = step.sample_losses()
-        loss = losses.mean() if step.loss is None else step.loss
+    def advance(self, step: StepView) -> None:
+        """Finish step t's α with the batch of this step at θ_{t+1}."""
+        end = self._end(step)
+        if end is None:
+            return
+        try:
+            losses = step.sample_losses()  # undefined losses: say so before any work
+            self._finish(
+                step, end, self._slopes(step, losses, self._direction(end)[None])[0]
+            )
+        except Exception:
+            self._done[end[0].step] = None  # undefined at t+1: so is α(t)
+            raise
+
+    def _seen(self, step: StepView, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """The gradient the optimizer will see (accumulation included)."""
         if self.phase is Phase.AFTER_BACKWARD:
-            # p.grad is what the optimizer will see (accumulation included).
-            seen = [
+            step.require(Need.GRAD)
+            return [
                 torch.zeros_like(p) if p.grad is None else p.grad.detach()
                 for p in params
             ]
-        else:
-            grads = torch.autograd.grad(
-                loss, params, retain_graph=True, allow_unused=True
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return [
+            (torch.zeros_like(p) if g is None else g.detach())
+            + (torch.zeros_like(p) if p.grad is None else p.grad.detach())
+            for p, g in zip(params, grads, strict=True)
+        ]
+
+    @override
+    def compute(self, step: StepView) -> Reading:
+        """Starts step t's α (finishing t−1's first); the reading comes later.
+
+        Both need per-sample slopes at this step: the finished reading's along
+        ``u``, the new start's along its basis; one pass over the engine's
+        per-sample gradients serves all of them.
+        """
+        end = self._end(step)
+        try:
+            params: list[Tensor] = [p for _, p in step.params]
+            step.require(Need.PARAMS)
+            losses = step.sample_losses()
+            loss = losses.mean() if step.loss is None else step.loss
+            seen = self._seen(step, loss, params)
+            opt = step.optimizer()
+            basis = orthonormal_basis(update_directions(opt, params, seen))
+            rows = (
+                basis if end is None else torch.cat([self._direction(end)[None], basis])
             )
-            # What the optimizer will see: this gradient plus anything accumulated.
-            seen = [
-                (torch.zeros_like(p) if g is None else g.detach())
-                + (torch.zeros_like(p) if p.grad is None else p.grad.detach())
-                for p, g in zip(params, grads, strict=True)
-            ]
-        basis = orthonormal_basis(update_directions(step.optimizer(), params, seen))
-        rows = self._project(step, losses, params, list(basis))
-        proj = torch.stack(rows) if rows else basis.new_zeros((0, losses.numel()))
+            slopes = self._slopes(step, losses, rows)
+        except Exception:
+            if end is not None:
+                self._done[end[0].step] = None  # undefined at t+1: so is α(t)
+            raise
+        if end is not None:
+            self._finish(step, end, slopes[0])
+            slopes = slopes[1:]
         _, var0 = _mean_var(losses.detach())
         self._start = _Start(
             step.step,
             [p.detach().clone() for p in params],
             basis,
-            proj,
+            slopes,
             float(loss.detach()),
             var0,
         )

@@ -263,10 +263,11 @@ def train(
         model, opt, server=None, run="ref", instruments=instruments, fail_mode="raise"
     )
     trace = Trace()
+    # References run on a twin without the cockpit's hooks: extra forward and
+    # backward passes of the monitored model between steps would be recorded.
+    twin = problem.make_model()
     for step in range(steps):
         trace.thetas.append(flat_params(model))
-        # On a hook-free twin: the Cockpit's engine records only the step's pass.
-        twin = problem.make_model()
         twin.load_state_dict(model.state_dict())
         trace.sample_grads.append(per_sample_grads(twin, problem, step))
         if opt is not None:

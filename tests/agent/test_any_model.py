@@ -24,6 +24,7 @@ from glasscockpit.agent.engine import HookEngine, func_rule
 from glasscockpit.agent.engine import stats as stats_module
 from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.instruments import BY_NAME, PRESETS
+from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.needs import RECORDED
 from glasscockpit.protocol import Readings
 from tests.agent.harness import run_step
@@ -39,6 +40,7 @@ from tests.agent.models import (
     RES_CNN_TRAIN,
     CausalLM,
     Gated,
+    token_cross_entropy,
 )
 from tests.agent.problems import BY_NAME as SIMPLE
 from tests.agent.problems import Problem, make_id
@@ -48,33 +50,41 @@ from tests.conftest import free_port
 from tests.server.harness import live_server
 
 #: The per-sample (and curvature) instruments of the ``full`` configuration.
-# Alpha (two-step, per-sample projections) has its own reference tests.
+#: (Alpha's per-sample slopes are tested in test_any_model_curvature.py.)
 PER_SAMPLE = sorted(
     c.name for c in PRESETS["full"] if c.needs & RECORDED and not c.two_step
 )
 
 
 def ggn_diag(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Exact GGN diagonal of the mean cross-entropy, from per-sample Jacobians."""
+    """Exact GGN diagonal of the mean cross-entropy, from per-sample Jacobians.
+
+    Outputs ``[B, C]`` or token logits ``[B, T, V]`` (mean over all ``B·T``
+    tokens): every output row is one softmax with its own Hessian block.
+    """
     ps = list(model.parameters())
     total = torch.zeros(sum(p.numel() for p in ps), dtype=torch.float64)
+    rows = 0
     for i in range(x.shape[0]):
         z = model(x[i : i + 1])[0]
-        jac = torch.stack(
-            [
-                torch.cat(
-                    [
-                        g.reshape(-1)
-                        for g in torch.autograd.grad(z[c], ps, retain_graph=True)
-                    ]
-                )
-                for c in range(z.shape[0])
-            ]
-        ).double()  # [C, D]
-        p = torch.softmax(z.detach().double(), 0)
-        hz = torch.diag(p) - torch.outer(p, p)
-        total += (jac * (hz @ jac)).sum(0)
-    total /= x.shape[0]
+        z = z.reshape(-1, z.shape[-1])  # [tokens, classes]
+        for row in z:
+            jac = torch.stack(
+                [
+                    torch.cat(
+                        [
+                            g.reshape(-1)
+                            for g in torch.autograd.grad(row[c], ps, retain_graph=True)
+                        ]
+                    )
+                    for c in range(row.shape[0])
+                ]
+            ).double()  # [C, D]
+            p = torch.softmax(row.detach().double(), 0)
+            hz = torch.diag(p) - torch.outer(p, p)
+            total += (jac * (hz @ jac)).sum(0)
+            rows += 1
+    total /= rows
     return list(total.split([p.numel() for p in ps]))
 
 
@@ -93,7 +103,7 @@ def collect_any(problem: Problem, seed: int = 0, lr: float = 0.1) -> Data:
     grads = torch.autograd.grad(loss, ps)
     curvature = (
         ggn_diag(model, x)
-        if problem.loss_fn is torch.nn.functional.cross_entropy
+        if problem.loss_fn in (torch.nn.functional.cross_entropy, token_cross_entropy)
         else [torch.full(p.shape, float("nan"), dtype=torch.float64) for p in ps]
     )
     return Data(
@@ -133,24 +143,33 @@ def run_full(problem: Problem, instruments: Any = None) -> tuple[Cockpit, Readin
     return cockpit, frames[0]
 
 
-def _curvature_undefined(problem: Problem, name: str) -> bool:
-    # Token-level losses have [B, T, V] outputs: the exact GGN diagonal through
-    # the engine needs [B, C] (see docs/any-model.md).
-    return name.startswith("tic_") and problem.loss_fn is not (
-        torch.nn.functional.cross_entropy
-    )
+def _tie_found_at_first_step(problem: Problem, name: str) -> bool:
+    # Curvature passes run before the check that finds the functional tie:
+    # TIC reads None at step 0 and is served from step 1 on (tested below).
+    return name.startswith("tic_") and problem is FUNCTIONAL_TIE
+
+
+def second_step(problem: Problem, inst: Any) -> Any:
+    """``inst``'s reading at step 1 of two steps at the same parameters."""
+    model, x, y = problem.make()
+    cockpit = Cockpit(model, None, server=None, run="t", instruments=[inst])
+    for step in range(2):
+        model.zero_grad()
+        loss = problem.loss_fn(model(x), y)
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+    cockpit.close()
+    return cockpit.readings[1][inst.name]
 
 
 @pytest.mark.parametrize("problem", MODELS, ids=make_id)
 @pytest.mark.parametrize("name", PER_SAMPLE)
 def test_matches_reference(name: str, problem: Problem, torch_threads: None) -> None:
     inst = BY_NAME[name](schedule=always)
-    if _curvature_undefined(problem, name):
-        _, frame = run_full(problem, [inst])
-        assert frame.values[name] is None
-        assert "Curvature needs" in frame.errors[name]
-        return
-    got = run_step(problem, [inst])[name]
+    if _tie_found_at_first_step(problem, name):
+        got = second_step(problem, inst)
+    else:
+        got = run_step(problem, [inst])[name]
     data = reference_data(problem)
     want = REFERENCES[name](data, inst)
     if name.startswith("grad_hist"):
@@ -405,7 +424,7 @@ def test_uncached_and_chunked_paths_match_reference(
     monkeypatch.setattr(stats_module, "CACHE_ELEMENTS", 0)
     monkeypatch.setattr(func_rule, "MAX_ELEMENTS", 64)
     names = ["norm_test", "inner_test", "mean_gsnr", "grad_hist_1d"]
-    if not _curvature_undefined(problem, "tic_diag"):
+    if not _tie_found_at_first_step(problem, "tic_diag"):
         names.append("tic_diag")
     # A histogram chunk of ~one sample: samples are sliced with their arguments.
     insts = [
@@ -427,3 +446,26 @@ def test_uncached_and_chunked_paths_match_reference(
                 rtol, 4 * torch.finfo(torch.float32).eps * variance_conditioning(data)
             )
         assert_reading(reading, want, inst.name, rtol)
+
+
+def test_alpha_differentiates_the_graph_when_some_parameters_are_not_covered(
+    torch_threads: None,
+) -> None:
+    # α's slopes along the update need every parameter's per-sample gradient:
+    # without them the engine cannot serve it, the loss graph can (references in
+    # test_step_size.py::test_alpha_falls_back_to_the_loss_graph_...).
+    model, x, y = PARTIAL.make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    alpha = BY_NAME["alpha"](schedule=always)
+    cockpit = Cockpit(model, opt, server=None, run="t", instruments=[alpha])
+    for step in range(2):
+        opt.zero_grad()
+        out = model(x)
+        losses = torch.nn.functional.cross_entropy(out, y, reduction="none")
+        with cockpit.step(step, loss=losses.mean(), losses=losses):
+            losses.mean().backward()
+        opt.step()
+    cockpit.close()
+    assert alpha.phase is Phase.BEFORE_BACKWARD
+    assert isinstance(cockpit.readings[0]["alpha"], float)
+    assert "alpha" not in cockpit.disabled

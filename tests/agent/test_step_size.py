@@ -263,7 +263,7 @@ def test_alpha_switches_to_the_graph_when_a_loss_term_hides_samples(torch_thread
         opt.step()
     cockpit.close()
     frames = [f for f in cockpit.transport.frames if isinstance(f, Readings)]  # type: ignore[attr-defined]
-    assert "not available" in [f for f in frames if f.step == 0][0].errors["alpha"]
+    assert "not covered" in [f for f in frames if f.step == 0][0].errors["alpha"]
     assert alpha.phase is Phase.BEFORE_BACKWARD
     assert isinstance(cockpit.readings[1]["alpha"], float)
     assert not cockpit.disabled
