@@ -113,17 +113,31 @@ class StepPhases(EngineWiring):
         )
 
     def _guard(
-        self, step: int, inst: Instrument, fn: Callable[[], Any], errors: dict[str, str]
+        self,
+        step: int,
+        inst: Instrument,
+        fn: Callable[[], Any],
+        errors: dict[str, str],
+        ctx: StepContext | None = None,
     ) -> tuple[bool, Any]:
-        """Run ``fn``; on failure disable ``inst`` (or re-raise in raise mode)."""
+        """Run ``fn``; on failure disable ``inst`` (or re-raise in raise mode).
+
+        A failure on a step whose loss or gradients are not finite (an
+        eigensolver on NaNs) only makes this step's reading undefined.
+        """
         try:
             return True, fn()
-        except EngineError as exc:
+        except Exception as exc:
+            if not isinstance(exc, EngineError) and (ctx is None or _finite(self, ctx)):
+                return self._disable(step, inst, exc, errors)
+            if isinstance(exc, EngineError):
+                msg = f"{type(exc).__name__}: {exc}"
+            else:
+                msg = f"non-finite loss or gradients at this step: {exc}"
             # The model or this step does not allow the statistic: report it at
             # this step (None), keep the instrument for later steps.
             if self.fail_mode == "raise":
                 raise
-            msg = f"{type(exc).__name__}: {exc}"
             errors[inst.key] = msg
             if msg not in self._warned:
                 self._warned.add(msg)
@@ -131,19 +145,22 @@ class StepPhases(EngineWiring):
                     "glasscockpit: [Step %d | %s] undefined: %s", step, inst.key, msg
                 )
             return True, None
-        except Exception as exc:
-            if self.fail_mode == "raise":
-                raise
-            msg = f"{type(exc).__name__}: {exc}"
-            self.disabled[inst.key] = msg
-            errors[inst.key] = msg
-            log.warning(
-                "glasscockpit: [Step %d | %s] failed and is disabled: %s",
-                step,
-                inst.key,
-                msg,
-            )
-            return False, None
+
+    def _disable(
+        self, step: int, inst: Instrument, exc: Exception, errors: dict[str, str]
+    ) -> tuple[bool, Any]:
+        if self.fail_mode == "raise":
+            raise exc
+        msg = f"{type(exc).__name__}: {exc}"
+        self.disabled[inst.key] = msg
+        errors[inst.key] = msg
+        log.warning(
+            "glasscockpit: [Step %d | %s] failed and is disabled: %s",
+            step,
+            inst.key,
+            msg,
+        )
+        return False, None
 
     def _run_phase(
         self,
@@ -161,7 +178,7 @@ class StepPhases(EngineWiring):
                 view = self._view(ctx, inst, applied)
                 start = time.perf_counter(), _shared(budget)
                 ok, value = self._guard(
-                    ctx.step, inst, partial(inst.compute, view), errors
+                    ctx.step, inst, partial(inst.compute, view), errors, ctx
                 )
                 _attribute(budget, inst.key, start)
                 if ok and not inst.two_step:
@@ -173,7 +190,7 @@ class StepPhases(EngineWiring):
             if inst.phase is phase and inst.key not in self.disabled:
                 view = self._view(ctx, inst, applied)
                 start = time.perf_counter(), _shared(budget)
-                self._guard(ctx.step, inst, partial(inst.advance, view), errors)
+                self._guard(ctx.step, inst, partial(inst.advance, view), errors, ctx)
                 _attribute(budget, inst.key, start)
         return results
 
@@ -226,6 +243,13 @@ class StepPhases(EngineWiring):
             return
         self._next_seq()
         self._send_frame(frame)
+
+
+def _finite(cockpit: StepPhases, ctx: StepContext) -> bool:
+    """Whether the step's loss and gradients are finite (checked on failure only)."""
+    tensors = [] if ctx.loss is None else [ctx.loss.detach()]
+    tensors += [p.grad for _, p in cockpit.params if p.grad is not None]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if not t.is_sparse)
 
 
 def _shared(budget: OverheadBudget | None) -> float:

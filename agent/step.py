@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from glasscockpit.agent.engine import EngineError, StepStats
+from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.needs import RECORDED, Need
 
 if TYPE_CHECKING:
@@ -94,7 +95,8 @@ class StepView:
     def grads(self) -> list[tuple[str, Tensor]]:
         """(name, p.grad) for every tracked parameter with a gradient."""
         self.require(Need.GRAD)
-        return [(n, p.grad) for n, p in self.params if p.grad is not None]
+        grads = [(n, dense_grad(p)) for n, p in self.params]
+        return [(n, g) for n, g in grads if g is not None]
 
     def param_data(self) -> list[tuple[str, Tensor]]:
         """(name, p.detach()) of every tracked parameter, at this phase."""

@@ -97,6 +97,19 @@ class _Loss:
         fn = loss.grad_fn
         name = type(fn).__name__
         reduction = getattr(fn, "_saved_reduction", None)
+        # ``losses.mean()`` / ``.sum()`` of ``cross_entropy(..., reduction="none")``
+        # (the per-sample losses Alpha wants) is the mean / sum reduction.
+        mean_of: int | None = None
+        inner = _only_input(fn) if name in ("MeanBackward0", "SumBackward0") else None
+        if (
+            loss.dim() == 0
+            and type(inner).__name__ in _NLL
+            and getattr(inner, "_saved_reduction", None) == 0
+        ):
+            if name == "MeanBackward0":
+                mean_of = int(getattr(fn, "_saved_self_sym_numel", 0))
+            fn, reduction = inner, 2
+            name = type(fn).__name__
         if loss.dim() != 0 or reduction not in (0, 1, 2):
             raise EngineError("Curvature needs a scalar loss (mean or sum)")
         if name in _NLL and fn is not None:
@@ -111,6 +124,8 @@ class _Loss:
             if src is not None and src is output.grad_fn:
                 self.kind = "ce"
                 self._ce(fn, soft, upper, lower, reduction)
+                if mean_of is not None:  # a mean over every token, ignored ones too
+                    self.scale = 1.0 / max(mean_of, 1)
                 return
         if (
             name == "MseLossBackward0"
@@ -296,7 +311,7 @@ def diag_ggn(
                     output, outs, grad_outputs=s, retain_graph=True, allow_unused=True
                 )
                 for c, b in zip(recorded, bs, strict=True):
-                    c.b = None if b is None else b.detach()
+                    c.set_b(b)
             else:  # an output was modified in place: let the tensor hooks collect b
                 torch.autograd.grad(
                     output, params, grad_outputs=s, retain_graph=True, allow_unused=True

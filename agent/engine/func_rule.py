@@ -117,6 +117,12 @@ class FuncRule(LayerRule):
 
     def refuse(self, module: nn.Module) -> str | None:
         """Why this module cannot be re-run per sample, or None."""
+        for name, m in module.named_modules():
+            if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse:
+                return (
+                    f"sparse gradients of {name or type(m).__name__!r} "
+                    "(sparse=True): no per-sample re-run"
+                )
         drop = active_dropout(module)
         if drop is not None:
             return (

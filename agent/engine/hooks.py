@@ -48,6 +48,28 @@ class Call:
     #: in place since) and skip every weight gradient.
     out: Tensor | None = None
     version: int = 0
+    #: Machine epsilon of the output gradient as autograd produced it (bf16/fp16
+    #: under autocast): sets how closely per-sample sums must match ``.grad``.
+    eps: float = 0.0
+
+    def set_b(self, grad: Tensor | None) -> None:
+        """Store the output gradient; under autocast, ``x`` and it in one dtype."""
+        if grad is None:
+            self.b = None
+            return
+        b = grad.detach()
+        if b.is_floating_point():
+            self.eps = max(self.eps, torch.finfo(b.dtype).eps)
+        if (
+            b.dtype != self.x.dtype
+            and b.is_floating_point()
+            and self.x.is_floating_point()
+        ):
+            # A bf16/fp16 output of a float32 input. The rules run after the
+            # backward pass, outside autocast: both in the wider type.
+            wide = torch.promote_types(b.dtype, self.x.dtype)
+            b, self.x = b.to(wide), self.x.to(wide)
+        self.b = b
 
     def part(self, rows: slice, batched_kwargs: frozenset[str] = frozenset()) -> Call:
         """The same call restricted to samples ``rows`` (no output kept)."""
@@ -347,7 +369,7 @@ def mixes_samples(model: nn.Module) -> str | None:
 
 
 def _store_grad(call: Call, grad: Tensor) -> None:
-    call.b = grad.detach()
+    call.set_b(grad)
 
 
 def _label(rule: LayerRule) -> str:

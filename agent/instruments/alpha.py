@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from glasscockpit.agent.curvature import split_flat
 from glasscockpit.agent.engine import EngineError
+from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
@@ -234,14 +235,14 @@ class Alpha(Instrument):
         if self.phase is Phase.AFTER_BACKWARD:
             step.require(Need.GRAD)
             return [
-                torch.zeros_like(p) if p.grad is None else p.grad.detach()
-                for p in params
+                torch.zeros_like(p) if g is None else g.detach()
+                for p, g in zip(params, map(dense_grad, params), strict=True)
             ]
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         return [
-            (torch.zeros_like(p) if g is None else g.detach())
-            + (torch.zeros_like(p) if p.grad is None else p.grad.detach())
-            for p, g in zip(params, grads, strict=True)
+            (torch.zeros_like(p) if g is None else g.detach().to_dense())
+            + (torch.zeros_like(p) if acc is None else acc.detach())
+            for p, g, acc in zip(params, grads, map(dense_grad, params), strict=True)
         ]
 
     @override

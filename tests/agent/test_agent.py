@@ -136,6 +136,40 @@ def test_nan_loss_is_recorded_not_raised():
     assert math.isnan(r["loss"]) and math.isnan(r["grad_norm"]["total"])
 
 
+def test_a_nan_step_leaves_every_instrument_on_for_the_next(torch_threads):
+    # A NaN input makes one step's numbers non-finite; an instrument that fails
+    # on them (Lanczos' eigensolver) reports that step as undefined only.
+    from glasscockpit.agent import always
+    from glasscockpit.agent.instruments import PRESETS
+    from glasscockpit.protocol import Readings
+
+    model, x, y = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    insts = [c(schedule=always) for c in PRESETS["full"]]
+    cockpit = Cockpit(model, opt, server=None, run="t", instruments=insts)
+    for step in range(3):
+        opt.zero_grad()
+        xx = x.clone()
+        if step == 1:
+            xx[0, 0] = float("nan")
+        out = model(xx)
+        losses = nn.functional.cross_entropy(out, y, reduction="none")
+        with cockpit.step(step, loss=losses.mean(), losses=losses):
+            losses.mean().backward()
+        if step != 1:  # skip the poisoned update, as a NaN guard would
+            opt.step()
+    cockpit.close()
+    assert not cockpit.disabled
+    assert math.isnan(cockpit.readings[1]["loss"])
+    frames = [f for f in cockpit.transport.frames if isinstance(f, Readings)]  # type: ignore[attr-defined]
+    errors = {k: v for f in frames if f.step == 1 for k, v in f.errors.items()}
+    assert all(
+        v.startswith("non-finite loss or gradients") or "EngineError" in v
+        for v in errors.values()
+    ), errors
+    assert isinstance(cockpit.readings[2]["hess_max_ev"], float)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [

@@ -327,3 +327,38 @@ def test_entry_passes_keep_backpack_io_for_later_backpack_passes(torch_threads):
     with cockpit.step(0, loss=loss), backpack.backpack(BatchGrad()):
         loss.backward()
     assert all(p.grad_batch.shape[0] == x.shape[0] for p in model.parameters())
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+@pytest.mark.parametrize("tokens", [False, True])
+def test_tic_reads_the_mean_of_per_sample_losses_like_the_mean_loss(
+    reduce, tokens, torch_threads
+):
+    # loss = cross_entropy(out, y, reduction="none").mean() is the mean loss:
+    # the GGN diagonal (hence TIC) must be the same as for reduction="mean".
+    from glasscockpit.agent.instruments import BY_NAME
+
+    def tic(per_sample: bool) -> dict[str, float]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4))
+        shape = (6, 3, 5) if tokens else (6, 5)
+        x = torch.randn(shape)
+        y = torch.randint(0, 4, shape[:-1])
+        insts = [BY_NAME[n](schedule=every(1)) for n in ("tic_diag", "tic_trace")]
+        cockpit = Cockpit(
+            model, None, server=None, instruments=insts, fail_mode="raise"
+        )
+        out = model(x).reshape(-1, 4)
+        if per_sample:
+            none = nn.functional.cross_entropy(out, y.reshape(-1), reduction="none")
+            loss = none.mean() if reduce == "mean" else none.sum()
+        else:
+            loss = nn.functional.cross_entropy(out, y.reshape(-1), reduction=reduce)
+        with cockpit.step(0, loss=loss):
+            loss.backward()
+        cockpit.close()
+        got = cockpit.readings[0]
+        return {"diag": got["tic_diag"]["total"], "trace": got["tic_trace"]["total"]}
+
+    want, got = tic(False), tic(True)
+    assert got == pytest.approx(want, rel=1e-6)

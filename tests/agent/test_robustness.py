@@ -1,0 +1,236 @@
+"""Setups beyond the issue's model list: RNNs, autocast, sparse and dict outputs.
+
+Recurrent layers cannot run under vmap; the engine loops over samples for them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from glasscockpit.agent.instruments import BY_NAME
+from tests.agent.harness import run_step
+from tests.agent.problems import Problem
+from tests.agent.reference import REFERENCES
+from tests.agent.test_any_model import assert_counts_close, reference_data
+from tests.agent.test_instruments import RTOL, assert_reading, variance_conditioning
+
+
+class RecurrentClassifier(nn.Module):
+    """Token embedding, a 2-layer LSTM or GRU, a head on the last step."""
+
+    def __init__(self, cell: type[nn.LSTM] | type[nn.GRU]) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(12, 6)
+        self.rnn = cell(6, 7, num_layers=2, batch_first=True)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out, _ = self.rnn(self.emb(ids))
+        return self.head(out[:, -1])
+
+
+def _build(cell: type[nn.LSTM] | type[nn.GRU]):
+    def build() -> tuple[nn.Module, Tensor, Tensor]:
+        return (
+            RecurrentClassifier(cell),
+            torch.randint(0, 12, (5, 4)),
+            torch.randint(0, 3, (5,)),
+        )
+
+    return build
+
+
+RNNS = (
+    Problem("lstm", _build(nn.LSTM), nn.functional.cross_entropy),
+    Problem("gru", _build(nn.GRU), nn.functional.cross_entropy),
+)
+
+
+@pytest.mark.parametrize("problem", RNNS, ids=str)
+@pytest.mark.parametrize(
+    "name", ["norm_test", "inner_test", "mean_gsnr", "tic_diag", "grad_hist_1d"]
+)
+def test_recurrent_models_match_the_per_sample_loop(name, problem, torch_threads):
+    inst = BY_NAME[name]()
+    got = run_step(problem, [inst])[name]
+    data = reference_data(problem)
+    want = REFERENCES[name](data, inst)
+    if name == "grad_hist_1d":
+        assert_counts_close(got.pop("counts"), want.pop("counts"), data, inst)
+    rtol = RTOL
+    if name == "mean_gsnr":  # float32 cancellation, as in test_instruments
+        rtol = max(
+            RTOL, 4 * torch.finfo(torch.float32).eps * variance_conditioning(data)
+        )
+    assert_reading(got, want, name, rtol)
+
+
+class _OldStyleSquare(torch.autograd.Function):
+    """An autograd.Function without ``setup_context``: torch.func refuses it."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def, override]
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+class _Opaque(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4) / 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _OldStyleSquare.apply(x) @ self.w  # type: ignore[no-any-return]
+
+
+def test_a_module_no_engine_can_rerun_is_reported_and_training_goes_on(
+    torch_threads,
+):
+    from glasscockpit.agent import Cockpit, always
+    from glasscockpit.protocol import Readings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), _Opaque(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    names = ["norm_test", "tic_diag", "grad_hist_1d", "loss"]
+    cockpit = Cockpit(
+        model,
+        opt,
+        server=None,
+        run="t",
+        instruments=[BY_NAME[n](schedule=always) for n in names],
+    )
+    x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+    for step in range(2):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+        opt.step()
+    cockpit.close()
+    assert not cockpit.disabled  # undefined per step, not switched off
+    frames = [f for f in cockpit.transport.frames if isinstance(f, Readings)]  # type: ignore[attr-defined]
+    for frame in frames:
+        assert frame.values["loss"] is not None
+        for name in names[:3]:
+            assert frame.values[name] is None
+            assert "could not re-run _Opaque per sample" in frame.errors[name]
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _readings(model: nn.Module, names: list[str], autocast: bool) -> dict:
+    from glasscockpit.agent import Cockpit, always
+
+    cockpit = Cockpit(
+        model,
+        None,
+        server=None,
+        run="t",
+        instruments=[BY_NAME[n](schedule=always) for n in names],
+        fail_mode="raise",
+    )
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(x)
+    loss = nn.functional.cross_entropy(out.float(), y)
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    return cockpit.readings[0]
+
+
+def test_bf16_autocast_gives_the_float32_statistics_to_bf16_precision(torch_threads):
+    # Under autocast each layer's output gradient is bf16 while its input is
+    # float32: the engine computes in float32 and accepts bf16 round-off in its
+    # sum check (it would otherwise report the parameters as not covered).
+    names = ["norm_test", "inner_test", "tic_diag", "grad_norm"]
+    want = _readings(_mlp(), names, autocast=False)
+    got = _readings(_mlp(), names, autocast=True)
+    for name in names:
+        for key, value in want[name].items():
+            # bf16 keeps 8 bits: a few 1e-2 relative through a ratio of variances.
+            assert got[name][key] == pytest.approx(value, rel=0.1), (name, key)
+
+
+class _DictModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"aux": x.sum(1), "logits": self.body(x)}
+
+
+def test_dict_outputs_are_read_at_their_logits(torch_threads):
+    from glasscockpit.agent import Cockpit, always
+
+    torch.manual_seed(0)
+    model = _DictModel()
+    names = ["tic_diag", "norm_test"]
+    cockpit = Cockpit(
+        model,
+        None,
+        server=None,
+        run="t",
+        instruments=[BY_NAME[n](schedule=always) for n in names],
+        fail_mode="raise",
+    )
+    torch.manual_seed(1)  # the batch of _readings
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    loss = nn.functional.cross_entropy(model(x)["logits"], y)
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    plain = nn.Linear(6, 3)
+    plain.load_state_dict(model.body.state_dict())
+    want = _readings(nn.Sequential(plain), names, autocast=False)
+    got = cockpit.readings[0]
+    for name in names:
+        assert got[name]["total"] == pytest.approx(want[name]["total"], rel=1e-5)
+
+
+def test_sparse_embeddings_are_reported_not_covered(torch_threads):
+    from glasscockpit.agent import Cockpit, always
+    from glasscockpit.protocol import Readings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Embedding(20, 5, sparse=True), nn.Flatten(), nn.Linear(15, 3)
+    )
+    names = ["grad_norm", "norm_test", "alpha"]
+    cockpit = Cockpit(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        server=None,
+        run="t",
+        instruments=[BY_NAME[n](schedule=always) for n in names],
+    )
+    ids, y = torch.randint(0, 20, (8, 3)), torch.randint(0, 3, (8,))
+    for step in range(2):
+        out = model(ids)
+        losses = nn.functional.cross_entropy(out, y, reduction="none")
+        with cockpit.step(step, loss=losses.mean(), losses=losses):
+            losses.mean().backward()
+        cockpit.optimizer.step()  # type: ignore[union-attr]
+        cockpit.optimizer.zero_grad()  # type: ignore[union-attr]
+    cockpit.close()
+    assert not cockpit.disabled
+    assert cockpit.hello.meta["coverage"]["0.weight"].startswith("not covered: sparse")
+    got = cockpit.readings[0]
+    assert got["grad_norm"]["0.weight"] > 0  # the sparse gradient, densified
+    assert "0.weight" not in got["norm_test"] and "2.weight" in got["norm_test"]
+    assert isinstance(got["alpha"], float)  # through the loss graph
+    frame = [f for f in cockpit.transport.frames if isinstance(f, Readings)][0]  # type: ignore[attr-defined]
+    assert frame.errors["norm_test"].startswith("partial: 1 of 3")
