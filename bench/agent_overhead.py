@@ -153,11 +153,12 @@ def ours_step(
     def step(i: int) -> None:
         opt.zero_grad()
         out = model(x)
-        # Curvature needs the loss straight from the output; alpha needs per-sample
-        # losses (a sample of the transformer is a sequence).
-        loss = F.cross_entropy(out, y)
+        # One cross-entropy: per-sample losses for alpha (a sample of the
+        # transformer is a sequence) and their mean as the loss (curvature reads
+        # it as the mean reduction).
         token = F.cross_entropy(out, y, reduction="none")
         losses = token.reshape(token.shape[0], -1).mean(1)
+        loss = token.mean()
         with cockpit.step(i, loss=loss, losses=losses):
             loss.backward()
         opt.step()

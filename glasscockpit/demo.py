@@ -58,10 +58,10 @@ def train(
             idx = perm[i : i + batch]
             opt.zero_grad()
             out = model(x[idx])
-            # The mean loss straight from the output (curvature instruments read its
-            # graph) and the per-sample losses (for Alpha) from the same forward.
-            loss = F.cross_entropy(out, y[idx])
+            # Per-sample losses (for Alpha) and their mean, the loss: curvature
+            # instruments read its graph back to the model's output.
             losses = F.cross_entropy(out, y[idx], reduction="none")
+            loss = losses.mean()
             with cockpit.step(step, loss=loss, batch_size=batch, losses=losses):
                 loss.backward()  # type: ignore[no-untyped-call]
             opt.step()

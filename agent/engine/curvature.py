@@ -101,6 +101,8 @@ class _Loss:
         # (the per-sample losses Alpha wants) is the mean / sum reduction.
         mean_of: int | None = None
         inner = _only_input(fn) if name in ("MeanBackward0", "SumBackward0") else None
+        while type(inner).__name__ in _REARRANGE:  # a full mean ignores the layout
+            inner = _only_input(inner)
         if (
             loss.dim() == 0
             and type(inner).__name__ in _NLL
