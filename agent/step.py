@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from glasscockpit.agent.engine import StepStats
+from glasscockpit.agent.engine.stats import Outer
 from glasscockpit.agent.needs import RECORDED, Need
 
 if TYPE_CHECKING:
@@ -130,6 +131,16 @@ class StepView:
         """
         self.require(Need.BATCH_GRAD)
         return self.data.stats().batch_grads(max_elements)
+
+    def batch_grads_factored(
+        self, max_elements: int | None = None
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer]]:
+        """``batch_grads``, with rank-one weights as ``Outer`` factors (unbuilt).
+
+        ``Outer.chunks`` builds them where a consumer needs the values.
+        """
+        self.require(Need.BATCH_GRAD)
+        return self.data.stats().batch_grads_factored(max_elements)
 
     def diag_ggn(self) -> dict[str, Tensor]:
         """Exact GGN diagonal of the mean loss per parameter name (its shape)."""

@@ -1,24 +1,178 @@
-"""Histogram of all per-sample gradient elements (B·D values), summed over tensors."""
+"""Histogram of all per-sample gradient elements (B·D values), summed over tensors.
+
+Also home of the counting machinery both gradient histograms share: a bin rule
+applied in float32 exactly as Cockpit's ``histc`` does, and exact counts of the
+rank-one per-sample gradients of 2-D ``nn.Linear`` weights without building
+their B·out·in values (``outer_counts``).
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
+from glasscockpit.agent.engine.stats import Outer
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
+
+#: A bin rule: overwrites a float tensor and returns its bins (int32), monotone
+#: non-decreasing in the value and within ``[0, bins)`` for non-NaN values.
+Rule = Callable[[Tensor], Tensor]
+
+
+def histc_bins(y: Tensor, lo: float, hi: float, n: int) -> Tensor:
+    """``torch.histc``'s bin of each value (int32), overwriting ``y``; NaN → ``n``.
+
+    ``(y - lo) * n / (hi - lo)`` truncated, with values beyond the range (and
+    ``y == hi``) in the edge bins; clamp keeps NaN, which ``nan_to_num_`` sends
+    to ``n``. In place, and counted through ``bincount`` of int32 indices: several
+    times faster than ``histc`` on CPU.
+    """
+    pos = y.sub_(lo).mul_(n).div_(hi - lo).clamp_(0, n - 0.5)
+    return pos.nan_to_num_(nan=n).to(torch.int32)
+
+
+def add_counts(counts: Tensor, index: Tensor) -> None:
+    """``counts[i] += #{index == i}`` in place; ``index`` non-negative integers."""
+    counts += torch.bincount(index.reshape(-1), minlength=counts.numel())
+
+
+# -- exact counts of rank-one per-sample gradients ------------------------------------
+def _key(x: Tensor) -> Tensor:
+    """Order-preserving int64 key of float32 values (−0 just below +0)."""
+    b = x.view(torch.int32).to(torch.int64)
+    return torch.where(b >= 0, b, -(2**31) - 1 - b)
+
+
+def _from_key(k: Tensor) -> Tensor:
+    """Inverse of ``_key``."""
+    b = torch.where(k >= 0, k, -(2**31) - 1 - k)
+    return b.to(torch.int32).view(torch.float32)
+
+
+def thresholds(rule: Rule, bins: int) -> Tensor:
+    """``V_k``, the smallest float32 value with ``rule(V_k) ≥ k``, for k = 1..bins−1.
+
+    Bisection over the ordered float32 bit patterns (33 rounds, all k at once):
+    whatever rounding the rule's arithmetic does, ``rule(y) ≥ k ⟺ y ≥ V_k``.
+    """
+    k = torch.arange(1, bins, dtype=torch.int32)
+    inf = torch.tensor([float("inf")])
+    lo = _key(-inf).expand(bins - 1).clone()  # rule(−inf) = 0 < k
+    hi = _key(inf).expand(bins - 1).clone()  # rule(+inf) = bins − 1 ≥ k
+    while bool((hi - lo > 1).any()):
+        mid = lo + (hi - lo) // 2
+        up = rule(_from_key(mid).clone()) >= k
+        hi, lo = torch.where(up, mid, hi), torch.where(up, lo, mid)
+    return _from_key(hi)
+
+
+def _sort_rows(v: Tensor) -> Tensor:
+    """Rows sorted ascending; numpy's SIMD sort is ~20× torch's on CPU."""
+    if v.device.type == "cpu":
+        try:
+            import numpy as np
+        except ImportError:  # pragma: no cover - numpy ships with torch's wheels
+            pass
+        else:
+            return torch.from_numpy(np.sort(v.numpy(), axis=1))
+    return torch.sort(v, dim=1).values
+
+
+def outer_fast(outer: Outer) -> bool:
+    """Whether ``outer_counts`` serves these factors: finite float32 on the CPU.
+
+    On an accelerator, binning the built values is cheap and avoids the host
+    synchronisations the variable-length search needs.
+    """
+    u, v = outer.u, outer.v
+    return (
+        u.device.type == "cpu"
+        and u.dtype == v.dtype == torch.float32
+        and bool(torch.isfinite(u).all())
+        and bool(torch.isfinite(v).all())
+    )
+
+
+def outer_counts(outer: Outer, rule: Rule, edges: Tensor, bins: int) -> Tensor:
+    """Counts ``[bins]`` (int64) of ``rule(fl32(u_ni · v_nj))`` over all n, i, j.
+
+    Exactly the counts of binning the built per-sample gradients, without
+    building them. For one row ``a = u_ni`` the products ``a · v_nj`` are
+    monotone in ``v_nj``, so with ``v_n`` sorted the elements of bin ``k`` are a
+    contiguous run; only bin edges inside ``[a·min v_n, a·max v_n]`` need a
+    search (typically 1–2 per row instead of ``in`` values). The search compares
+    the float32 product itself with ``V_k = edges[k - 1]``: ``rule(y) ≥ k ⟺
+    y ≥ V_k``, so no rounding question arises.
+
+    Args:
+        outer: finite float32 factors on the CPU (``outer_fast``).
+        rule: the bin rule; must send every finite value to ``[0, bins)`` and
+            treat −0 as +0.
+        edges: ``thresholds(rule, bins)``.
+        bins: number of bins.
+    """
+    u, v = outer.u, outer.v
+    n, width = u.shape[0], v.shape[1]
+    # Sequences padded to a power of two with +inf (never below an edge), so
+    # that the search below needs no bounds; rows with u < 0 search −v
+    # ascending: fl(u·v) = fl(|u|·(−v)) exactly.
+    size = 1 << (width - 1).bit_length()
+    seqs = v.new_empty(2 * n, size)
+    s = _sort_rows(v)
+    seqs[:n, :width] = s
+    torch.neg(s.flip(1), out=seqs[n:, :width])
+    seqs[:, width:] = float("inf")
+    seqs = seqs.reshape(-1)
+    index = torch.int32 if seqs.numel() < 2**31 else torch.int64
+    a = u.abs().reshape(-1)
+    first = ((torch.arange(n)[:, None] + n * (u < 0)) * size).reshape(-1).to(index)
+    kmin = rule(seqs.index_select(0, first).mul_(a))
+    kmax = rule(seqs.index_select(0, first + (width - 1)).mul_(a))
+    counts = torch.bincount(kmax, minlength=bins) * width
+    lookups = kmax - kmin
+    total = int(lookups.sum())
+    if total == 0:
+        return counts
+    # One lookup per edge k in (kmin, kmax] of each row r: the first position p
+    # with bin ≥ k, so that row r puts p_{k+1} − p_k in bin k (p_kmin = 0,
+    # p_{kmax+1} = width).
+    r = torch.repeat_interleave(lookups.to(torch.int64))
+    start = torch.cumsum(lookups, 0, dtype=torch.int64) - lookups
+    k = kmin.index_select(0, r).to(torch.int64)
+    k += torch.arange(1, total + 1) - start.index_select(0, r)
+    ar, edge = a.index_select(0, r), edges.index_select(0, k - 1)
+    base = first.index_select(0, r)
+    # Binary lifting to the last position below the edge (position 0 is).
+    # ``a·s < V_k`` as the sign bit of ``a·s − V_k`` (exact for floats): bool
+    # tensors, torch.where and int64 arithmetic are several times slower here.
+    q = base.clone()
+    step = size // 2
+    while step:
+        diff = seqs.index_select(0, q + step).mul_(ar).sub_(edge)
+        q.sub_(diff.view(torch.int32) >> 31, alpha=step)
+        step //= 2
+    p = (q - base + 1).to(torch.int64)
+    counts.index_add_(0, k - 1, p)
+    counts.index_add_(0, k, -p)
+    return counts
 
 
 class GradHist1d(Instrument):
     """Counts of ``g_n`` entries in ``bins`` equal bins over ``range``.
 
     Out-of-range values are clamped into the edge bins (as Cockpit does), so the
-    counts always add up to ``B·D``.
+    counts always add up to ``B·D``. Weights of ``nn.Linear`` layers on 2-D inputs
+    are counted from their rank-one factors (``outer_counts``), exactly and
+    without building their per-sample gradients.
 
     Args:
         bins: number of bins (Cockpit: 100).
@@ -54,6 +208,10 @@ class GradHist1d(Instrument):
             raise ValueError(f"Need bins >= 1 and low < high, got {bins}, {range}")
         self.bins, self.range = bins, (float(range[0]), float(range[1]))
         self.chunk = chunk
+        self._rule: Rule = functools.partial(
+            histc_bins, lo=self.range[0], hi=self.range[1], n=bins
+        )
+        self._edges: Tensor | None = None
 
     @override
     def compute(self, step: StepView) -> Reading:
@@ -62,16 +220,18 @@ class GradHist1d(Instrument):
         NaN entries are not binned (Cockpit bins them into arbitrary bins).
         """
         lo, hi, n = *self.range, self.bins
-        counts: torch.Tensor | None = None
-        for _, _, g in step.batch_grads(self.chunk):
+        counts: Tensor | None = None
+        for _, _, g in step.batch_grads_factored(self.chunk):
+            dev = g.u.device if isinstance(g, Outer) else g.device
             if counts is None:  # bin n holds the NaNs
-                counts = torch.zeros(n + 1, dtype=torch.int64, device=g.device)
-            # torch.histc's bin rule, (x - lo) * n / (hi - lo) truncated, with
-            # values beyond the range (and x == hi) in the edge bins; clamp
-            # keeps NaN, which nan_to_num_ sends to bin n. In place, and counted
-            # through index_put_: several times faster than histc on CPU.
-            pos = g.sub_(lo).mul_(n).div_(hi - lo).clamp_(0, n - 0.5)
-            count_into(counts, pos.nan_to_num_(nan=n).to(torch.int64))
+                counts = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+            if isinstance(g, Outer) and outer_fast(g):
+                if self._edges is None:
+                    self._edges = thresholds(self._rule, n)
+                counts[:n] += outer_counts(g, self._rule, self._edges, n)
+                continue
+            for part in g.chunks(self.chunk) if isinstance(g, Outer) else [g]:
+                add_counts(counts, histc_bins(part, lo, hi, n))
         if counts is None:
             return None
         edges = torch.linspace(lo, hi, n + 1, dtype=torch.float64)

@@ -2,28 +2,76 @@
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
+from glasscockpit.agent.engine.stats import Outer
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.instruments.grad_hist_1d import Rule, add_counts, outer_fast
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 
-def _bin_(x: Tensor, n: int, lo: float, hi: float, nan: int) -> Tensor:
-    """Bin index (int64), overwriting ``x``; NaN gets index ``nan``.
+def centre_bins(x: Tensor, n: int, lo: float, hi: float, nan: int) -> Tensor:
+    """Bin index (int32), overwriting ``x``; NaN gets index ``nan``.
 
     Values are clamped to the edge bins' centres (Cockpit's rule), so
     ``floor((x - lo) / w)`` needs no upper check; clamping keeps NaN.
     """
     w = (hi - lo) / n
     pos = x.clamp_(lo + w / 2, hi - w / 2).sub_(lo).div_(w)
-    return pos.nan_to_num_(nan=nan).to(torch.int64)
+    return pos.nan_to_num_(nan=nan).to(torch.int32)
+
+
+def outer_counts_2d(
+    outer: Outer, rule: Rule, theta_bins: Tensor, bins: tuple[int, int], rows: int
+) -> Tensor:
+    """Flat joint counts ``[2·ng·nt + 1]`` of a rank-one weight, as if built.
+
+    A row ``(n, i)`` whose products ``u_ni · v_nj`` all fall in one gradient
+    bin (its extreme products, at ``min v_n`` and ``max v_n``, share it) adds
+    the parameter-bin histogram of weight row ``i`` to that gradient bin: one
+    matrix product for all such rows. The other rows are built and binned
+    value by value, ``rows`` rows at a time.
+
+    Args:
+        outer: finite float32 factors on the CPU (``outer_fast``).
+        rule: the gradient bin rule (``[0, ng)`` for finite values).
+        theta_bins: ``[out, in]`` parameter bins, ``ng·nt`` for NaN.
+        bins: ``(ng, nt)``.
+        rows: rows built at a time.
+    """
+    (ng, nt), (u, v) = bins, (outer.u, outer.v)
+    n, out = u.shape
+    counts = torch.zeros(2 * ng * nt + 1, dtype=torch.int64)
+    vmin, vmax = v.aminmax(dim=1)
+    k1, k2 = rule(u * vmin[:, None]), rule(u * vmax[:, None])
+    single = (k1 == k2).reshape(-1)
+    row = torch.arange(out).repeat(n)
+    # hist[i, t]: entries of weight row i in parameter bin t (t = nt: NaN).
+    local = theta_bins.clamp(max=nt) + (torch.arange(out) * (nt + 1))[:, None]
+    hist = torch.bincount(local.reshape(-1), minlength=out * (nt + 1))
+    which = k1.reshape(-1)[single].to(torch.int64) * out + row[single]
+    times = torch.bincount(which, minlength=ng * out).reshape(ng, out)
+    joint = times.double() @ hist.reshape(out, nt + 1).double()  # exact < 2⁵³
+    joint = joint.round_().to(torch.int64)
+    counts[: ng * nt] += joint[:, :nt].reshape(-1)
+    counts[-1] += joint[:, nt].sum()
+    multi = (~single).nonzero().squeeze(1)
+    for s in range(0, multi.numel(), rows):
+        r = multi[s : s + rows]
+        i = row.index_select(0, r)
+        scale = u.reshape(-1).index_select(0, r)[:, None]
+        built = v.index_select(0, r // out).mul_(scale)
+        flat = torch.add(theta_bins.index_select(0, i), rule(built), alpha=nt)
+        add_counts(counts, flat)
+    return counts
 
 
 class GradHist2d(Instrument):
@@ -62,6 +110,8 @@ class GradHist2d(Instrument):
     ) -> None:
         super().__init__(schedule, label)
         self.bins, self.range, self.chunk = bins, range, chunk
+        (ng, _), ((glo, ghi), _) = bins, range
+        self._rule: Rule = functools.partial(centre_bins, n=ng, lo=glo, hi=ghi, nan=ng)
 
     @override
     def compute(self, step: StepView) -> Reading:
@@ -71,15 +121,23 @@ class GradHist2d(Instrument):
         """
         (ng, nt), ((glo, ghi), (tlo, thi)) = self.bins, self.range
         counts: Tensor | None = None
-        for _, theta, g in step.batch_grads(self.chunk):
+        theta_bins: tuple[str, Tensor] | None = None
+        for name, theta, g in step.batch_grads_factored(self.chunk):
             # A NaN in g or θ puts the pair at flat index ≥ ng·nt.
             if counts is None:
                 counts = torch.zeros(
-                    2 * ng * nt + 1, dtype=torch.int64, device=g.device
+                    2 * ng * nt + 1, dtype=torch.int64, device=theta.device
                 )
-            theta_bin = _bin_(theta.clone(), nt, tlo, thi, nan=ng * nt)  # broadcasts
-            flat = _bin_(g, ng, glo, ghi, nan=ng).mul_(nt).add_(theta_bin)
-            count_into(counts, flat)
+            if theta_bins is None or theta_bins[0] != name:  # once per tensor
+                tb = centre_bins(theta.clone(), nt, tlo, thi, nan=ng * nt)
+                theta_bins = name, tb
+            tb = theta_bins[1]
+            if isinstance(g, Outer) and outer_fast(g):
+                rows = max(1, self.chunk // g.v.shape[1])
+                counts += outer_counts_2d(g, self._rule, tb, self.bins, rows)
+                continue
+            for part in g.chunks(self.chunk) if isinstance(g, Outer) else [g]:
+                add_counts(counts, torch.add(tb, self._rule(part), alpha=nt))
         if counts is None:
             return None
         dev = counts.device
