@@ -9,6 +9,7 @@ their B·out·in values (``outer_counts``).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -91,14 +92,14 @@ def outer_fast(outer: Outer) -> bool:
     """Whether ``outer_counts`` serves these factors: finite float32 on the CPU.
 
     On an accelerator, binning the built values is cheap and avoids the host
-    synchronisations the variable-length search needs.
+    synchronisations the variable-length search needs. (A sum that overflows
+    only sends finite factors to the slower, equally exact path.)
     """
     u, v = outer.u, outer.v
     return (
         u.device.type == "cpu"
         and u.dtype == v.dtype == torch.float32
-        and bool(torch.isfinite(u).all())
-        and bool(torch.isfinite(v).all())
+        and math.isfinite(float(u.sum()) + float(v.sum()))
     )
 
 
@@ -122,45 +123,44 @@ def outer_counts(outer: Outer, rule: Rule, edges: Tensor, bins: int) -> Tensor:
     """
     u, v = outer.u, outer.v
     n, width = u.shape[0], v.shape[1]
-    # Sequences padded to a power of two with +inf (never below an edge), so
-    # that the search below needs no bounds; rows with u < 0 search −v
-    # ascending: fl(u·v) = fl(|u|·(−v)) exactly.
-    size = 1 << (width - 1).bit_length()
-    seqs = v.new_empty(2 * n, size)
-    s = _sort_rows(v)
-    seqs[:n, :width] = s
-    torch.neg(s.flip(1), out=seqs[n:, :width])
-    seqs[:, width:] = float("inf")
-    seqs = seqs.reshape(-1)
-    index = torch.int32 if seqs.numel() < 2**31 else torch.int64
-    a = u.abs().reshape(-1)
-    first = ((torch.arange(n)[:, None] + n * (u < 0)) * size).reshape(-1).to(index)
-    kmin = rule(seqs.index_select(0, first).mul_(a))
-    kmax = rule(seqs.index_select(0, first + (width - 1)).mul_(a))
-    counts = torch.bincount(kmax, minlength=bins) * width
-    lookups = kmax - kmin
+    # Sorted rows padded to a power of two with +inf, so that the search needs
+    # no bounds: u·inf is never below an edge for u > 0 and always for u < 0.
+    size = 1 << width.bit_length()
+    inf = v.new_full((n, size - width), float("inf"))
+    seqs = _sort_rows(torch.cat([v, inf], 1))
+    lo = rule(u * seqs[:, :1])  # at min v_n
+    hi = rule(u * seqs[:, width - 1 : width])  # at max v_n
+    flip = u < 0  # bins fall along the sorted row
+    kmin, kmax = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    counts = torch.bincount(kmax.reshape(-1), minlength=bins) * width
+    lookups = (kmax - kmin).reshape(-1)
     total = int(lookups.sum())
     if total == 0:
         return counts
-    # One lookup per edge k in (kmin, kmax] of each row r: the first position p
-    # with bin ≥ k, so that row r puts p_{k+1} − p_k in bin k (p_kmin = 0,
-    # p_{kmax+1} = width).
+    seqs = seqs.reshape(-1)
+    index = torch.int32 if seqs.numel() < 2**31 else torch.int64
+    # One lookup per edge k in (kmin, kmax] of each row r, for p_k = #{j: bin
+    # < k}: row r puts p_{k+1} − p_k in bin k (p_kmin = 0, p_{kmax+1} = width).
     r = torch.repeat_interleave(lookups.to(torch.int64))
     start = torch.cumsum(lookups, 0, dtype=torch.int64) - lookups
-    k = kmin.index_select(0, r).to(torch.int64)
+    k = kmin.reshape(-1).index_select(0, r).to(torch.int64)
     k += torch.arange(1, total + 1) - start.index_select(0, r)
-    ar, edge = a.index_select(0, r), edges.index_select(0, k - 1)
-    base = first.index_select(0, r)
-    # Binary lifting to the last position below the edge (position 0 is).
-    # ``a·s < V_k`` as the sign bit of ``a·s − V_k`` (exact for floats): bool
-    # tensors, torch.where and int64 arithmetic are several times slower here.
+    ur, edge = u.reshape(-1).index_select(0, r), edges.index_select(0, k - 1)
+    base = (r.to(index) // u.shape[1]) * size
+    neg = flip.reshape(-1).index_select(0, r)
+    # Binary lifting to the last position where the predicate ``bin < k``
+    # (``bin ≥ k`` for u < 0) holds; position 0 satisfies it. The comparison
+    # is the sign bit of ``u·v − V_k`` (exact for floats), flipped for u < 0:
+    # bool tensors, torch.where and int64 arithmetic are several times slower.
     q = base.clone()
+    xor = -neg.to(index)  # 0, or −1 to flip the predicate
     step = size // 2
     while step:
-        diff = seqs.index_select(0, q + step).mul_(ar).sub_(edge)
-        q.sub_(diff.view(torch.int32) >> 31, alpha=step)
+        diff = seqs.index_select(0, q + step).mul_(ur).sub_(edge)
+        q.sub_(((diff.view(torch.int32) >> 31) ^ xor).to(index), alpha=step)
         step //= 2
-    p = (q - base + 1).to(torch.int64)
+    last = (q - base).to(torch.int64)  # the predicate holds on [0, last]
+    p = last + 1 + neg * (width - 2 - 2 * last)  # width − 1 − last for u < 0
     counts.index_add_(0, k - 1, p)
     counts.index_add_(0, k, -p)
     return counts
