@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import ClassVar
 
 import torch
@@ -34,11 +35,16 @@ def outer_counts_2d(
 ) -> Tensor:
     """Flat joint counts ``[2·ng·nt + 1]`` of a rank-one weight, as if built.
 
-    A row ``(n, i)`` whose products ``u_ni · v_nj`` all fall in one gradient
-    bin (its extreme products, at ``min v_n`` and ``max v_n``, share it) adds
-    the parameter-bin histogram of weight row ``i`` to that gradient bin: one
-    matrix product for all such rows. The other rows are built and binned
-    value by value, ``rows`` rows at a time.
+    Rows ``(n, i)`` of products ``u_ni · v_nj`` (monotone in ``v_nj``) fall into
+    three kinds, told apart by their extreme products:
+
+    - all in one gradient bin: the row adds the parameter-bin histogram of
+      weight row ``i`` to that bin (one matrix product for all such rows);
+    - split by the sign of ``v_nj`` between the bins below and above zero (the
+      common case of small gradients): which entries ``j`` fall below depends
+      on the sample only, so ``Σ_n [row (n, i) split] [v_nj < 0]`` for every
+      entry ``(i, j)`` is one matrix product, binned by parameter bin;
+    - the rest, built and binned value by value, ``rows`` rows at a time.
 
     Args:
         outer: finite float32 factors on the CPU (``outer_fast``).
@@ -52,21 +58,51 @@ def outer_counts_2d(
     counts = torch.zeros(2 * ng * nt + 1, dtype=torch.int64)
     vmin, vmax = v.aminmax(dim=1)
     k1, k2 = rule(u * vmin[:, None]), rule(u * vmax[:, None])
-    single = (k1 == k2).reshape(-1)
-    row = torch.arange(out).repeat(n)
-    # hist[i, t]: entries of weight row i in parameter bin t (t = nt: NaN).
-    local = theta_bins.clamp(max=nt) + (torch.arange(out) * (nt + 1))[:, None]
-    hist = torch.bincount(local.reshape(-1), minlength=out * (nt + 1))
-    which = k1.reshape(-1)[single].to(torch.int64) * out + row[single]
+    # Parameter bins with NaN as nt, and the bins of each weight row.
+    local = theta_bins.clamp(max=nt)
+    hist = torch.bincount(
+        (local + (torch.arange(out) * (nt + 1))[:, None]).reshape(-1),
+        minlength=out * (nt + 1),
+    ).reshape(out, nt + 1)
+
+    def add(k: int, joint: Tensor) -> None:
+        """Add float (integral) ``[kk, nt + 1]`` counts to gradient bins k, k+1...
+
+        The last column (NaN parameters) goes to the NaN count.
+        """
+        joint = joint.round().to(torch.int64)
+        counts[k * nt : (k + joint.shape[0]) * nt] += joint[:, :nt].reshape(-1)
+        counts[-1] += joint[:, nt].sum()
+
+    single = k1 == k2
+    row = torch.arange(out)
+    which = (k1[single].to(torch.int64) * out + row.expand(n, out)[single]).reshape(-1)
     times = torch.bincount(which, minlength=ng * out).reshape(ng, out)
-    joint = times.double() @ hist.reshape(out, nt + 1).double()  # exact < 2⁵³
-    joint = joint.round_().to(torch.int64)
-    counts[: ng * nt] += joint[:, :nt].reshape(-1)
-    counts[-1] += joint[:, nt].sum()
-    multi = (~single).nonzero().squeeze(1)
+    joint = times.double() @ hist.double()  # [ng, nt + 1], exact below 2⁵³
+    add(0, joint)
+    # Split rows: the bins of 0 and just below it (k0 ≥ 1), with every product
+    # of a negative v (u > 0) or positive v (u < 0) in the lower one.
+    k0 = int(rule(torch.zeros(1)))
+    split = torch.zeros_like(single)
+    if k0 >= 1:
+        neg_max = v.masked_fill(v >= 0, -math.inf).amax(1)  # −inf: none
+        pos_min = v.masked_fill(v <= 0, math.inf).amin(1)
+        lo, hi = torch.minimum(k1, k2), torch.maximum(k1, k2)
+        span = (lo == k0 - 1) & (hi == k0)
+        up = span & (u > 0) & (rule(u * neg_max[:, None]) == k0 - 1)
+        down = span & (u < 0) & (rule(u * pos_min[:, None]) == k0 - 1)
+        split = up | down
+        if bool(split.any()):
+            below = up.T.float() @ (v < 0).float() + down.T.float() @ (v > 0).float()
+            ones = split.sum(0, dtype=torch.float32)[:, None].expand_as(below)
+            flat = (local + (nt + 1) * torch.arange(2)[:, None, None]).reshape(-1)
+            weight = torch.cat([below, ones - below]).reshape(-1).double()
+            joint = torch.bincount(flat, weight, minlength=2 * (nt + 1))
+            add(k0 - 1, joint.reshape(2, nt + 1))
+    multi = (~(single | split)).reshape(-1).nonzero().squeeze(1)
     for s in range(0, multi.numel(), rows):
         r = multi[s : s + rows]
-        i = row.index_select(0, r)
+        i = r % out
         scale = u.reshape(-1).index_select(0, r)[:, None]
         built = v.index_select(0, r // out).mul_(scale)
         flat = torch.add(theta_bins.index_select(0, i), rule(built), alpha=nt)
