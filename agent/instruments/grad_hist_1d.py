@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -103,7 +103,9 @@ def outer_fast(outer: Outer) -> bool:
     )
 
 
-def outer_counts(outer: Outer, rule: Rule, edges: Tensor, bins: int) -> Tensor:
+def outer_counts(
+    outers: Sequence[Outer], rule: Rule, edges: Tensor, bins: int
+) -> Tensor:
     """Counts ``[bins]`` (int64) of ``rule(fl32(u_ni · v_nj))`` over all n, i, j.
 
     Exactly the counts of binning the built per-sample gradients, without
@@ -112,42 +114,53 @@ def outer_counts(outer: Outer, rule: Rule, edges: Tensor, bins: int) -> Tensor:
     contiguous run; only bin edges inside ``[a·min v_n, a·max v_n]`` need a
     search (typically 1–2 per row instead of ``in`` values). The search compares
     the float32 product itself with ``V_k = edges[k - 1]``: ``rule(y) ≥ k ⟺
-    y ≥ V_k``, so no rounding question arises.
+    y ≥ V_k``, so no rounding question arises. All factor pairs (layers) are
+    searched together: the work is a few dozen small tensor operations, whose
+    fixed cost would otherwise dominate small layers.
 
     Args:
-        outer: finite float32 factors on the CPU (``outer_fast``).
+        outers: finite float32 factors on the CPU (``outer_fast``).
         rule: the bin rule; must send every finite value to ``[0, bins)`` and
             treat −0 as +0.
         edges: ``thresholds(rule, bins)``.
         bins: number of bins.
     """
-    u, v = outer.u, outer.v
-    n, width = u.shape[0], v.shape[1]
+    widths = [o.v.shape[1] for o in outers]
     # Sorted rows padded to a power of two with +inf, so that the search needs
     # no bounds: u·inf is never below an edge for u > 0 and always for u < 0.
-    size = 1 << width.bit_length()
-    inf = v.new_full((n, size - width), float("inf"))
-    seqs = _sort_rows(torch.cat([v, inf], 1))
-    lo = rule(u * seqs[:, :1])  # at min v_n
-    hi = rule(u * seqs[:, width - 1 : width])  # at max v_n
-    flip = u < 0  # bins fall along the sorted row
+    size = 1 << max(widths).bit_length()
+    seqs = outers[0].v.new_full((sum(o.v.shape[0] for o in outers), size), math.inf)
+    index = torch.int32 if seqs.numel() < 2**31 else torch.int64
+    # Row r = (layer, sample n, output i): its factor, sorted sequence, width.
+    u = torch.cat([o.u.reshape(-1) for o in outers])
+    seq, width, first = [], [], 0
+    for o, w in zip(outers, widths, strict=True):
+        n, out = o.u.shape
+        seqs[first : first + n, :w] = _sort_rows(o.v)
+        start = torch.arange(first * size, (first + n) * size, size, dtype=index)
+        seq.append(start[:, None].expand(n, out).reshape(-1))
+        width.append(torch.full((n * out,), w, dtype=index))
+        first += n
+    seqs = seqs.reshape(-1)
+    base, last = torch.cat(seq), torch.cat(width) - 1
+    lo = rule(seqs.index_select(0, base).mul_(u))  # at min v_n
+    hi = rule(seqs.index_select(0, base + last).mul_(u))  # at max v_n
     kmin, kmax = torch.minimum(lo, hi), torch.maximum(lo, hi)
-    counts = torch.bincount(kmax.reshape(-1), minlength=bins) * width
-    lookups = (kmax - kmin).reshape(-1)
+    counts = torch.bincount(kmax, weights=last.double() + 1, minlength=bins)
+    counts = counts.to(torch.int64)
+    lookups = kmax - kmin
     total = int(lookups.sum())
     if total == 0:
         return counts
-    seqs = seqs.reshape(-1)
-    index = torch.int32 if seqs.numel() < 2**31 else torch.int64
     # One lookup per edge k in (kmin, kmax] of each row r, for p_k = #{j: bin
     # < k}: row r puts p_{k+1} − p_k in bin k (p_kmin = 0, p_{kmax+1} = width).
     r = torch.repeat_interleave(lookups.to(torch.int64))
     start = torch.cumsum(lookups, 0, dtype=torch.int64) - lookups
-    k = kmin.reshape(-1).index_select(0, r).to(torch.int64)
+    k = kmin.index_select(0, r).to(torch.int64)
     k += torch.arange(1, total + 1) - start.index_select(0, r)
-    ur, edge = u.reshape(-1).index_select(0, r), edges.index_select(0, k - 1)
-    base = (r.to(index) // u.shape[1]) * size
-    neg = flip.reshape(-1).index_select(0, r)
+    ur, edge = u.index_select(0, r), edges.index_select(0, k - 1)
+    base = base.index_select(0, r)
+    neg = ur < 0  # bins fall along the sorted row
     # Binary lifting to the last position where the predicate ``bin < k``
     # (``bin ≥ k`` for u < 0) holds; position 0 satisfies it. The comparison
     # is the sign bit of ``u·v − V_k`` (exact for floats), flipped for u < 0:
@@ -159,8 +172,9 @@ def outer_counts(outer: Outer, rule: Rule, edges: Tensor, bins: int) -> Tensor:
         diff = seqs.index_select(0, q + step).mul_(ur).sub_(edge)
         q.sub_(((diff.view(torch.int32) >> 31) ^ xor).to(index), alpha=step)
         step //= 2
-    last = (q - base).to(torch.int64)  # the predicate holds on [0, last]
-    p = last + 1 + neg * (width - 2 - 2 * last)  # width − 1 − last for u < 0
+    at = (q - base).to(torch.int64)  # the predicate holds on [0, at]
+    span = last.index_select(0, r).to(torch.int64) - 1 - 2 * at
+    p = at + 1 + neg * span  # width − 1 − at for u < 0
     counts.index_add_(0, k - 1, p)
     counts.index_add_(0, k, -p)
     return counts
@@ -221,17 +235,21 @@ class GradHist1d(Instrument):
         """
         lo, hi, n = *self.range, self.bins
         counts: Tensor | None = None
+        outers: list[Outer] = []
         for _, _, g in step.batch_grads_factored(self.chunk):
             dev = g.u.device if isinstance(g, Outer) else g.device
             if counts is None:  # bin n holds the NaNs
                 counts = torch.zeros(n + 1, dtype=torch.int64, device=dev)
             if isinstance(g, Outer) and outer_fast(g):
-                if self._edges is None:
-                    self._edges = thresholds(self._rule, n)
-                counts[:n] += outer_counts(g, self._rule, self._edges, n)
+                outers.append(g)  # counted together below
                 continue
             for part in g.chunks(self.chunk) if isinstance(g, Outer) else [g]:
                 add_counts(counts, histc_bins(part, lo, hi, n))
+        if outers:
+            assert counts is not None
+            if self._edges is None:
+                self._edges = thresholds(self._rule, n)
+            counts[:n] += outer_counts(outers, self._rule, self._edges, n)
         if counts is None:
             return None
         edges = torch.linspace(lo, hi, n + 1, dtype=torch.float64)

@@ -79,7 +79,18 @@ def test_outer_counts_equal_binning_every_product(rule_case: str, case: str) -> 
     for seed in range(20):
         outer = factors(case, seed)
         want = built_counts(outer, rule, bins)
-        assert torch.equal(outer_counts(outer, rule, edges, bins), want), seed
+        assert torch.equal(outer_counts([outer], rule, edges, bins), want), seed
+
+
+def test_outer_counts_of_several_layers_at_once() -> None:
+    # Layers of different widths and batch sizes share one padded search.
+    rule, bins = rule_1d("cockpit")
+    edges = thresholds(rule, bins)
+    cases = ["normal", "relu", "grid", "tiny", "huge"]
+    for seed in range(10):
+        outers = [factors(case, 100 * seed + i) for i, case in enumerate(cases)]
+        want = sum(built_counts(o, rule, bins) for o in outers)
+        assert torch.equal(outer_counts(outers, rule, edges, bins), want), seed
 
 
 @pytest.mark.parametrize("rule_case", sorted(RULES_1D))
