@@ -24,8 +24,8 @@ from torch.nn import functional as F  # noqa: N812
 from bench.agent_overhead import make_model
 from glasscockpit.agent import Cockpit, always
 from glasscockpit.agent.instruments import GradHist1d, GradHist2d
-from glasscockpit.agent.instruments.base import Reading
-from glasscockpit.agent.instruments.grad_hist_1d import add_counts, histc_bins
+from glasscockpit.agent.instruments.base import Reading, count_into
+from glasscockpit.agent.instruments.grad_hist_1d import histc_bins
 from glasscockpit.agent.instruments.grad_hist_2d import centre_bins
 from glasscockpit.agent.step import StepView
 
@@ -35,7 +35,7 @@ def built_1d(inst: GradHist1d, step: StepView) -> Tensor:
     (lo, hi), n = inst.range, inst.bins
     counts = torch.zeros(n + 1, dtype=torch.int64)
     for _, _, g in step.batch_grads(inst.chunk):
-        add_counts(counts, histc_bins(g, lo, hi, n))
+        count_into(counts, histc_bins(g, lo, hi, n))
     return counts
 
 
@@ -45,7 +45,7 @@ def built_2d(inst: GradHist2d, step: StepView) -> Tensor:
     counts = torch.zeros(2 * ng * nt + 1, dtype=torch.int64)
     for _, theta, g in step.batch_grads(inst.chunk):
         tb = centre_bins(theta.clone(), nt, tlo, thi, nan=ng * nt)
-        add_counts(counts, torch.add(tb, centre_bins(g, ng, glo, ghi, ng), alpha=nt))
+        count_into(counts, torch.add(tb, centre_bins(g, ng, glo, ghi, ng), alpha=nt))
     return counts
 
 

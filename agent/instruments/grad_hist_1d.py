@@ -18,7 +18,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from glasscockpit.agent.engine.stats import Outer
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
@@ -39,11 +39,6 @@ def histc_bins(y: Tensor, lo: float, hi: float, n: int) -> Tensor:
     """
     pos = y.sub_(lo).mul_(n).div_(hi - lo).clamp_(0, n - 0.5)
     return pos.nan_to_num_(nan=n).to(torch.int32)
-
-
-def add_counts(counts: Tensor, index: Tensor) -> None:
-    """``counts[i] += #{index == i}`` in place; ``index`` non-negative integers."""
-    counts += torch.bincount(index.reshape(-1), minlength=counts.numel())
 
 
 # -- exact counts of rank-one per-sample gradients ------------------------------------
@@ -128,7 +123,7 @@ def outer_counts(
     widths = [o.v.shape[1] for o in outers]
     # Sorted rows padded to a power of two with +inf, so that the search needs
     # no bounds: u·inf is never below an edge for u > 0 and always for u < 0.
-    size = 1 << max(widths).bit_length()
+    size = 1 << (max(widths) - 1).bit_length()
     seqs = outers[0].v.new_full((sum(o.v.shape[0] for o in outers), size), math.inf)
     index = torch.int32 if seqs.numel() < 2**31 else torch.int64
     # Row r = (layer, sample n, output i): its factor, sorted sequence, width.
@@ -244,7 +239,7 @@ class GradHist1d(Instrument):
                 outers.append(g)  # counted together below
                 continue
             for part in g.chunks(self.chunk) if isinstance(g, Outer) else [g]:
-                add_counts(counts, histc_bins(part, lo, hi, n))
+                count_into(counts, histc_bins(part, lo, hi, n))
         if outers:
             assert counts is not None
             if self._edges is None:

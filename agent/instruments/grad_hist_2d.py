@@ -1,4 +1,8 @@
-"""Joint histogram of per-sample gradient elements and their parameter values."""
+"""Joint histogram of per-sample gradient elements and their parameter values.
+
+Weights of ``nn.Linear`` layers on 2-D inputs are counted from their rank-one
+factors where the rows allow it (``outer_counts_2d``), exactly as if built.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from glasscockpit.agent.engine.stats import Outer
-from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
-from glasscockpit.agent.instruments.grad_hist_1d import Rule, add_counts, outer_fast
+from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
+from glasscockpit.agent.instruments.grad_hist_1d import Rule, outer_fast
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
@@ -106,12 +110,15 @@ def outer_counts_2d(
         scale = u.reshape(-1).index_select(0, r)[:, None]
         built = v.index_select(0, r // out).mul_(scale)
         flat = torch.add(theta_bins.index_select(0, i), rule(built), alpha=nt)
-        add_counts(counts, flat)
+        count_into(counts, flat)
     return counts
 
 
 class GradHist2d(Instrument):
     """Counts of pairs ``(g_nk, θ_k)`` over all samples ``n`` and entries ``k``.
+
+    Each coordinate is clamped to its edge bins' centres (Cockpit's rule), so
+    every pair without a NaN is counted.
 
     Args:
         bins: ``(gradient bins, parameter bins)`` (Cockpit: ``(40, 50)``).
@@ -173,7 +180,7 @@ class GradHist2d(Instrument):
                 counts += outer_counts_2d(g, self._rule, tb, self.bins, rows)
                 continue
             for part in g.chunks(self.chunk) if isinstance(g, Outer) else [g]:
-                add_counts(counts, torch.add(tb, self._rule(part), alpha=nt))
+                count_into(counts, torch.add(tb, self._rule(part), alpha=nt))
         if counts is None:
             return None
         dev = counts.device

@@ -20,9 +20,9 @@ from glasscockpit.agent import always
 from glasscockpit.agent.engine import HookEngine, StepStats
 from glasscockpit.agent.engine.stats import Outer
 from glasscockpit.agent.instruments import GradHist1d, GradHist2d
+from glasscockpit.agent.instruments.base import count_into
 from glasscockpit.agent.instruments.grad_hist_1d import (
     Rule,
-    add_counts,
     histc_bins,
     outer_counts,
     outer_fast,
@@ -93,6 +93,24 @@ def test_outer_counts_of_several_layers_at_once() -> None:
         assert torch.equal(outer_counts(outers, rule, edges, bins), want), seed
 
 
+@pytest.mark.parametrize("widths", [[1], [2], [16], [16, 1, 5], [3, 17]])
+def test_outer_counts_at_power_of_two_widths(widths: list[int]) -> None:
+    # The sorted rows are padded to a power of two: none, or all but one entry.
+    rule, bins = rule_1d("cockpit")
+    edges = thresholds(rule, bins)
+    g = torch.Generator().manual_seed(len(widths))
+    for seed in range(10):
+        outers = [
+            Outer(
+                torch.randn(4, 7, generator=g) * 10 ** (seed % 4 - 2),
+                torch.randn(4, w, generator=g),
+            )
+            for w in widths
+        ]
+        want = sum(built_counts(o, rule, bins) for o in outers)
+        assert torch.equal(outer_counts(outers, rule, edges, bins), want), seed
+
+
 @pytest.mark.parametrize("rule_case", sorted(RULES_1D))
 def test_thresholds_are_the_first_value_of_each_bin(rule_case: str) -> None:
     rule, bins = rule_1d(rule_case)
@@ -114,7 +132,7 @@ def test_outer_joint_counts_equal_binning_every_pair(case: str) -> None:
         tb = centre_bins(theta.clone(), nt, -2.0, 2.0, nan=ng * nt)
         want = torch.zeros(2 * ng * nt + 1, dtype=torch.int64)
         built = outer.u[:, :, None] * outer.v[:, None, :]
-        add_counts(want, torch.add(tb, rule(built), alpha=nt))
+        count_into(want, torch.add(tb, rule(built), alpha=nt))
         got = outer_counts_2d(outer, rule, tb, (ng, nt), rows=5)
         assert torch.equal(got[: ng * nt], want[: ng * nt]), seed
         assert int(got[ng * nt :].sum()) == int(want[ng * nt :].sum()), seed
@@ -172,14 +190,14 @@ def test_histograms_count_the_built_values(
         (lo, hi), n = inst.range, inst.bins
         want = torch.zeros(n + 1, dtype=torch.int64)
         for _, _, g in stats.batch_grads():
-            add_counts(want, histc_bins(g, lo, hi, n))
+            count_into(want, histc_bins(g, lo, hi, n))
         assert torch.equal(got["counts"], want[:n].double())
     else:
         (ng, nt), ((glo, ghi), (tlo, thi)) = inst.bins, inst.range
         want = torch.zeros(2 * ng * nt + 1, dtype=torch.int64)
         for _, theta, g in stats.batch_grads():
             tb = centre_bins(theta.clone(), nt, tlo, thi, nan=ng * nt)
-            add_counts(want, torch.add(tb, centre_bins(g, ng, glo, ghi, ng), alpha=nt))
+            count_into(want, torch.add(tb, centre_bins(g, ng, glo, ghi, ng), alpha=nt))
         assert torch.equal(got["counts"], want[: ng * nt].double().reshape(ng, nt))
     assert float(got["counts"].sum()) == sum(
         p.numel() * 16 for p in problem.make()[0].parameters()
