@@ -25,7 +25,8 @@ from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 #: A bin rule: overwrites a float tensor and returns its bins (int32), monotone
-#: non-decreasing in the value and within ``[0, bins)`` for non-NaN values.
+#: non-decreasing in the value, within ``[0, bins)`` for non-NaN values, with
+#: −inf in bin 0 and +inf in bin ``bins − 1``.
 Rule = Callable[[Tensor], Tensor]
 
 
@@ -141,17 +142,68 @@ def outer_counts(
     lo = rule(seqs.index_select(0, base).mul_(u))  # at min v_n
     hi = rule(seqs.index_select(0, base + last).mul_(u))  # at max v_n
     kmin, kmax = torch.minimum(lo, hi), torch.maximum(lo, hi)
-    counts = torch.bincount(kmax, weights=last.double() + 1, minlength=bins)
-    counts = counts.to(torch.int64)
     lookups = kmax - kmin
-    total = int(lookups.sum())
+    # A row spanning many bins costs more to search than to build: with many
+    # lookups (gradients far beyond the range), such rows are built, which also
+    # bounds the lookups' memory by the values counted.
+    counts = torch.zeros(bins, dtype=torch.int64)
+    if int(lookups.sum()) > LOOKUPS:
+        heavy = lookups * (size.bit_length() + 4) > last + 1
+        table = seqs.view(-1, size)
+        for w in sorted(set(widths)):
+            rows = (heavy & (last == w - 1)).nonzero().squeeze(1)
+            step = max(1, BUILT // w)
+            for part in (rows[i : i + step] for i in range(0, rows.numel(), step)):
+                built = table.index_select(0, base[part] // size)[:, :w]
+                count_into(counts, rule(built * u[part, None]))
+        lookups = lookups.masked_fill(heavy, 0)
+        kmax = kmin + lookups
+        last = last.masked_fill(heavy, -1)  # counted: no width left for kmax
+    counts += torch.bincount(kmax, weights=last.double() + 1, minlength=bins).to(
+        torch.int64
+    )
+    # Lookups in groups of rows holding at most about LOOKUPS of them.
+    end = torch.cumsum(lookups, 0, dtype=torch.int64)
+    total = int(end[-1])
+    marks = torch.tensor(range(LOOKUPS, total, LOOKUPS), dtype=torch.int64)
+    cuts = torch.searchsorted(end, marks).tolist()
+    for r0, r1 in zip([0, *cuts], [*cuts, end.numel()], strict=True):
+        _search(
+            counts,
+            seqs,
+            size,
+            edges,
+            (u[r0:r1], base[r0:r1], last[r0:r1], kmin[r0:r1], lookups[r0:r1]),
+        )
+    return counts
+
+
+#: Lookups searched at a time by ``outer_counts`` (about 40 bytes each).
+LOOKUPS = 2**20
+#: Values built at a time for rows that span many bins.
+BUILT = 2**18
+
+
+def _search(
+    counts: Tensor,
+    seqs: Tensor,
+    size: int,
+    edges: Tensor,
+    rows: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+) -> None:
+    """Add the counts of rows ``(u, base, last, kmin, lookups)`` found by search.
+
+    One lookup per edge k in (kmin, kmax] of each row r, for p_k = #{j: bin <
+    k}: row r puts p_{k+1} − p_k in bin k (p_kmin = 0, p_{kmax+1} = width; the
+    caller counted the width in kmax).
+    """
+    u, base, last, kmin, lookups = rows
+    end = torch.cumsum(lookups, 0, dtype=torch.int32)
+    total = int(end[-1]) if end.numel() else 0
     if total == 0:
-        return counts
-    # One lookup per edge k in (kmin, kmax] of each row r, for p_k = #{j: bin
-    # < k}: row r puts p_{k+1} − p_k in bin k (p_kmin = 0, p_{kmax+1} = width).
+        return
     # The row of each lookup: the number of rows ending at or before it
     # (2–3× faster than repeat_interleave).
-    end = torch.cumsum(lookups, 0, dtype=torch.int32)
     r = torch.zeros(total + 1, dtype=torch.int32).index_add_(
         0, end, torch.ones_like(end)
     )
@@ -166,18 +218,17 @@ def outer_counts(
     # is the sign bit of ``u·v − V_k`` (exact for floats), flipped for u < 0:
     # bool tensors, torch.where and int64 arithmetic are several times slower.
     q = base.clone()
-    xor = -neg.to(index)  # 0, or −1 to flip the predicate
+    xor = -neg.to(base.dtype)  # 0, or −1 to flip the predicate
     step = size // 2
     while step:
         diff = seqs.index_select(0, q + step).mul_(ur).sub_(edge)
-        q.sub_(((diff.view(torch.int32) >> 31) ^ xor).to(index), alpha=step)
+        q.sub_(((diff.view(torch.int32) >> 31) ^ xor).to(base.dtype), alpha=step)
         step //= 2
     at = (q - base).to(torch.int64)  # the predicate holds on [0, at]
     span = last.index_select(0, r).to(torch.int64) - 1 - 2 * at
     p = at + 1 + neg * span  # width − 1 − at for u < 0
     counts.index_add_(0, k - 1, p)
     counts.index_add_(0, k, -p)
-    return counts
 
 
 class GradHist1d(Instrument):

@@ -19,7 +19,7 @@ from torch.nn import functional as F  # noqa: N812
 from glasscockpit.agent import always
 from glasscockpit.agent.engine import HookEngine, StepStats
 from glasscockpit.agent.engine.stats import Outer
-from glasscockpit.agent.instruments import GradHist1d, GradHist2d
+from glasscockpit.agent.instruments import GradHist1d, GradHist2d, grad_hist_1d
 from glasscockpit.agent.instruments.base import count_into
 from glasscockpit.agent.instruments.grad_hist_1d import (
     Rule,
@@ -107,6 +107,30 @@ def test_outer_counts_at_power_of_two_widths(widths: list[int]) -> None:
             )
             for w in widths
         ]
+        want = sum(built_counts(o, rule, bins) for o in outers)
+        assert torch.equal(outer_counts(outers, rule, edges, bins), want), seed
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["default", "small_groups"])
+def test_outer_counts_of_wide_rows(
+    small: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Wide rows spanning a few bins are searched, rows spanning many are built;
+    # small groups split the lookups and the built rows into many parts.
+    if small:
+        monkeypatch.setattr(grad_hist_1d, "LOOKUPS", 7)
+        monkeypatch.setattr(grad_hist_1d, "BUILT", 600)
+    rule, bins = rule_1d("cockpit")
+    edges = thresholds(rule, bins)
+    g = torch.Generator().manual_seed(7)
+    for seed in range(5):
+        outers = []
+        for width, scale in ((300, 0.02), (300, 0.3), (70, 3.0), (5, 0.1)):
+            u = torch.randn(6, 9, generator=g) * scale * (seed + 1)
+            v = torch.randn(6, width, generator=g)
+            if seed % 2:
+                v = v.clamp(min=0)
+            outers.append(Outer(u, v))
         want = sum(built_counts(o, rule, bins) for o in outers)
         assert torch.equal(outer_counts(outers, rule, edges, bins), want), seed
 
