@@ -179,7 +179,7 @@ def outer_counts(
 
 
 #: Lookups searched at a time by ``outer_counts`` (about 40 bytes each).
-LOOKUPS = 2**20
+LOOKUPS = 2**18
 #: Values built at a time for rows that span many bins.
 BUILT = 2**18
 

@@ -55,7 +55,7 @@ def outer_counts_2d(
         rule: the gradient bin rule (``[0, ng)`` for finite values).
         theta_bins: ``[out, in]`` parameter bins, ``ng·nt`` for NaN.
         bins: ``(ng, nt)``.
-        rows: rows built at a time.
+        rows: rows of ``in`` values handled at a time (bounds the memory).
     """
     (ng, nt), (u, v) = bins, (outer.u, outer.v)
     n, out = u.shape
@@ -97,12 +97,17 @@ def outer_counts_2d(
         down = span & (u < 0) & (rule(u * pos_min[:, None]) == k0 - 1)
         split = up | down
         if bool(split.any()):
-            below = up.T.float() @ (v < 0).float() + down.T.float() @ (v > 0).float()
-            ones = split.sum(0, dtype=torch.float32)[:, None].expand_as(below)
-            flat = (local + (nt + 1) * torch.arange(2)[:, None, None]).reshape(-1)
-            weight = torch.cat([below, ones - below]).reshape(-1).double()
-            joint = torch.bincount(flat, weight, minlength=2 * (nt + 1))
-            add(k0 - 1, joint.reshape(2, nt + 1))
+            neg, pos = (v < 0).float(), (v > 0).float()
+            ones = split.sum(0, dtype=torch.float32)
+            both = (nt + 1) * torch.arange(2)[:, None, None]
+            for i0 in range(0, out, rows):  # bounded memory
+                below = up[:, i0 : i0 + rows].T.float() @ neg
+                below += down[:, i0 : i0 + rows].T.float() @ pos
+                above = ones[i0 : i0 + rows, None] - below
+                flat = (local[i0 : i0 + rows] + both).reshape(-1)
+                weight = torch.cat([below, above]).reshape(-1).double()
+                joint = torch.bincount(flat, weight, minlength=2 * (nt + 1))
+                add(k0 - 1, joint.reshape(2, nt + 1))
     multi = (~(single | split)).reshape(-1).nonzero().squeeze(1)
     for s in range(0, multi.numel(), rows):
         r = multi[s : s + rows]
