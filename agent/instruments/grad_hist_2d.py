@@ -99,7 +99,7 @@ def outer_counts_2d(
         if bool(split.any()):
             neg, pos = (v < 0).float(), (v > 0).float()
             ones = split.sum(0, dtype=torch.float32)
-            both = (nt + 1) * torch.arange(2)[:, None, None]
+            both = (nt + 1) * torch.arange(2, dtype=torch.int32)[:, None, None]
             for i0 in range(0, out, rows):  # bounded memory
                 below = up[:, i0 : i0 + rows].T.float() @ neg
                 below += down[:, i0 : i0 + rows].T.float() @ pos
