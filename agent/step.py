@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.engine.errors import dense_grad
+from glasscockpit.agent.engine.stats import Outer
 from glasscockpit.agent.needs import RECORDED, Need
 
 if TYPE_CHECKING:
@@ -166,6 +167,16 @@ class StepView:
         """
         self.require(Need.BATCH_GRAD)
         return self.data.stats().batch_grads(max_elements)
+
+    def batch_grads_factored(
+        self, max_elements: int | None = None
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer]]:
+        """``batch_grads``, with rank-one weights as ``Outer`` factors (unbuilt).
+
+        ``Outer.chunks`` builds them where a consumer needs the values.
+        """
+        self.require(Need.BATCH_GRAD)
+        return self.data.stats().batch_grads_factored(max_elements)
 
     def diag_ggn(self) -> dict[str, Tensor]:
         """Exact GGN diagonal of the mean loss per parameter name (its shape)."""

@@ -8,6 +8,7 @@ Every accessor returns unscaled ``g_n`` statistics.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -15,9 +16,34 @@ from torch import Tensor, nn
 from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
+from glasscockpit.agent.engine.rules import LinearRule
 
 #: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).
 CACHE_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Outer:
+    """Per-sample gradients ``g_n = u_n v_nᵀ`` of a weight, not built.
+
+    ``u_n v_nᵀ`` built as ``u[:, :, None] * v[:, None, :]`` gives exactly the
+    float32 values ``batch_grads`` yields (one rounded product per entry), so
+    consumers may use the factors in place of those values.
+
+    Attributes:
+        u: ``[B, out]``, the output gradients scaled to ``g_n``.
+        v: ``[B, in]``, the layer inputs.
+    """
+
+    u: Tensor
+    v: Tensor
+
+    def chunks(self, max_elements: int | None = None) -> Iterator[Tensor]:
+        """The per-sample gradients ``[b, out, in]``, ``b`` samples at a time."""
+        n, per_sample = self.u.shape[0], self.u.shape[1] * self.v.shape[1]
+        step = n if max_elements is None else max(1, max_elements // per_sample)
+        for s in range(0, n, step):
+            yield self.u[s : s + step, :, None] * self.v[s : s + step, None, :]
 
 
 class StepStats:
@@ -257,31 +283,61 @@ class StepStats:
         so reductions over samples and entries (histograms) stay in cache. Each
         ``g_n`` tensor is fresh: consumers may modify it in place.
         """
+        for layer, calls in self.layers:
+            yield from self._layer_batch_grads(layer, calls, max_elements)
+
+    def _layer_batch_grads(
+        self, layer: Layer, calls: list[Call], max_elements: int | None
+    ) -> Iterator[tuple[str, Tensor, Tensor]]:
+        """``batch_grads`` of one layer."""
+        scale = float(self.batch_size)
+        params = self._params(layer)
+        per_sample = sum(params[k].numel() for k in layer.names)
+        chunk = self.batch_size
+        if max_elements is not None:
+            chunk = max(1, min(self.batch_size, max_elements // per_sample))
+        kept = self._grads.get(id(layer))
+        for s in range(0, self.batch_size, chunk):
+            if kept is not None:
+                for k, g in kept.items():
+                    if k in layer.names:
+                        yield (
+                            layer.names[k],
+                            params[k].detach(),
+                            g[s : s + chunk] * scale,
+                        )
+                continue
+            batched: frozenset[str] = getattr(layer.rule, "batched_kwargs", frozenset())
+            part = [c.part(slice(s, s + chunk), batched) for c in calls]
+            grads = self.layer_grads(layer, part, scale)
+            for k in list(grads):
+                yield layer.names[k], params[k].detach(), grads.pop(k)
+
+    def batch_grads_factored(
+        self, max_elements: int | None = None
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer]]:
+        """``batch_grads``, but rank-one weights come as ``Outer`` factors.
+
+        The weight of an ``nn.Linear`` called once on a 2-D input has per-sample
+        gradients ``B·b_n a_nᵀ``: B·out·in values from B·(out + in) numbers,
+        which a consumer such as a histogram can often use without the product.
+        """
         scale = float(self.batch_size)
         for layer, calls in self.layers:
+            c = calls[0]
+            if not (
+                type(layer.rule) is LinearRule and len(calls) == 1 and c.x.dim() == 2
+            ):
+                yield from self._layer_batch_grads(layer, calls, max_elements)
+                continue
+            assert c.b is not None
             params = self._params(layer)
-            per_sample = sum(params[k].numel() for k in layer.names)
-            chunk = self.batch_size
-            if max_elements is not None:
-                chunk = max(1, min(self.batch_size, max_elements // per_sample))
-            kept = self._grads.get(id(layer))
-            for s in range(0, self.batch_size, chunk):
-                if kept is not None:
-                    for k, g in kept.items():
-                        if k in layer.names:
-                            yield (
-                                layer.names[k],
-                                params[k].detach(),
-                                g[s : s + chunk] * scale,
-                            )
-                    continue
-                batched: frozenset[str] = getattr(
-                    layer.rule, "batched_kwargs", frozenset()
-                )
-                part = [c.part(slice(s, s + chunk), batched) for c in calls]
-                grads = self.layer_grads(layer, part, scale)
-                for k in list(grads):
-                    yield layer.names[k], params[k].detach(), grads.pop(k)
+            u = c.b * scale  # the scaling ``layer_grads`` applies, bit for bit
+            for k, name in layer.names.items():
+                if k == "weight":
+                    yield name, params[k].detach(), Outer(u, c.x.detach())
+                elif k == "bias":  # ``b3.sum(1)`` over one row is ``u`` itself
+                    yield name, params[k].detach(), u.clone()
 
     # -- checks --------------------------------------------------------------------
     def _check_sums(self) -> None:
