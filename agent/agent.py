@@ -202,6 +202,7 @@ class Cockpit(StepPhases):
         if isinstance(self.transport, MemoryTransport):
             self.transport.send(self.hello)
         self._closed = False
+        self._planned: tuple[int, list[Instrument]] | None = None
         fraction = env.budget if budget is _UNSET else budget
         auto_schedules = {
             i.key: i.schedule for i in self.instruments if isinstance(i.schedule, auto)
@@ -258,16 +259,19 @@ class Cockpit(StepPhases):
         start = time.perf_counter()
         if budget is not None:
             budget.begin(start)
-        live = [i for i in self.instruments if i.key not in self.disabled]
-        due = [i for i in live if i.is_due(step)]
-        pending = [i for i in live if i not in due and i.is_pending()]
+        due, pending = self._plan(step)
         if self._closed or (not due and not pending):
+            if budget is not None:
+                budget.charge(time.perf_counter() - start)
             try:
                 yield False
             finally:
+                start = time.perf_counter()
                 if budget is not None:
                     budget.update()
                 self._prepare(step + 1)
+                if budget is not None:
+                    budget.charge(time.perf_counter() - start)
             return
         try:
             ctx = StepContext(step, loss, losses, batch_size, self._lrs())

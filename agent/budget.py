@@ -7,14 +7,16 @@ sets the stride of every instrument on its default (``auto``) schedule such that
 the measured overhead stays near ``fraction`` of the plain step time.
 
 Per interval (entry of ``cockpit.step`` to the next entry) the agent's own time
-(its phases, the optimizer hook, arming) is timed directly; when the engine
-recorded that step, the extra time of the user's forward and backward is the
-interval minus agent time minus the plain interval (median of recent intervals
-the engine did not record). Each tracked instrument is charged its own timed
-compute and an equal share of the rest (the engine users share the engine's
-part). Strides come from water-filling: cheap instruments that fit their equal
-share run every step, the rest split what is left equally; strides are rounded
-up to 1, 2, 5, 10, 20, ... so that similar instruments share tracked steps.
+(its phases, the optimizer hook, arming) is timed directly; what an untracked
+step costs (schedule checks, the context manager) comes off the budget first.
+When the engine recorded a step, the extra time of the user's forward and
+backward is the interval minus agent time minus the plain interval (median of
+recent intervals the engine did not record). Each tracked instrument is
+charged its own timed compute, a share of the step's fixed work in proportion
+to it, and the engine users share the engine's part. Strides come from
+water-filling: cheap instruments that fit their equal share run every step, the
+rest split what is left equally; strides are rounded up to 1, 2, 5, 10, 20, ...
+so that similar instruments share tracked steps.
 
 Times are host times: on a GPU they include what the agent waits for, not
 kernels still queued; a training loop that syncs each step (``loss.item()``)
@@ -100,6 +102,7 @@ class OverheadBudget:
         self.schedules = dict(schedules)
         self.costs: dict[str, float] = {}
         self._seen: dict[str, deque[float]] = {}
+        self._idle: deque[float] = deque(maxlen=_WINDOW)
         self._first = True
         self._plain: deque[float] = deque(maxlen=_WINDOW)
         self._now: _Interval | None = None
@@ -156,6 +159,9 @@ class OverheadBudget:
         if not it.recorded:
             self._plain.append(base)
         if not it.tracked:
+            # What every step pays (schedule checks, the context manager) comes
+            # off the budget before any instrument gets a share.
+            self._idle.append(it.agent)
             return
         plain = self.plain_step
         extra = max(base - plain, 0.0) if it.recorded and plain is not None else 0.0
@@ -182,5 +188,9 @@ class OverheadBudget:
             return
         self._dirty = False
         costs = {k: self.costs[k] for k in self.schedules if k in self.costs}
-        for key, stride in allocate(costs, self.fraction * plain).items():
+        idle = statistics.median(self._idle) if self._idle else 0.0
+        # Idle costs above the budget (tiny steps) still leave instruments a
+        # quarter of it: monitoring that never reads is no monitoring.
+        spend = max(self.fraction * plain - idle, 0.25 * self.fraction * plain)
+        for key, stride in allocate(costs, spend).items():
             self.schedules[key].stride = nice_stride(stride)

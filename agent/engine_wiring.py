@@ -26,6 +26,34 @@ class EngineWiring:
     _closed: bool
     _checked: bool
     _budget: OverheadBudget | None
+    #: ``(step, due)`` planned by ``_prepare`` for the coming step.
+    _planned: tuple[int, list[Instrument]] | None
+
+    def _plan(self, step: int) -> tuple[list[Instrument], list[Instrument]]:
+        """(due, pending) instruments at ``step``, asked once per step.
+
+        ``_prepare`` plans the next step (to arm the engine before its forward
+        pass); entering that step reuses the plan instead of asking every
+        schedule again. Pending is asked afresh: only two-step instruments can be.
+        """
+        planned = self._planned
+        if planned is not None and planned[0] == step:
+            due = [i for i in planned[1] if i.key not in self.disabled]
+        else:
+            due = [
+                i
+                for i in self.instruments
+                if i.key not in self.disabled and i.is_due(step)
+            ]
+        pending = [
+            i
+            for i in self.instruments
+            if i.two_step
+            and i.key not in self.disabled
+            and i not in due
+            and i.is_pending()
+        ]
+        return due, pending
 
     def _prepare(self, step: int) -> None:
         """Arm the engine iff an instrument that needs it is due or pending.
@@ -34,21 +62,20 @@ class EngineWiring:
         Likewise, ``step``'s forward pass runs under the math attention kernel
         iff an instrument that differentiates twice is due then, or pending.
         """
+        if self._closed:
+            self._planned = None
+            due: list[Instrument] = []
+            pending: list[Instrument] = []
+        else:
+            self._planned = None  # plan afresh: schedules may have changed
+            due, pending = self._plan(step)
+            self._planned = (step, due)
+        wanted = [*due, *pending]
         if self.kernels is not None:
-            self.kernels.wanted = not self._closed and any(
-                i.needs & TWICE
-                and i.key not in self.disabled
-                and (i.is_due(step) or i.is_pending())
-                for i in self.instruments
-            )
+            self.kernels.wanted = any(i.needs & TWICE for i in wanted)
         if self.engine is None:
             return
-        if not self._closed and any(
-            i.needs & RECORDED
-            and i.key not in self.disabled
-            and (i.is_due(step) or i.is_pending())
-            for i in self.instruments
-        ):
+        if any(i.needs & RECORDED for i in wanted):
             self.engine.arm()
         else:
             self.engine.disarm()

@@ -38,14 +38,33 @@ class MathAttention:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        #: Switch the next forward passes to the math kernel.
-        self.wanted = False
+        self._model = model
+        self._wanted = False
         self._depth = 0
         self._active: Any = None
-        self._handles: list[RemovableHandle] = [
-            model.register_forward_pre_hook(self._enter),
-            model.register_forward_hook(self._leave, always_call=True),
-        ]
+        self._handles: list[RemovableHandle] = []
+
+    @property
+    def wanted(self) -> bool:
+        """Switch the next forward passes to the math kernel.
+
+        The hooks are attached only while wanted: a module with hooks takes the
+        slow call path, which the other steps should not pay.
+        """
+        return self._wanted
+
+    @wanted.setter
+    def wanted(self, value: bool) -> None:
+        self._wanted = value
+        if value and not self._handles:
+            self._handles = [
+                self._model.register_forward_pre_hook(self._enter),
+                self._model.register_forward_hook(self._leave, always_call=True),
+            ]
+        elif not value and self._handles and self._depth == 0:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
 
     @property
     def active(self) -> bool:

@@ -157,7 +157,7 @@ def ours_step(
         # transformer is a sequence) and their mean as the loss (curvature reads
         # it as the mean reduction).
         token = F.cross_entropy(out, y, reduction="none")
-        losses = token.reshape(token.shape[0], -1).mean(1)
+        losses = token if token.dim() == 1 else token.reshape(len(token), -1).mean(1)
         loss = token.mean()
         with cockpit.step(i, loss=loss, losses=losses):
             loss.backward()

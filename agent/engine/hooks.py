@@ -126,6 +126,9 @@ class HookEngine:
         self.uncovered: list[str] = []
         #: Tracked parameter name -> engine label or "not covered: <reason>".
         self.coverage: dict[str, str] = {}
+        #: Forward hooks, attached only while armed: a module with hooks takes
+        #: the slow call path, which untracked steps should not pay.
+        self._hooks: list[tuple[nn.Module, Any]] = []
         self._handles: list[RemovableHandle] = []
         owners: dict[int, int] = {}
         for module in model.modules():
@@ -170,21 +173,13 @@ class HookEngine:
             layer = Layer(module, rule, {k: name_of[id(p)] for k, p in direct})
             self.coverage.update(dict.fromkeys(layer.names.values(), _label(rule)))
             self.layers.append(layer)
-            self._handles.append(
-                module.register_forward_hook(
-                    partial(self._on_forward, layer), with_kwargs=True
-                )
-            )
+            self._hooks.append((module, partial(self._on_forward, layer)))
         self.layers.append(self.root)
-        self._handles.append(
-            model.register_forward_hook(
-                partial(self._on_forward, self.root), with_kwargs=True
-            )
-        )
+        self._hooks.append((model, partial(self._on_forward, self.root)))
         self.reassign(root_params, "owned by the model itself or shared (tied)")
         self.coverage = {n: self.coverage[n] for n, _ in self.params}
-        self._handles.append(model.register_forward_hook(self._on_output))
         self.recording = False
+        self._removed = False
         #: Private generators of sampled curvature passes, per device.
         self.generators: dict[torch.device, torch.Generator] = {}
         #: The model's output of the recorded forward pass (for curvature passes).
@@ -256,11 +251,20 @@ class HookEngine:
         """Record the next forward pass (and the backward passes through it)."""
         self.clear()
         self.recording = True
+        if not self._handles and not self._removed:
+            self._handles = [
+                module.register_forward_hook(hook, with_kwargs=True)
+                for module, hook in self._hooks
+            ]
+            self._handles.append(self.model.register_forward_hook(self._on_output))
 
     def disarm(self) -> None:
-        """Stop recording and drop everything recorded."""
+        """Stop recording, drop everything recorded and detach the hooks."""
         self.recording = False
         self.clear()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
 
     def clear(self) -> None:
         """Drop recorded inputs, outputs and gradients."""
@@ -275,10 +279,8 @@ class HookEngine:
                 call.b = None
 
     def remove(self) -> None:
-        """Remove every hook from the model."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        """Remove every hook from the model, for good."""
+        self._removed = True
         self.disarm()
 
     @property
