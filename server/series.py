@@ -16,6 +16,16 @@ A reading whose step is lower than the final bucket's range (a restarted step
 counter) joins the final bucket rather than reopening an old one, so buckets stay in
 arrival order. NaN never wins ``min``/``max`` against a number (``numpy.fmin``), but a
 bucket of only NaNs keeps NaN; infinities count as numbers.
+
+Appends are batched: ``append`` only queues the reading, and the queue is folded
+into the buckets with a few numpy operations once it holds ``FOLD_AT`` readings or
+whenever the series is read (``view``, ``len``, ``nbytes``, ``width``). Folding a
+batch gives exactly the buckets that folding each reading on arrival would: bucket
+ids are the running maximum of ``step >> shift``, and min/max/last merge the same
+way whether a batch is coarsened once at the end or each time it overflows. This
+makes ingest ~10x cheaper per reading than folding one reading at a time in Python.
+The queue adds at most ``FOLD_AT`` readings (three list slots and a float each) to
+a series' memory.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ import numpy as np
 
 #: Bytes one stored bucket takes in the column arrays (id, step, wall, value, min, max).
 BUCKET_BYTES = 6 * 8
+#: Queued readings that trigger a fold into the buckets (see the module doc).
+FOLD_AT = 256
 
 
 @dataclass
@@ -47,8 +59,8 @@ Cols = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndar
 class _Columns:
     """Bucket columns as ``array.array``: 8 bytes an entry, cheap appends.
 
-    Unlike numpy arrays they are cheap to append to and to index one element at a
-    time, which is what ingest does for every reading (2.4x faster appends).
+    Unlike numpy arrays they grow in place (amortised), so a fold appends its new
+    buckets without copying the older ones.
     """
 
     __slots__ = ("hi", "ids", "lo", "step", "value", "wall")
@@ -123,43 +135,72 @@ class Series:
         self.count = 0  # readings ever appended
         self.shift = 0  # bucket width is 2**shift steps
         self._c = _Columns()
+        # Readings not folded into the buckets yet, as three parallel columns.
+        self._steps: list[int] = []
+        self._walls: list[float] = []
+        self._values: list[float] = []
 
     def __len__(self) -> int:
+        self._fold()
         return len(self._c)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the columns (without ``array``'s growth slack)."""
+        self._fold()
         return len(self._c) * BUCKET_BYTES
 
     @property
     def width(self) -> int:
         """Steps per bucket (a power of two)."""
+        self._fold()
         return 1 << self.shift
 
     def append(self, step: int, wall_time: float, value: float) -> None:
         """Add one reading (steps are expected to increase; see the module doc)."""
-        c = self._c
         self.count += 1
-        k = step >> self.shift
-        if c.ids and k <= c.ids[-1]:
-            # Same bucket as the newest reading (or an out-of-order step): update it.
-            c.step[-1] = step
-            c.wall[-1] = wall_time
-            c.value[-1] = value
-            lo, hi = c.lo[-1], c.hi[-1]
-            # numpy.fmin/fmax semantics: NaN loses against a number.
-            if value < lo or lo != lo:
-                c.lo[-1] = value
-            if value > hi or hi != hi:
-                c.hi[-1] = value
+        steps = self._steps
+        steps.append(step)
+        self._walls.append(wall_time)
+        self._values.append(value)
+        if len(steps) >= FOLD_AT:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Merge the queued readings into the buckets (vectorised)."""
+        if not self._steps:
             return
-        c.ids.append(k)
-        c.step.append(step)
-        c.wall.append(wall_time)
-        c.value.append(value)
-        c.lo.append(value)
-        c.hi.append(value)
+        steps = np.array(self._steps, np.int64)
+        walls = np.array(self._walls, np.float64)
+        values = np.array(self._values, np.float64)
+        self._steps, self._walls, self._values = [], [], []
+        c = self._c
+        ids = steps >> self.shift
+        if len(c):
+            # A step below the newest bucket joins that bucket (running maximum).
+            ids[0] = max(int(ids[0]), c.ids[-1])
+        ids = np.maximum.accumulate(ids)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        ends = np.r_[starts[1:], len(ids)] - 1
+        lo = np.fmin.reduceat(values, starts)
+        hi = np.fmax.reduceat(values, starts)
+        ids, steps, walls, values = ids[ends], steps[ends], walls[ends], values[ends]
+        if len(c) and ids[0] == c.ids[-1]:
+            # The first group continues the newest bucket.
+            c.step[-1] = int(steps[0])
+            c.wall[-1] = float(walls[0])
+            c.value[-1] = float(values[0])
+            c.lo[-1] = float(np.fmin(c.lo[-1], lo[0]))
+            c.hi[-1] = float(np.fmax(c.hi[-1], hi[0]))
+            ids, steps, walls, values, lo, hi = (
+                a[1:] for a in (ids, steps, walls, values, lo, hi)
+            )
+        c.ids.frombytes(ids.tobytes())
+        c.step.frombytes(steps.tobytes())
+        c.wall.frombytes(walls.tobytes())
+        c.value.frombytes(values.tobytes())
+        c.lo.frombytes(lo.tobytes())
+        c.hi.frombytes(hi.tobytes())
         if len(c) > self.capacity:
             cols, shifts = coarsen(c.numpy(), self.capacity)
             self.shift += shifts
@@ -174,6 +215,7 @@ class Series:
         (what a live plot has not drawn yet). Coarsening uses the same aligned
         power-of-two edges as storage, so repeated views are stable.
         """
+        self._fold()
         ids, step, wall, value, lo, hi = self._c.numpy()
         if after_step is not None:
             older = np.flatnonzero(step <= after_step)
