@@ -48,6 +48,7 @@ from glasscockpit.server.run import TOTAL, Histogram, Run, as_numpy
 from glasscockpit.server.series import Series
 
 log = logging.getLogger("glasscockpit.server")
+_NO_SERIES: dict[str, Series] = {}  # read-only stand-in for an instrument's series
 
 
 class RunStore:
@@ -143,8 +144,8 @@ class RunStore:
             self._check_names(run, set(frame.values) | set(frame.errors))
         for name, value in frame.values.items():
             if isinstance(value, dict):
-                known = run.series_keys.get(name)
-                if known is not None and known.issuperset(value):
+                known = run.by_name.get(name)
+                if known is not None and known.keys() >= value.keys():
                     continue  # no new series: the key count cannot grow
                 new = sum(1 for k in value if (name, k) not in run.series)
                 if run.key_count[name] + new > self.limits.max_keys:
@@ -199,7 +200,7 @@ class RunStore:
             run.names.update(frame.errors)
         if not run.names.issuperset(frame.values):
             run.names.update(frame.values)
-        series = run.series
+        by_name = run.by_name
         isfinite = math.isfinite
         nonfinite = 0
         for name, value in frame.values.items():
@@ -207,9 +208,10 @@ class RunStore:
                 continue
             if isinstance(value, dict):
                 arrays = None
+                keyed = by_name.get(name, _NO_SERIES)
                 for key, v in value.items():
                     if isinstance(v, float):
-                        s = series.get((name, key))
+                        s = keyed.get(key)
                         if s is None:
                             s = self._new_series(run, name, key)
                         s.append(step, wall, v)
@@ -225,7 +227,7 @@ class RunStore:
                     Histogram(step, wall, {"counts": as_numpy(value)})
                 )
             else:
-                s = series.get((name, TOTAL))
+                s = by_name.get(name, _NO_SERIES).get(TOTAL)
                 if s is None:
                     s = self._new_series(run, name, TOTAL)
                 s.append(step, wall, value)
@@ -242,7 +244,7 @@ class RunStore:
     def _new_series(self, run: Run, name: str, key: str) -> Series:
         series = run.series[(name, key)] = Series(self.max_points)
         run.key_count[name] += 1
-        run.series_keys.setdefault(name, set()).add(key)
+        run.by_name.setdefault(name, {})[key] = series
         return series
 
     # -- persistence -------------------------------------------------------------
