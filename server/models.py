@@ -77,6 +77,11 @@ class SeriesOut(BaseModel):
     value: list[Number]
     min: list[Number]
     max: list[Number]
+    nonfinite: list[int] = Field(
+        default_factory=list,
+        description="NaN/Inf readings in each bucket (a NaN never shows as a "
+        "bucket's min or max, so this keeps it visible)",
+    )
 
 
 class LayersOut(BaseModel):

@@ -15,7 +15,10 @@ and buckets ``2k`` and ``2k + 1`` merge into ``k``. So:
 A reading whose step is lower than the final bucket's range (a restarted step
 counter) joins the final bucket rather than reopening an old one, so buckets stay in
 arrival order. NaN never wins ``min``/``max`` against a number (``numpy.fmin``), but a
-bucket of only NaNs keeps NaN; infinities count as numbers.
+bucket of only NaNs keeps NaN; infinities count as numbers. So that a NaN (or an
+infinity that a wider bucket's min/max cannot show) never disappears into a
+bucket, each bucket also counts its non-finite readings (``nonfinite``); merged
+buckets add their counts.
 
 Appends are batched: ``append`` only queues the reading, and the queue is folded
 into the buckets with a few numpy operations once it holds ``FOLD_AT`` readings or
@@ -34,8 +37,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Bytes one stored bucket takes in the column arrays (id, step, wall, value, min, max).
-BUCKET_BYTES = 6 * 8
+#: Bytes one stored bucket takes in its columns (id, step, wall, value, min, max,
+#: non-finite count).
+BUCKET_BYTES = 7 * 8
 #: Queued readings that trigger a fold into the buckets (see the module doc).
 FOLD_AT = 256
 
@@ -49,10 +53,13 @@ class SeriesView:
     value: list[float] = field(default_factory=list)  # last reading of the bucket
     min: list[float] = field(default_factory=list)
     max: list[float] = field(default_factory=list)
+    nonfinite: list[int] = field(default_factory=list)  # NaN/Inf readings in it
 
 
-#: (ids, step, wall, value, min, max) columns of buckets, as numpy arrays.
-Cols = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: (ids, step, wall, value, min, max, nonfinite) columns of buckets, as numpy arrays.
+Cols = tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray
+]
 
 
 class _Columns:
@@ -62,17 +69,18 @@ class _Columns:
     buckets without copying the older ones.
     """
 
-    __slots__ = ("hi", "ids", "lo", "step", "value", "wall")
+    __slots__ = ("bad", "hi", "ids", "lo", "step", "value", "wall")
 
     def __init__(self, cols: Cols | None = None) -> None:
         empty = np.zeros(0)
-        ids, step, wall, value, lo, hi = cols or (empty,) * 6
+        ids, step, wall, value, lo, hi, bad = cols or (empty,) * 7
         self.ids: array[int] = _ints(ids)
         self.step: array[int] = _ints(step)
         self.wall: array[float] = _floats(wall)
         self.value: array[float] = _floats(value)
         self.lo: array[float] = _floats(lo)
         self.hi: array[float] = _floats(hi)
+        self.bad: array[int] = _ints(bad)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,6 +94,7 @@ class _Columns:
             np.array(self.value, np.float64),
             np.array(self.lo, np.float64),
             np.array(self.hi, np.float64),
+            np.array(self.bad, np.int64),
         )
 
 
@@ -104,11 +113,11 @@ def _floats(col: np.ndarray) -> array[float]:
 def coarsen(cols: Cols, limit: int) -> tuple[Cols, int]:
     """Halve the resolution (``ids >> 1``) until at most ``limit`` buckets remain.
 
-    ``cols`` are (ids, step, wall, value, min, max). Returns the merged columns and
-    how many times the width doubled. Buckets must be in non-decreasing id order
-    (they are: ids only grow as readings arrive).
+    ``cols`` are (ids, step, wall, value, min, max, nonfinite). Returns the merged
+    columns and how many times the width doubled. Buckets must be in non-decreasing
+    id order (they are: ids only grow as readings arrive).
     """
-    ids, step, wall, value, lo, hi = cols
+    ids, step, wall, value, lo, hi, bad = cols
     shifts = 0
     limit = max(limit, 1)
     while len(ids) > limit:
@@ -120,8 +129,9 @@ def coarsen(cols: Cols, limit: int) -> tuple[Cols, int]:
         ends = np.r_[starts[1:], len(ids)] - 1
         lo = np.fmin.reduceat(lo, starts)
         hi = np.fmax.reduceat(hi, starts)
+        bad = np.add.reduceat(bad, starts)
         ids, step, wall, value = ids[ends], step[ends], wall[ends], value[ends]
-    return (ids, step, wall, value, lo, hi), shifts
+    return (ids, step, wall, value, lo, hi, bad), shifts
 
 
 class Series:
@@ -184,6 +194,7 @@ class Series:
         new = ids[1:] != ids[:-1]
         lo: np.ndarray
         hi: np.ndarray
+        bad: np.ndarray = (~np.isfinite(values)).astype(np.int64)
         if new.all():  # every reading starts a bucket (the usual case at width 1)
             lo = hi = values
         else:
@@ -192,6 +203,7 @@ class Series:
             starts = np.insert(starts, 0, 0)
             lo = np.fmin.reduceat(values, starts)
             hi = np.fmax.reduceat(values, starts)
+            bad = np.add.reduceat(bad, starts)
             ids, steps, walls, values = (a[ends] for a in (ids, steps, walls, values))
         if len(c) and ids[0] == c.ids[-1]:
             # The first group continues the newest bucket.
@@ -200,8 +212,9 @@ class Series:
             c.value[-1] = float(values[0])
             c.lo[-1] = float(np.fmin(c.lo[-1], lo[0]))
             c.hi[-1] = float(np.fmax(c.hi[-1], hi[0]))
-            ids, steps, walls, values, lo, hi = (
-                a[1:] for a in (ids, steps, walls, values, lo, hi)
+            c.bad[-1] += int(bad[0])
+            ids, steps, walls, values, lo, hi, bad = (
+                a[1:] for a in (ids, steps, walls, values, lo, hi, bad)
             )
         c.ids.frombytes(ids.tobytes())
         c.step.frombytes(steps.tobytes())
@@ -209,6 +222,7 @@ class Series:
         c.value.frombytes(values.tobytes())
         c.lo.frombytes(lo.tobytes())
         c.hi.frombytes(hi.tobytes())
+        c.bad.frombytes(bad.tobytes())
         if len(c) > self.capacity:
             cols, shifts = coarsen(c.numpy(), self.capacity)
             self.shift += shifts
@@ -224,17 +238,19 @@ class Series:
         power-of-two edges as storage, so repeated views are stable.
         """
         self._fold()
-        ids, step, wall, value, lo, hi = self._c.numpy()
+        cols = self._c.numpy()
         if after_step is not None:
-            older = np.flatnonzero(step <= after_step)
+            older = np.flatnonzero(cols[1] <= after_step)
             start = int(older[-1]) + 1 if len(older) else 0
-            ids, step, wall, value, lo, hi = (
-                a[start:] for a in (ids, step, wall, value, lo, hi)
-            )
+            cols = tuple(a[start:] for a in cols)  # type: ignore[assignment]
         if max_points is not None:
-            (ids, step, wall, value, lo, hi), _ = coarsen(
-                (ids, step, wall, value, lo, hi), max_points
-            )
+            cols, _ = coarsen(cols, max_points)
+        _ids, step, wall, value, lo, hi, bad = cols
         return SeriesView(
-            step.tolist(), wall.tolist(), value.tolist(), lo.tolist(), hi.tolist()
+            step.tolist(),
+            wall.tolist(),
+            value.tolist(),
+            lo.tolist(),
+            hi.tolist(),
+            bad.tolist(),
         )

@@ -15,7 +15,7 @@ from glasscockpit.server import views
 from glasscockpit.server.errors import LimitExceeded
 from glasscockpit.server.history import History
 from glasscockpit.server.series import BUCKET_BYTES, FOLD_AT, Series
-from glasscockpit.server.store import Limits, RunStore
+from glasscockpit.server.store import TOTAL, Limits, RunStore
 from tests.server.strategies import (
     reading_values,
     resent,
@@ -76,6 +76,8 @@ def test_series_invariants(readings, capacity):
         assert same(view.min[i], fmin(values))
         assert same(view.max[i], fmax(values))
         assert same(view.value[i], values[-1])
+        # A NaN/Inf in a bucket stays visible even when min/max cannot show it.
+        assert view.nonfinite[i] == sum(not math.isfinite(v) for v in values)
         # Stable, aligned buckets: one power-of-two cell of steps per bucket.
         cells = {s // width for s, _, _ in group}
         assert len(cells) == 1
@@ -107,6 +109,7 @@ def test_series_views_keep_extremes_and_the_latest_point(
             values = [v for _, _, v in group]
             assert same(small.min[i], fmin(values))
             assert same(small.max[i], fmax(values))
+            assert small.nonfinite[i] == sum(not math.isfinite(v) for v in values)
         # The same request twice gives the same buckets (no jitter between refreshes).
         again = series.view(max_points)
         assert again.step == small.step
@@ -131,24 +134,27 @@ class OneByOne:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.shift = 0
-        self.buckets: list[list] = []  # [id, step, wall, value, min, max]
+        self.buckets: list[list] = []  # [id, step, wall, value, min, max, nonfinite]
 
     def append(self, step: int, wall: float, value: float) -> None:
         k = step >> self.shift
+        bad = 0 if math.isfinite(value) else 1
         if self.buckets and k <= self.buckets[-1][0]:
             b = self.buckets[-1]
             b[1:6] = [step, wall, value, fmin2(b[4], value), fmax2(b[5], value)]
+            b[6] += bad
             return
-        self.buckets.append([k, step, wall, value, value, value])
+        self.buckets.append([k, step, wall, value, value, value, bad])
         while len(self.buckets) > self.capacity:
             self.shift += 1
             merged: list[list] = []
-            for k, step, wall, value, lo, hi in self.buckets:
+            for k, step, wall, value, lo, hi, bad in self.buckets:
                 if merged and merged[-1][0] == k >> 1:
                     m = merged[-1]
                     m[1:6] = [step, wall, value, fmin2(m[4], lo), fmax2(m[5], hi)]
+                    m[6] += bad
                 else:
-                    merged.append([k >> 1, step, wall, value, lo, hi])
+                    merged.append([k >> 1, step, wall, value, lo, hi, bad])
             self.buckets = merged
 
 
@@ -177,6 +183,7 @@ def test_batched_folds_equal_folding_each_reading(readings, reads, capacity):
     expected = reference.buckets
     assert view.step == [b[1] for b in expected]
     assert view.wall_time == [b[2] for b in expected]
+    assert view.nonfinite == [b[6] for b in expected]
     for got, want in (
         (view.value, [b[3] for b in expected]),
         (view.min, [b[4] for b in expected]),
@@ -207,6 +214,7 @@ def test_batched_folds_equal_folding_each_reading_over_many_folds(seed):
     view = series.view()
     assert series.width == 1 << reference.shift > 1
     assert view.step == [b[1] for b in reference.buckets]
+    assert view.nonfinite == [b[6] for b in reference.buckets]
     for got, want in ((view.min, 4), (view.max, 5), (view.value, 3)):
         assert all(
             same(g, b[want]) for g, b in zip(got, reference.buckets, strict=True)
@@ -222,6 +230,32 @@ def test_spike_survives_a_long_series():
     assert min(view.min) == 0.5
     assert (view.step[-1], view.value[-1]) == (99_999, 0.5)
     assert len(series) <= 64
+
+
+def test_a_nan_inside_a_downsampled_bucket_stays_visible_in_the_api():
+    store = RunStore(max_points=16)
+    store.ingest(Hello("r", 0, (InstrumentSpec("loss", Kind.SCALAR, PanelSpec("L")),)))
+    bad = {500: math.nan, 700: math.inf, 701: -math.inf}
+    for step in range(1000):
+        value = bad.get(step, 1.0 + step % 7)
+        store.ingest(Readings("r", step + 1, step, float(step), {"loss": value}))
+    run = store.get("r")
+    assert run is not None and run.nonfinite == 3
+    data = views.series_view(store, "r", "loss", TOTAL, max_points=4)
+    json.dumps(data, allow_nan=False)  # JSON-safe
+    assert len(data["step"]) <= 4
+    # min/max show the infinities but not the NaN; the counts show all three.
+    assert sum(data["nonfinite"]) == 3
+    (nan_bucket,) = (
+        i
+        for i, last in enumerate(data["step"])
+        if last >= 500 and (i == 0 or data["step"][i - 1] < 500)
+    )
+    assert data["nonfinite"][nan_bucket] >= 1
+    assert "NaN" not in data["min"] + data["max"]
+    csv_rows = views.export_csv(store, "r").splitlines()
+    assert csv_rows[0].endswith(",nonfinite")
+    assert sum(int(row.rsplit(",", 1)[1]) for row in csv_rows[1:]) == 3
 
 
 @settings(max_examples=100, deadline=None)
