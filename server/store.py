@@ -98,6 +98,7 @@ class RunStore:
                     if same and not reopen:
                         run.last_frame_time = time.time()
                         return True  # a reconnect's hello: nothing new to log
+                self._check_log_room(frame, raw, fresh_run)
                 run = run or self._new_run(frame.run)
                 run.meta = meta
                 run.instruments = instruments
@@ -111,6 +112,7 @@ class RunStore:
                 return False
             if isinstance(frame, Readings):
                 self._check_readings(run or Run(frame.run), frame)
+                self._check_log_room(frame, raw, fresh_run)
             run = run or self._new_run(frame.run)
             self._log(frame.run, raw, fresh_run)
             run.last_frame_time = time.time()
@@ -121,6 +123,17 @@ class RunStore:
             elif isinstance(frame, Readings):
                 self._add_readings(run, frame)
             return True
+
+    def _check_log_room(self, frame: Frame, raw: bytes | None, fresh: bool) -> None:
+        """Refuse (before storing or acking) a frame its log has no room for."""
+        if self.logs is None or raw is None:
+            return
+        full = self.logs.full(frame.run, len(raw), fresh)
+        if full is not None:
+            # Per run: resending cannot help (fatal 1008). All logs: retry (1013)
+            # once a run is deleted or evicted. See framelog.py for the policy.
+            why, per_run = full
+            raise Rejected("log_full", why, 1008 if per_run else 1013)
 
     def _log(self, run_id: str, raw: bytes | None, fresh_run: bool) -> None:
         if self.logs is None or raw is None:

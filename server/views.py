@@ -227,6 +227,7 @@ def metrics_view(
             "memory_bytes": store.nbytes(),
             "runs_evicted": store.evicted_count,
             "evicted_runs": list(store.evicted),
+            "log_bytes": None if store.logs is None else store.logs.total,
         }
 
 
