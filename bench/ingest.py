@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -222,6 +224,16 @@ async def fill(url: str, run: str, steps: int, timeout: float) -> None:
     )
 
 
+def _die_with_parent() -> None:
+    """In the server child: get SIGTERM when the benchmark dies (Linux).
+
+    ``python -m bench`` kills a benchmark that overruns its time share; without
+    this its server would keep running and skew every later measurement.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 @contextmanager
 def server(
     tree: Path | None = None, **env: str
@@ -245,6 +257,7 @@ def server(
         cwd=tree,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
     try:
         deadline = time.monotonic() + 60
