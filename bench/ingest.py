@@ -401,11 +401,15 @@ def main() -> int:
     servers: list[tuple[str, Path | None]] = [("this", None)]
     with tempfile.TemporaryDirectory(prefix="ingest-baseline-") as tmp:
         if args.baseline:
-            servers.append((args.baseline, export_tree(args.baseline, Path(tmp))))
+            try:
+                servers.append((args.baseline, export_tree(args.baseline, Path(tmp))))
+            except (OSError, subprocess.CalledProcessError) as exc:
+                # E.g. a shallow clone: measure this server alone rather than none.
+                print(f"no baseline {args.baseline}: {exc}", file=sys.stderr)
         runs = phase1(args, servers)
     results["runs"] = runs
     results["throughput"] = medians([r for r in runs if r["server"] == "this"])
-    if args.baseline:
+    if len(servers) > 1:
         results["baseline"] = {
             "commit": args.baseline,
             "throughput": medians([r for r in runs if r["server"] != "this"]),
