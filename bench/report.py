@@ -62,11 +62,12 @@ BENCHES = [
         "benchmarks-transport.md",
     ),
     Bench(
-        "server_ingest",
+        "ingest",
         "Server: ingest throughput, ack latency, memory (issue 5)",
-        [],
-        ["--frames", "200", "--no-memory"],
-        0.08,
+        # 0e328c1: the server before the ingest fast paths, measured alongside.
+        ["--baseline", "0e328c1"],
+        ["--frames", "200", "--no-memory", "--repeats", "1"],
+        0.12,
         "benchmarks-server.md",
     ),
     Bench(
@@ -290,21 +291,8 @@ def render_transport(d: dict[str, Any]) -> str:
     )
 
 
-def render_server(d: dict[str, Any]) -> str:
-    """Throughput rows and the memory samples."""
-    rows = [
-        [
-            r["agents"],
-            "yes" if r["histogram"] else "no",
-            r["frame_bytes"],
-            f"{r['frames_per_s']:,}",
-            r["ack_p50_ms"],
-            r["ack_p99_ms"],
-            r["server_cpu_us_per_frame"],
-        ]
-        for r in d["throughput"]
-    ]
-    out = table(
+def _ingest_table(rows: list[dict[str, Any]]) -> str:
+    return table(
         [
             "agents",
             "histogram",
@@ -313,9 +301,37 @@ def render_server(d: dict[str, Any]) -> str:
             "ack p50 ms",
             "ack p99 ms",
             "server CPU µs/frame",
+            "client CPU µs/frame",
         ],
-        rows,
+        [
+            [
+                r["agents"],
+                "yes" if r["histogram"] else "no",
+                r["frame_bytes"],
+                f"{r['frames_per_s']:,}",
+                r["ack_p50_ms"],
+                r["ack_p99_ms"],
+                r["server_cpu_us_per_frame"],
+                r.get("client_cpu_us_per_frame", ""),
+            ]
+            for r in rows
+        ],
     )
+
+
+def render_server(d: dict[str, Any]) -> str:
+    """Throughput rows (and a baseline's), then the memory samples."""
+    rows = d["throughput"]
+    repeats = rows[0].get("repeats", 1) if rows else 0
+    out = f"Medians of {repeats} repeat(s), a fresh server each.\n\n"
+    out += _ingest_table(rows)
+    base = d.get("baseline")
+    if base:
+        out += (
+            f"\n\nBaseline: the server of commit `{base['commit']}`, measured in the "
+            "same run, its repeats interleaved with the ones above:\n\n"
+            + _ingest_table(base["throughput"])
+        )
     if d.get("memory"):
         out += "\n\nMemory (default `max_runs` 20, `max_points` 4096):\n\n" + table(
             ["after", "RSS MiB", "store estimate MiB", "runs", "points", "evicted"],
@@ -513,7 +529,7 @@ def render_scaling(d: dict[str, Any]) -> str:
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "agent_overhead": render_agent,
     "transport": render_transport,
-    "server_ingest": render_server,
+    "ingest": render_server,
     "dashboard_latency": render_latency,
     "scaling": render_scaling,
     "dashboard": render_rows,
@@ -607,7 +623,7 @@ def targets(res: dict[str, dict[str, Any]]) -> list[list[str]]:
                         verdict(s["ratio"] <= 1.10),
                     ]
                 )
-    s = data("server_ingest")
+    s = data("ingest")
     if s:
         for r in s["throughput"]:
             if r["agents"] == 32 and not r["histogram"]:

@@ -9,7 +9,7 @@ ratio of medians to the plain step.
 Server: one ``glasscockpit serve`` process (defaults but for the rate limit and
 ``max_runs``); a single run grows step by step and the server's RSS is read at
 checkpoints; then in a fresh server runs of ``--run-steps`` steps are added one by
-one. Frames are those of ``bench/server_ingest.py`` (with a 64-bin histogram).
+one. Frames are those of ``bench/ingest.py`` (with a 64-bin histogram).
 
     python -m bench.scaling [--quick] [--device cuda] [--json out.json] [--plots DIR]
 """
@@ -86,7 +86,7 @@ async def _grow_run(
     """Send one run's frames; at each checkpoint wait for all acks, then sample."""
     from websockets.asyncio.client import connect
 
-    from bench.server_ingest import SPECS, frame
+    from bench.ingest import SPECS, frame
     from glasscockpit.protocol import Bye, Hello, decode, encode
 
     async with connect(url, compression=None, max_size=2**20) as ws:
@@ -111,7 +111,7 @@ def server_memory(
     step_points: list[int], run_points: list[int], run_steps: int, timeout: float
 ) -> dict[str, list[dict[str, Any]]]:
     """RSS of a real server as one run grows, and as runs are added."""
-    from bench.server_ingest import metrics, rss_bytes, server
+    from bench.ingest import metrics, rss_bytes, server
 
     env = {"rate_frames_per_s": "1e9", "rate_burst": "1000000000"}
     result: dict[str, list[dict[str, Any]]] = {"steps": [], "runs": []}

@@ -10,14 +10,17 @@ Tree::
     └── Rejected           a frame was refused; ``reason`` names a metrics counter
         └── LimitExceeded  ws 1008: too many instruments/keys, too large arrays/meta;
                            ws 1013 (try again later): every stored run is live
+        (reason log_full)  ws 1008: the run's frame log is at its cap; ws 1013: all
+                           frame logs together are (server/framelog.py)
 
 Every rejected frame closes its connection with ``Rejected.ws_code`` and a reason
 text, and increments ``rejected.<reason>`` on ``/v1/metrics``. The codes follow
 RFC 6455: 1002 protocol error (wrong version), 1003 unsupported data (text frame),
 1007 invalid payload (bad msgpack, wrong schema, bad run id, NaN where none may be),
 1008 policy (limits, auth), 1009 too big, 1011 server bug, 1013 try again later
-(the store is full of live runs). The agent treats 1002, 1003, 1007, 1008 and 1009
-as fatal (resending the same frame cannot help) and retries after 1011 and 1013.
+(the store is full of live runs, or the frame logs are full). The agent treats
+1002, 1003, 1007, 1008 and 1009 as fatal (resending the same frame cannot help) and
+retries after 1011 and 1013.
 """
 
 from __future__ import annotations

@@ -10,6 +10,18 @@ stops there and the file is truncated to its last whole record.
 The file of run ``r`` is ``<data_dir>/r.frames``; run ids are checked by
 ``check_run_id`` (letters, digits, ``.``, ``_``, ``-``; no ``..``), so they cannot
 name anything outside ``data_dir``.
+
+Size caps (``GLASSCOCKPIT_MAX_LOG_BYTES_PER_RUN``, ``GLASSCOCKPIT_MAX_LOG_BYTES``;
+off by default). The logs are what makes an ack a promise that survives a restart,
+so a frame that would push a log past a cap is **refused, not acknowledged**
+(``RunStore.ingest`` raises ``Rejected("log_full")`` before storing anything): the
+agent keeps it (outbox, spill file) and nothing it holds as acknowledged is lost.
+The run's frames up to the cap stay stored and served. A full run is closed with
+1008 (resending cannot help: ``glasscockpit sync`` its spill file to a server with
+a larger cap); a full data dir with 1013, so the agent retries and gets in once a
+run is deleted or evicted. Bye frames are exempt (a few bytes each), so a run can
+still be marked finished. Refusals count as ``rejected.log_full`` on /v1/metrics,
+next to ``log_bytes``.
 """
 
 from __future__ import annotations
@@ -53,11 +65,53 @@ def read_records(path: Path) -> tuple[list[bytes], int]:
 class FrameLogs:
     """The frame logs under one folder."""
 
-    def __init__(self, root: Path, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        fsync: bool = False,
+        max_run_bytes: int | None = None,
+        max_total_bytes: int | None = None,
+    ) -> None:
         self.root = root
         self.fsync = fsync
+        self.max_run_bytes = max_run_bytes
+        self.max_total_bytes = max_total_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, BinaryIO] = {}
+        # Bytes of each log and of all of them, kept current by every write.
+        self._sizes = {p.name[: -len(SUFFIX)]: p.stat().st_size for p in self._logs()}
+        self.total = sum(self._sizes.values())
+
+    def _logs(self) -> list[Path]:
+        return list(self.root.glob(f"*{SUFFIX}"))
+
+    def full(
+        self, run_id: str, nbytes: int, fresh: bool = False
+    ) -> tuple[str, bool] | None:
+        """Why appending a frame of ``nbytes`` would break a cap, or None.
+
+        Returns the reason and whether it is the run's own cap (True) or the cap
+        on all logs (False). ``fresh``: the run is new, so an old file of that id
+        will be replaced.
+        """
+        size = HEADER.size + nbytes
+        old = self._sizes.get(run_id, 0)
+        held = 0 if fresh else old
+        cap = self.max_run_bytes
+        if cap is not None and held + size > cap:
+            return (
+                f"Run {run_id!r} has {held} bytes of frame log; this frame would "
+                f"exceed GLASSCOCKPIT_MAX_LOG_BYTES_PER_RUN={cap}",
+                True,
+            )
+        cap = self.max_total_bytes
+        if cap is not None and self.total - old + held + size > cap:
+            return (
+                f"The frame logs hold {self.total} bytes; this frame would exceed "
+                f"GLASSCOCKPIT_MAX_LOG_BYTES={cap}",
+                False,
+            )
+        return None
 
     def path(self, run_id: str) -> Path:
         """The log file of a run (the id is validated first)."""
@@ -71,6 +125,8 @@ class FrameLogs:
         f.write(record(data))
         if self.fsync:
             os.fsync(f.fileno())
+        self._sizes[run_id] = self._sizes.get(run_id, 0) + HEADER.size + len(data)
+        self.total += HEADER.size + len(data)
 
     def close(self, run_id: str | None = None) -> None:
         """Close one run's file (or all of them)."""
@@ -84,10 +140,11 @@ class FrameLogs:
         """Remove a run's log."""
         self.close(run_id)
         self.path(run_id).unlink(missing_ok=True)
+        self.total -= self._sizes.pop(run_id, 0)
 
     def run_ids(self) -> list[str]:
         """Runs with a log, oldest modification first (the order to replay in)."""
-        files = sorted(self.root.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
+        files = sorted(self._logs(), key=lambda p: p.stat().st_mtime)
         return [p.name[: -len(SUFFIX)] for p in files]
 
     def load(self, run_id: str) -> tuple[list[bytes], int]:
@@ -105,6 +162,8 @@ class FrameLogs:
             )
             with open(path, "r+b") as f:
                 f.truncate(end)
+            self.total -= self._sizes.get(run_id, size) - end
+            self._sizes[run_id] = end
         return frames, size - end
 
     def snapshot(self, run_id: str, chunk: int = 2**16) -> Iterator[bytes]:

@@ -32,7 +32,16 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
     lifespan replays the logs before the server accepts connections.
     """
     settings = settings or Settings()
-    logs = FrameLogs(settings.data_dir, settings.fsync) if settings.data_dir else None
+    logs = (
+        FrameLogs(
+            settings.data_dir,
+            settings.fsync,
+            settings.max_log_bytes_per_run,
+            settings.max_log_bytes,
+        )
+        if settings.data_dir
+        else None
+    )
     store = RunStore(
         settings.max_points,
         settings.max_histograms,

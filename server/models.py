@@ -77,6 +77,11 @@ class SeriesOut(BaseModel):
     value: list[Number]
     min: list[Number]
     max: list[Number]
+    nonfinite: list[int] = Field(
+        default_factory=list,
+        description="NaN/Inf readings in each bucket (a NaN never shows as a "
+        "bucket's min or max, so this keeps it visible)",
+    )
 
 
 class LayersOut(BaseModel):
@@ -125,7 +130,7 @@ class MetricsOut(BaseModel):
 
     counters: dict[str, int] = Field(
         description="frames.in, frames.duplicate, bytes.in, connections, "
-        "ingest.throttled, rejected.<reason>, replay.*"
+        "ingest.throttled, rejected.<reason> (e.g. rejected.log_full), replay.*"
     )
     runs: int
     runs_by_status: dict[str, int]
@@ -134,3 +139,8 @@ class MetricsOut(BaseModel):
     memory_bytes: int = Field(description="estimated bytes of series and histograms")
     runs_evicted: int
     evicted_runs: list[str] = Field(description="the last 100 evicted run ids")
+    log_bytes: int | None = Field(
+        None,
+        description="bytes of all frame logs (null without GLASSCOCKPIT_DATA_DIR); "
+        "frames refused because a log is full count as rejected.log_full",
+    )

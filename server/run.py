@@ -47,6 +47,9 @@ class Run:
     names: set[str] = field(default_factory=set)
     #: Series keys per instrument (bounded by max_keys).
     key_count: Counter[str] = field(default_factory=Counter)
+    #: ``series`` by instrument, then key: ingest looks a reading's series up here
+    #: (no tuple key per reading) and checks "any new key?" on the inner keys.
+    by_name: dict[str, dict[str, Series]] = field(default_factory=dict)
 
     def keys(self, name: str) -> list[str]:
         """Series keys of one instrument: "total" first, then layers as they came."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -38,7 +39,14 @@ def make_server(settings: Settings, log_level: str = "warning") -> uvicorn.Serve
 
 def serve(settings: Settings) -> None:
     """Serve until interrupted."""
-    make_server(settings, log_level="info").run()
+    server = make_server(settings, log_level="info")
+    # Move everything built so far (FastAPI, Dash, Plotly: ~100k objects) out of
+    # the collector's reach. A full collection otherwise scans all of it and
+    # stalls ingest for 20-35 ms every few seconds under load, a large part of
+    # the ack latency tail (docs/benchmarks-server.md).
+    gc.collect()
+    gc.freeze()
+    server.run()
 
 
 def serve_in_thread(settings: Settings) -> tuple[uvicorn.Server, threading.Thread]:

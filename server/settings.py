@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     #: fsync every logged frame (survives power loss; a process crash or restart
     #: loses nothing without it, because each frame is written before its ack).
     fsync: bool = False
+    #: Cap on one run's frame log in bytes (None: no cap). A frame that would
+    #: exceed it is refused, never acknowledged (see server/framelog.py).
+    max_log_bytes_per_run: Annotated[int, Field(ge=1)] | None = None
+    #: Cap on all frame logs together in bytes (None: no cap); same policy.
+    max_log_bytes: Annotated[int, Field(ge=1)] | None = None
     #: A live run with no frame for this many seconds is reported as stale.
     stale_after_s: Annotated[float, Field(gt=0)] = 60.0
     #: Dashboard refresh period in milliseconds.

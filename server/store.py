@@ -33,7 +33,6 @@ from glasscockpit.protocol import (
     Hello,
     ProtocolError,
     Readings,
-    Value,
     decode,
 )
 from glasscockpit.server.errors import LimitExceeded, Rejected
@@ -49,6 +48,7 @@ from glasscockpit.server.run import TOTAL, Histogram, Run, as_numpy
 from glasscockpit.server.series import Series
 
 log = logging.getLogger("glasscockpit.server")
+_NO_SERIES: dict[str, Series] = {}  # read-only stand-in for an instrument's series
 
 
 class RunStore:
@@ -98,6 +98,7 @@ class RunStore:
                     if same and not reopen:
                         run.last_frame_time = time.time()
                         return True  # a reconnect's hello: nothing new to log
+                self._check_log_room(frame, raw, fresh_run)
                 run = run or self._new_run(frame.run)
                 run.meta = meta
                 run.instruments = instruments
@@ -111,6 +112,7 @@ class RunStore:
                 return False
             if isinstance(frame, Readings):
                 self._check_readings(run or Run(frame.run), frame)
+                self._check_log_room(frame, raw, fresh_run)
             run = run or self._new_run(frame.run)
             self._log(frame.run, raw, fresh_run)
             run.last_frame_time = time.time()
@@ -121,6 +123,17 @@ class RunStore:
             elif isinstance(frame, Readings):
                 self._add_readings(run, frame)
             return True
+
+    def _check_log_room(self, frame: Frame, raw: bytes | None, fresh: bool) -> None:
+        """Refuse (before storing or acking) a frame its log has no room for."""
+        if self.logs is None or raw is None:
+            return
+        full = self.logs.full(frame.run, len(raw), fresh)
+        if full is not None:
+            # Per run: resending cannot help (fatal 1008). All logs: retry (1013)
+            # once a run is deleted or evicted. See framelog.py for the policy.
+            why, per_run = full
+            raise Rejected("log_full", why, 1008 if per_run else 1013)
 
     def _log(self, run_id: str, raw: bytes | None, fresh_run: bool) -> None:
         if self.logs is None or raw is None:
@@ -138,9 +151,15 @@ class RunStore:
             )
 
     def _check_readings(self, run: Run, frame: Readings) -> None:
-        self._check_names(run, set(frame.values) | set(frame.errors))
+        names = run.names
+        # Fast paths (C-level set checks) for the usual frame: nothing new.
+        if not (names.issuperset(frame.values) and names.issuperset(frame.errors)):
+            self._check_names(run, set(frame.values) | set(frame.errors))
         for name, value in frame.values.items():
             if isinstance(value, dict):
+                known = run.by_name.get(name)
+                if known is not None and known.keys() >= value.keys():
+                    continue  # no new series: the key count cannot grow
                 new = sum(1 for k in value if (name, k) not in run.series)
                 if run.key_count[name] + new > self.limits.max_keys:
                     raise LimitExceeded(
@@ -185,13 +204,49 @@ class RunStore:
         )
 
     def _add_readings(self, run: Run, frame: Readings) -> None:
-        run.last_step = (
-            frame.step if run.last_step is None else max(run.last_step, frame.step)
-        )
-        run.errors.update(frame.errors)
-        run.names |= set(frame.values) | set(frame.errors)
+        # One loop without helper calls per reading: ingest runs this for every
+        # reading of every frame (see bench/ingest.py).
+        step, wall = frame.step, frame.wall_time
+        run.last_step = step if run.last_step is None else max(run.last_step, step)
+        if frame.errors:
+            run.errors.update(frame.errors)
+            run.names.update(frame.errors)
+        if not run.names.issuperset(frame.values):
+            run.names.update(frame.values)
+        by_name = run.by_name
+        isfinite = math.isfinite
+        nonfinite = 0
         for name, value in frame.values.items():
-            self._add_value(run, name, frame.step, frame.wall_time, value)
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                arrays = None
+                keyed = by_name.get(name, _NO_SERIES)
+                for key, v in value.items():
+                    if isinstance(v, float):
+                        s = keyed.get(key)
+                        if s is None:
+                            s = self._new_series(run, name, key)
+                        s.append(step, wall, v)
+                        if not isfinite(v):
+                            nonfinite += 1
+                    elif isinstance(v, Array):
+                        arrays = arrays or {}
+                        arrays[key] = as_numpy(v)
+                if arrays:
+                    self._history(run, name).append(Histogram(step, wall, arrays))
+            elif isinstance(value, Array):
+                self._history(run, name).append(
+                    Histogram(step, wall, {"counts": as_numpy(value)})
+                )
+            else:
+                s = by_name.get(name, _NO_SERIES).get(TOTAL)
+                if s is None:
+                    s = self._new_series(run, name, TOTAL)
+                s.append(step, wall, value)
+                if not isfinite(value):
+                    nonfinite += 1
+        run.nonfinite += nonfinite
 
     def _history(self, run: Run, name: str) -> History[Histogram]:
         hist = run.histograms.get(name)
@@ -199,36 +254,11 @@ class RunStore:
             hist = run.histograms[name] = History(self.max_histograms)
         return hist
 
-    def _add_value(
-        self, run: Run, name: str, step: int, wall: float, value: Value
-    ) -> None:
-        if value is None:
-            return
-        if isinstance(value, dict):
-            arrays = {k: as_numpy(v) for k, v in value.items() if isinstance(v, Array)}
-            if arrays:
-                self._history(run, name).append(Histogram(step, wall, arrays))
-            for key, v in value.items():
-                if isinstance(v, float):
-                    self._append(run, name, key, step, wall, v)
-            return
-        if isinstance(value, Array):
-            self._history(run, name).append(
-                Histogram(step, wall, {"counts": as_numpy(value)})
-            )
-            return
-        self._append(run, name, TOTAL, step, wall, value)
-
-    def _append(
-        self, run: Run, name: str, key: str, step: int, wall: float, v: float
-    ) -> None:
-        series = run.series.get((name, key))
-        if series is None:
-            series = run.series[(name, key)] = Series(self.max_points)
-            run.key_count[name] += 1
-        if not math.isfinite(v):
-            run.nonfinite += 1
-        series.append(step, wall, v)
+    def _new_series(self, run: Run, name: str, key: str) -> Series:
+        series = run.series[(name, key)] = Series(self.max_points)
+        run.key_count[name] += 1
+        run.by_name.setdefault(name, {})[key] = series
+        return series
 
     # -- persistence -------------------------------------------------------------
     def replay(self, max_frame_bytes: int) -> Counter[str]:

@@ -98,6 +98,7 @@ def series_view(
         "value": safe_list(view.value),
         "min": safe_list(view.min),
         "max": safe_list(view.max),
+        "nonfinite": view.nonfinite,
     }
 
 
@@ -174,7 +175,16 @@ def export_json(store: RunStore, run_id: str, stale_after_s: float) -> dict[str,
         }
 
 
-CSV_COLUMNS = ("instrument", "key", "step", "wall_time", "value", "min", "max")
+CSV_COLUMNS = (
+    "instrument",
+    "key",
+    "step",
+    "wall_time",
+    "value",
+    "min",
+    "max",
+    "nonfinite",
+)
 
 
 def export_csv(store: RunStore, run_id: str) -> str:
@@ -192,6 +202,7 @@ def export_csv(store: RunStore, run_id: str) -> str:
                 safe_list(v.value),
                 safe_list(v.min),
                 safe_list(v.max),
+                v.nonfinite,
                 strict=True,
             ):
                 writer.writerow((name, key, *row))
@@ -216,6 +227,7 @@ def metrics_view(
             "memory_bytes": store.nbytes(),
             "runs_evicted": store.evicted_count,
             "evicted_runs": list(store.evicted),
+            "log_bytes": None if store.logs is None else store.logs.total,
         }
 
 

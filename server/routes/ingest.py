@@ -16,11 +16,12 @@ import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from glasscockpit.protocol import Ack, Hello, ProtocolError, decode, encode
+from glasscockpit.protocol import Ack, Hello, ProtocolError, encode
 from glasscockpit.server.deps import get_metrics, get_settings_dep, get_store, token_ok
 from glasscockpit.server.errors import Rejected, rejection
 from glasscockpit.server.ratelimit import TokenBucket
 from glasscockpit.server.store import Run
+from glasscockpit.server.wire import decode_frame
 
 router = APIRouter(tags=["ingest"])
 log = logging.getLogger("glasscockpit.server")
@@ -115,7 +116,7 @@ async def ingest(ws: WebSocket) -> None:
             if wait > 0:
                 metrics["ingest.throttled"] += 1
                 await asyncio.sleep(wait)
-            frame = decode(data, max_size=settings.max_frame_bytes)
+            frame = decode_frame(data, settings.max_frame_bytes)
             if isinstance(frame, Ack):
                 raise Rejected("schema", "agents do not send ack frames")
             if run_id is None and not isinstance(frame, Hello):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import BENCHES, page, targets
+from bench.report import BENCHES, page, render_server, targets
 
 
 def agent(cnn_economy: float, mlp_mem: float) -> dict[str, Any]:
@@ -54,13 +54,39 @@ def test_server_and_latency_targets() -> None:
     lat = {"p50_ms": 300.0, "p95_ms": 1000.0}
     v = verdicts(
         {
-            "server_ingest": {"data": {"throughput": [row]}},
+            "ingest": {"data": {"throughput": [row]}},
             "dashboard_latency": {"data": lat},
         }
     )
     assert v["≥ 20,000 frames/s with 32 agents, one worker"] == "**missed**"
     assert v["ack p99 < 50 ms with 32 agents"] == "**met**"
     assert v["agent send → browser drawn p95 < 1 s"] == "**missed**"
+
+
+def test_ingest_section_shows_the_baseline_measured_alongside() -> None:
+    def row(fps: int, p99: float) -> dict[str, Any]:
+        return {
+            "agents": 32,
+            "histogram": False,
+            "frame_bytes": 300,
+            "frames_per_s": fps,
+            "ack_p50_ms": 1.0,
+            "ack_p99_ms": p99,
+            "server_cpu_us_per_frame": 30.0,
+            "client_cpu_us_per_frame": 10.0,
+            "repeats": 3,
+        }
+
+    text = render_server(
+        {
+            "throughput": [row(31_000, 44.5)],
+            "baseline": {"commit": "abc1234", "throughput": [row(17_000, 90.25)]},
+        }
+    )
+    assert "Medians of 3 repeat(s)" in text
+    head, base = text.split("commit `abc1234`")
+    assert "31,000" in head and "44.5" in head and "90.25" not in head
+    assert "17,000" in base and "90.25" in base
 
 
 def test_page_has_a_section_per_result_and_reports_failures() -> None:

@@ -236,3 +236,63 @@ def test_lowering_max_runs_evicts_at_replay_and_deletes_those_logs(tmp_path):
     assert stats["replay.runs"] == 4
     assert sorted(store.runs) == ["r2", "r3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r2.frames", "r3.frames"]
+
+
+def test_a_full_run_log_refuses_frames_and_every_acked_frame_survives(tmp_path):
+    from websockets.exceptions import ConnectionClosed
+
+    hello = encode(Hello("capped", 0, SPECS, {"lr": 0.1}))
+    frames = frames_of("capped", 15)
+    room = 8 + len(hello) + sum(8 + len(encode(f)) for f in frames[:10])
+    acked = []
+    with live_server(free_port(), data_dir=tmp_path, max_log_bytes_per_run=room) as s:
+        with connect(s.ws + "/v1/agent", compression=None) as ws:
+            ws.send(hello)
+            ws.recv(timeout=5)
+            with pytest.raises(ConnectionClosed) as closed:
+                for f in frames:
+                    ws.send(encode(f))
+                    acked.append(decode(ws.recv(timeout=5)).seq)
+        assert acked == list(range(1, 11))  # the 11th frame is refused, not acked
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008  # resending cannot help
+        assert "GLASSCOCKPIT_MAX_LOG_BYTES_PER_RUN" in closed.value.rcvd.reason
+        metrics = get(s.http, "/v1/metrics")
+        assert metrics["counters"]["rejected.log_full"] == 1  # type: ignore[index]
+        assert metrics["log_bytes"] == (tmp_path / "capped.frames").stat().st_size  # type: ignore[index]
+        assert metrics["log_bytes"] == room  # type: ignore[index]
+        # The run can still be finished: bye frames are exempt from the cap.
+        send(s.ws, "capped", [Bye("capped", 11)])
+        steps = get(s.http, "/v1/runs/capped/series/loss")["step"]  # type: ignore[index]
+        assert steps == list(range(10))
+    with live_server(free_port(), data_dir=tmp_path) as s:
+        assert get(s.http, "/v1/runs/capped/series/loss")["step"] == steps  # type: ignore[index]
+        assert get(s.http, "/v1/runs/capped")["status"] == "finished"  # type: ignore[index]
+
+
+def test_full_logs_refuse_with_try_again_later_until_a_run_is_deleted(tmp_path):
+    from glasscockpit.server.errors import Rejected
+
+    one = 8 + len(encode(frames_of("a", 1)[0]))
+    hello = 8 + len(encode(Hello("a", 0, SPECS)))
+    cap = 2 * hello + 5 * one
+    store = RunStore(logs=FrameLogs(tmp_path, max_total_bytes=cap))
+    for run in ("a", "b"):
+        store.ingest(Hello(run, 0, SPECS), raw=encode(Hello(run, 0, SPECS)))
+    for f in frames_of("a", 4):
+        store.ingest(f, raw=encode(f))
+    extra = frames_of("b", 2)
+    store.ingest(extra[0], raw=encode(extra[0]))  # the 5th frame fits exactly
+    with pytest.raises(Rejected) as refused:
+        store.ingest(extra[1], raw=encode(extra[1]))
+    assert (refused.value.reason, refused.value.ws_code) == ("log_full", 1013)
+    assert "GLASSCOCKPIT_MAX_LOG_BYTES=" in str(refused.value)
+    assert store.runs["b"].last_seq == 1  # nothing of the refused frame is stored
+    assert store.logs is not None and store.logs.total == cap
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.frames")) == cap
+    store.delete("a")
+    store.ingest(extra[1], raw=encode(extra[1]))
+    assert store.runs["b"].last_seq == 2
+    store.logs.close()
+    # A restarted server counts what is on disk against the cap.
+    assert FrameLogs(tmp_path).total == store.logs.total == hello + 2 * one

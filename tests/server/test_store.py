@@ -14,9 +14,14 @@ from glasscockpit.protocol import Bye, Hello, InstrumentSpec, Kind, PanelSpec, R
 from glasscockpit.server import views
 from glasscockpit.server.errors import LimitExceeded
 from glasscockpit.server.history import History
-from glasscockpit.server.series import BUCKET_BYTES, Series
-from glasscockpit.server.store import Limits, RunStore
-from tests.server.strategies import resent, series_readings, sessions
+from glasscockpit.server.series import BUCKET_BYTES, FOLD_AT, Series
+from glasscockpit.server.store import TOTAL, Limits, RunStore
+from tests.server.strategies import (
+    reading_values,
+    resent,
+    series_readings,
+    sessions,
+)
 
 
 def same(a: float, b: float) -> bool:
@@ -71,6 +76,8 @@ def test_series_invariants(readings, capacity):
         assert same(view.min[i], fmin(values))
         assert same(view.max[i], fmax(values))
         assert same(view.value[i], values[-1])
+        # A NaN/Inf in a bucket stays visible even when min/max cannot show it.
+        assert view.nonfinite[i] == sum(not math.isfinite(v) for v in values)
         # Stable, aligned buckets: one power-of-two cell of steps per bucket.
         cells = {s // width for s, _, _ in group}
         assert len(cells) == 1
@@ -102,6 +109,7 @@ def test_series_views_keep_extremes_and_the_latest_point(
             values = [v for _, _, v in group]
             assert same(small.min[i], fmin(values))
             assert same(small.max[i], fmax(values))
+            assert small.nonfinite[i] == sum(not math.isfinite(v) for v in values)
         # The same request twice gives the same buckets (no jitter between refreshes).
         again = series.view(max_points)
         assert again.step == small.step
@@ -109,6 +117,108 @@ def test_series_views_keep_extremes_and_the_latest_point(
         tail = series.view(None, after_step=cut)
         assert all(s > cut for s in tail.step)
         assert tail.step == full.step[len(full.step) - len(tail.step) :]
+
+
+def fmin2(a: float, b: float) -> float:
+    """numpy.fmin of two floats: NaN loses against a number."""
+    return b if a != a else a if b != b else min(a, b)
+
+
+def fmax2(a: float, b: float) -> float:
+    return b if a != a else a if b != b else max(a, b)
+
+
+class OneByOne:
+    """Reference: fold each reading into the buckets on arrival, in plain Python."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.shift = 0
+        self.buckets: list[list] = []  # [id, step, wall, value, min, max, nonfinite]
+
+    def append(self, step: int, wall: float, value: float) -> None:
+        k = step >> self.shift
+        bad = 0 if math.isfinite(value) else 1
+        if self.buckets and k <= self.buckets[-1][0]:
+            b = self.buckets[-1]
+            b[1:6] = [step, wall, value, fmin2(b[4], value), fmax2(b[5], value)]
+            b[6] += bad
+            return
+        self.buckets.append([k, step, wall, value, value, value, bad])
+        while len(self.buckets) > self.capacity:
+            self.shift += 1
+            merged: list[list] = []
+            for k, step, wall, value, lo, hi, bad in self.buckets:
+                if merged and merged[-1][0] == k >> 1:
+                    m = merged[-1]
+                    m[1:6] = [step, wall, value, fmin2(m[4], lo), fmax2(m[5], hi)]
+                    m[6] += bad
+                else:
+                    merged.append([k >> 1, step, wall, value, lo, hi, bad])
+            self.buckets = merged
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    readings=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 3000), st.integers(0, 2**53)), reading_values
+        ),
+        max_size=3 * FOLD_AT,
+    ),
+    reads=st.sets(st.integers(0, 3 * FOLD_AT)),
+    capacity=st.integers(4, 40),
+)
+def test_batched_folds_equal_folding_each_reading(readings, reads, capacity):
+    """Queued readings fold into exactly the buckets of one-by-one folding, for any
+    step order (restarted counters included) and wherever reads force a fold."""
+    series, reference = Series(capacity), OneByOne(capacity)
+    for i, (step, value) in enumerate(readings):
+        if i in reads:
+            len(series)  # a read folds whatever is queued
+        series.append(step, float(i), value)
+        reference.append(step, float(i), value)
+    view = series.view()
+    assert series.width == 1 << reference.shift
+    expected = reference.buckets
+    assert view.step == [b[1] for b in expected]
+    assert view.wall_time == [b[2] for b in expected]
+    assert view.nonfinite == [b[6] for b in expected]
+    for got, want in (
+        (view.value, [b[3] for b in expected]),
+        (view.min, [b[4] for b in expected]),
+        (view.max, [b[5] for b in expected]),
+    ):
+        assert all(same(g, w) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_folds_equal_folding_each_reading_over_many_folds(seed):
+    """Long streams: folds at FOLD_AT and at reads, restarts, NaN, Inf, spikes."""
+    rng = np.random.default_rng(seed)
+    n = 5 * FOLD_AT + 17
+    gaps = rng.choice([0, 1, 1, 1, 2, 7, 300], n)
+    steps = np.cumsum(gaps)
+    steps[rng.integers(0, n, 3)] = 0  # restarted step counters
+    values = rng.normal(size=n)
+    values[rng.integers(0, n, 20)] = np.nan
+    values[rng.integers(0, n, 5)] = np.inf
+    reads = set(rng.integers(0, n, 10).tolist())
+    series, reference = Series(32), OneByOne(32)
+    for i in range(n):
+        if i in reads:
+            len(series)
+        step, value = int(steps[i]), float(values[i])
+        series.append(step, float(i), value)
+        reference.append(step, float(i), value)
+    view = series.view()
+    assert series.width == 1 << reference.shift > 1
+    assert view.step == [b[1] for b in reference.buckets]
+    assert view.nonfinite == [b[6] for b in reference.buckets]
+    for got, want in ((view.min, 4), (view.max, 5), (view.value, 3)):
+        assert all(
+            same(g, b[want]) for g, b in zip(got, reference.buckets, strict=True)
+        )
 
 
 def test_spike_survives_a_long_series():
@@ -120,6 +230,32 @@ def test_spike_survives_a_long_series():
     assert min(view.min) == 0.5
     assert (view.step[-1], view.value[-1]) == (99_999, 0.5)
     assert len(series) <= 64
+
+
+def test_a_nan_inside_a_downsampled_bucket_stays_visible_in_the_api():
+    store = RunStore(max_points=16)
+    store.ingest(Hello("r", 0, (InstrumentSpec("loss", Kind.SCALAR, PanelSpec("L")),)))
+    bad = {500: math.nan, 700: math.inf, 701: -math.inf}
+    for step in range(1000):
+        value = bad.get(step, 1.0 + step % 7)
+        store.ingest(Readings("r", step + 1, step, float(step), {"loss": value}))
+    run = store.get("r")
+    assert run is not None and run.nonfinite == 3
+    data = views.series_view(store, "r", "loss", TOTAL, max_points=4)
+    json.dumps(data, allow_nan=False)  # JSON-safe
+    assert len(data["step"]) <= 4
+    # min/max show the infinities but not the NaN; the counts show all three.
+    assert sum(data["nonfinite"]) == 3
+    (nan_bucket,) = (
+        i
+        for i, last in enumerate(data["step"])
+        if last >= 500 and (i == 0 or data["step"][i - 1] < 500)
+    )
+    assert data["nonfinite"][nan_bucket] >= 1
+    assert "NaN" not in data["min"] + data["max"]
+    csv_rows = views.export_csv(store, "r").splitlines()
+    assert csv_rows[0].endswith(",nonfinite")
+    assert sum(int(row.rsplit(",", 1)[1]) for row in csv_rows[1:]) == 3
 
 
 @settings(max_examples=100, deadline=None)

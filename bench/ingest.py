@@ -12,25 +12,30 @@ as deployed), then:
    runs, to show growth flattens at GLASSCOCKPIT_MAX_POINTS / MAX_RUNS.
 
 Everything is bounded: ``--timeout`` caps each phase; only 127.0.0.1 is used.
-Usage: ``python bench/server_ingest.py [--agents 32] [--frames 1000]``.
+Usage: ``python bench/ingest.py [--agents 32] [--frames 1000]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
 import platform
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from websockets.asyncio.client import connect
 
@@ -52,7 +57,23 @@ SPECS = (
     InstrumentSpec("grad_norm", Kind.PER_LAYER, PanelSpec("Gradient norm")),
     InstrumentSpec("hist", Kind.HISTOGRAM, PanelSpec("Gradient histogram")),
 )
+ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [f"layer{i}.{p}" for i in range(4) for p in ("weight", "bias")]
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the clients on uvloop when installed (``uvicorn[standard]`` brings it).
+
+    The clients share the machine's cores with the server; uvloop roughly halves
+    the CPU a websocket send costs them, leaving the server more of the machine.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def free_port() -> int:
@@ -107,23 +128,29 @@ async def agent(
         await ws.recv()
         sent: list[float] = [0.0] * (len(frames) + 1)
         acked = 0
-        progress = asyncio.Condition()
+        room = asyncio.Event()  # set when an ack has freed room in the window
 
         async def read_acks() -> None:
             nonlocal acked
-            while acked < len(frames):
-                ack = decode(await ws.recv())  # type: ignore[arg-type]
-                now = time.perf_counter()
-                for seq in range(acked + 1, ack.seq + 1):
-                    latencies.append(now - sent[seq])
-                async with progress:
+            try:
+                while acked < len(frames):
+                    ack = decode(await ws.recv())  # type: ignore[arg-type]
+                    now = time.perf_counter()
+                    for seq in range(acked + 1, ack.seq + 1):
+                        latencies.append(now - sent[seq])
                     acked = max(acked, ack.seq)
-                    progress.notify_all()
+                    room.set()
+            finally:
+                room.set()  # the sender must not wait for acks that cannot come
 
         reader = asyncio.create_task(read_acks())
         for seq, data in enumerate(frames, start=1):
-            async with progress:
-                await progress.wait_for(lambda s=seq: s - acked <= window)
+            while seq - acked > window:
+                if reader.done():
+                    await reader  # raises what ended it (e.g. the server closed)
+                    raise RuntimeError(f"no ack for frame {seq - window} of {run}")
+                room.clear()
+                await room.wait()
             sent[seq] = time.perf_counter()
             await ws.send(data)
         await reader
@@ -131,19 +158,21 @@ async def agent(
         await ws.recv()
 
 
-async def throughput(
-    url: str,
-    agents: int,
-    n: int,
-    histogram: bool,
-    timeout: float,
-    tag: str,
-    window: int,
-) -> dict[str, Any]:
-    frames = {
+def agent_frames(
+    agents: int, n: int, histogram: bool, tag: str
+) -> dict[str, list[bytes]]:
+    """``n`` encoded frames for each of ``agents`` runs (encoded before timing)."""
+    return {
         f"{tag}-{a}": [frame(f"{tag}-{a}", s, histogram) for s in range(1, n + 1)]
         for a in range(agents)
     }
+
+
+async def throughput(
+    url: str, frames: dict[str, list[bytes]], timeout: float, window: int
+) -> dict[str, Any]:
+    """All agents at once; frames/s and ack latency percentiles."""
+    agents, n = len(frames), len(next(iter(frames.values())))
     size = statistics.mean(len(f) for fs in frames.values() for f in fs[:10])
     latencies: list[float] = []
     start = time.perf_counter()
@@ -168,6 +197,26 @@ async def throughput(
     }
 
 
+def export_tree(rev: str, dest: Path) -> Path:
+    """Lay out the ``glasscockpit`` package of commit ``rev`` under ``dest``.
+
+    Follows pyproject's package-dir mapping (protocol/, agent/, server/ and
+    dashboard/ become sub-packages), so an older server can be served and
+    measured side by side with this one.
+    """
+    src = dest / "src"
+    src.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", rev], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    package = dest / "tree" / "glasscockpit"
+    shutil.copytree(src / "glasscockpit", package)
+    for sub in ("protocol", "agent", "server", "dashboard"):
+        shutil.copytree(src / sub, package / sub)
+    return dest / "tree"
+
+
 async def fill(url: str, run: str, steps: int, timeout: float) -> None:
     await asyncio.wait_for(
         agent(url, run, [frame(run, s, True) for s in range(1, steps + 1)], [], 256),
@@ -175,16 +224,40 @@ async def fill(url: str, run: str, steps: int, timeout: float) -> None:
     )
 
 
+def _die_with_parent() -> None:
+    """In the server child: get SIGTERM when the benchmark dies (Linux).
+
+    ``python -m bench`` kills a benchmark that overruns its time share; without
+    this its server would keep running and skew every later measurement.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 @contextmanager
-def server(**env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``glasscockpit serve`` on a free port with GLASSCOCKPIT_* overrides."""
+def server(
+    tree: Path | None = None, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``glasscockpit serve`` on a free port with GLASSCOCKPIT_* overrides.
+
+    ``tree``: serve the ``glasscockpit`` package laid out under this folder (see
+    ``export_tree``) instead of the installed one.
+    """
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "glasscockpit", "serve", "--port", str(port)]
+    extra = {f"GLASSCOCKPIT_{k.upper()}": v for k, v in env.items()}
+    if tree is not None:
+        # Run from inside the tree, so its glasscockpit package is found first.
+        cmd[1:3] = ["-c", "import sys; from glasscockpit.cli import main; main()"]
+        extra["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "glasscockpit", "serve", "--port", str(port)],
-        env={**os.environ, **{f"GLASSCOCKPIT_{k.upper()}": v for k, v in env.items()}},
+        cmd,
+        env={**os.environ, **extra},
+        cwd=tree,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
     try:
         deadline = time.monotonic() + 60
@@ -228,13 +301,76 @@ def memory_phase(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         sample("start")
         for target in (args.steps // 5, args.steps):
-            asyncio.run(fill(url, f"long-{target}", target, args.timeout))
+            run(fill(url, f"long-{target}", target, args.timeout))
             sample(f"+1 run of {target} steps")
         for r in range(args.runs):
-            asyncio.run(fill(url, f"many-{r}", args.run_steps, args.timeout))
+            run(fill(url, f"many-{r}", args.run_steps, args.timeout))
             if r + 1 in (args.runs // 4, args.runs // 2, args.runs):
                 sample(f"+{r + 1} runs of {args.run_steps} steps")
     return memory
+
+
+def phase1(
+    args: argparse.Namespace, servers: list[tuple[str, Path | None]]
+) -> list[dict[str, Any]]:
+    """Every (repeat, server, configuration): a fresh server per repeat."""
+    configs = ((1, False), (args.agents, False), (args.agents, True))
+    runs = []
+    for repeat in range(args.repeats):
+        for label, tree in servers:
+            # Fresh run ids per repeat (run ids are inside the encoded frames).
+            frames = {
+                (agents, hist): agent_frames(
+                    agents, args.frames, hist, f"r{repeat}h{int(hist)}a{agents}"
+                )
+                for agents, hist in configs
+            }
+            # Phase 1 measures the server, not the per-connection limiter.
+            with server(
+                tree, rate_frames_per_s="1e9", rate_burst="1000000000", max_runs="1000"
+            ) as (proc, base):
+                url = base.replace("http", "ws") + "/v1/agent"
+                for (agents, hist), fs in frames.items():
+                    server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
+                    row = run(throughput(url, fs, args.timeout, args.window))
+                    row.update(server=label, repeat=repeat, histogram=hist)
+                    n = agents * args.frames
+                    # CPU per frame hardly depends on what else shares the machine,
+                    # unlike frames/s: it says what one core can take.
+                    row["server_cpu_us_per_frame"] = round(
+                        (cpu_seconds(proc.pid) - server_cpu) / n * 1e6, 1
+                    )
+                    row["client_cpu_us_per_frame"] = round(
+                        (time.process_time() - client_cpu) / n * 1e6, 1
+                    )
+                    runs.append(row)
+                    print(json.dumps(row), flush=True)
+    return runs
+
+
+MEDIAN_KEYS = (
+    "seconds",
+    "frames_per_s",
+    "ack_p50_ms",
+    "ack_p99_ms",
+    "ack_max_ms",
+    "server_cpu_us_per_frame",
+    "client_cpu_us_per_frame",
+)
+
+
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration: the median of each measure over the repeats."""
+    out = []
+    for agents, hist in dict.fromkeys((r["agents"], r["histogram"]) for r in runs):
+        same = [r for r in runs if (r["agents"], r["histogram"]) == (agents, hist)]
+        row = {k: v for k, v in same[0].items() if k not in ("repeat", "server")}
+        for key in MEDIAN_KEYS:
+            row[key] = round(statistics.median(r[key] for r in same), 2)
+        row["frames_per_s"] = round(row["frames_per_s"])
+        row["repeats"] = len(same)
+        out.append(row)
+    return out
 
 
 def main() -> int:
@@ -248,6 +384,12 @@ def main() -> int:
     parser.add_argument("--max-runs", type=int, default=20)
     parser.add_argument("--max-points", type=int, default=4096)
     parser.add_argument("--timeout", type=float, default=300.0, help="cap per phase")
+    parser.add_argument("--repeats", type=int, default=3, help="phase 1 repeats")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the server of this git commit, interleaved (phase 1)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip phase 2")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -256,39 +398,22 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "command": " ".join(["python", *sys.argv]),
     }
-    # Phase 1 measures the server, not the per-connection limiter (5,000 frames/s).
-    with server(rate_frames_per_s="1e9", rate_burst="1000000000", max_runs="1000") as (
-        proc,
-        base,
-    ):
-        url = base.replace("http", "ws") + "/v1/agent"
-        rows = []
-        for agents, hist in ((1, False), (args.agents, False), (args.agents, True)):
-            server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
-            row = asyncio.run(
-                throughput(
-                    url,
-                    agents,
-                    args.frames,
-                    hist,
-                    args.timeout,
-                    f"t{len(rows)}",
-                    args.window,
-                )
-            )
-            row["histogram"] = hist
-            frames = agents * args.frames
-            # CPU per frame does not depend on what else shares the machine, unlike
-            # frames/s: it says what one core can take (1e6 / us_per_frame).
-            row["server_cpu_us_per_frame"] = round(
-                (cpu_seconds(proc.pid) - server_cpu) / frames * 1e6, 1
-            )
-            row["client_cpu_us_per_frame"] = round(
-                (time.process_time() - client_cpu) / frames * 1e6, 1
-            )
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        results["throughput"] = rows
+    servers: list[tuple[str, Path | None]] = [("this", None)]
+    with tempfile.TemporaryDirectory(prefix="ingest-baseline-") as tmp:
+        if args.baseline:
+            try:
+                servers.append((args.baseline, export_tree(args.baseline, Path(tmp))))
+            except (OSError, subprocess.CalledProcessError) as exc:
+                # E.g. a shallow clone: measure this server alone rather than none.
+                print(f"no baseline {args.baseline}: {exc}", file=sys.stderr)
+        runs = phase1(args, servers)
+    results["runs"] = runs
+    results["throughput"] = medians([r for r in runs if r["server"] == "this"])
+    if len(servers) > 1:
+        results["baseline"] = {
+            "commit": args.baseline,
+            "throughput": medians([r for r in runs if r["server"] != "this"]),
+        }
 
     if not args.no_memory:
         results["memory"] = memory_phase(args)
