@@ -10,7 +10,8 @@ before ``cockpit.step`` is entered. So the choice is made one step ahead, when
 the cockpit already decides whether the next step is tracked: on those forward
 passes the math kernel (plain matmuls and softmax, twice differentiable, same
 values up to round-off) is the only one enabled; every other forward pass keeps
-the fast kernels.
+the fast kernels. Models with recurrent layers also run those forward passes
+without cuDNN: its RNN kernels have no double backward either.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.hooks import RemovableHandle
+
+
+class _CudnnOff:
+    """cuDNN disabled, the user's setting restored on the way out."""
+
+    def __enter__(self) -> None:
+        self._before = torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = False
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.cudnn.enabled = self._before
 
 
 class MathAttention:
@@ -39,6 +51,7 @@ class MathAttention:
 
     def __init__(self, model: nn.Module) -> None:
         self._model = model
+        self._recurrent = any(isinstance(m, nn.RNNBase) for m in model.modules())
         self._wanted = False
         self._depth = 0
         self._active: Any = None
@@ -74,17 +87,21 @@ class MathAttention:
     def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         del module, args
         if self._depth == 0 and self.wanted and torch.is_grad_enabled():
-            ctx = sdpa_kernel([SDPBackend.MATH])
-            ctx.__enter__()
-            self._active = ctx
+            ctxs: list[Any] = [sdpa_kernel([SDPBackend.MATH])]
+            if self._recurrent:
+                ctxs.append(_CudnnOff())
+            for ctx in ctxs:
+                ctx.__enter__()
+            self._active = ctxs
         self._depth += 1
 
     def _leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         del module, args, output
         self._depth = max(self._depth - 1, 0)
         if self._depth == 0 and self._active is not None:
-            ctx, self._active = self._active, None
-            ctx.__exit__(None, None, None)
+            ctxs, self._active = self._active, None
+            for ctx in reversed(ctxs):
+                ctx.__exit__(None, None, None)
 
     def remove(self) -> None:
         """Remove both hooks (leaving the math kernel if a forward is running)."""

@@ -144,9 +144,11 @@ class StepView:
             )
         rows = []
         for dots in stats.dots_with(directions):
-            total = torch.zeros(stats.batch_size, dtype=torch.float64)
+            total: Tensor | None = None  # on the values' device: no host copy
             for v in dots.values():
-                total = total.to(v.device) + v.double()
+                total = v.double() if total is None else total + v.double()
+            if total is None:
+                total = torch.zeros(stats.batch_size, dtype=torch.float64)
             rows.append(total)
         if not rows:
             return torch.zeros((0, stats.batch_size), dtype=torch.float64)

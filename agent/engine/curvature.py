@@ -50,6 +50,20 @@ _REARRANGE = frozenset(
         "ToCopyBackward0",
     }
 )
+#: Nodes that reduce per-token losses to the loss: means, sums, scalings by a
+#: constant (``losses.sum() / n``). Their weights are pulled back and checked.
+_REDUCE = frozenset(
+    {
+        "MeanBackward0",
+        "MeanBackward1",
+        "SumBackward0",
+        "SumBackward1",
+        "DivBackward0",
+        "DivBackward1",
+        "MulBackward0",
+        "MulBackward1",
+    }
+)
 #: At most this many backward passes per exact GGN diagonal (``T·V`` for a
 #: token-level cross-entropy, ``C`` for a classifier, one per output element of
 #: a sample for MSE).
@@ -83,6 +97,30 @@ def _walk(node: Any, stop: Any, until: str) -> tuple[list[Any], Any]:
     return chain, node
 
 
+def _reduction_chain(node: Any) -> tuple[list[Any], Any]:
+    """Reducing and rearranging nodes from the loss down to the first other node."""
+    chain: list[Any] = []
+    while type(node).__name__ in _REDUCE | _REARRANGE:
+        below = _only_input(node)
+        if below is None:
+            return [], None
+        chain.append(node)
+        node = below
+    return chain, node
+
+
+def _pull_inputs(nodes: list[Any], grad: Tensor) -> Tensor:
+    """Like ``_pull``, following each node's one differentiable input."""
+    for node in nodes:
+        out = node(grad)
+        if not isinstance(out, tuple):
+            grad = out
+            continue
+        slot = [i for i, (f, _) in enumerate(node.next_functions) if f is not None]
+        grad = out[slot[0]]
+    return grad
+
+
 class _Loss:
     """The loss's Hessian w.r.t. the model output, as factors ``Σ_k s_k s_kᵀ``.
 
@@ -97,21 +135,20 @@ class _Loss:
         fn = loss.grad_fn
         name = type(fn).__name__
         reduction = getattr(fn, "_saved_reduction", None)
-        # ``losses.mean()`` / ``.sum()`` of ``cross_entropy(..., reduction="none")``
-        # (the per-sample losses Alpha wants) is the mean / sum reduction.
-        mean_of: int | None = None
-        inner = _only_input(fn) if name in ("MeanBackward0", "SumBackward0") else None
-        while type(inner).__name__ in _REARRANGE:  # a full mean ignores the layout
-            inner = _only_input(inner)
-        if (
-            loss.dim() == 0
-            and type(inner).__name__ in _NLL
-            and getattr(inner, "_saved_reduction", None) == 0
-        ):
-            if name == "MeanBackward0":
-                mean_of = int(getattr(fn, "_saved_self_sym_numel", 0))
-            fn, reduction = inner, 2
-            name = type(fn).__name__
+        # Per-token losses (``cross_entropy(..., reduction="none")``) reduced to the
+        # scalar by means, sums and scalings (``losses.mean()``, per-sequence means
+        # then their mean, ``losses.sum() / n``): the weight of each token.
+        token_weight: Tensor | None = None
+        if loss.dim() == 0 and name not in _NLL:
+            chain, inner = _reduction_chain(fn)
+            if (
+                chain
+                and type(inner).__name__ in _NLL
+                and getattr(inner, "_saved_reduction", None) == 0
+            ):
+                token_weight = _pull_inputs(chain, torch.ones_like(loss)).detach()
+                fn, reduction = inner, 2
+                name = type(fn).__name__
         if loss.dim() != 0 or reduction not in (0, 1, 2):
             raise EngineError("Curvature needs a scalar loss (mean or sum)")
         if name in _NLL and fn is not None:
@@ -125,9 +162,7 @@ class _Loss:
             )
             if src is not None and src is output.grad_fn:
                 self.kind = "ce"
-                self._ce(fn, soft, upper, lower, reduction)
-                if mean_of is not None:  # a mean over every token, ignored ones too
-                    self.scale = 1.0 / max(mean_of, 1)
+                self._ce(fn, soft, upper, lower, reduction, token_weight)
                 return
         if (
             name == "MseLossBackward0"
@@ -146,7 +181,13 @@ class _Loss:
         )
 
     def _ce(
-        self, fn: Any, soft: Any, upper: list[Any], lower: list[Any], reduction: int
+        self,
+        fn: Any,
+        soft: Any,
+        upper: list[Any],
+        lower: list[Any],
+        reduction: int,
+        token_weight: Tensor | None,
     ) -> None:
         logp = soft._saved_result.detach()  # log-probabilities, classes on ``dim``
         dim = soft._saved_dim % logp.dim()
@@ -155,7 +196,20 @@ class _Loss:
         ignore = ignore - 2**64 if ignore >= 2**63 else ignore
         target = fn._saved_target
         nll_shape = fn._saved_self.shape
-        counted = (target != ignore).unsqueeze(1).expand(nll_shape).to(logp.dtype)
+        counts = target != ignore
+        scale = 1.0
+        if token_weight is not None:  # per-token losses reduced by the user
+            weight_of = token_weight.reshape(target.shape)
+            counts = counts & (weight_of != 0)  # a zero weight masks the token out
+            weights = weight_of[counts]
+            if weights.numel():
+                scale = float(weights[0])
+                if not torch.allclose(weights, weights[:1], rtol=1e-5, atol=0.0):
+                    raise EngineError(
+                        "The loss weighs its tokens (samples) differently; the GGN "
+                        "diagonal needs equal weights (a mean or a sum)"
+                    )
+        counted = counts.unsqueeze(1).expand(nll_shape).to(logp.dtype)
         # Tokens the loss counts, as a [M] mask in log_softmax's layout.
         weight = _pull(upper, counted).movedim(dim, -1)
         self.p = logp.movedim(dim, -1).reshape(-1, logp.shape[dim]).exp()  # [M, C]
@@ -164,7 +218,7 @@ class _Loss:
         self.scale = (
             1.0 / max(float(fn._saved_total_weight.detach()), 1.0)
             if reduction == 1
-            else 1.0
+            else scale
         )
         # Which sample each token belongs to: pull token ids to the output.
         ids = torch.arange(1, m + 1, dtype=torch.float64, device=logp.device)

@@ -184,6 +184,12 @@ def count_into(counts: Tensor, index: Tensor) -> None:
     """``counts[i] += #{index == i}`` in place (int64 counts, integer index ≥ 0).
 
     ``bincount`` of int32 indices: on CPU about twice as fast as ``index_put_``
-    with accumulation (which needs int64 indices), and 3–4× ``histc``.
+    with accumulation (which needs int64 indices), and 3–4× ``histc``. On CUDA
+    ``bincount`` waits for the GPU (it reads the largest index to size its
+    output); ``index_add_`` does not.
     """
-    counts += torch.bincount(index.reshape(-1), minlength=counts.numel())
+    flat = index.reshape(-1)
+    if flat.is_cuda:
+        counts.index_add_(0, flat, torch.ones_like(flat, dtype=counts.dtype))
+    else:
+        counts += torch.bincount(flat, minlength=counts.numel())

@@ -302,6 +302,6 @@ class GradHist1d(Instrument):
         edges = torch.linspace(lo, hi, n + 1, dtype=torch.float64)
         return {
             "counts": counts[:n].double(),
-            "edges": edges.to(counts.device),
+            "edges": edges,  # on the host: no copy to the device and back
             "nan": counts[n].double(),
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -9,6 +10,21 @@ import torch
 from glasscockpit.agent import Cockpit
 from glasscockpit.agent.instruments import Instrument
 from tests.agent.problems import Problem
+
+#: Where the agent runs in reference tests; references stay on the CPU in float64.
+#: ``GLASSCOCKPIT_TEST_DEVICE=cuda pytest tests/agent`` on a GPU machine (tests that
+#: build their own models still run on the CPU).
+DEVICE = torch.device(os.environ.get("GLASSCOCKPIT_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":  # cuDNN in float32 as on the CPU, not TF32 (~1e-3)
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def make_on_device(
+    problem: Problem, seed: int = 0
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """``problem.make(seed)`` built on the CPU (same numbers), moved to ``DEVICE``."""
+    model, x, y = problem.make(seed)
+    return model.to(DEVICE), x.to(DEVICE), y.to(DEVICE)
 
 
 def run_step(
@@ -19,7 +35,7 @@ def run_step(
     lr: float = 0.1,
 ) -> dict[str, Any]:
     """Readings of ``instruments`` at step 0 (``fail_mode="raise"``)."""
-    model, x, y = problem.make(seed)
+    model, x, y = make_on_device(problem, seed)
     opt = make_optimizer(model, optimizer, lr)
     cockpit = Cockpit(
         model, opt, server=None, run="t", instruments=instruments, fail_mode="raise"

@@ -27,7 +27,7 @@ from glasscockpit.agent.instruments import BY_NAME, PRESETS
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.needs import RECORDED
 from glasscockpit.protocol import Readings
-from tests.agent.harness import run_step
+from tests.agent.harness import make_on_device, run_step
 from tests.agent.models import (
     BROADCAST,
     CAUSAL_LM,
@@ -47,7 +47,6 @@ from tests.agent.problems import Problem, make_id
 from tests.agent.reference import REFERENCES, Data
 from tests.agent.test_instruments import RTOL, assert_reading, variance_conditioning
 from tests.conftest import free_port
-from tests.server.harness import live_server
 
 #: The per-sample (and curvature) instruments of the ``full`` configuration.
 #: (Alpha's per-sample slopes are tested in test_any_model_curvature.py.)
@@ -130,7 +129,7 @@ def run_full(problem: Problem, instruments: Any = None) -> tuple[Cockpit, Readin
     """
     if instruments is None:
         instruments = [*PER_SAMPLE, "loss", "grad_norm"]
-    model, x, y = problem.make()
+    model, x, y = make_on_device(problem)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cockpit = Cockpit(
         model, opt, server=None, run="t", instruments=instruments, fail_mode="disable"
@@ -151,7 +150,7 @@ def _tie_found_at_first_step(problem: Problem, name: str) -> bool:
 
 def second_step(problem: Problem, inst: Any) -> Any:
     """``inst``'s reading at step 1 of two steps at the same parameters."""
-    model, x, y = problem.make()
+    model, x, y = make_on_device(problem)
     cockpit = Cockpit(model, None, server=None, run="t", instruments=[inst])
     for step in range(2):
         model.zero_grad()
@@ -396,6 +395,8 @@ def test_curvature_skips_the_step_that_finds_a_tie(torch_threads: None) -> None:
 def test_server_serves_coverage_and_partial_errors(torch_threads: None) -> None:
     # The dashboard reads run metadata and errors through this REST endpoint.
     model, x, y = PARTIAL.make()
+    from tests.server.harness import live_server  # server deps: this test only
+
     with live_server(free_port()) as s:
         cockpit = Cockpit(
             model,

@@ -329,7 +329,7 @@ def test_entry_passes_keep_backpack_io_for_later_backpack_passes(torch_threads):
     assert all(p.grad_batch.shape[0] == x.shape[0] for p in model.parameters())
 
 
-@pytest.mark.parametrize("reduce", ["mean", "sum"])
+@pytest.mark.parametrize("reduce", ["mean", "sum", "mean_of_means", "sum_over_n"])
 @pytest.mark.parametrize("tokens", [False, True])
 def test_tic_reads_the_mean_of_per_sample_losses_like_the_mean_loss(
     reduce, tokens, torch_threads
@@ -353,9 +353,15 @@ def test_tic_reads_the_mean_of_per_sample_losses_like_the_mean_loss(
             none = nn.functional.cross_entropy(out, y.reshape(-1), reduction="none")
             if tokens:  # per sequence, as Alpha wants them: a view of the tokens'
                 none = none.reshape(6, 3)
-            loss = none.mean() if reduce == "mean" else none.sum()
+            if reduce == "mean_of_means":  # per-sequence token means, then a mean
+                loss = none.reshape(6, -1).mean(1).mean()
+            elif reduce == "sum_over_n":
+                loss = none.sum() / none.numel()
+            else:
+                loss = none.mean() if reduce == "mean" else none.sum()
         else:
-            loss = nn.functional.cross_entropy(out, y.reshape(-1), reduction=reduce)
+            kind = "sum" if reduce == "sum" else "mean"
+            loss = nn.functional.cross_entropy(out, y.reshape(-1), reduction=kind)
         with cockpit.step(0, loss=loss):
             loss.backward()
         cockpit.close()
@@ -364,3 +370,35 @@ def test_tic_reads_the_mean_of_per_sample_losses_like_the_mean_loss(
 
     want, got = tic(False), tic(True)
     assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_tic_refuses_unequal_token_weights_and_masks_zero_weights(torch_threads):
+    # A zero weight leaves a token out (like ignore_index); unequal non-zero
+    # weights are not a mean or a sum: undefined with the reason, not wrong.
+    from glasscockpit.agent.instruments import BY_NAME
+
+    def run(weights: torch.Tensor, ignore: bool) -> tuple[object, dict]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4))
+        x, y = torch.randn(6, 5), torch.randint(0, 4, (6,))
+        if ignore:
+            y[weights == 0] = -100
+        inst = BY_NAME["tic_trace"](schedule=every(1))
+        cockpit = Cockpit(model, None, server=None, instruments=[inst])
+        none = nn.functional.cross_entropy(model(x), y, reduction="none")
+        loss = (none * weights).sum() / 4 if not ignore else none.sum() / 4
+        with cockpit.step(0, loss=loss):
+            loss.backward()
+        cockpit.close()
+        frames = cockpit.transport.frames  # type: ignore[attr-defined]
+        errors = [f.errors.get("tic_trace") for f in frames if hasattr(f, "errors")]
+        return cockpit.readings[0]["tic_trace"], {"errors": errors}
+
+    mask = torch.tensor([1.0, 0, 1, 1, 0, 1])
+    masked, _ = run(mask, ignore=False)
+    ignored, _ = run(mask, ignore=True)
+    assert masked is not None
+    assert masked["total"] == pytest.approx(ignored["total"], rel=1e-6)
+    unequal, info = run(torch.tensor([1.0, 2, 1, 1, 1, 1]), ignore=False)
+    assert unequal is None
+    assert any("weighs its tokens" in (e or "") for e in info["errors"])

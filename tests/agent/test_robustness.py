@@ -67,6 +67,31 @@ def test_recurrent_models_match_the_per_sample_loop(name, problem, torch_threads
     assert_reading(got, want, name, rtol)
 
 
+def test_recurrent_forward_runs_without_cudnn_only_on_twice_differentiated_steps(
+    torch_threads,
+):
+    # cuDNN's RNN kernels have no double backward (HVPs on a GPU fail with
+    # "Double backwards is not supported for CuDNN RNNs"): the forward passes of
+    # steps with curvature run without cuDNN, all others keep it.
+    from glasscockpit.agent import Cockpit, every
+
+    model, x, y = RNNS[0].make()
+    seen: list[bool] = []
+    model.rnn.register_forward_hook(
+        lambda *_: seen.append(torch.backends.cudnn.enabled)
+    )
+    inst = BY_NAME["hess_max_ev"](schedule=every(2))
+    cockpit = Cockpit(model, None, server=None, instruments=[inst], budget=None)
+    for step in range(4):
+        loss = nn.functional.cross_entropy(model(x), y)
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+    cockpit.close()
+    assert seen == [False, True, False, True]
+    assert torch.backends.cudnn.enabled
+    assert all(r["hess_max_ev"] is not None for s, r in cockpit.readings.items())
+
+
 class _OldStyleSquare(torch.autograd.Function):
     """An autograd.Function without ``setup_context``: torch.func refuses it."""
 
