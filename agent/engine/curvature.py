@@ -319,6 +319,12 @@ def diag_ggn(
     output = engine.output
     if output is None or not engine.recorded:
         raise EngineError("The forward pass of this step was not recorded")
+    if engine.forwards > 1:
+        raise EngineError(
+            f"{engine.forwards} forward passes of the model in grad mode were "
+            "recorded this step (gradient accumulation?): the GGN diagonal is "
+            "computed from one"
+        )
     spec = _Loss(loss, output)
     passes = spec.passes()
     draws = 0

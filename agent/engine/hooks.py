@@ -51,6 +51,9 @@ class Call:
     #: Machine epsilon of the output gradient as autograd produced it (bf16/fp16
     #: under autocast): sets how closely per-sample sums must match ``.grad``.
     eps: float = 0.0
+    #: Which of the step's forward passes of the model made this call: the
+    #: micro-batches of gradient accumulation are different samples.
+    forward: int = 0
 
     def set_b(self, grad: Tensor | None) -> None:
         """Store the output gradient; under autocast, ``x`` and it in one dtype."""
@@ -89,6 +92,7 @@ class Call:
             None if self.b is None else self.b[rows],
             tuple(cut(a) for a in self.args),
             {k: cut(v) if k in batched_kwargs else v for k, v in self.kwargs.items()},
+            forward=self.forward,
         )
 
 
@@ -184,6 +188,8 @@ class HookEngine:
         self.generators: dict[torch.device, torch.Generator] = {}
         #: The model's output of the recorded forward pass (for curvature passes).
         self.output: Tensor | None = None
+        #: Forward passes of the model in grad mode recorded since ``arm``.
+        self.forwards = 0
 
     def _not_covered(self, names: list[str], why: str) -> None:
         self.uncovered.extend(n for n in names if n not in self.uncovered)
@@ -271,6 +277,7 @@ class HookEngine:
         for layer in self.layers:
             layer.calls.clear()
         self.output = None
+        self.forwards = 0
 
     def clear_grads(self) -> None:
         """Forget output gradients but keep inputs, before another backward pass."""
@@ -309,7 +316,7 @@ class HookEngine:
         out = output if isinstance(output, Tensor) else _first_tensor(output)
         if x is None or out is None or not out.requires_grad:
             return
-        call = Call(x.detach())
+        call = Call(x.detach(), forward=self.forwards)
         if layer.rule.needs_args:
             # One detached tensor per input tensor: identity is meaningful
             # (attention's self-attention path checks ``query is key``).
@@ -332,6 +339,7 @@ class HookEngine:
             and out is not None
         ):
             self.output = out
+            self.forwards += 1
 
     # -- checks --------------------------------------------------------------------
     def check_model(self) -> None:

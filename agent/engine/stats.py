@@ -3,6 +3,10 @@
 Scale convention (Cockpit's): ``g_n = B · ĝ_n`` is the gradient of sample ``n``'s
 loss when the loss is the mean over ``B`` samples, and ``g = p.grad`` is their mean.
 Every accessor returns unscaled ``g_n`` statistics.
+
+Gradient accumulation: a step whose backward passes went through ``F`` forward
+passes of the model (micro-batches of ``B`` samples each, the loss their mean)
+has ``F·B`` samples, in the order of the forward passes.
 """
 
 from __future__ import annotations
@@ -63,13 +67,20 @@ class StepStats:
         if len(sizes) != 1:
             raise EngineError(
                 f"Recorded calls disagree on the batch size ({sorted(sizes)}); "
-                "was a second forward pass run in grad mode before backward?"
+                "micro-batches of gradient accumulation need equal sizes (and a "
+                "forward pass in grad mode needs a backward pass)"
             )
-        self.batch_size: int = sizes.pop()
+        #: Samples per forward pass of the model.
+        self.group_size: int = sizes.pop()
+        forwards = sorted({c.forward for _, calls in self.layers for c in calls})
+        #: Where each forward pass's samples start among the step's samples.
+        self._offset = {f: i * self.group_size for i, f in enumerate(forwards)}
+        #: Samples of the step: all forward passes' (the loss is their mean).
+        self.batch_size: int = self.group_size * len(forwards)
         self._cache: dict[str, dict[str, Tensor]] = {}
         #: Per-sample gradients of layers whose rule builds them anyway, kept for
         #: the step so that every statistic and histogram reuses one build.
-        self._grads: dict[int, dict[str, Tensor]] = {}
+        self._grads: dict[tuple[int, int], dict[str, Tensor]] = {}
         self._held = 0
         #: Parameters the first-step check moved to another engine: statistics
         #: computed before it (the GGN diagonal) used the wrong rule for them.
@@ -95,11 +106,16 @@ class StepStats:
                         f"rows for {sorted(rows)[0][0]} samples (e.g. tokens "
                         "flattened into rows): no per-sample re-run",
                     )
-        self.layers = [
-            (layer, calls)
-            for layer in self.engine.layers
-            if layer.names and (calls := [c for c in layer.calls if c.b is not None])
-        ]
+        #: (layer, its calls of one forward pass), per forward pass of the model.
+        self.layers: list[tuple[Layer, list[Call]]] = []
+        for layer in self.engine.layers:
+            if not layer.names:
+                continue
+            by_forward: dict[int, list[Call]] = {}
+            for c in layer.calls:
+                if c.b is not None:
+                    by_forward.setdefault(c.forward, []).append(c)
+            self.layers.extend((layer, by_forward[f]) for f in sorted(by_forward))
         if not self.layers:
             raise EngineError(
                 "No covered module was called in a backward pass of this step"
@@ -131,12 +147,12 @@ class StepStats:
         None when the rule has cheaper closed forms (2-D Linear, Embedding) or
         keeping them would exceed ``CACHE_ELEMENTS`` for this step.
         """
-        key = id(layer)
+        key = (id(layer), calls[0].forward)
         if key in self._grads:
             return self._grads[key]
         if not layer.rule.materialises(calls[0].x):
             return None
-        size = self.batch_size * sum(
+        size = self.group_size * sum(
             layer.module.get_parameter(k).numel() for k in layer.names
         )
         if self._held + size > CACHE_ELEMENTS:
@@ -147,6 +163,26 @@ class StepStats:
 
     def _params(self, layer: Layer) -> dict[str, nn.Parameter]:
         return {k: layer.module.get_parameter(k) for k in layer.names}
+
+    def _place(
+        self, out: dict[str, Tensor], name: str, calls: list[Call], v: Tensor
+    ) -> None:
+        """Store per-sample values ``v`` [group] of one forward pass in ``out[name]``.
+
+        One forward pass: ``v`` itself. Several: a ``[B]`` vector, zero for the
+        samples of forward passes that did not call the module.
+        """
+        if self.batch_size == self.group_size:
+            out[name] = v
+            return
+        if name not in out:
+            out[name] = v.new_zeros(self.batch_size, *v.shape[1:])
+        start = self._offset[calls[0].forward]
+        out[name][start : start + self.group_size] = v
+
+    @staticmethod
+    def _add(out: dict[str, Tensor], name: str, v: Tensor) -> None:
+        out[name] = out[name] + v if name in out else v
 
     # -- accessors -----------------------------------------------------------------
     def batch_l2(self) -> dict[str, Tensor]:
@@ -171,13 +207,9 @@ class StepStats:
                         k: g.flatten(1).square().sum(1)
                         for k, g in self.layer_grads(layer, calls).items()
                     }
-                out.update(
-                    {
-                        layer.names[k]: v * b2
-                        for k, v in vals.items()
-                        if k in layer.names
-                    }
-                )
+                for k, v in vals.items():
+                    if k in layer.names:
+                        self._place(out, layer.names[k], calls, v * b2)
             self._cache["l2"] = out
         return self._cache["l2"]
 
@@ -227,7 +259,8 @@ class StepStats:
                     )
                     dots = g.flatten(1) @ stacked  # [B, K]
                     for j, i in enumerate(which):
-                        outs[i][layer.names[k]] = dots[:, j] * self.batch_size
+                        v = dots[:, j] * self.batch_size
+                        self._place(outs[i], layer.names[k], calls, v)
                 continue
             c = calls[0]
             assert c.b is not None
@@ -236,13 +269,9 @@ class StepStats:
                 if not local:
                     continue
                 vals = rule.batch_dot(layer.module, c.x, c.b, local)
-                outs[i].update(
-                    {
-                        layer.names[k]: v * self.batch_size
-                        for k, v in vals.items()
-                        if k in layer.names
-                    }
-                )
+                for k, v in vals.items():
+                    if k in layer.names:
+                        self._place(outs[i], layer.names[k], calls, v * self.batch_size)
         return outs
 
     def sum_grad_squared(self) -> dict[str, Tensor]:
@@ -263,13 +292,9 @@ class StepStats:
                         k: g.square().sum(0)
                         for k, g in self.layer_grads(layer, calls).items()
                     }
-                out.update(
-                    {
-                        layer.names[k]: v * b2
-                        for k, v in vals.items()
-                        if k in layer.names
-                    }
-                )
+                for k, v in vals.items():
+                    if k in layer.names:  # a sum over samples: over forward passes
+                        self._add(out, layer.names[k], v * b2)
             self._cache["sgs"] = out
         return self._cache["sgs"]
 
@@ -293,11 +318,11 @@ class StepStats:
         scale = float(self.batch_size)
         params = self._params(layer)
         per_sample = sum(params[k].numel() for k in layer.names)
-        chunk = self.batch_size
+        chunk = self.group_size
         if max_elements is not None:
-            chunk = max(1, min(self.batch_size, max_elements // per_sample))
-        kept = self._grads.get(id(layer))
-        for s in range(0, self.batch_size, chunk):
+            chunk = max(1, min(self.group_size, max_elements // per_sample))
+        kept = self._grads.get((id(layer), calls[0].forward))
+        for s in range(0, self.group_size, chunk):
             if kept is not None:
                 for k, g in kept.items():
                     if k in layer.names:
@@ -384,7 +409,10 @@ class StepStats:
         """Tracked names whose ``Σ_n ĝ_n`` differs from ``.grad``, and the worst."""
         bad: list[str] = []
         worst = 0.0
-        for layer, calls in layers:
+        merged: dict[int, tuple[Layer, list[Call]]] = {}
+        for layer, calls in layers:  # ``.grad`` sums over every forward pass
+            merged.setdefault(id(layer), (layer, []))[1].extend(calls)
+        for layer, calls in merged.values():
             params = self._params(layer)
             sums: dict[str, Tensor] = {}
             for c in calls:
@@ -398,7 +426,7 @@ class StepStats:
                 ref = dense_grad(params[k])
                 if ref is None:
                     continue
-                err = float((g - ref).norm())
+                err = float((g.detach() - ref).norm())
                 scale = float(ref.norm())
                 # bf16/fp16 autocast rounds each output gradient: allow for it.
                 eps = max((c.eps for c in calls), default=0.0)
