@@ -96,6 +96,10 @@ class Cockpit(StepPhases):
             schedule are tracked as often as it allows once their cost is measured
             (``agent/budget.py``); None keeps the fixed cadences by cost.
             Explicit schedules are never changed.
+        scaler: the ``torch.amp.GradScaler`` of mixed-precision training, if any:
+            gradients are read divided by its scale (whether or not
+            ``scaler.unscale_`` ran inside the step). Pass the unscaled loss to
+            ``step``.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class Cockpit(StepPhases):
         transport: Transport | None = None,
         transport_options: TransportOptions | None = None,
         budget: float | None = _UNSET,
+        scaler: Any | None = None,
     ) -> None:
         env = AgentConfig.from_env()
         if fail_mode not in FAIL_MODES:
@@ -122,6 +127,7 @@ class Cockpit(StepPhases):
             )
         self.model = model
         self.optimizer = optimizer
+        self.scaler = scaler
         self.fail_mode = fail_mode
         self.run = check_run_id(run or env.run or default_run_id())
         self.params: list[tuple[str, nn.Parameter]] = [

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from glasscockpit.agent.budget import OverheadBudget
 from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
+from glasscockpit.agent.grad_scale import GradScale, current
 from glasscockpit.agent.instruments import Instrument
 from glasscockpit.agent.kernels import MathAttention
 from glasscockpit.agent.needs import RECORDED, TWICE, Need
@@ -20,6 +23,8 @@ class EngineWiring:
 
     engine: HookEngine | None
     kernels: MathAttention | None
+    optimizer: Optimizer | None
+    scaler: Any
     instruments: list[Instrument]
     params: list[tuple[str, nn.Parameter]]
     disabled: dict[str, str]
@@ -28,6 +33,10 @@ class EngineWiring:
     _budget: OverheadBudget | None
     #: ``(step, due)`` planned by ``_prepare`` for the coming step.
     _planned: tuple[int, list[Instrument]] | None
+
+    def _grad_scale(self) -> GradScale | None:
+        """What the step's gradients carry of the loss scale (mixed precision)."""
+        return current(self.scaler, self.optimizer)
 
     def _plan(self, step: int) -> tuple[list[Instrument], list[Instrument]]:
         """(due, pending) instruments at ``step``, asked once per step.
@@ -129,7 +138,9 @@ class EngineWiring:
 
         def stats() -> StepStats:
             start = time.perf_counter()
-            result = StepStats(engine, check=not self._checked)
+            result = StepStats(
+                engine, check=not self._checked, grad_scale=self._grad_scale()
+            )
             if self._budget is not None:  # shared by every engine user of the step
                 self._budget.share(time.perf_counter() - start)
             self._checked = True

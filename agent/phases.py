@@ -110,6 +110,7 @@ class StepPhases(EngineWiring):
             data=ctx.data,
             param_lrs=ctx.param_lrs,
             mixes=ctx.mixes,
+            grad_scale=self._grad_scale(),
         )
 
     def _guard(

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.engine.stats import Outer
+from glasscockpit.agent.grad_scale import GradScale, divide
 from glasscockpit.agent.needs import RECORDED, Need
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ class StepView:
     #: Why the model's samples are not independent at this step (train-mode
     #: BatchNorm), or None: per-sample losses are then undefined.
     mixes: str | None = None
+    #: The loss scale the step's gradients carry (``GradScaler``), or None.
+    grad_scale: GradScale | None = None
 
     def require(self, need: Need) -> None:
         """Raise ``UndeclaredNeedError`` unless ``need`` was declared."""
@@ -97,7 +100,13 @@ class StepView:
         """(name, p.grad) for every tracked parameter with a gradient."""
         self.require(Need.GRAD)
         grads = [(n, dense_grad(p)) for n, p in self.params]
-        return [(n, g) for n, g in grads if g is not None]
+        return [(n, self.unscaled(g)) for n, g in grads if g is not None]
+
+    def unscaled(self, grad: Tensor) -> Tensor:
+        """``grad`` (a ``.grad`` read now) without the loss scale of ``GradScaler``."""
+        if self.grad_scale is None:
+            return grad
+        return divide(grad, self.grad_scale.grads)
 
     def param_data(self) -> list[tuple[str, Tensor]]:
         """(name, p.detach()) of every tracked parameter, at this phase."""

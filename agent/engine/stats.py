@@ -21,7 +21,9 @@ from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
 from glasscockpit.agent.engine.rules import LinearRule
+from glasscockpit.agent.grad_scale import GradScale, divide
 
+_HALF = (torch.float16, torch.bfloat16)
 #: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).
 CACHE_ELEMENTS = 1 << 24
 
@@ -57,11 +59,32 @@ class StepStats:
         engine: the armed engine after the step's backward pass.
         check: verify once that ``Σ_n ĝ_n`` equals ``p.grad`` (catches parameters
             also used outside their module, e.g. tied weights).
+        grad_scale: the loss scale (``GradScaler``) in the recorded output
+            gradients and in ``.grad``, taken off both.
     """
 
-    def __init__(self, engine: HookEngine, *, check: bool = False) -> None:
+    def __init__(
+        self,
+        engine: HookEngine,
+        *,
+        check: bool = False,
+        grad_scale: GradScale | None = None,
+    ) -> None:
         engine.check_model()
         self.engine = engine
+        self._grad_factor: Tensor | float = 1.0
+        if grad_scale is not None:
+            self._grad_factor = grad_scale.grads
+            for layer in engine.layers:
+                for c in layer.calls:
+                    if c.b is None:
+                        continue
+                    if c.b.dtype in _HALF and not layer.rule.needs_args:
+                        # b / s underflows in fp16 (why the loss was scaled).
+                        c.b = c.b.float()
+                        if c.x.dtype in _HALF:
+                            c.x = c.x.float()
+                    c.b = divide(c.b, grad_scale.outputs)
         self._collect()
         sizes = {c.x.shape[0] for _, calls in self.layers for c in calls}
         if len(sizes) != 1:
@@ -217,7 +240,11 @@ class StepStats:
         """``g_n · g`` per tracked parameter name with ``g = p.grad``, each ``[B]``."""
         if "dot" not in self._cache:
             dense = {n: dense_grad(p) for n, p in self.engine.params}
-            grads = {n: g for n, g in dense.items() if g is not None}
+            grads = {
+                n: divide(g, self._grad_factor)
+                for n, g in dense.items()
+                if g is not None
+            }
             self._cache["dot"] = self.dot_with(grads)
         return self._cache["dot"]
 
@@ -426,6 +453,7 @@ class StepStats:
                 ref = dense_grad(params[k])
                 if ref is None:
                     continue
+                ref = divide(ref, self._grad_factor)
                 err = float((g.detach() - ref).norm())
                 scale = float(ref.norm())
                 # bf16/fp16 autocast rounds each output gradient: allow for it.

@@ -235,13 +235,13 @@ class Alpha(Instrument):
         if self.phase is Phase.AFTER_BACKWARD:
             step.require(Need.GRAD)
             return [
-                torch.zeros_like(p) if g is None else g.detach()
+                torch.zeros_like(p) if g is None else step.unscaled(g.detach())
                 for p, g in zip(params, map(dense_grad, params), strict=True)
             ]
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         return [
             (torch.zeros_like(p) if g is None else g.detach().to_dense())
-            + (torch.zeros_like(p) if acc is None else acc.detach())
+            + (torch.zeros_like(p) if acc is None else step.unscaled(acc.detach()))
             for p, g, acc in zip(params, grads, map(dense_grad, params), strict=True)
         ]
 

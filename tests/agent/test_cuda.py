@@ -248,3 +248,45 @@ def test_economy_every_step_on_a_wide_model_keeps_the_gradients(
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
     assert cockpit.readings[0]["norm_test"]["total"] is not None
+
+
+def test_fp16_autocast_with_grad_scaler_reads_the_unscaled_gradients(
+    torch_threads: None,
+) -> None:
+    # fp16 training: autocast plus GradScaler (loss scale 2^16). The readings
+    # are the float32 run's to fp16 precision, not 65536 times larger.
+    def run(fp16: bool) -> dict[int, dict[str, Any]]:
+        model, x, y = BY_NAME["cnn"].make(0)
+        model, x, y = model.to(DEVICE), x.to(DEVICE), y.to(DEVICE)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        scaler = torch.amp.GradScaler(DEVICE.type, enabled=fp16)
+        names = ("grad_norm", "norm_test", "inner_test", "alpha", "tic_diag")
+        cockpit = Cockpit(
+            model,
+            opt,
+            server=None,
+            instruments=[
+                c(schedule=always) for c in PRESETS["full"] if c.name in names
+            ],
+            budget=None,
+            scaler=scaler,
+        )
+        for step in range(3):
+            opt.zero_grad()
+            with torch.autocast(DEVICE.type, dtype=torch.float16, enabled=fp16):
+                losses = sample_losses(BY_NAME["cnn"], model(x), y)
+                loss = losses.mean()
+            with cockpit.step(step, loss=loss, losses=losses):
+                scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        cockpit.close()
+        assert cockpit.disabled == {}
+        return cockpit.readings
+
+    want, got = run(False), run(True)
+    for name in ("grad_norm", "norm_test", "inner_test", "tic_diag"):
+        a, b = want[0][name], got[0][name]
+        a = a["total"] if isinstance(a, dict) else a
+        b = b["total"] if isinstance(b, dict) else b
+        assert b == pytest.approx(a, rel=0.05), name

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.instruments import BY_NAME
 from tests.agent.harness import run_step
+from tests.agent.problems import BY_NAME as BY_PROBLEM
 from tests.agent.problems import Problem
 from tests.agent.reference import REFERENCES
 from tests.agent.test_any_model import assert_counts_close, reference_data
@@ -259,3 +260,47 @@ def test_sparse_embeddings_are_reported_not_covered(torch_threads):
     assert isinstance(got["alpha"], float)  # through the loss graph
     frame = [f for f in cockpit.transport.frames if isinstance(f, Readings)][0]  # type: ignore[attr-defined]
     assert frame.errors["norm_test"].startswith("partial: 1 of 3")
+
+
+@pytest.mark.parametrize("unscale_inside", [False, True], ids=["scaled", "unscaled"])
+def test_grad_scaler_readings_equal_the_unscaled_run(unscale_inside, torch_threads):
+    # scaler.scale(loss).backward() leaves s·∇L in .grad and in every recorded
+    # output gradient; scaler.unscale_ (to clip, say) divides .grad only. The
+    # readings are those of the unscaled run either way (s = 2^10: exact).
+    from glasscockpit.agent import Cockpit, always
+
+    names = ["grad_norm", "norm_test", "inner_test", "mean_gsnr", "cabs"]
+    names += ["grad_hist_1d", "tic_diag", "alpha", "update_size"]
+
+    def run(scaler: torch.amp.GradScaler | None) -> dict:
+        model, x, y = BY_PROBLEM["mlp"].make()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        insts = [BY_NAME[n](schedule=always) for n in names]
+        cockpit = Cockpit(
+            model, opt, server=None, instruments=insts, budget=None, scaler=scaler
+        )
+        for step in range(3):
+            opt.zero_grad()
+            losses = nn.functional.cross_entropy(model(x), y, reduction="none")
+            loss = losses.mean()
+            with cockpit.step(step, loss=loss, losses=losses):
+                if scaler is None:
+                    loss.backward()
+                else:
+                    scaler.scale(loss).backward()
+                    if unscale_inside:
+                        scaler.unscale_(opt)
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)
+                scaler.update()
+        cockpit.close()
+        assert cockpit.disabled == {}
+        return cockpit.readings
+
+    want = run(None)
+    got = run(torch.amp.GradScaler("cpu", init_scale=1024.0))
+    for step in range(2):
+        for name in names:
+            assert_reading(got[step][name], want[step][name], f"{step} {name}", 1e-6)
