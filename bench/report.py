@@ -739,6 +739,15 @@ def page(
         note = NOTES.get(b.name)
         if note:
             parts += ["", note]
+    if (ROOT / "docs" / "benchmarks-gpu.md").exists():
+        parts += [
+            "",
+            "## On a GPU",
+            "",
+            "The agent's overhead and host-device syncs on an NVIDIA H200, measured "
+            "there by hand (the machines running the commands above have no GPU): "
+            "[benchmarks-gpu.md](benchmarks-gpu.md).",
+        ]
     return "\n".join(parts) + "\n"
 
 
