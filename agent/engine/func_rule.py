@@ -21,6 +21,7 @@ per-sample gradients held at once (``max_elements``).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -31,6 +32,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from glasscockpit.agent.engine.errors import EngineError
 from glasscockpit.agent.engine.rules import LayerRule
+
+#: torch's warning when an op under ``vmap`` has no batching rule (it falls back
+#: to a loop over the batch: slower, still exact).
+_NO_BATCHING_RULE = "There is a performance drop because we have not yet implemented"
 
 
 class Reentry:
@@ -201,7 +206,15 @@ class BoundFuncRule(LayerRule):
                     # kernel would run sample by sample through vmap's slow
                     # fallback (and warn). Likewise oneDNN's and cuDNN's fused RNN
                     # kernels have none; the native ones decompose.
-                    with sdpa_kernel([SDPBackend.MATH]), _native_rnn_kernels():
+                    with (
+                        sdpa_kernel([SDPBackend.MATH]),
+                        _native_rnn_kernels(),
+                        warnings.catch_warnings(),
+                    ):
+                        # An op without a batching rule still runs (vmap loops
+                        # over samples); its warning would reach the user's log
+                        # at every tracked step.
+                        warnings.filterwarnings("ignore", message=_NO_BATCHING_RULE)
                         result: dict[str, Tensor] = vmap(one, randomness="different")(
                             b, *batched
                         )

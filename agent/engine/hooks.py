@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 # Imported for their side effect: they add their rules to ``RULES``.
@@ -146,6 +147,9 @@ class HookEngine:
         self._root_refusal = root_rule.refuse(model)
         self.root = Layer(model, root_rule, {})
         root_params: list[str] = [name_of[pid] for pid in shared]
+        # Parameters their own module cannot serve, with the reason: the whole-
+        # model fallback serves them if it can (else they are not covered).
+        refused: list[tuple[list[str], str]] = []
         claimed: set[int] = set()
         for module in model.modules():
             if id(module) in claimed:
@@ -166,11 +170,21 @@ class HookEngine:
             if rule is None and module is model:
                 root_params.extend(name_of[id(p)] for _, p in direct)
                 continue
+            if isinstance(module, parametrize.ParametrizationList):
+                refused.append(
+                    (
+                        [name_of[id(p)] for _, p in direct],
+                        "the original of a parametrized tensor "
+                        "(torch.nn.utils.parametrize), used outside this module's "
+                        "forward",
+                    )
+                )
+                continue
             if rule is None:
                 rule = FuncRule(label=f"torch.func ({type(module).__name__})")
             why = rule.refuse(module) if isinstance(rule, FuncRule) else None
             if why is not None:
-                self._not_covered([name_of[id(p)] for _, p in direct], why)
+                refused.append(([name_of[id(p)] for _, p in direct], why))
                 continue
             if isinstance(rule, FuncRule):
                 rule.names = [k for k, _ in direct]
@@ -181,6 +195,8 @@ class HookEngine:
         self.layers.append(self.root)
         self._hooks.append((model, partial(self._on_forward, self.root)))
         self.reassign(root_params, "owned by the model itself or shared (tied)")
+        for names, why in refused:
+            self.reassign(names, why)
         self.coverage = {n: self.coverage[n] for n, _ in self.params}
         self.recording = False
         self._removed = False

@@ -73,6 +73,8 @@ class StepStats:
         engine.check_model()
         self.engine = engine
         self._grad_factor: Tensor | float = 1.0
+        #: Gradient norms at or below this are zero in ``_check_sums``.
+        self._floor = 0.0
         if grad_scale is not None:
             self._grad_factor = grad_scale.grads
             for layer in engine.layers:
@@ -402,7 +404,21 @@ class StepStats:
         themselves, ``.grad`` accumulated over several backward passes) is
         reported as not covered.
         """
+        grads = [dense_grad(p) for _, p in self.engine.params]
+        norms = [
+            divide(g.detach(), self._grad_factor).norm() for g in grads if g is not None
+        ]
+        # A gradient below float32 round-off of the model's (a bias that a
+        # following InstanceNorm cancels) is zero: nothing to check.
+        self._floor = 1e-6 * float(torch.stack(norms).norm()) if norms else 0.0
         bad, worst = self._mismatches(self.layers)
+        unserved = self._unserved()
+        if unserved:
+            # A module run outside ``__call__`` (``module.forward(x)``) or a
+            # tensor computed outside the module records no call: a gradient
+            # without per-sample terms.
+            bad += unserved
+            worst = max(worst, 1.0)
         if not bad:
             return
         self.moved = bad
@@ -429,6 +445,23 @@ class StepStats:
                 "parameters, or .grad accumulated over several backward passes",
             )
             self._collect()
+
+    def _unserved(self) -> list[str]:
+        """Names a layer serves whose module recorded no call, yet have a gradient."""
+        served = {n for layer, _ in self.layers for n in layer.names.values()}
+        out = []
+        for layer in self.engine.layers:
+            if layer is self.engine.root:
+                continue
+            for k, name in layer.names.items():
+                if name in served:
+                    continue
+                g = dense_grad(layer.module.get_parameter(k))
+                if g is None:
+                    continue
+                if float(divide(g.detach(), self._grad_factor).norm()) > self._floor:
+                    out.append(name)
+        return out
 
     def _mismatches(
         self, layers: list[tuple[Layer, list[Call]]]
@@ -458,7 +491,7 @@ class StepStats:
                 scale = float(ref.norm())
                 # bf16/fp16 autocast rounds each output gradient: allow for it.
                 eps = max((c.eps for c in calls), default=0.0)
-                if err > max(1e-3, 8 * eps) * scale + 1e-12:
+                if err > max(1e-3, 8 * eps) * scale + max(self._floor, 1e-12):
                     bad.append(layer.names[k])
                     worst = max(worst, err / max(scale, 1e-30))
         return bad, worst

@@ -93,6 +93,115 @@ def test_recurrent_forward_runs_without_cudnn_only_on_twice_differentiated_steps
     assert all(r["hess_max_ev"] is not None for s, r in cockpit.readings.items())
 
 
+def _head(body: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor, Tensor]:
+    """``body`` + flatten + a linear head to 3 classes, built for input ``x``."""
+    features = body(x).flatten(1).shape[1]
+    model = nn.Sequential(body, nn.Flatten(), nn.Linear(features, 3))
+    return model, x, torch.randint(0, 3, (x.shape[0],))
+
+
+class _SeqFirstAttention(nn.Module):
+    """Attention with separate q/k/v sizes and ``batch_first=False``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, kdim=3, vdim=5)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, T, 12] -> sequence-first q, k, v
+        q, k, v = (x[..., :4], x[..., 4:7], x[..., 7:])
+        out = self.attn(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))[0]
+        return self.head(out.mean(0))
+
+
+class _DirectForward(nn.Module):
+    """Calls a submodule's ``forward`` directly: its forward hooks never fire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.tanh(self.a.forward(x)))
+
+
+def _spectral() -> tuple[nn.Module, Tensor, Tensor]:
+    body = nn.utils.parametrizations.spectral_norm(nn.Linear(6, 5))
+    model, x, y = _head(nn.Sequential(body, nn.ReLU()), torch.randn(5, 6))
+    return model.eval(), x, y  # eval: no power iteration during the re-run
+
+
+LAYERS = (
+    Problem(
+        "conv3d",
+        lambda: _head(nn.Conv3d(2, 3, 2), torch.randn(4, 2, 4, 4, 4)),
+        nn.functional.cross_entropy,
+    ),
+    Problem(
+        "conv_transpose2d",
+        lambda: _head(nn.ConvTranspose2d(2, 3, 3, stride=2), torch.randn(5, 2, 4, 4)),
+        nn.functional.cross_entropy,
+    ),
+    Problem(
+        "depthwise_dilated",
+        lambda: _head(
+            nn.Conv2d(
+                4, 8, 3, groups=4, dilation=2, padding="same", padding_mode="reflect"
+            ),
+            torch.randn(5, 4, 6, 6),
+        ),
+        nn.functional.cross_entropy,
+    ),
+    Problem(
+        "weight_norm",
+        lambda: _head(
+            nn.Sequential(
+                nn.utils.parametrizations.weight_norm(nn.Linear(6, 5)), nn.Tanh()
+            ),
+            torch.randn(5, 6),
+        ),
+        nn.functional.cross_entropy,
+    ),
+    Problem("spectral_norm", _spectral, nn.functional.cross_entropy),
+    Problem(
+        "attention_seq_first",
+        lambda: (
+            _SeqFirstAttention(),
+            torch.randn(5, 3, 12),
+            torch.randint(0, 3, (5,)),
+        ),
+        nn.functional.cross_entropy,
+    ),
+    Problem(
+        "direct_forward",
+        lambda: (_DirectForward(), torch.randn(5, 6), torch.randint(0, 3, (5,))),
+        nn.functional.cross_entropy,
+    ),
+)
+
+
+@pytest.mark.parametrize("problem", LAYERS, ids=str)
+@pytest.mark.parametrize(
+    "name", ["norm_test", "inner_test", "mean_gsnr", "grad_hist_1d"]
+)
+def test_more_layer_kinds_match_the_per_sample_loop(name, problem, torch_threads):
+    # Parametrized weights (weight_norm, spectral_norm), sequence-first attention
+    # with kdim/vdim and a submodule run by ``.forward`` have no module rule: the
+    # whole-model re-run serves them (reported in coverage), never a silent gap.
+    inst = BY_NAME[name]()
+    got = run_step(problem, [inst])[name]
+    data = reference_data(problem)
+    want = REFERENCES[name](data, inst)
+    if name == "grad_hist_1d":
+        assert_counts_close(got.pop("counts"), want.pop("counts"), data, inst)
+    rtol = RTOL
+    if name == "mean_gsnr":
+        rtol = max(
+            RTOL, 4 * torch.finfo(torch.float32).eps * variance_conditioning(data)
+        )
+    assert_reading(got, want, name, rtol)
+
+
 class _OldStyleSquare(torch.autograd.Function):
     """An autograd.Function without ``setup_context``: torch.func refuses it."""
 
