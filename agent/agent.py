@@ -148,6 +148,8 @@ class Cockpit(StepPhases):
         self._warned: set[str] = set()
         #: Records layer inputs/output gradients; only when an instrument needs it.
         self.engine: HookEngine | None = None
+        for inst in self.instruments:
+            inst.on_model(model)
         if any(i.needs & RECORDED for i in self.instruments):
             self.engine = HookEngine(model, self.params)
             # The first step number is unknown: record the first forward pass.

@@ -9,7 +9,7 @@ from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeAlias
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from glasscockpit.agent.schedules import Schedule, auto, every, log_spaced
 from glasscockpit.protocol import Kind, PanelSpec
@@ -106,6 +106,14 @@ class Instrument(ABC):
         self.schedule: Schedule = schedule or default_schedule(self.cost)
         #: Wire key of this instance; a label lets two instances of one class coexist.
         self.key = self.name if label is None else f"{self.name}:{label}"
+
+    def on_model(self, model: nn.Module) -> None:
+        """Shown the model once by the Cockpit, before it decides on an engine.
+
+        Instruments whose best engine depends on the model's structure choose
+        here (and may then set ``needs`` per instance).
+        """
+        del model
 
     def on_engine(self, complete: bool) -> None:
         """Told once by the Cockpit whether its hook engine serves every parameter.

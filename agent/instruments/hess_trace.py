@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
+from torch import nn
 from typing_extensions import override
 
 from glasscockpit.agent.curvature import hutchinson
+from glasscockpit.agent.engine import EngineError
+from glasscockpit.agent.engine.piecewise import not_piecewise_linear
 from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
@@ -20,15 +23,20 @@ Method = Literal["auto", "exact", "hutchinson"]
 class HessTrace(Instrument):
     """tr(∇²L_B(θ_t)) per parameter block and in total.
 
-    ``method="auto"`` (default) sums BackPACK's exact ``DiagHessian`` where it
-    applies (``backpack.extend``-ed model and loss module, supported layers) and
-    otherwise uses Hutchinson's estimator with ``probes`` Rademacher probes from a
-    private generator (seed ``seed``) on Hessian-vector products, which works for
-    any model autograd can differentiate twice. "stderr" is the standard error of
-    the total; it is None (undefined) for the exact BackPACK reading.
+    ``method="auto"`` (default) is exact where it can be: on ``nn.Sequential``
+    models of linear layers and piecewise-linear activations (ReLU nets and CNNs,
+    ``agent/engine/piecewise.py``) the Hessian diagonal is the GGN diagonal, which
+    the hook engine computes exactly (shared with TIC, no ``backpack.extend``);
+    else it sums BackPACK's exact ``DiagHessian`` where that applies
+    (``backpack.extend``-ed model and loss module, supported layers); otherwise it
+    uses Hutchinson's estimator with ``probes`` Rademacher probes from a private
+    generator (seed ``seed``) on Hessian-vector products, which works for any
+    model autograd can differentiate twice. "stderr" is the standard error of the
+    total; it is None (undefined) for exact readings.
 
     Args:
-        method: "auto", "exact" (BackPACK or fail) or "hutchinson".
+        method: "auto", "exact" (the GGN diagonal or BackPACK, or fail) or
+            "hutchinson".
         probes: Hessian-vector products per Hutchinson reading (default 20).
         seed: seed of the private generator.
     """
@@ -72,11 +80,38 @@ class HessTrace(Instrument):
         #: False once BackPACK failed in "auto": a model stays (un)extended, so
         #: later steps skip the wasted extra backward.
         self._try_exact = method != "hutchinson"
+        #: The model, when its Hessian diagonal is its GGN diagonal.
+        self._piecewise: nn.Module | None = None
+
+    @override
+    def on_model(self, model: nn.Module) -> None:
+        """Piecewise-linear ``nn.Sequential``: read the engine's GGN diagonal."""
+        if self.method != "hutchinson" and not_piecewise_linear(model) is None:
+            self._piecewise = model
+            self.needs = self.needs | {Need.DIAG_GGN}  # type: ignore[misc]
+
+    def _from_ggn(self, step: StepView) -> Reading:
+        """The exact trace from the GGN diagonal, or None where it does not apply."""
+        if self._piecewise is None or not_piecewise_linear(self._piecewise):
+            return None  # e.g. a BatchNorm switched to train mode
+        try:
+            ggn = step.diag_ggn()
+        except (EngineError, RuntimeError):
+            return None  # a loss the engine cannot factor: BackPACK or Hutchinson
+        names = [name for name, _ in step.params]
+        if step.data.ggn_note is not None or set(ggn) != set(names):
+            return None  # a Monte-Carlo estimate, or some parameters left out
+        per_param = {n: ggn[n].double().sum() for n in names}
+        total = torch.stack(list(per_param.values())).sum()
+        return {"total": total, "stderr": None, **per_param}
 
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total", "stderr", name per parameter}; float64 scalars."""
         names = [name for name, _ in step.params]
+        exact = self._from_ggn(step)
+        if exact is not None:
+            return exact
         if self._try_exact:
             diag = step.diag_hessian()
             if diag is not None:
@@ -88,8 +123,9 @@ class HessTrace(Instrument):
             self._try_exact = self.method == "exact"
             if self.method == "exact":
                 raise RuntimeError(
-                    "BackPACK's DiagHessian does not apply: extend the model and the "
-                    "loss module with backpack.extend before the forward pass, or use "
+                    "Neither the GGN diagonal (a piecewise-linear nn.Sequential) nor "
+                    "BackPACK's DiagHessian applies: extend the model and the loss "
+                    "module with backpack.extend before the forward pass, or use "
                     "method='auto'/'hutchinson'"
                 )
         op = step.hessian()

@@ -94,7 +94,7 @@ def test_lanczos_reports_non_convergence_within_max_iter():
 
 @pytest.mark.parametrize("problem", PROBLEMS, ids=repr)
 def test_hess_trace_equals_mean_of_its_probes(problem, torch_threads):
-    inst = HessTrace(schedule=every(1), probes=5, seed=7)
+    inst = HessTrace(schedule=every(1), method="hutchinson", probes=5, seed=7)
     cockpit, trace, model = train(problem, "momentum", [inst], steps=STEPS)
     got = cockpit.readings
     for t in range(STEPS):
@@ -402,3 +402,35 @@ def test_tic_refuses_unequal_token_weights_and_masks_zero_weights(torch_threads)
     unequal, info = run(torch.tensor([1.0, 2, 1, 1, 1, 1]), ignore=False)
     assert unequal is None
     assert any("weighs its tokens" in (e or "") for e in info["errors"])
+
+
+@pytest.mark.parametrize("problem", ["linear", "mlp", "cnn", "conv1d", "mse"], ids=str)
+def test_hess_trace_is_exact_from_the_ggn_on_piecewise_linear_sequentials(
+    problem, torch_threads
+):
+    # ReLU/max-pool nn.Sequential models: Hessian diagonal = GGN diagonal, which
+    # the hook engine computes exactly; no backpack.extend, no sampling error.
+    from tests.agent.harness import run_step
+    from tests.agent.problems import BY_NAME as SIMPLE
+    from tests.agent.reference import collect
+
+    got = run_step(SIMPLE[problem], [HessTrace(schedule=every(1))])["hess_trace"]
+    data = collect(SIMPLE[problem])
+    assert got["stderr"] is None
+    want = {n: float(h.sum()) for n, h in data.hess_diag.items()}
+    for name, value in want.items():
+        # float32 GGN passes against float64 Hessian rows: rtol 1e-4.
+        assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    assert got["total"] == pytest.approx(sum(want.values()), rel=1e-4, abs=1e-6)
+
+
+def test_hess_trace_samples_where_the_ggn_is_not_the_hessian(torch_threads):
+    # Tanh between the layers: the GGN misses the activation's curvature.
+    cockpit, _, _ = train(PROBLEMS[1], "sgd", [HessTrace(schedule=every(1))], steps=1)
+    assert cockpit.readings[0]["hess_trace"]["stderr"] is not None
+    from glasscockpit.agent.engine.piecewise import not_piecewise_linear
+
+    assert "Tanh" in (not_piecewise_linear(PROBLEMS[1].make_model()) or "")
+    bn = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    assert "train mode" in (not_piecewise_linear(bn) or "")
+    assert not_piecewise_linear(bn.eval()) is None
