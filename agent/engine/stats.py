@@ -281,8 +281,9 @@ class StepStats:
                     which = [i for i, loc in enumerate(locals_) if k in loc]
                     if not which:
                         continue
-                    stacked = torch.stack(
-                        [locals_[i][k].reshape(-1).to(g.dtype) for i in which], 1
+                    cols = [locals_[i][k].reshape(-1).to(g.dtype) for i in which]
+                    stacked = (
+                        cols[0].unsqueeze(1) if len(cols) == 1 else torch.stack(cols, 1)
                     )
                     dots = g.flatten(1) @ stacked  # [B, K]
                     for j, i in enumerate(which):
