@@ -88,7 +88,11 @@ class AttentionRule(LayerRule):
         if a is None or node is None:
             return
         rows = _saved_input(node)
-        if rows is None or not torch.equal(rows, x.transpose(0, 1).reshape(t * n, e)):
+        # Compared as views: with a copy of the input here, the backward pass
+        # that follows measured ~1 ms slower on the benchmark transformer.
+        if rows is None or rows.shape != (t * n, e):
+            return
+        if not torch.equal(rows.reshape(t, n, e), x.transpose(0, 1)):
             return
         call.cache["projections"] = a.detach().view(t, n, e).transpose(0, 1)
         node.register_prehook(partial(_store_qkv_grad, call))
