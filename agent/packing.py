@@ -29,11 +29,28 @@ def _transfer_dtype(device: torch.device) -> torch.dtype:
 _pinned_ok = [True]
 
 
+def _by_dtype(scalars: list[Tensor]) -> list[Tensor]:
+    """``scalars`` reordered so that each dtype's tensors are contiguous."""
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for t in scalars:
+        groups.setdefault(t.dtype, []).append(t)
+    return [t for group in groups.values() for t in group]
+
+
 def _stack_scalars(scalars: list[Tensor], dtype: torch.dtype) -> Tensor:
-    """One vector of 0-d tensors (of mixed dtypes) in ``dtype``."""
-    if len({t.dtype for t in scalars}) > 1:
-        scalars = [t.to(dtype) for t in scalars]
-    return torch.stack([t.detach() for t in scalars]).to(dtype)
+    """One vector of 0-d tensors in ``dtype``; one stack per run of equal dtypes.
+
+    ``_by_dtype`` order makes that one stack per dtype (not one cast per value).
+    """
+    runs: list[list[Tensor]] = []
+    for t in scalars:
+        if runs and runs[-1][0].dtype == t.dtype:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    with torch.no_grad():  # no graph: nothing to detach one by one
+        parts = [torch.stack(run).to(dtype) for run in runs]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _start_cuda_copy(flat: Tensor) -> tuple[Tensor, Any]:
@@ -106,7 +123,7 @@ class HostCopy:
         for device, tensors in by_device.items():
             dtype = _transfer_dtype(device)
             # Scalars (most readings) in one stack: two kernels, not three each.
-            scalars = [t for t in tensors if t.dim() == 0]
+            scalars = _by_dtype([t for t in tensors if t.dim() == 0])
             arrays = [t for t in tensors if t.dim() != 0]
             offset = 0
             for t in (*scalars, *arrays):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
 from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.engine.errors import dense_grad
-from glasscockpit.agent.engine.stats import Outer
+from glasscockpit.agent.engine.stats import Outer, Sparse
 from glasscockpit.agent.grad_scale import GradScale, divide
 from glasscockpit.agent.needs import RECORDED, Need
 
@@ -179,15 +179,26 @@ class StepView:
         self.require(Need.BATCH_GRAD)
         return self.data.stats().batch_grads(max_elements)
 
+    @overload
     def batch_grads_factored(
-        self, max_elements: int | None = None
-    ) -> Iterator[tuple[str, Tensor, Tensor | Outer]]:
+        self, max_elements: int | None = None, *, sparse: Literal[False] = False
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer]]: ...
+
+    @overload
+    def batch_grads_factored(
+        self, max_elements: int | None = None, *, sparse: bool
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse]]: ...
+
+    def batch_grads_factored(
+        self, max_elements: int | None = None, *, sparse: bool = False
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse]]:
         """``batch_grads``, with rank-one weights as ``Outer`` factors (unbuilt).
 
-        ``Outer.chunks`` builds them where a consumer needs the values.
+        ``Outer.chunks`` builds them where a consumer needs the values. With
+        ``sparse``, embedding weights come as their nonzero rows (``Sparse``).
         """
         self.require(Need.BATCH_GRAD)
-        return self.data.stats().batch_grads_factored(max_elements)
+        return self.data.stats().batch_grads_factored(max_elements, sparse)
 
     def diag_ggn(self) -> dict[str, Tensor]:
         """Exact GGN diagonal of the mean loss per parameter name (its shape)."""

@@ -325,7 +325,6 @@ class HookEngine:
         kwargs: dict[str, Any],
         output: Any,
     ) -> None:
-        del module
         if not self.recording or REENTRY.active or not torch.is_grad_enabled():
             return
         x = _first_input(inputs, kwargs)
@@ -341,6 +340,7 @@ class HookEngine:
             call.kwargs = {k: _detach(v, seen) for k, v in kwargs.items()}
         call.out, call.version = out, out._version
         out.register_hook(partial(_store_grad, call))  # type: ignore[no-untyped-call]
+        layer.rule.on_forward(call, module, inputs, out)
         layer.calls.append(call)
 
     def _on_output(

@@ -19,6 +19,8 @@ the rules in ``rules.py``, and registers itself in ``RULES`` on import:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - torch convention
@@ -123,6 +125,10 @@ class EmbeddingRule(LayerRule):
             bb = bb * (ids != module.padding_idx).unsqueeze(-1).to(bb.dtype)
         return ids, bb
 
+    def bind(self, call: Any) -> LayerRule:
+        """This rule for one call: its segments are found once, not per statistic."""
+        return _BoundEmbedding(call)
+
     def _segments(
         self, module: nn.Module, x: Tensor, b: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -187,6 +193,30 @@ class EmbeddingRule(LayerRule):
         rows, _, token = self._segments(module, x, b)
         out = rows.new_zeros(module.num_embeddings, rows.shape[1])
         return {"weight": out.index_add_(0, token, rows.square())}
+
+
+class _BoundEmbedding(EmbeddingRule):
+    """``EmbeddingRule`` keeping one call's segments in ``call.cache``.
+
+    Norms, inner products along each direction (α asks for several) and
+    ``Σ_n g_n²`` all start from the same ``unique`` and scatter-add.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    def bind(self, call: Any) -> LayerRule:
+        return _BoundEmbedding(call)
+
+    def _segments(
+        self, module: nn.Module, x: Tensor, b: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        hit = self.call.cache.get("segments")
+        if hit is not None and hit[0] is x and hit[1] is b:
+            return hit[2]  # type: ignore[no-any-return]
+        out = super()._segments(module, x, b)
+        self.call.cache["segments"] = (x, b, out)
+        return out
 
 
 LAYER_NORM = LayerNormRule()

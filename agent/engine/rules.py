@@ -49,6 +49,19 @@ class LayerRule:
         del module
         return True
 
+    def on_forward(
+        self, call: Any, module: nn.Module, inputs: tuple[Any, ...], out: Tensor
+    ) -> None:
+        """Called on every recorded call after the forward pass (default: nothing).
+
+        Args:
+            call: the recorded ``hooks.Call``.
+            module: the module.
+            inputs: the call's positional arguments, not detached.
+            out: the call's (first) output tensor, with its autograd graph.
+        """
+        del call, module, inputs, out
+
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Per-sample gradients ``{"weight": [B, *shape], ...}`` of one call."""
         raise NotImplementedError

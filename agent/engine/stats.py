@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
+from glasscockpit.agent.engine.norm_rules import EmbeddingRule
 from glasscockpit.agent.engine.rules import LinearRule
 from glasscockpit.agent.grad_scale import GradScale, divide
 
@@ -50,6 +51,23 @@ class Outer:
         step = n if max_elements is None else max(1, max_elements // per_sample)
         for s in range(0, n, step):
             yield self.u[s : s + step, :, None] * self.v[s : s + step, None, :]
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """Per-sample gradients that are exactly ``+0.0`` except for ``values``.
+
+    An embedding's per-sample gradient ``[B, V, E]`` has one nonzero row per
+    distinct (sample, token) pair; ``values`` are those rows, summed and scaled
+    exactly as the built tensor's (same additions in the same order).
+
+    Attributes:
+        values: ``[R, E]`` the rows that may be nonzero, fresh (modifiable).
+        zeros: how many of the built tensor's entries are not in ``values``.
+    """
+
+    values: Tensor
+    zeros: int
 
 
 class StepStats:
@@ -283,8 +301,9 @@ class StepStats:
                     which = [i for i, loc in enumerate(locals_) if k in loc]
                     if not which:
                         continue
-                    stacked = torch.stack(
-                        [locals_[i][k].reshape(-1).to(g.dtype) for i in which], 1
+                    cols = [locals_[i][k].reshape(-1).to(g.dtype) for i in which]
+                    stacked = (
+                        cols[0].unsqueeze(1) if len(cols) == 1 else torch.stack(cols, 1)
                     )
                     dots = g.flatten(1) @ stacked  # [B, K]
                     for j, i in enumerate(which):
@@ -368,17 +387,35 @@ class StepStats:
                 yield layer.names[k], params[k].detach(), grads.pop(k)
 
     def batch_grads_factored(
-        self, max_elements: int | None = None
-    ) -> Iterator[tuple[str, Tensor, Tensor | Outer]]:
+        self, max_elements: int | None = None, sparse: bool = False
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse]]:
         """``batch_grads``, but rank-one weights come as ``Outer`` factors.
 
         The weight of an ``nn.Linear`` called once on a 2-D input has per-sample
         gradients ``B·b_n a_nᵀ``: B·out·in values from B·(out + in) numbers,
         which a consumer such as a histogram can often use without the product.
+        With ``sparse``, an ``nn.Embedding`` called once comes as ``Sparse``
+        rows: B·T·E values at most instead of B·V·E.
         """
         scale = float(self.batch_size)
         for layer, calls in self.layers:
             c = calls[0]
+            if (
+                sparse
+                and isinstance(layer.rule, EmbeddingRule)
+                and len(calls) == 1
+                and "weight" in layer.names
+            ):
+                assert c.b is not None
+                weight = layer.module.get_parameter("weight")
+                # Unbound: the scaled rows must not replace the cached segments.
+                rows, _, _ = EmbeddingRule._segments(
+                    layer.rule, layer.module, c.x, c.b * scale
+                )
+                built = self.group_size * weight.numel()
+                rows_of = Sparse(rows, built - rows.numel())
+                yield layer.names["weight"], weight.detach(), rows_of
+                continue
             if not (
                 type(layer.rule) is LinearRule and len(calls) == 1 and c.x.dim() == 2
             ):

@@ -169,6 +169,34 @@ def sq_norms(step: StepView) -> dict[str, Tensor]:
     return {n: g.detach().double().square().sum() for n, g in step.grads()}
 
 
+def sq_norm_vector(step: StepView, names: Iterable[str]) -> tuple[list[str], Tensor]:
+    """``‖g^{(l)}‖²`` (float64 ``[P]``) of ``names`` that have a gradient, in order.
+
+    One fused float64 norm for all tensors: the per-parameter tests below then
+    work on ``[P]`` vectors, a few kernels per step instead of a dozen per
+    parameter (what dominated them on models with many small tensors).
+    """
+    wanted = set(names)
+    named = [(n, g) for n, g in step.grads() if n in wanted]
+    if not named:
+        return [], torch.zeros(0, dtype=torch.float64)
+    norms = torch._foreach_norm([g.detach().double() for _, g in named])
+    return [n for n, _ in named], torch.stack(norms).square()
+
+
+def stack_rows(values: Iterable[Tensor]) -> Tensor:
+    """Per-parameter ``[B]`` vectors (or scalars) as one float64 ``[P, ...]`` tensor."""
+    return torch.stack(list(values)).double()
+
+
+def per_name(names: list[str], g: Guarded) -> dict[str, Leaf]:
+    """A ``[P]`` guarded vector as one guarded scalar per name."""
+    return {
+        n: Guarded(v, f)
+        for n, v, f in zip(names, g.value.unbind(), g.valid.unbind(), strict=True)
+    }
+
+
 def f32_noise(mean_sq: Tensor) -> Tensor:
     """Squared size below which a float32 mean of per-sample values is round-off.
 

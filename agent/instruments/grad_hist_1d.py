@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.engine.stats import Outer
+from glasscockpit.agent.engine.stats import Outer, Sparse
 from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
@@ -233,7 +233,8 @@ class GradHist1d(Instrument):
     Out-of-range values are clamped into the edge bins (as Cockpit does), so the
     counts always add up to ``B·D``. Weights of ``nn.Linear`` layers on 2-D inputs
     are counted from their rank-one factors (``outer_counts``), exactly and
-    without building their per-sample gradients.
+    without building their per-sample gradients; embedding weights from their
+    nonzero rows and a count of exact zeros.
 
     Args:
         bins: number of bins (Cockpit: 100).
@@ -283,12 +284,24 @@ class GradHist1d(Instrument):
         lo, hi, n = *self.range, self.bins
         counts: Tensor | None = None
         outers: list[Outer] = []
-        for _, _, g in step.batch_grads_factored(self.chunk):
-            dev = g.u.device if isinstance(g, Outer) else g.device
+        for _, _, g in step.batch_grads_factored(self.chunk, sparse=True):
+            dev = (
+                g.u.device
+                if isinstance(g, Outer)
+                else g.values.device
+                if isinstance(g, Sparse)
+                else g.device
+            )
             if counts is None:  # bin n holds the NaNs
                 counts = torch.zeros(n + 1, dtype=torch.int64, device=dev)
             if isinstance(g, Outer) and outer_fast(g):
                 outers.append(g)  # counted together below
+                continue
+            if isinstance(g, Sparse):
+                count_into(counts, histc_bins(g.values, lo, hi, n))
+                # The entries not in ``values`` are +0.0: all in zero's bin.
+                zero = histc_bins(g.values.new_zeros(1), lo, hi, n).to(torch.int64)
+                counts.index_add_(0, zero, counts.new_full((1,), g.zeros))
                 continue
             for part in g.chunks(self.chunk) if isinstance(g, Outer) else [g]:
                 count_into(counts, histc_bins(part, lo, hi, n))

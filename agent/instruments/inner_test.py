@@ -11,12 +11,11 @@ from glasscockpit.agent.instruments.base import (
     Cost,
     Guarded,
     Instrument,
-    Leaf,
     Reading,
     f32_noise,
-    rows_sum,
-    sq_norms,
-    total,
+    per_name,
+    sq_norm_vector,
+    stack_rows,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
@@ -24,9 +23,13 @@ from glasscockpit.protocol import Kind, PanelSpec
 
 
 def inner_test(u: Tensor, g2: Tensor, b: int) -> Guarded:
-    """``sqrt((Σu_n² − B‖g‖⁴) / ((B−1)·B‖g‖⁴))`` with ``u_n = g_n·g`` ``[B]``."""
-    var = (u.square().sum() - b * g2.square()) / max(b - 1, 1)
-    valid = (g2.square() > f32_noise(u.square().mean())) & (b > 1)
+    """``sqrt((Σu_n² − B‖g‖⁴) / ((B−1)·B‖g‖⁴))`` with ``u_n = g_n·g`` ``[B]``.
+
+    Batched over leading axes: ``u`` ``[P, B]`` and ``g2`` ``[P]`` give ``[P]``.
+    """
+    u2 = u.square()
+    var = (u2.sum(-1) - b * g2.square()) / max(b - 1, 1)
+    valid = (g2.square() > f32_noise(u2.mean(-1))) & (b > 1)
     return Guarded.of((var.clamp(min=0) / (b * g2.square())).sqrt(), valid)
 
 
@@ -52,12 +55,12 @@ class InnerTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": θ, name: θ of that parameter}; None if undefined."""
-        b, g2 = step.sample_count(), sq_norms(step)
-        dots = {n: v.double() for n, v in step.batch_dot().items() if n in g2}
-        if not dots:
+        b, dots = step.sample_count(), step.batch_dot()
+        names, g2 = sq_norm_vector(step, dots)
+        if not names:
             return None
-        out: dict[str, Leaf] = {
-            "total": inner_test(rows_sum(dots.values()), total(g2[n] for n in dots), b)
+        u = stack_rows(dots[n] for n in names)  # [P, B]
+        return {
+            "total": inner_test(u.sum(0), g2.sum(), b),
+            **per_name(names, inner_test(u, g2, b)),
         }
-        out.update({n: inner_test(v, g2[n], b) for n, v in dots.items()})
-        return out

@@ -11,11 +11,11 @@ from glasscockpit.agent.instruments.base import (
     Cost,
     Guarded,
     Instrument,
-    Leaf,
     Reading,
     f32_noise,
-    sq_norms,
-    total,
+    per_name,
+    sq_norm_vector,
+    stack_rows,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
@@ -23,7 +23,10 @@ from glasscockpit.protocol import Kind, PanelSpec
 
 
 def norm_test(s2: Tensor, g2: Tensor, b: int) -> Guarded:
-    """``sqrt((Σ‖g_n‖² − B‖g‖²) / ((B−1)·B‖g‖²))``; undefined for B < 2 or g ≈ 0."""
+    """``sqrt((Σ‖g_n‖² − B‖g‖²) / ((B−1)·B‖g‖²))``; undefined for B < 2 or g ≈ 0.
+
+    Elementwise: ``s2`` and ``g2`` may be ``[P]`` vectors (one test per parameter).
+    """
     var = (s2 - b * g2) / max(b - 1, 1)
     valid = (g2 > f32_noise(s2 / b)) & (b > 1)
     return Guarded.of((var.clamp(min=0) / (b * g2)).sqrt(), valid)
@@ -51,12 +54,12 @@ class NormTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": θ, name: θ of that parameter}; None if undefined."""
-        b, g2 = step.sample_count(), sq_norms(step)
-        s2 = {n: v.double().sum() for n, v in step.batch_l2().items() if n in g2}
-        if not s2:
+        b, l2 = step.sample_count(), step.batch_l2()
+        names, g2 = sq_norm_vector(step, l2)
+        if not names:
             return None
-        out: dict[str, Leaf] = {
-            "total": norm_test(total(s2.values()), total(g2[n] for n in s2), b)
+        s2 = stack_rows(l2[n] for n in names).sum(1)  # [P]
+        return {
+            "total": norm_test(s2.sum(), g2.sum(), b),
+            **per_name(names, norm_test(s2, g2, b)),
         }
-        out.update({n: norm_test(v, g2[n], b) for n, v in s2.items()})
-        return out

@@ -11,12 +11,11 @@ from glasscockpit.agent.instruments.base import (
     Cost,
     Guarded,
     Instrument,
-    Leaf,
     Reading,
     f32_noise,
-    rows_sum,
-    sq_norms,
-    total,
+    per_name,
+    sq_norm_vector,
+    stack_rows,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
@@ -24,8 +23,11 @@ from glasscockpit.protocol import Kind, PanelSpec
 
 
 def ortho_test(s2: Tensor, u: Tensor, g2: Tensor, b: int) -> Guarded:
-    """``sqrt((Σ‖g_n‖² − Σu_n²/‖g‖²) / ((B−1)·B‖g‖²))``, ``u_n = g_n·g`` ``[B]``."""
-    var = (s2 - u.square().sum() / g2) / max(b - 1, 1)
+    """``sqrt((Σ‖g_n‖² − Σu_n²/‖g‖²) / ((B−1)·B‖g‖²))``, ``u_n = g_n·g`` ``[B]``.
+
+    Batched over leading axes: ``s2``, ``g2`` ``[P]`` and ``u`` ``[P, B]``.
+    """
+    var = (s2 - u.square().sum(-1) / g2) / max(b - 1, 1)
     valid = (g2 > f32_noise(s2 / b)) & (b > 1)
     return Guarded.of((var.clamp(min=0) / (b * g2)).sqrt(), valid)
 
@@ -54,19 +56,14 @@ class OrthoTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": ν, name: ν of that parameter}; None if undefined."""
-        b, g2 = step.sample_count(), sq_norms(step)
+        b = step.sample_count()
         l2, dots = step.batch_l2(), step.batch_dot()
-        names = [n for n in l2 if n in dots and n in g2]
+        names, g2 = sq_norm_vector(step, [n for n in l2 if n in dots])
         if not names:
             return None
-        s2 = {n: l2[n].double().sum() for n in names}
-        out: dict[str, Leaf] = {
-            "total": ortho_test(
-                total(s2.values()),
-                rows_sum(dots[n] for n in names),
-                total(g2[n] for n in names),
-                b,
-            )
+        s2 = stack_rows(l2[n] for n in names).sum(1)  # [P]
+        u = stack_rows(dots[n] for n in names)  # [P, B]
+        return {
+            "total": ortho_test(s2.sum(), u.sum(0), g2.sum(), b),
+            **per_name(names, ortho_test(s2, u, g2, b)),
         }
-        out.update({n: ortho_test(s2[n], dots[n].double(), g2[n], b) for n in names})
-        return out

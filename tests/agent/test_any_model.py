@@ -35,6 +35,7 @@ from tests.agent.models import (
     ENCODER,
     FUNCTIONAL_TIE,
     MODELS,
+    PADDED,
     PADDED_VMAP,
     RES_CNN,
     RES_CNN_TRAIN,
@@ -447,6 +448,35 @@ def test_uncached_and_chunked_paths_match_reference(
                 rtol, 4 * torch.finfo(torch.float32).eps * variance_conditioning(data)
             )
         assert_reading(reading, want, inst.name, rtol)
+
+
+@pytest.mark.parametrize("problem", [ENCODER, CAUSAL_LM, PADDED], ids=make_id)
+def test_attention_reads_projection_gradients_from_the_users_backward(
+    problem: Problem, torch_threads: None
+) -> None:
+    # Self-attention calls take [∂q ∂k ∂v] and the merged heads from the user's
+    # own backward pass; they must equal what re-running the attention gives.
+    model, x, y = problem.make()
+    engine = HookEngine(model, list(model.named_parameters()))
+    engine.arm()
+    problem.loss_fn(model(x), y).backward()
+    layers = [la for la in engine.layers if la.rule.label == "attention-rule"]
+    assert layers
+    for layer in layers:
+        (call,) = layer.calls
+        assert call.b is not None and "qkv_grad" in call.cache
+        got = layer.rule.bind(call).batch_grads(layer.module, call.x, call.b)
+        rerun = dataclasses.replace(call, cache={})
+        want = layer.rule.bind(rerun).batch_grads(layer.module, call.x, call.b)
+        assert "attention" in rerun.cache  # the re-run did run
+        assert got.keys() == want.keys()
+        for k, g in got.items():
+            torch.testing.assert_close(g, want[k], rtol=1e-5, atol=1e-7)
+        # Another output gradient (a curvature pass, a rescaled b): re-run.
+        other = layer.rule.bind(call).batch_grads(layer.module, call.x, 2 * call.b)
+        assert "attention" in call.cache
+        for k, g in other.items():
+            torch.testing.assert_close(g, 2 * want[k], rtol=1e-5, atol=1e-7)
 
 
 def test_alpha_differentiates_the_graph_when_some_parameters_are_not_covered(

@@ -18,7 +18,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from glasscockpit.agent import always
 from glasscockpit.agent.engine import HookEngine, StepStats
-from glasscockpit.agent.engine.stats import Outer
+from glasscockpit.agent.engine.stats import Outer, Sparse
 from glasscockpit.agent.instruments import GradHist1d, GradHist2d, grad_hist_1d
 from glasscockpit.agent.instruments.base import count_into
 from glasscockpit.agent.instruments.grad_hist_1d import (
@@ -30,6 +30,7 @@ from glasscockpit.agent.instruments.grad_hist_1d import (
 )
 from glasscockpit.agent.instruments.grad_hist_2d import centre_bins, outer_counts_2d
 from tests.agent.harness import run_step
+from tests.agent.models import ENCODER
 from tests.agent.problems import Problem
 
 RULES_1D = {
@@ -194,12 +195,37 @@ def test_factored_weights_are_the_built_per_sample_gradients(
     assert outers == 3
 
 
-@pytest.mark.parametrize("cls", [GradHist1d, GradHist2d], ids=lambda c: c.name)
+def test_sparse_embedding_rows_are_the_built_per_sample_gradients(
+    torch_threads: None,
+) -> None:
+    stats = step_stats(ENCODER)
+    built = {name: g for name, _, g in stats.batch_grads()}
+    sparse = 0
+    for name, _, g in stats.batch_grads_factored(sparse=True):
+        if not isinstance(g, Sparse):
+            continue
+        sparse += 1
+        # The same values, bit for bit, and exact +0.0 everywhere else.
+        want = built[name].reshape(-1)
+        nonzero = want[want != 0]
+        got = g.values.reshape(-1)
+        assert torch.equal(got[got != 0].sort().values, nonzero.sort().values), name
+        assert g.zeros + g.values.numel() == want.numel()
+        assert int((want == 0).sum()) == g.zeros + int((got == 0).sum())
+        assert not torch.signbit(want[want == 0]).any()
+    assert sparse == 2  # token and position embeddings
+
+
+@pytest.mark.parametrize(
+    ("cls", "model"),
+    [(GradHist1d, "mlp"), (GradHist2d, "mlp"), (GradHist1d, "encoder")],
+    ids=lambda c: c if isinstance(c, str) else c.name,
+)
 def test_histograms_count_the_built_values(
-    cls: type[GradHist1d] | type[GradHist2d], torch_threads: None
+    cls: type[GradHist1d] | type[GradHist2d], model: str, torch_threads: None
 ) -> None:
     # Non-default ranges put many values on several edges and in the clamps.
-    problem = Problem("mlp", _mlp, F.cross_entropy)
+    problem = Problem("mlp", _mlp, F.cross_entropy) if model == "mlp" else ENCODER
     if cls is GradHist1d:
         inst: GradHist1d | GradHist2d = GradHist1d(
             schedule=always, bins=13, range=(-0.05, 0.02)
@@ -223,8 +249,9 @@ def test_histograms_count_the_built_values(
             tb = centre_bins(theta.clone(), nt, tlo, thi, nan=ng * nt)
             count_into(want, torch.add(tb, centre_bins(g, ng, glo, ghi, ng), alpha=nt))
         assert torch.equal(got["counts"], want[: ng * nt].double().reshape(ng, nt))
+    model_, x, _ = problem.make()
     assert float(got["counts"].sum()) == sum(
-        p.numel() * 16 for p in problem.make()[0].parameters()
+        p.numel() * x.shape[0] for p in model_.parameters()
     )
 
 
