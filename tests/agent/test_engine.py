@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 from glasscockpit.agent import Cockpit, always, every
+from glasscockpit.agent.engine.rules import ConvRule
 from glasscockpit.agent.instruments import (
     CABS,
     EarlyStopping,
@@ -304,3 +305,38 @@ def test_log_sends_epoch_metrics(torch_threads: None):
     assert cockpit.readings[3]["epoch_loss"] == {"train": 0.5, "valid": 0.7}
     assert cockpit.readings[3]["epoch_accuracy"] == {"valid": 0.9}
     assert RTOL > 0
+
+
+CONVS = [
+    nn.Conv2d(3, 8, 3, padding=1),
+    nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
+    nn.Conv2d(2, 4, 5, stride=3, bias=False),
+    nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2),
+    nn.Conv1d(3, 5, 4, dilation=2),
+]
+
+
+@pytest.mark.parametrize("conv", CONVS, ids=repr)
+def test_both_conv_weight_paths_are_per_sample_gradients(
+    conv: nn.Conv1d | nn.Conv2d, torch_threads: None
+) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, conv.in_channels, 11, 9)
+    if isinstance(conv, nn.Conv1d):
+        x = x[:, :, 0]
+    b = torch.randn_like(conv(x))
+    want = torch.stack(
+        [
+            torch.autograd.grad(conv(x[n : n + 1]), conv.weight, b[n : n + 1])[0]
+            for n in range(len(x))
+        ]
+    )
+    rule = ConvRule()
+    scale = float(want.abs().max())
+    for got in (rule.by_unfold(conv, x, b), rule.by_kernel(conv, x, b)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * scale)
+    # The timed choice between them serves the same values, and is kept.
+    torch.testing.assert_close(
+        rule.batch_grads(conv, x, b)["weight"], want, rtol=0, atol=1e-6 * scale
+    )
+    assert len(rule.choice) == 1
