@@ -216,7 +216,12 @@ class ConvRule(LayerRule):
             self._cols.clear()
 
     def _unfold(self, module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
-        """``F.unfold``'s ``[B, in·k, L]``, copied from a strided view (2–3× faster)."""
+        """``F.unfold``'s ``[B, in·k, L]``: the input's windows as a strided view.
+
+        A view: ``reshape(B, in·k, L)`` copies it (2–3× faster than F.unfold),
+        all at once or a few samples at a time. Inside ``caching()`` the copy is
+        returned and kept.
+        """
         hit = self._cols.get(id(x))
         if hit is not None and hit[0]() is x:
             return hit[1]
@@ -237,11 +242,12 @@ class ConvRule(LayerRule):
             (n, c, kh, kw, ho, wo),
             (s[0], s[1], dh * s[2], dw * s[3], sh * s[2], sw * s[3]),
         )
+        if not self._caching:
+            return view
         cols = view.reshape(n, c * kh * kw, ho * wo)  # [B, in·k, L]
-        if self._caching:
-            key = id(x)
-            ref = weakref.ref(x, lambda _: self._cols.pop(key, None))
-            self._cols[key] = (ref, cols)
+        key = id(x)
+        ref = weakref.ref(x, lambda _: self._cols.pop(key, None))
+        self._cols[key] = (ref, cols)
         return cols
 
     def accepts(self, module: nn.Module) -> bool:
@@ -253,15 +259,25 @@ class ConvRule(LayerRule):
         )
 
     def by_unfold(self, module: nn.Conv1d | nn.Conv2d, x: Tensor, b: Tensor) -> Tensor:
-        """Weight ``ĝ_n`` from the unfolded input: one batched matrix product."""
+        """Weight ``ĝ_n`` from the unfolded input: batched matrix products.
+
+        The windows are copied a few samples at a time (``UNFOLD_CHUNK``
+        values): the copy stays in cache for the product, and no buffer of the
+        whole batch's windows (7–9 MiB on the benchmark CNN) is allocated and
+        returned to the system, and faulted in again, at every step.
+        """
         n, g = x.shape[0], module.groups
-        cols = self._unfold(module, x)  # [B, in·k, L]
+        cols = self._unfold(module, x)  # [B, in·k, L], or its strided view
+        k = math.prod(cols.shape[1:4]) if cols.dim() > 3 else cols.shape[1]
+        per_sample = k * b[0].numel() // module.out_channels
+        step = n if cols.dim() == 3 else max(1, UNFOLD_CHUNK // per_sample)
         bg = b.reshape(n, g, module.out_channels // g, -1)  # [B, g, out/g, L]
-        cg = cols.reshape(n, g, cols.shape[1] // g, -1)  # [B, g, in/g·k, L]
         # [B, g, in/g·k, out/g]: this operand order is the faster one for bmm.
-        return (
-            (cg @ bg.transpose(2, 3)).transpose(2, 3).reshape(n, *module.weight.shape)
-        )
+        out = b.new_empty((n, g, k // g, module.out_channels // g))
+        for s in range(0, n, step):
+            part = cols[s : s + step].reshape(-1, g, k // g, bg.shape[-1])
+            torch.matmul(part, bg[s : s + step].transpose(2, 3), out=out[s : s + step])
+        return out.transpose(2, 3).reshape(n, *module.weight.shape)
 
     @staticmethod
     def by_kernel(module: nn.Conv1d | nn.Conv2d, x: Tensor, b: Tensor) -> Tensor:
@@ -334,6 +350,9 @@ class ConvRule(LayerRule):
             out["bias"] = b.reshape(n, b.shape[1], -1).sum(2)
         return out
 
+
+#: Unfolded input values ``ConvRule.by_unfold`` copies at a time (4 MiB float32).
+UNFOLD_CHUNK = 1 << 20
 
 LINEAR = LinearRule()
 CONV = ConvRule()

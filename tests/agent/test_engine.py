@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 from glasscockpit.agent import Cockpit, always, every
+from glasscockpit.agent.engine import HookEngine, rules
 from glasscockpit.agent.engine.rules import ConvRule
 from glasscockpit.agent.instruments import (
     CABS,
@@ -318,7 +321,7 @@ CONVS = [
 
 @pytest.mark.parametrize("conv", CONVS, ids=repr)
 def test_both_conv_weight_paths_are_per_sample_gradients(
-    conv: nn.Conv1d | nn.Conv2d, torch_threads: None
+    conv: nn.Conv1d | nn.Conv2d, torch_threads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.manual_seed(0)
     x = torch.randn(5, conv.in_channels, 11, 9)
@@ -333,10 +336,31 @@ def test_both_conv_weight_paths_are_per_sample_gradients(
     )
     rule = ConvRule()
     scale = float(want.abs().max())
-    for got in (rule.by_unfold(conv, x, b), rule.by_kernel(conv, x, b)):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * scale)
+    got = [rule.by_unfold(conv, x, b), rule.by_kernel(conv, x, b)]
+    with rule.caching():  # the whole batch's windows, kept
+        got += [rule.by_unfold(conv, x, b), rule.by_unfold(conv, x, b)]
+    monkeypatch.setattr(rules, "UNFOLD_CHUNK", 1)  # one sample at a time
+    got.append(rule.by_unfold(conv, x, b))
+    for g in got:
+        torch.testing.assert_close(g, want, rtol=0, atol=1e-6 * scale)
     # The timed choice between them serves the same values, and is kept.
     torch.testing.assert_close(
         rule.batch_grads(conv, x, b)["weight"], want, rtol=0, atol=1e-6 * scale
     )
     assert len(rule.choice) == 1
+
+
+def test_cleared_calls_are_freed(torch_threads: None) -> None:
+    # Each recorded output's gradient hook refers to its call, which refers to
+    # the output: clearing must break that cycle, which the collector cannot see.
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    engine = HookEngine(model, list(model.named_parameters()))
+    engine.arm()
+    F.cross_entropy(model(torch.randn(5, 4)), torch.tensor([0, 1, 2, 0, 1])).backward()
+    call = engine.layers[-1].calls[0]
+    assert call.b is not None
+    refs = [weakref.ref(t) for t in (call.x, call.b)]
+    del call
+    engine.arm()  # the next tracked step starts afresh
+    gc.collect()
+    assert all(r() is None for r in refs)
