@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeAlias
@@ -191,6 +191,28 @@ def f32_noise(mean_sq: Tensor) -> Tensor:
 def total(values: Iterable[Tensor]) -> Tensor:
     """Sum of scalar tensors, float64 (the per-layer values must be non-empty)."""
     return torch.stack([v.double() for v in values]).sum()
+
+
+def stack64(values: Sequence[Tensor]) -> Tensor:
+    """Tensors of one shape stacked along a new first axis, in float64.
+
+    One conversion for all of them when they share a dtype (the usual case).
+    """
+    if len({v.dtype for v in values}) == 1:
+        return torch.stack(list(values)).double()
+    return torch.stack([v.double() for v in values])
+
+
+def split_layers(g: Guarded, names: Sequence[str]) -> dict[str, Leaf]:
+    """``{"total": g[0], names[i]: g[i + 1]}`` of a guarded ``[1 + L]`` vector.
+
+    The gradient tests evaluate their formula once on the network's and every
+    layer's values stacked (elementwise: the same numbers as one call each).
+    """
+    out: dict[str, Leaf] = {"total": Guarded(g.value[0], g.valid[0])}
+    for i, n in enumerate(names, 1):
+        out[n] = Guarded(g.value[i], g.valid[i])
+    return out
 
 
 def rows_sum(per_layer: Iterable[Tensor]) -> Tensor:

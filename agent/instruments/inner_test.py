@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -11,22 +12,24 @@ from glasscockpit.agent.instruments.base import (
     Cost,
     Guarded,
     Instrument,
-    Leaf,
     Reading,
     f32_noise,
-    rows_sum,
+    split_layers,
     sq_norms,
-    total,
+    stack64,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 
-def inner_test(u: Tensor, g2: Tensor, b: int) -> Guarded:
-    """``sqrt((Σu_n² − B‖g‖⁴) / ((B−1)·B‖g‖⁴))`` with ``u_n = g_n·g`` ``[B]``."""
-    var = (u.square().sum() - b * g2.square()) / max(b - 1, 1)
-    valid = (g2.square() > f32_noise(u.square().mean())) & (b > 1)
+def inner_test(su2: Tensor, msq: Tensor, g2: Tensor, b: int) -> Guarded:
+    """``sqrt((Σu_n² − B‖g‖⁴) / ((B−1)·B‖g‖⁴))``, ``u_n = g_n·g``.
+
+    Elementwise in ``su2 = Σu_n²``, ``msq = mean u_n²`` and ``g2 = ‖g‖²``.
+    """
+    var = (su2 - b * g2.square()) / max(b - 1, 1)
+    valid = (g2.square() > f32_noise(msq)) & (b > 1)
     return Guarded.of((var.clamp(min=0) / (b * g2.square())).sqrt(), valid)
 
 
@@ -53,11 +56,12 @@ class InnerTest(Instrument):
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": θ, name: θ of that parameter}; None if undefined."""
         b, g2 = step.sample_count(), sq_norms(step)
-        dots = {n: v.double() for n, v in step.batch_dot().items() if n in g2}
-        if not dots:
+        dots = step.batch_dot()
+        names = [n for n in dots if n in g2]
+        if not names:
             return None
-        out: dict[str, Leaf] = {
-            "total": inner_test(rows_sum(dots.values()), total(g2[n] for n in dots), b)
-        }
-        out.update({n: inner_test(v, g2[n], b) for n, v in dots.items()})
-        return out
+        u = stack64([dots[n] for n in names])  # [L, B]
+        sq = torch.cat([u.sum(0)[None], u]).square()  # the network's u_n first
+        g2s = torch.stack([g2[n] for n in names])
+        g2s = torch.cat([g2s.sum()[None], g2s])
+        return split_layers(inner_test(sq.sum(1), sq.mean(1), g2s, b), names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -11,11 +12,11 @@ from glasscockpit.agent.instruments.base import (
     Cost,
     Guarded,
     Instrument,
-    Leaf,
     Reading,
     f32_noise,
+    split_layers,
     sq_norms,
-    total,
+    stack64,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
@@ -52,11 +53,11 @@ class NormTest(Instrument):
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": θ, name: θ of that parameter}; None if undefined."""
         b, g2 = step.sample_count(), sq_norms(step)
-        s2 = {n: v.double().sum() for n, v in step.batch_l2().items() if n in g2}
-        if not s2:
+        l2 = step.batch_l2()
+        names = [n for n in l2 if n in g2]
+        if not names:
             return None
-        out: dict[str, Leaf] = {
-            "total": norm_test(total(s2.values()), total(g2[n] for n in s2), b)
-        }
-        out.update({n: norm_test(v, g2[n], b) for n, v in s2.items()})
-        return out
+        s2 = stack64([l2[n] for n in names]).sum(1)  # [L]
+        g2s = torch.stack([g2[n] for n in names])
+        s2, g2s = torch.cat([s2.sum()[None], s2]), torch.cat([g2s.sum()[None], g2s])
+        return split_layers(norm_test(s2, g2s, b), names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -11,21 +12,23 @@ from glasscockpit.agent.instruments.base import (
     Cost,
     Guarded,
     Instrument,
-    Leaf,
     Reading,
     f32_noise,
-    rows_sum,
+    split_layers,
     sq_norms,
-    total,
+    stack64,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 
-def ortho_test(s2: Tensor, u: Tensor, g2: Tensor, b: int) -> Guarded:
-    """``sqrt((Σ‖g_n‖² − Σu_n²/‖g‖²) / ((B−1)·B‖g‖²))``, ``u_n = g_n·g`` ``[B]``."""
-    var = (s2 - u.square().sum() / g2) / max(b - 1, 1)
+def ortho_test(s2: Tensor, su2: Tensor, g2: Tensor, b: int) -> Guarded:
+    """``sqrt((Σ‖g_n‖² − Σu_n²/‖g‖²) / ((B−1)·B‖g‖²))``, ``u_n = g_n·g``.
+
+    Elementwise in ``s2 = Σ‖g_n‖²``, ``su2 = Σu_n²`` and ``g2 = ‖g‖²``.
+    """
+    var = (s2 - su2 / g2) / max(b - 1, 1)
     valid = (g2 > f32_noise(s2 / b)) & (b > 1)
     return Guarded.of((var.clamp(min=0) / (b * g2)).sqrt(), valid)
 
@@ -59,14 +62,9 @@ class OrthoTest(Instrument):
         names = [n for n in l2 if n in dots and n in g2]
         if not names:
             return None
-        s2 = {n: l2[n].double().sum() for n in names}
-        out: dict[str, Leaf] = {
-            "total": ortho_test(
-                total(s2.values()),
-                rows_sum(dots[n] for n in names),
-                total(g2[n] for n in names),
-                b,
-            )
-        }
-        out.update({n: ortho_test(s2[n], dots[n].double(), g2[n], b) for n in names})
-        return out
+        s2 = stack64([l2[n] for n in names]).sum(1)
+        u = stack64([dots[n] for n in names])  # [L, B]
+        su2 = torch.cat([u.sum(0)[None], u]).square().sum(1)  # the network's first
+        g2s = torch.stack([g2[n] for n in names])
+        s2, g2s = torch.cat([s2.sum()[None], s2]), torch.cat([g2s.sum()[None], g2s])
+        return split_layers(ortho_test(s2, su2, g2s, b), names)
