@@ -185,22 +185,25 @@ def orthonormal_basis(
     """
     if drop_rtol is None:
         drop_rtol = 1e-7 if candidates[0].dtype == torch.float64 else 1e-5
-    rows: list[Tensor] = []
+    # Rows are written into one buffer (views of it, no stacking per pass) and
+    # each projection is removed by one fused ``addmv``: the candidates are
+    # model-sized, so every pass over them counts.
+    out = candidates[0].new_empty((len(candidates), candidates[0].numel()))
+    k = 0
     for v in candidates:
         norm = float(v.norm())
         if norm == 0.0 or not math.isfinite(norm):
             continue
-        r = v
-        for _ in range(2):
-            if rows:
-                q = torch.stack(rows)
-                r = r - q.T @ (q @ r)
-        rn = float(r.norm())
+        r, rn = v, norm
+        if k:
+            q = out[:k]
+            for _ in range(2):
+                r = torch.addmv(r, q.T, q @ r, alpha=-1)
+            rn = float(r.norm())
         if rn > drop_rtol * norm:
-            rows.append(r / rn)
-    if not rows:
-        return candidates[0].new_zeros((0, candidates[0].numel()))
-    return torch.stack(rows)
+            torch.div(r, rn, out=out[k])
+            k += 1
+    return out[:k]
 
 
 def fit_alpha(

@@ -291,6 +291,12 @@ class HookEngine:
     def clear(self) -> None:
         """Drop recorded inputs, outputs and gradients."""
         for layer in self.layers:
+            for call in layer.calls:
+                # The output's gradient hook holds the call, and the call the
+                # output: the garbage collector cannot see a hook held by a
+                # tensor, so without this every tracked step's inputs,
+                # outputs and output gradients would stay alive for good.
+                call.out = None
             layer.calls.clear()
         self.output = None
         self.forwards = 0

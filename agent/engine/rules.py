@@ -14,10 +14,13 @@ reductions then fall back to building that one layer's per-sample gradients.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - torch convention
 
@@ -191,7 +194,16 @@ class LinearRule(LayerRule):
 
 
 class ConvRule(LayerRule):
-    """``nn.Conv1d``/``nn.Conv2d`` with zero padding: per-sample grads via ``F.unfold``.
+    """``nn.Conv1d``/``nn.Conv2d`` with zero padding: per-sample weight gradients.
+
+    Two exact ways to build ``ĝ_n`` of the weight, whose speed depends on the
+    layer's shape (measured on one CPU thread: 1.3 vs 2.9 ms for 3→16 channels
+    at 32×32, 2.1 vs 1.5 ms for 16→32 at 16×16, batch 64; F.unfold + bmm took 4.0
+    and 5.2): the unfolded input (a strided view of the padded input, copied)
+    contracted with ``b`` in one batched matrix product, or the convolution's own
+    weight-gradient kernel with the samples as ``B·groups`` groups. On the CPU
+    the first call of each layer shape times both and keeps the faster
+    (``choice``); elsewhere the unfolded input is used.
 
     A 1-D convolution is unfolded as a 2-D one of height 1. Inside ``caching()``
     the unfolded input is kept per recorded input tensor: the GGN passes reduce
@@ -203,6 +215,8 @@ class ConvRule(LayerRule):
     def __init__(self) -> None:
         self._cols: dict[int, tuple[weakref.ref[Tensor], Tensor]] = {}
         self._caching = False
+        #: Per layer shape: True for the grouped weight-gradient kernel.
+        self.choice: dict[tuple[Any, ...], bool] = {}
 
     @contextlib.contextmanager
     def caching(self) -> Iterator[None]:
@@ -215,23 +229,38 @@ class ConvRule(LayerRule):
             self._cols.clear()
 
     def _unfold(self, module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+        """``F.unfold``'s ``[B, in·k, L]``: the input's windows as a strided view.
+
+        A view: ``reshape(B, in·k, L)`` copies it (2–3× faster than F.unfold),
+        all at once or a few samples at a time. Inside ``caching()`` the copy is
+        returned and kept.
+        """
         hit = self._cols.get(id(x))
         if hit is not None and hit[0]() is x:
             return hit[1]
         one_d = isinstance(module, nn.Conv1d)
+        x4 = x.unsqueeze(2) if one_d else x
+        kh, kw = (1, *module.kernel_size) if one_d else module.kernel_size
+        dh, dw = (1, *module.dilation) if one_d else module.dilation
+        sh, sw = (1, *module.stride) if one_d else module.stride
         pad = module.padding
         assert not isinstance(pad, str)  # accepts() refused strings
-        cols = F.unfold(
-            x.unsqueeze(2) if one_d else x,
-            (1, *module.kernel_size) if one_d else module.kernel_size,
-            dilation=(1, *module.dilation) if one_d else module.dilation,
-            padding=(0, *pad) if one_d else pad,
-            stride=(1, *module.stride) if one_d else module.stride,
-        )  # [B, in·k, L]
-        if self._caching:
-            key = id(x)
-            ref = weakref.ref(x, lambda _: self._cols.pop(key, None))
-            self._cols[key] = (ref, cols)
+        ph, pw = (0, *pad) if one_d else pad
+        if ph or pw:
+            x4 = F.pad(x4, (pw, pw, ph, ph))
+        n, c, h, w = x4.shape
+        ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        s = x4.stride()
+        view = x4.as_strided(
+            (n, c, kh, kw, ho, wo),
+            (s[0], s[1], dh * s[2], dw * s[3], sh * s[2], sw * s[3]),
+        )
+        if not self._caching:
+            return view
+        cols = view.reshape(n, c * kh * kw, ho * wo)  # [B, in·k, L]
+        key = id(x)
+        ref = weakref.ref(x, lambda _: self._cols.pop(key, None))
+        self._cols[key] = (ref, cols)
         return cols
 
     def accepts(self, module: nn.Module) -> bool:
@@ -242,20 +271,105 @@ class ConvRule(LayerRule):
             and not isinstance(module.padding, str)
         )
 
+    def by_unfold(self, module: nn.Conv1d | nn.Conv2d, x: Tensor, b: Tensor) -> Tensor:
+        """Weight ``ĝ_n`` from the unfolded input: batched matrix products.
+
+        On the CPU the windows are copied a few samples at a time
+        (``UNFOLD_CHUNK`` values): the copy stays in cache for the product, and
+        no buffer of the whole batch's windows (7–9 MiB on the benchmark CNN)
+        is allocated, returned to the system and faulted in again every step.
+        """
+        n, g = x.shape[0], module.groups
+        cols = self._unfold(module, x)  # [B, in·k, L], or its strided view
+        k = math.prod(cols.shape[1:4]) if cols.dim() > 3 else cols.shape[1]
+        per_sample = k * b[0].numel() // module.out_channels
+        chunked = cols.dim() > 3 and x.device.type == "cpu"  # a cache matters there
+        step = max(1, UNFOLD_CHUNK // per_sample) if chunked else n
+        bg = b.reshape(n, g, module.out_channels // g, -1)  # [B, g, out/g, L]
+        # [B, g, in/g·k, out/g]: this operand order is the faster one for bmm.
+        out = b.new_empty((n, g, k // g, module.out_channels // g))
+        for s in range(0, n, step):
+            part = cols[s : s + step].reshape(-1, g, k // g, bg.shape[-1])
+            torch.matmul(part, bg[s : s + step].transpose(2, 3), out=out[s : s + step])
+        return out.transpose(2, 3).reshape(n, *module.weight.shape)
+
+    @staticmethod
+    def by_kernel(module: nn.Conv1d | nn.Conv2d, x: Tensor, b: Tensor) -> Tensor:
+        """Weight ``ĝ_n`` from the convolution's weight-gradient kernel.
+
+        Sample ``n``'s channels form groups of their own: the batch becomes one
+        image of ``B·in`` channels in ``B·groups`` groups.
+        """
+        n, shape = x.shape[0], module.weight.shape
+        pad = module.padding
+        assert not isinstance(pad, str)  # accepts() refused strings
+        # Only its shape is read (no input gradient is asked for): no copies.
+        weight = x.new_empty(()).expand(n * shape[0], *shape[1:])
+        grad: Tensor = torch.ops.aten.convolution_backward(
+            b.reshape(1, n * b.shape[1], *b.shape[2:]),
+            x.reshape(1, n * x.shape[1], *x.shape[2:]),
+            weight,
+            None,
+            list(module.stride),
+            list(pad),
+            list(module.dilation),
+            False,
+            [0] * len(module.stride),
+            n * module.groups,
+            [False, True, False],
+        )[1]
+        return grad.reshape(n, *shape)
+
+    def _use_kernel(self, module: nn.Conv1d | nn.Conv2d, x: Tensor, b: Tensor) -> bool:
+        """Whether ``by_kernel`` is faster for this layer shape (timed once)."""
+        if x.device.type != "cpu" or self._caching:
+            return False
+        key = (
+            x.dtype,
+            tuple(x.shape),
+            tuple(b.shape),
+            tuple(module.weight.shape),
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+        )
+        hit = self.choice.get(key)
+        if hit is None:
+            # The first round warms up allocations; the fastest of three others
+            # is what a quiet machine gives (the others are noise).
+            best = {False: math.inf, True: math.inf}
+            for i in range(4):
+                for kernel in (False, True):
+                    t0 = time.perf_counter()
+                    if kernel:
+                        try:
+                            self.by_kernel(module, x, b)
+                        except RuntimeError:  # e.g. no such kernel for this dtype
+                            continue
+                    else:
+                        self.by_unfold(module, x, b)
+                    if i:
+                        best[kernel] = min(best[kernel], time.perf_counter() - t0)
+            hit = self.choice[key] = best[True] < best[False]
+        return hit
+
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Weight ``[B, out, in/groups, *kernel]``, bias ``[B, out]``."""
         assert isinstance(module, nn.Conv1d | nn.Conv2d)
         n, out = x.shape[0], dict[str, Tensor]()
         if _has(module, "weight"):
-            cols = self._unfold(module, x)  # [B, in·k, L]
-            g = module.groups
-            bg = b.reshape(n, g, module.out_channels // g, -1)  # [B, g, out/g, L]
-            cg = cols.reshape(n, g, cols.shape[1] // g, -1)  # [B, g, in/g·k, L]
-            out["weight"] = (bg @ cg.transpose(2, 3)).reshape(n, *module.weight.shape)
+            if self._use_kernel(module, x, b):
+                out["weight"] = self.by_kernel(module, x, b)
+            else:
+                out["weight"] = self.by_unfold(module, x, b)
         if _has(module, "bias"):
             out["bias"] = b.reshape(n, b.shape[1], -1).sum(2)
         return out
 
+
+#: Unfolded input values ``ConvRule.by_unfold`` copies at a time (4 MiB float32).
+UNFOLD_CHUNK = 1 << 20
 
 LINEAR = LinearRule()
 CONV = ConvRule()

@@ -156,15 +156,18 @@ class Alpha(Instrument):
         step.require(Need.PARAMS)
         # One rounded subtraction per entry, in at least float32 (bf16 models).
         dtype = start.basis.dtype
-        d = torch.cat(
-            [
-                (p.detach().to(dtype) - t.to(dtype)).reshape(-1)
-                for p, t in zip(params, start.theta, strict=True)
-            ]
-        )
+        sizes = [p.numel() for p in params]
+        d = start.basis.new_empty(sum(sizes))
+        for p, t, part in zip(params, start.theta, torch.split(d, sizes), strict=True):
+            if p.dtype == t.dtype == dtype:  # subtracted straight into place
+                torch.sub(p.detach().reshape(-1), t.reshape(-1), out=part)
+            else:
+                part.copy_((p.detach().to(dtype) - t.to(dtype)).reshape(-1))
         coef = start.basis @ d  # [K]
         tau = float(coef.double().norm())
-        resid = float((d - coef @ start.basis).norm()) / max(float(d.norm()), 1e-300)
+        # d − coefᵀ·basis in one fused pass over the basis.
+        left = torch.addmv(d, start.basis.T, coef, alpha=-1)
+        resid = float(left.norm()) / max(float(d.norm()), 1e-300)
         if tau == 0.0 or resid > self.span_rtol:
             self._done[start.step] = None
             return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeAlias
@@ -165,36 +165,28 @@ def norms_and_total(named: list[tuple[str, Tensor]]) -> dict[str, Leaf] | None:
 
 
 def sq_norms(step: StepView) -> dict[str, Tensor]:
-    """``‖g^{(l)}‖²`` of ``p.grad`` per parameter name, float64 scalars."""
-    return {n: g.detach().double().square().sum() for n, g in step.grads()}
+    """``‖g^{(l)}‖²`` of ``p.grad`` per parameter name, float64 scalars.
 
-
-def sq_norm_vector(step: StepView, names: Iterable[str]) -> tuple[list[str], Tensor]:
-    """``‖g^{(l)}‖²`` (float64 ``[P]``) of ``names`` that have a gradient, in order.
-
-    One fused float64 norm for all tensors: the per-parameter tests below then
-    work on ``[P]`` vectors, a few kernels per step instead of a dozen per
-    parameter (what dominated them on models with many small tensors).
+    Computed once per step for all instruments (the three gradient tests read
+    it), again only if a gradient was replaced or modified in place since.
     """
-    wanted = set(names)
-    named = [(n, g) for n, g in step.grads() if n in wanted]
-    if not named:
-        return [], torch.zeros(0, dtype=torch.float64)
-    norms = torch._foreach_norm([g.detach().double() for _, g in named])
-    return [n for n, _ in named], torch.stack(norms).square()
-
-
-def stack_rows(values: Iterable[Tensor]) -> Tensor:
-    """Per-parameter ``[B]`` vectors (or scalars) as one float64 ``[P, ...]`` tensor."""
-    return torch.stack(list(values)).double()
-
-
-def per_name(names: list[str], g: Guarded) -> dict[str, Leaf]:
-    """A ``[P]`` guarded vector as one guarded scalar per name."""
-    return {
-        n: Guarded(v, f)
-        for n, v, f in zip(names, g.value.unbind(), g.valid.unbind(), strict=True)
-    }
+    grads = step.grads()
+    key = [(n, g, g._version) for n, g in grads]
+    hit = step.cache.get("sq_norms")
+    if (
+        hit is not None
+        and len(hit[0]) == len(key)
+        and all(
+            n == m and g is h and v == w
+            for (n, g, v), (m, h, w) in zip(key, hit[0], strict=True)
+        )
+    ):
+        return dict(hit[1])
+    # One fused float64 norm for all tensors, not a few kernels per parameter.
+    norms = torch._foreach_norm([g.detach().double() for _, g in grads])
+    out = {n: v.square() for (n, _), v in zip(grads, norms, strict=True)}
+    step.cache["sq_norms"] = (key, out)
+    return dict(out)
 
 
 def f32_noise(mean_sq: Tensor) -> Tensor:
@@ -211,9 +203,26 @@ def total(values: Iterable[Tensor]) -> Tensor:
     return torch.stack([v.double() for v in values]).sum()
 
 
-def rows_sum(per_layer: Iterable[Tensor]) -> Tensor:
-    """``Σ_l v^{(l)}`` of ``[B]`` vectors in float64, e.g. the network's ``u_n``."""
-    return torch.stack([v.double() for v in per_layer]).sum(0)
+def stack64(values: Sequence[Tensor]) -> Tensor:
+    """Tensors of one shape stacked along a new first axis, in float64.
+
+    One conversion for all of them when they share a dtype (the usual case).
+    """
+    if len({v.dtype for v in values}) == 1:
+        return torch.stack(list(values)).double()
+    return torch.stack([v.double() for v in values])
+
+
+def split_layers(g: Guarded, names: Sequence[str]) -> dict[str, Leaf]:
+    """``{"total": g[0], names[i]: g[i + 1]}`` of a guarded ``[1 + L]`` vector.
+
+    The gradient tests evaluate their formula once on the network's and every
+    layer's values stacked (elementwise: the same numbers as one call each).
+    """
+    out: dict[str, Leaf] = {"total": Guarded(g.value[0], g.valid[0])}
+    for i, n in enumerate(names, 1):
+        out[n] = Guarded(g.value[i], g.valid[i])
+    return out
 
 
 def count_into(counts: Tensor, index: Tensor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -13,23 +14,22 @@ from glasscockpit.agent.instruments.base import (
     Instrument,
     Reading,
     f32_noise,
-    per_name,
-    sq_norm_vector,
-    stack_rows,
+    split_layers,
+    sq_norms,
+    stack64,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 
-def inner_test(u: Tensor, g2: Tensor, b: int) -> Guarded:
-    """``sqrt((Σu_n² − B‖g‖⁴) / ((B−1)·B‖g‖⁴))`` with ``u_n = g_n·g`` ``[B]``.
+def inner_test(su2: Tensor, msq: Tensor, g2: Tensor, b: int) -> Guarded:
+    """``sqrt((Σu_n² − B‖g‖⁴) / ((B−1)·B‖g‖⁴))``, ``u_n = g_n·g``.
 
-    Batched over leading axes: ``u`` ``[P, B]`` and ``g2`` ``[P]`` give ``[P]``.
+    Elementwise in ``su2 = Σu_n²``, ``msq = mean u_n²`` and ``g2 = ‖g‖²``.
     """
-    u2 = u.square()
-    var = (u2.sum(-1) - b * g2.square()) / max(b - 1, 1)
-    valid = (g2.square() > f32_noise(u2.mean(-1))) & (b > 1)
+    var = (su2 - b * g2.square()) / max(b - 1, 1)
+    valid = (g2.square() > f32_noise(msq)) & (b > 1)
     return Guarded.of((var.clamp(min=0) / (b * g2.square())).sqrt(), valid)
 
 
@@ -55,12 +55,13 @@ class InnerTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": θ, name: θ of that parameter}; None if undefined."""
-        b, dots = step.sample_count(), step.batch_dot()
-        names, g2 = sq_norm_vector(step, dots)
+        b, g2 = step.sample_count(), sq_norms(step)
+        dots = step.batch_dot()
+        names = [n for n in dots if n in g2]
         if not names:
             return None
-        u = stack_rows(dots[n] for n in names)  # [P, B]
-        return {
-            "total": inner_test(u.sum(0), g2.sum(), b),
-            **per_name(names, inner_test(u, g2, b)),
-        }
+        u = stack64([dots[n] for n in names])  # [L, B]
+        sq = torch.cat([u.sum(0)[None], u]).square()  # the network's u_n first
+        g2s = torch.stack([g2[n] for n in names])
+        g2s = torch.cat([g2s.sum()[None], g2s])
+        return split_layers(inner_test(sq.sum(1), sq.mean(1), g2s, b), names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -13,9 +14,9 @@ from glasscockpit.agent.instruments.base import (
     Instrument,
     Reading,
     f32_noise,
-    per_name,
-    sq_norm_vector,
-    stack_rows,
+    split_layers,
+    sq_norms,
+    stack64,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
@@ -23,10 +24,7 @@ from glasscockpit.protocol import Kind, PanelSpec
 
 
 def norm_test(s2: Tensor, g2: Tensor, b: int) -> Guarded:
-    """``sqrt((Σ‖g_n‖² − B‖g‖²) / ((B−1)·B‖g‖²))``; undefined for B < 2 or g ≈ 0.
-
-    Elementwise: ``s2`` and ``g2`` may be ``[P]`` vectors (one test per parameter).
-    """
+    """``sqrt((Σ‖g_n‖² − B‖g‖²) / ((B−1)·B‖g‖²))``; undefined for B < 2 or g ≈ 0."""
     var = (s2 - b * g2) / max(b - 1, 1)
     valid = (g2 > f32_noise(s2 / b)) & (b > 1)
     return Guarded.of((var.clamp(min=0) / (b * g2)).sqrt(), valid)
@@ -54,12 +52,12 @@ class NormTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": θ, name: θ of that parameter}; None if undefined."""
-        b, l2 = step.sample_count(), step.batch_l2()
-        names, g2 = sq_norm_vector(step, l2)
+        b, g2 = step.sample_count(), sq_norms(step)
+        l2 = step.batch_l2()
+        names = [n for n in l2 if n in g2]
         if not names:
             return None
-        s2 = stack_rows(l2[n] for n in names).sum(1)  # [P]
-        return {
-            "total": norm_test(s2.sum(), g2.sum(), b),
-            **per_name(names, norm_test(s2, g2, b)),
-        }
+        s2 = stack64([l2[n] for n in names]).sum(1)  # [L]
+        g2s = torch.stack([g2[n] for n in names])
+        s2, g2s = torch.cat([s2.sum()[None], s2]), torch.cat([g2s.sum()[None], g2s])
+        return split_layers(norm_test(s2, g2s, b), names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -13,21 +14,21 @@ from glasscockpit.agent.instruments.base import (
     Instrument,
     Reading,
     f32_noise,
-    per_name,
-    sq_norm_vector,
-    stack_rows,
+    split_layers,
+    sq_norms,
+    stack64,
 )
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 
-def ortho_test(s2: Tensor, u: Tensor, g2: Tensor, b: int) -> Guarded:
-    """``sqrt((Σ‖g_n‖² − Σu_n²/‖g‖²) / ((B−1)·B‖g‖²))``, ``u_n = g_n·g`` ``[B]``.
+def ortho_test(s2: Tensor, su2: Tensor, g2: Tensor, b: int) -> Guarded:
+    """``sqrt((Σ‖g_n‖² − Σu_n²/‖g‖²) / ((B−1)·B‖g‖²))``, ``u_n = g_n·g``.
 
-    Batched over leading axes: ``s2``, ``g2`` ``[P]`` and ``u`` ``[P, B]``.
+    Elementwise in ``s2 = Σ‖g_n‖²``, ``su2 = Σu_n²`` and ``g2 = ‖g‖²``.
     """
-    var = (s2 - u.square().sum(-1) / g2) / max(b - 1, 1)
+    var = (s2 - su2 / g2) / max(b - 1, 1)
     valid = (g2 > f32_noise(s2 / b)) & (b > 1)
     return Guarded.of((var.clamp(min=0) / (b * g2)).sqrt(), valid)
 
@@ -56,14 +57,14 @@ class OrthoTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": ν, name: ν of that parameter}; None if undefined."""
-        b = step.sample_count()
+        b, g2 = step.sample_count(), sq_norms(step)
         l2, dots = step.batch_l2(), step.batch_dot()
-        names, g2 = sq_norm_vector(step, [n for n in l2 if n in dots])
+        names = [n for n in l2 if n in dots and n in g2]
         if not names:
             return None
-        s2 = stack_rows(l2[n] for n in names).sum(1)  # [P]
-        u = stack_rows(dots[n] for n in names)  # [P, B]
-        return {
-            "total": ortho_test(s2.sum(), u.sum(0), g2.sum(), b),
-            **per_name(names, ortho_test(s2, u, g2, b)),
-        }
+        s2 = stack64([l2[n] for n in names]).sum(1)
+        u = stack64([dots[n] for n in names])  # [L, B]
+        su2 = torch.cat([u.sum(0)[None], u]).square().sum(1)  # the network's first
+        g2s = torch.stack([g2[n] for n in names])
+        s2, g2s = torch.cat([s2.sum()[None], s2]), torch.cat([g2s.sum()[None], g2s])
+        return split_layers(ortho_test(s2, su2, g2s, b), names)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 from glasscockpit.agent import Cockpit, always, every
+from glasscockpit.agent.engine import HookEngine, rules
+from glasscockpit.agent.engine.rules import ConvRule
 from glasscockpit.agent.instruments import (
     CABS,
     EarlyStopping,
@@ -304,3 +308,59 @@ def test_log_sends_epoch_metrics(torch_threads: None):
     assert cockpit.readings[3]["epoch_loss"] == {"train": 0.5, "valid": 0.7}
     assert cockpit.readings[3]["epoch_accuracy"] == {"valid": 0.9}
     assert RTOL > 0
+
+
+CONVS = [
+    nn.Conv2d(3, 8, 3, padding=1),
+    nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
+    nn.Conv2d(2, 4, 5, stride=3, bias=False),
+    nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2),
+    nn.Conv1d(3, 5, 4, dilation=2),
+]
+
+
+@pytest.mark.parametrize("conv", CONVS, ids=repr)
+def test_both_conv_weight_paths_are_per_sample_gradients(
+    conv: nn.Conv1d | nn.Conv2d, torch_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, conv.in_channels, 11, 9)
+    if isinstance(conv, nn.Conv1d):
+        x = x[:, :, 0]
+    b = torch.randn_like(conv(x))
+    want = torch.stack(
+        [
+            torch.autograd.grad(conv(x[n : n + 1]), conv.weight, b[n : n + 1])[0]
+            for n in range(len(x))
+        ]
+    )
+    rule = ConvRule()
+    scale = float(want.abs().max())
+    got = [rule.by_unfold(conv, x, b), rule.by_kernel(conv, x, b)]
+    with rule.caching():  # the whole batch's windows, kept
+        got += [rule.by_unfold(conv, x, b), rule.by_unfold(conv, x, b)]
+    monkeypatch.setattr(rules, "UNFOLD_CHUNK", 1)  # one sample at a time
+    got.append(rule.by_unfold(conv, x, b))
+    for g in got:
+        torch.testing.assert_close(g, want, rtol=0, atol=1e-6 * scale)
+    # The timed choice between them serves the same values, and is kept.
+    torch.testing.assert_close(
+        rule.batch_grads(conv, x, b)["weight"], want, rtol=0, atol=1e-6 * scale
+    )
+    assert len(rule.choice) == 1
+
+
+def test_cleared_calls_are_freed(torch_threads: None) -> None:
+    # Each recorded output's gradient hook refers to its call, which refers to
+    # the output: clearing must break that cycle, which the collector cannot see.
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    engine = HookEngine(model, list(model.named_parameters()))
+    engine.arm()
+    F.cross_entropy(model(torch.randn(5, 4)), torch.tensor([0, 1, 2, 0, 1])).backward()
+    call = engine.layers[-1].calls[0]
+    assert call.b is not None
+    refs = [weakref.ref(t) for t in (call.x, call.b)]
+    del call
+    engine.arm()  # the next tracked step starts afresh
+    gc.collect()
+    assert all(r() is None for r in refs)
