@@ -754,7 +754,10 @@ def page(
 NOTES = {
     "agent_overhead": (
         "Rows are interleaved round-robin; each repeat times a block of ≥ 0.1 s (at "
-        'least one step); medians of the per-step means. "(default schedules)" rows '
+        "least one step); medians of the per-step means. Every row, plain included, "
+        "computes the loss as the README's attach snippet does (per-sample "
+        "cross-entropies, then their mean), so rows differ only by the agent. "
+        '"(default schedules)" rows '
         "start at step 1000 after 500 untimed steps, where log-spaced cadences and "
         "the overhead budget (5 % of the plain step, `agent/budget.py`) are in "
         "their steady state. Peak "
