@@ -15,7 +15,7 @@ import sys
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -125,6 +125,11 @@ class Cockpit(StepPhases):
             raise ValueError(
                 f"fail_mode must be one of {FAIL_MODES}, got {fail_mode!r}"
             )
+        # torch.compile's wrapper: its parameters are the original module's under
+        # an "_orig_mod." prefix. Track the original (the compiled forward runs
+        # its modules, so their hooks fire) and report the user's names.
+        if type(model).__name__ == "OptimizedModule":
+            model = cast(nn.Module, model._orig_mod)
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler

@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.hooks import RemovableHandle
 
+from glasscockpit.agent.engine.hooks import eager
+
 
 class _CudnnOff:
     """cuDNN disabled, the user's setting restored on the way out."""
@@ -71,8 +73,8 @@ class MathAttention:
         self._wanted = value
         if value and not self._handles:
             self._handles = [
-                self._model.register_forward_pre_hook(self._enter),
-                self._model.register_forward_hook(self._leave, always_call=True),
+                self._model.register_forward_pre_hook(eager(self._enter)),
+                self._model.register_forward_hook(eager(self._leave), always_call=True),
             ]
         elif not value and self._handles and self._depth == 0:
             for handle in self._handles:

@@ -274,11 +274,15 @@ class HookEngine:
         self.clear()
         self.recording = True
         if not self._handles and not self._removed:
+            # Under torch.compile the hooks run eagerly (a graph break), as
+            # recording wants: dynamo would otherwise trace them into the graph.
             self._handles = [
-                module.register_forward_hook(hook, with_kwargs=True)
+                module.register_forward_hook(eager(hook), with_kwargs=True)
                 for module, hook in self._hooks
             ]
-            self._handles.append(self.model.register_forward_hook(self._on_output))
+            self._handles.append(
+                self.model.register_forward_hook(eager(self._on_output))
+            )
 
     def disarm(self) -> None:
         """Stop recording, drop everything recorded and detach the hooks."""
@@ -398,6 +402,11 @@ def mixes_samples(model: nn.Module) -> str | None:
                 "per-sample gradients are undefined (use eval mode or GroupNorm)"
             )
     return None
+
+
+def eager(fn: Any) -> Any:
+    """``fn`` left out of ``torch.compile``'s graphs (run as plain Python)."""
+    return torch.compiler.disable(fn, recursive=True)  # type: ignore[no-untyped-call]
 
 
 def _store_grad(call: Call, grad: Tensor) -> None:

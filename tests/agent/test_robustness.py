@@ -413,3 +413,40 @@ def test_grad_scaler_readings_equal_the_unscaled_run(unscale_inside, torch_threa
     for step in range(2):
         for name in names:
             assert_reading(got[step][name], want[step][name], f"{step} {name}", 1e-6)
+
+
+@pytest.mark.filterwarnings(
+    # dynamo probes `.grad` of the non-leaf activations where it resumes after
+    # a graph break (torch's own check, raised only because warnings are errors)
+    "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"
+)
+def test_torch_compile_gives_the_eager_readings(torch_threads):
+    # The engine's hooks run as plain Python under torch.compile (graph breaks
+    # on tracked steps only: untracked steps have no hooks attached).
+    from glasscockpit.agent import Cockpit, every
+
+    names = ["grad_norm", "norm_test", "inner_test", "grad_hist_1d", "alpha"]
+
+    def run(compiled: bool) -> dict:
+        torch.manual_seed(0)
+        module = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4))
+        model = torch.compile(module, backend="eager") if compiled else module
+        opt = torch.optim.SGD(module.parameters(), lr=0.1)
+        insts = [BY_NAME[n](schedule=every(2)) for n in names]
+        cockpit = Cockpit(model, opt, server=None, instruments=insts, budget=None)
+        x, y = torch.randn(32, 10), torch.randint(0, 4, (32,))
+        for step in range(6):
+            opt.zero_grad()
+            losses = nn.functional.cross_entropy(model(x), y, reduction="none")
+            with cockpit.step(step, loss=losses.mean(), losses=losses):
+                losses.mean().backward()
+            opt.step()
+        cockpit.close()
+        assert cockpit.disabled == {}
+        return cockpit.readings
+
+    want, got = run(False), run(True)
+    assert set(got) == set(want) == {0, 2, 4}
+    for step in (0, 2):
+        for name in names:
+            assert_reading(got[step][name], want[step][name], f"{step} {name}", 1e-5)
