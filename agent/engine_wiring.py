@@ -136,7 +136,10 @@ class EngineWiring:
         if self._budget is not None:
             self._budget.share(time.perf_counter() - start)
 
-        def stats() -> StepStats:
+        # ``data`` comes in as an argument: a closure over it would make a
+        # reference cycle (data -> stats -> data) that keeps every step's
+        # per-sample statistics alive until a full garbage collection.
+        def stats(data: StepData) -> StepStats:
             start = time.perf_counter()
             result = StepStats(
                 engine, check=not self._checked, grad_scale=self._grad_scale()

@@ -170,28 +170,33 @@ class HostCopy:
                 event.synchronize()
             flats.append(buffer.numpy())
 
-        def convert(x: _Leaf) -> float | None | Array:
-            if isinstance(x, _GuardedSlot):
-                n = math.prod(x.valid.shape)
-                valid = flats[x.valid.chunk][x.valid.offset : x.valid.offset + n]
-                return convert(x.value) if bool(valid.all()) else None
-            if not isinstance(x, _Slot):
-                return x
-            n = math.prod(x.shape)
-            values = flats[x.chunk][x.offset : x.offset + n]
-            if not x.shape:
-                return float(values[0])
-            return Array(values.dtype.str, x.shape, values.tobytes())
-
         out: dict[str, Value] = {}
         for key, item in self._layout.items():
             if isinstance(item, dict):
-                out[key] = {k: convert(v) for k, v in item.items()}
+                out[key] = {k: _convert(v, flats) for k, v in item.items()}
             else:
-                out[key] = convert(item)
+                out[key] = _convert(item, flats)
         self._values = out
         self._chunks = []  # the pinned buffers go back to the allocator
         return out
+
+
+def _convert(x: _Leaf, flats: list[Any]) -> float | None | Array:
+    """A leaf's host value, read from the step's host buffers.
+
+    Module-level: a recursive closure would be a reference cycle per step.
+    """
+    if isinstance(x, _GuardedSlot):
+        n = math.prod(x.valid.shape)
+        valid = flats[x.valid.chunk][x.valid.offset : x.valid.offset + n]
+        return _convert(x.value, flats) if bool(valid.all()) else None
+    if not isinstance(x, _Slot):
+        return x
+    n = math.prod(x.shape)
+    values = flats[x.chunk][x.offset : x.offset + n]
+    if not x.shape:
+        return float(values[0])
+    return Array(values.dtype.str, x.shape, values.tobytes())
 
 
 def to_host(readings: dict[str, Reading]) -> dict[str, Value]:

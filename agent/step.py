@@ -37,7 +37,7 @@ class StepData:
 
     def __init__(
         self,
-        stats: Callable[[], StepStats] | None = None,
+        stats: Callable[[StepData], StepStats] | None = None,
         ggn: dict[str, Tensor] | Exception | None = None,
     ) -> None:
         self._make = stats
@@ -52,7 +52,7 @@ class StepData:
             if self._make is None:
                 raise RuntimeError("No per-sample engine is attached to this Cockpit")
             try:
-                self._stats = self._make()
+                self._stats = self._make(self)
             except Exception as exc:  # noqa: BLE001 - re-raised to every reader
                 self._stats = exc
         if isinstance(self._stats, Exception):
