@@ -97,6 +97,25 @@ def _walk(node: Any, stop: Any, until: str) -> tuple[list[Any], Any]:
     return chain, node
 
 
+def _reaches(loss: Tensor, nodes: list[Any]) -> bool:
+    """Whether ``loss``'s graph goes through any of ``nodes``.
+
+    An earlier forward pass that the loss does not use (a validation batch run
+    in grad mode between steps) is no micro-batch of this step.
+    """
+    wanted = set(nodes)
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node in wanted:
+            return True
+        seen.add(node)
+        stack.extend(f for f, _ in node.next_functions)
+    return False
+
+
 def _reduction_chain(node: Any) -> tuple[list[Any], Any]:
     """Reducing and rearranging nodes from the loss down to the first other node."""
     chain: list[Any] = []
@@ -319,7 +338,7 @@ def diag_ggn(
     output = engine.output
     if output is None or not engine.recorded:
         raise EngineError("The forward pass of this step was not recorded")
-    if engine.forwards > 1:
+    if engine.earlier_outputs and _reaches(loss, engine.earlier_outputs):
         raise EngineError(
             f"{engine.forwards} forward passes of the model in grad mode were "
             "recorded this step (gradient accumulation?): the GGN diagonal is "

@@ -204,6 +204,8 @@ class HookEngine:
         self.generators: dict[torch.device, torch.Generator] = {}
         #: The model's output of the recorded forward pass (for curvature passes).
         self.output: Tensor | None = None
+        #: Graph nodes of the earlier forward passes' outputs (this step).
+        self.earlier_outputs: list[Any] = []
         #: Forward passes of the model in grad mode recorded since ``arm``.
         self.forwards = 0
 
@@ -303,6 +305,7 @@ class HookEngine:
                 call.out = None
             layer.calls.clear()
         self.output = None
+        self.earlier_outputs = []
         self.forwards = 0
 
     def clear_grads(self) -> None:
@@ -364,6 +367,8 @@ class HookEngine:
             and torch.is_grad_enabled()
             and out is not None
         ):
+            if self.output is not None and self.output.grad_fn is not None:
+                self.earlier_outputs.append(self.output.grad_fn)
             self.output = out
             self.forwards += 1
 

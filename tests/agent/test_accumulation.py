@@ -188,3 +188,21 @@ def _even(problem: Problem) -> Problem:
         return model, x[:-1], y[:-1]
 
     return Problem(problem.name, build, problem.loss_fn)
+
+
+def test_a_validation_forward_in_grad_mode_is_no_micro_batch(torch_threads) -> None:
+    # model(x_val) between steps without torch.no_grad: recorded (the engine is
+    # armed for the next step), never backpropagated, not part of the loss.
+    problem = PROBLEMS["mlp"]
+    names = ["norm_test", "tic_diag", "alpha"]
+
+    def with_validation(cockpit, model, opt, x, y, step) -> None:
+        model(x.flip(0) + 1.0)  # a "validation" batch, graph built and dropped
+        whole(cockpit, model, opt, x, y, step)
+
+    want, _ = train(problem, names, whole)
+    got, errors = train(problem, names, with_validation)
+    assert errors == []
+    for step in range(2):
+        for name in names:
+            assert_same(got[step][name], want[step][name], name)
