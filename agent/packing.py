@@ -199,16 +199,6 @@ def _convert(x: _Leaf, flats: list[Any]) -> float | None | Array:
     return Array(values.dtype.str, x.shape, values.tobytes())
 
 
-def to_host(readings: dict[str, Reading]) -> dict[str, Value]:
-    """Replace every tensor leaf by a float (0-d) or an ``Array`` (n-d).
-
-    All tensors on one device are flattened into one buffer and copied once, so a
-    step costs one transfer per device. Waits for the copy: use ``HostCopy``
-    directly to hand the wait to another thread.
-    """
-    return HostCopy(readings).values()
-
-
 @dataclass
 class DeferredReadings:
     """A ``Readings`` frame whose values are still being copied from the GPU.

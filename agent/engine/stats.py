@@ -532,11 +532,3 @@ class StepStats:
                     bad.append(layer.names[k])
                     worst = max(worst, err / max(scale, 1e-30))
         return bad, worst
-
-    @staticmethod
-    def zero_like(params: dict[str, Tensor]) -> Tensor:
-        """A float64 zero on the device of the first tensor (for empty sums)."""
-        first = next(iter(params.values()), None)
-        return torch.zeros(
-            (), dtype=torch.float64, device=None if first is None else first.device
-        )

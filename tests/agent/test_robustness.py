@@ -258,17 +258,18 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def _readings(model: nn.Module, names: list[str], autocast: bool) -> dict:
+def _cockpit(model: nn.Module, names: list[str]):
+    """A Cockpit tracking ``names`` every step, in memory, raising on failure."""
     from glasscockpit.agent import Cockpit, always
 
-    cockpit = Cockpit(
-        model,
-        None,
-        server=None,
-        run="t",
-        instruments=[BY_NAME[n](schedule=always) for n in names],
-        fail_mode="raise",
+    instruments = [BY_NAME[n](schedule=always) for n in names]
+    return Cockpit(
+        model, None, server=None, run="t", instruments=instruments, fail_mode="raise"
     )
+
+
+def _readings(model: nn.Module, names: list[str], autocast: bool) -> dict:
+    cockpit = _cockpit(model, names)
     torch.manual_seed(1)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -303,19 +304,10 @@ class _DictModel(nn.Module):
 
 
 def test_dict_outputs_are_read_at_their_logits(torch_threads):
-    from glasscockpit.agent import Cockpit, always
-
     torch.manual_seed(0)
     model = _DictModel()
     names = ["tic_diag", "norm_test"]
-    cockpit = Cockpit(
-        model,
-        None,
-        server=None,
-        run="t",
-        instruments=[BY_NAME[n](schedule=always) for n in names],
-        fail_mode="raise",
-    )
+    cockpit = _cockpit(model, names)
     torch.manual_seed(1)  # the batch of _readings
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     loss = nn.functional.cross_entropy(model(x)["logits"], y)
