@@ -71,6 +71,23 @@ MAX_PASSES = 4096
 #: Beyond ``MAX_PASSES``: sampled passes of the Monte-Carlo GGN diagonal.
 MC_DRAWS = 16
 _NLL = ("NllLossBackward0", "NllLoss2DBackward0")
+_MSE = "MseLossBackward0"
+
+
+def _equal_weight(weights: Tensor) -> float:
+    """The one weight every element of a reduced per-element loss carries.
+
+    ``mse_loss(..., reduction="none")`` reduced by means and sums weighs every
+    element alike; anything else (masks, unequal weights) has no diagonal of
+    the form ``scale · I`` per sample.
+    """
+    flat = weights.reshape(-1)
+    if not flat.numel() or not torch.allclose(flat, flat[:1], rtol=1e-5, atol=0.0):
+        raise EngineError(
+            "The loss weighs its elements (samples) differently; the GGN "
+            "diagonal of a squared error needs equal weights (a mean or a sum)"
+        )
+    return float(flat[0])
 
 
 def _only_input(node: Any) -> Any:
@@ -158,11 +175,11 @@ class _Loss:
         # scalar by means, sums and scalings (``losses.mean()``, per-sequence means
         # then their mean, ``losses.sum() / n``): the weight of each token.
         token_weight: Tensor | None = None
-        if loss.dim() == 0 and name not in _NLL:
+        if loss.dim() == 0 and name not in (*_NLL, _MSE):
             chain, inner = _reduction_chain(fn)
             if (
                 chain
-                and type(inner).__name__ in _NLL
+                and type(inner).__name__ in (*_NLL, _MSE)
                 and getattr(inner, "_saved_reduction", None) == 0
             ):
                 token_weight = _pull_inputs(chain, torch.ones_like(loss)).detach()
@@ -184,12 +201,14 @@ class _Loss:
                 self._ce(fn, soft, upper, lower, reduction, token_weight)
                 return
         if (
-            name == "MseLossBackward0"
+            name == _MSE
             and fn is not None
             and fn.next_functions[0][0] is output.grad_fn
         ):
             self.kind = "mse"
             self.scale = 2.0 / output.numel() if reduction == 1 else 2.0
+            if token_weight is not None:  # per-element squared errors, reduced
+                self.scale = 2.0 * _equal_weight(token_weight)
             self.count = output[0].numel()
             return
         raise EngineError(

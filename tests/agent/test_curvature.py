@@ -372,6 +372,65 @@ def test_tic_reads_the_mean_of_per_sample_losses_like_the_mean_loss(
     assert got == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.parametrize("reduce", ["mean", "sum", "mean_of_means", "sum_over_n"])
+def test_tic_reads_reduced_per_element_squared_errors_like_mse_loss(
+    reduce, torch_threads
+):
+    # mse_loss(out, y, reduction="none") reduced per sample and then over the
+    # batch (Alpha's per-sample losses) is the mean (or sum) squared error: the
+    # same GGN diagonal, hence the same TIC and Hessian trace.
+    from glasscockpit.agent.instruments import BY_NAME
+
+    def tic(per_sample: bool) -> dict[str, float]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+        x, y = torch.randn(6, 5), torch.randn(6, 3)
+        names = ("tic_diag", "tic_trace")
+        insts = [BY_NAME[n](schedule=every(1)) for n in names]
+        cockpit = Cockpit(
+            model, None, server=None, instruments=insts, fail_mode="raise"
+        )
+        out = model(x)
+        if per_sample:
+            none = nn.functional.mse_loss(out, y, reduction="none")
+            if reduce == "mean_of_means":
+                loss = none.flatten(1).mean(1).mean()
+            elif reduce == "sum_over_n":
+                loss = none.sum() / none.numel()
+            else:
+                loss = none.mean() if reduce == "mean" else none.sum()
+        else:
+            kind = "sum" if reduce == "sum" else "mean"
+            loss = nn.functional.mse_loss(out, y, reduction=kind)
+        with cockpit.step(0, loss=loss):
+            loss.backward()
+        cockpit.close()
+        got = cockpit.readings[0]
+        return {n: got[n]["total"] for n in names}
+
+    want, got = tic(False), tic(True)
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_tic_refuses_unequally_weighted_squared_errors(torch_threads):
+    from glasscockpit.agent.instruments import BY_NAME
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    x, y = torch.randn(6, 5), torch.randn(6, 3)
+    inst = BY_NAME["tic_trace"](schedule=every(1))
+    cockpit = Cockpit(model, None, server=None, instruments=[inst])
+    none = nn.functional.mse_loss(model(x), y, reduction="none")
+    loss = (none * torch.tensor([1.0, 2.0, 1.0])).mean()
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    frames = cockpit.transport.frames  # type: ignore[attr-defined]
+    errors = [f.errors.get("tic_trace") for f in frames if hasattr(f, "errors")]
+    assert cockpit.readings[0]["tic_trace"] is None
+    assert any("weighs its elements" in (e or "") for e in errors)
+
+
 def test_tic_refuses_unequal_token_weights_and_masks_zero_weights(torch_threads):
     # A zero weight leaves a token out (like ignore_index); unequal non-zero
     # weights are not a mean or a sum: undefined with the reason, not wrong.
