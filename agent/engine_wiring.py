@@ -153,7 +153,8 @@ class EngineWiring:
                 # they are served correctly.
                 data.ggn = EngineError(
                     f"Parameters {result.moved[:4]} turned out to be used outside "
-                    "their module (tied?) at this step; curvature resumes next step"
+                    "their module (tied?, or an output other than its first) at "
+                    "this step; curvature resumes next step"
                 )
             return result
 

@@ -462,7 +462,8 @@ class StepStats:
         self.engine.reassign(
             bad,
             "per-sample gradients of its module do not sum to .grad (relative "
-            f"difference up to {worst:.1e}): used outside its module (tied?)",
+            f"difference up to {worst:.1e}): used outside its module (tied?), or "
+            "the loss uses an output other than its first (an RNN's h_n)",
         )
         self._collect()
         root = [

@@ -19,23 +19,40 @@ from tests.agent.test_instruments import RTOL, assert_reading, variance_conditio
 
 
 class RecurrentClassifier(nn.Module):
-    """Token embedding, a 2-layer LSTM or GRU, a head on the last step."""
+    """Token embedding, a 2-layer LSTM or GRU, a head on the last step.
 
-    def __init__(self, cell: type[nn.LSTM] | type[nn.GRU]) -> None:
+    ``hidden``: the head reads the last layer's final hidden state ``h_n`` (the
+    RNN's second output, batch on axis 1) instead of the output sequence.
+    ``seq_first``: the RNN runs sequence-first (``batch_first=False``).
+    """
+
+    def __init__(
+        self,
+        cell: type[nn.LSTM] | type[nn.GRU],
+        hidden: bool = False,
+        seq_first: bool = False,
+    ) -> None:
         super().__init__()
+        self.hidden, self.seq_first = hidden, seq_first
         self.emb = nn.Embedding(12, 6)
-        self.rnn = cell(6, 7, num_layers=2, batch_first=True)
+        self.rnn = cell(6, 7, num_layers=2, batch_first=not seq_first)
         self.head = nn.Linear(7, 3)
 
     def forward(self, ids: Tensor) -> Tensor:
-        out, _ = self.rnn(self.emb(ids))
-        return self.head(out[:, -1])
+        h = self.emb(ids)
+        out, state = self.rnn(h.transpose(0, 1) if self.seq_first else h)
+        if self.hidden:
+            h_n = state[0] if isinstance(state, tuple) else state
+            return self.head(h_n[-1])
+        return self.head(out[-1] if self.seq_first else out[:, -1])
 
 
-def _build(cell: type[nn.LSTM] | type[nn.GRU]):
+def _build(
+    cell: type[nn.LSTM] | type[nn.GRU], hidden: bool = False, seq_first: bool = False
+):
     def build() -> tuple[nn.Module, Tensor, Tensor]:
         return (
-            RecurrentClassifier(cell),
+            RecurrentClassifier(cell, hidden, seq_first),
             torch.randint(0, 12, (5, 4)),
             torch.randint(0, 3, (5,)),
         )
@@ -46,6 +63,12 @@ def _build(cell: type[nn.LSTM] | type[nn.GRU]):
 RNNS = (
     Problem("lstm", _build(nn.LSTM), nn.functional.cross_entropy),
     Problem("gru", _build(nn.GRU), nn.functional.cross_entropy),
+    # Served by the whole-model re-run (the module's own output gradient misses
+    # h_n; a sequence-first input has no batch axis 0): same numbers.
+    Problem("lstm_h_n", _build(nn.LSTM, hidden=True), nn.functional.cross_entropy),
+    Problem(
+        "gru_seq_first", _build(nn.GRU, seq_first=True), nn.functional.cross_entropy
+    ),
 )
 
 
@@ -54,7 +77,32 @@ RNNS = (
     "name", ["norm_test", "inner_test", "mean_gsnr", "tic_diag", "grad_hist_1d"]
 )
 def test_recurrent_models_match_the_per_sample_loop(name, problem, torch_threads):
+    if name == "tic_diag" and problem.name == "lstm_h_n":
+        # The curvature passes run before the check that finds h_n's gradient
+        # missing from the module's own: undefined at the first step only.
+        pytest.skip("TIC of the first tracked step: see test below")
     assert_matches_the_loop(problem, name)
+
+
+def test_rnn_read_through_h_n_has_tic_from_the_second_step(torch_threads):
+    from glasscockpit.agent import Cockpit, every
+
+    problem = RNNS[2]
+    model, x, y = problem.make()
+    inst = BY_NAME["tic_diag"](schedule=every(1))
+    cockpit = Cockpit(model, None, server=None, instruments=[inst], budget=None)
+    for step in range(2):
+        model.zero_grad()
+        loss = problem.loss_fn(model(x), y)
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+    cockpit.close()
+    frames = cockpit.transport.frames  # type: ignore[attr-defined]
+    errors = [f.errors.get("tic_diag") for f in frames if hasattr(f, "errors")]
+    assert cockpit.readings[0]["tic_diag"] is None
+    assert any("an output other than its first" in (e or "") for e in errors)
+    want = REFERENCES["tic_diag"](reference_data(problem), inst)
+    assert_reading(cockpit.readings[1]["tic_diag"], want, "tic_diag", RTOL)
 
 
 def assert_matches_the_loop(problem: Problem, name: str) -> None:
