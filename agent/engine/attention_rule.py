@@ -20,8 +20,14 @@ backward pass delivers ``[∂q ∂k ∂v]``. Anything it does not recognise, and
 output gradient other than the one that pass recorded, uses the re-run.
 
 Configurations the re-run does not reproduce exactly (separate q/k/v weights,
-``bias_k``/``bias_v``, ``add_zero_attn``, dropout, sequence-first layout) are
-refused and served by the ``torch.func`` fallback (``func_rule.AttentionRule``).
+``bias_k``/``bias_v``, ``add_zero_attn``, sequence-first layout) are refused
+and served by the ``torch.func`` fallback (``func_rule.AttentionRule``).
+Attention dropout (``nn.TransformerEncoderLayer``'s default 0.1, in train mode)
+is accepted: no re-run can reproduce its random mask, but the captured
+``[∂q ∂k ∂v]`` already went through it. Such a call is served from captures
+only (the curvature passes then backpropagate to the parameters so that the
+hook captures each pass's gradients, ``needs_capture``); a call without a
+capture raises ``EngineError`` instead of re-running with another mask.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - torch convention
 
+from glasscockpit.agent.engine.errors import EngineError
 from glasscockpit.agent.engine.rules import RULES, LayerRule
 
 _ARGS = ("query", "key", "value")
@@ -56,7 +63,15 @@ class AttentionRule(LayerRule):
             and module.bias_k is None
             and module.bias_v is None
             and not module.add_zero_attn
-            and module.dropout == 0.0
+        )
+
+    @staticmethod
+    def needs_capture(module: nn.Module) -> bool:
+        """Whether only captured gradients are exact (dropout active)."""
+        return (
+            isinstance(module, nn.MultiheadAttention)
+            and module.training
+            and module.dropout > 0.0
         )
 
     def bind(self, call: Any) -> LayerRule:
@@ -173,6 +188,12 @@ class _BoundAttention(LayerRule):
             if module.out_proj.bias is not None:
                 out["out_proj.bias"] = b.sum(1)
             return out
+        if AttentionRule.needs_capture(module):
+            raise EngineError(
+                "attention dropout is active and the gradients of this call's "
+                "projections were not captured in the backward pass (a re-run "
+                "cannot reproduce the random mask)"
+            )
         xq, xk, xv, dq, dk, dv, a = self._rerun(module, b)
         out = {
             "in_proj_weight": torch.cat(

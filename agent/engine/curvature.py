@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glasscockpit.agent.engine.attention_rule import AttentionRule
 from glasscockpit.agent.engine.hooks import EngineError, HookEngine
 from glasscockpit.agent.engine.rules import CONV
 from glasscockpit.agent.engine.stats import StepStats
@@ -397,6 +398,14 @@ def diag_ggn(
     outs = [
         c.out for c in recorded if c.out is not None and c.out._version == c.version
     ]
+    if any(
+        AttentionRule.needs_capture(layer.module)
+        for layer in engine.layers
+        if layer.calls and isinstance(layer.rule, AttentionRule)
+    ):
+        # Attention with active dropout is exact only from gradients its hook
+        # captures inside the pass: backpropagate to the parameters.
+        outs = []
     out: dict[str, Tensor] = {}
     # Layers whose Σ_n ĝ_n² is linear in b² (2-D Linear) accumulate Σ_c b_c² and
     # reduce once after all passes instead of once per pass.

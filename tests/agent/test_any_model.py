@@ -500,3 +500,59 @@ def test_alpha_differentiates_the_graph_when_some_parameters_are_not_covered(
     assert alpha.phase is Phase.BEFORE_BACKWARD
     assert isinstance(cockpit.readings[0]["alpha"], float)
     assert "alpha" not in cockpit.disabled
+
+
+class _DropoutEncoder(nn.Module):
+    """``nn.TransformerEncoderLayer`` with its default dropout 0.1, trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(11, 8)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(self.tok(ids)).mean(1))
+
+
+def test_attention_with_active_dropout_is_served_from_the_users_backward(
+    torch_threads: None,
+) -> None:
+    # No re-run reproduces the dropout masks; the projections' gradients
+    # captured in the user's backward went through them. Reference: per-sample
+    # gradients from the same forward pass (same masks), one sample at a time.
+    torch.manual_seed(0)
+    model = _DropoutEncoder().train()
+    x, y = torch.randint(0, 11, (5, 4)), torch.randint(0, 3, (5,))
+    names = ("norm_test", "inner_test", "grad_hist_1d", "tic_diag")
+    insts = [BY_NAME[n](schedule=always) for n in names]
+    cockpit = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
+    losses = nn.functional.cross_entropy(model(x), y, reduction="none")
+    loss = losses.mean()
+    with cockpit.step(0, loss=loss, losses=losses):
+        loss.backward(retain_graph=True)
+    cockpit.close()
+    params = dict(model.named_parameters())
+    rows = [
+        torch.autograd.grad(v, list(params.values()), retain_graph=True) for v in losses
+    ]
+    data = Data(
+        names=list(params),
+        theta={n: p.detach().double() for n, p in params.items()},
+        per_sample={
+            n: torch.stack([r[i] for r in rows]).double() for i, n in enumerate(params)
+        },
+        grad={n: p.grad.detach().double() for n, p in params.items()},
+        hess_diag={},
+        loss=float(loss.detach()),
+        lrs={},
+    )
+    coverage = cockpit.engine.coverage  # type: ignore[attr-defined]
+    assert coverage["layer.self_attn.in_proj_weight"] == "attention-rule"
+    got = cockpit.readings[0]
+    for name, inst in zip(names[:2], insts, strict=False):
+        assert_reading(got[name], REFERENCES[name](data, inst), name)
+    want = REFERENCES["grad_hist_1d"](data, insts[2])
+    assert_counts_close(got["grad_hist_1d"]["counts"], want["counts"], data, insts[2])
+    # The curvature passes backpropagate to the parameters (captures per pass).
+    assert got["tic_diag"] is not None and got["tic_diag"]["total"] > 0
