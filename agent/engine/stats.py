@@ -104,7 +104,12 @@ class StepStats:
                         c.b = c.b.float()
                         if c.x.dtype in _HALF:
                             c.x = c.x.float()
-                    c.b = divide(c.b, grad_scale.outputs)
+                    old, c.b = c.b, divide(c.b, grad_scale.outputs)
+                    hit = c.cache.get("qkv_grad")
+                    if hit is not None and hit[0] is old:
+                        # Attention's captured projection gradients (keyed by
+                        # the b they belong to) carry the loss scale too.
+                        c.cache["qkv_grad"] = (c.b, divide(hit[1], grad_scale.outputs))
         self._collect()
         sizes = {c.x.shape[0] for _, calls in self.layers for c in calls}
         if len(sizes) != 1:

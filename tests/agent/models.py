@@ -36,6 +36,19 @@ class EncoderClassifier(nn.Module):
         return self.head(self.norm(h.mean(1)))
 
 
+class DropoutEncoder(nn.Module):
+    """``nn.TransformerEncoderLayer`` with its default dropout 0.1, trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(11, 8)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(self.tok(ids)).mean(1))
+
+
 class BroadcastPositions(EncoderClassifier):
     """The common form ``pos(arange(T))`` broadcast over the batch: the hook on
     ``pos`` sees ``T`` rows, not samples (served by the whole-model re-run)."""

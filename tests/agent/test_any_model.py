@@ -40,6 +40,7 @@ from tests.agent.models import (
     RES_CNN,
     RES_CNN_TRAIN,
     CausalLM,
+    DropoutEncoder,
     Gated,
     token_cross_entropy,
 )
@@ -502,19 +503,6 @@ def test_alpha_differentiates_the_graph_when_some_parameters_are_not_covered(
     assert "alpha" not in cockpit.disabled
 
 
-class _DropoutEncoder(nn.Module):
-    """``nn.TransformerEncoderLayer`` with its default dropout 0.1, trained."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tok = nn.Embedding(11, 8)
-        self.layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layer(self.tok(ids)).mean(1))
-
-
 def test_attention_with_active_dropout_is_served_from_the_users_backward(
     torch_threads: None,
 ) -> None:
@@ -522,7 +510,7 @@ def test_attention_with_active_dropout_is_served_from_the_users_backward(
     # captured in the user's backward went through them. Reference: per-sample
     # gradients from the same forward pass (same masks), one sample at a time.
     torch.manual_seed(0)
-    model = _DropoutEncoder().train()
+    model = DropoutEncoder().train()
     x, y = torch.randint(0, 11, (5, 4)), torch.randint(0, 3, (5,))
     names = ("norm_test", "inner_test", "grad_hist_1d", "tic_diag")
     insts = [BY_NAME[n](schedule=always) for n in names]

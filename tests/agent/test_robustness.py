@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.instruments import BY_NAME
 from tests.agent.harness import run_step
+from tests.agent.models import DropoutEncoder
 from tests.agent.problems import BY_NAME as BY_PROBLEM
 from tests.agent.problems import Problem
 from tests.agent.reference import REFERENCES
@@ -405,8 +406,17 @@ def test_sparse_embeddings_are_reported_not_covered(torch_threads):
     assert frame.errors["norm_test"].startswith("partial: 1 of 3")
 
 
+def _dropout_encoder() -> tuple[nn.Module, Tensor, Tensor]:
+    torch.manual_seed(0)  # the same dropout masks in both runs
+    model = DropoutEncoder().train()
+    return model, torch.randint(0, 11, (5, 4)), torch.randint(0, 3, (5,))
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "dropout_encoder"])
 @pytest.mark.parametrize("unscale_inside", [False, True], ids=["scaled", "unscaled"])
-def test_grad_scaler_readings_equal_the_unscaled_run(unscale_inside, torch_threads):
+def test_grad_scaler_readings_equal_the_unscaled_run(
+    unscale_inside, model_name, torch_threads
+):
     # scaler.scale(loss).backward() leaves s·∇L in .grad and in every recorded
     # output gradient; scaler.unscale_ (to clip, say) divides .grad only. The
     # readings are those of the unscaled run either way (s = 2^10: exact).
@@ -416,7 +426,10 @@ def test_grad_scaler_readings_equal_the_unscaled_run(unscale_inside, torch_threa
     names += ["grad_hist_1d", "tic_diag", "alpha", "update_size"]
 
     def run(scaler: torch.amp.GradScaler | None) -> dict:
-        model, x, y = BY_PROBLEM["mlp"].make()
+        if model_name == "mlp":
+            model, x, y = BY_PROBLEM["mlp"].make()
+        else:  # attention served from gradients captured under the loss scale
+            model, x, y = _dropout_encoder()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         insts = [BY_NAME[n](schedule=always) for n in names]
         cockpit = Cockpit(
