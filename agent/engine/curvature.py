@@ -115,6 +115,48 @@ def _walk(node: Any, stop: Any, until: str) -> tuple[list[Any], Any]:
     return chain, node
 
 
+#: Nodes of ``cross_entropy``'s label-smoothing term between its scaling and
+#: the log-softmax: ``−Σ_c log p_c`` per token, masked (``ignore_index``),
+#: summed and divided by the count for the mean reduction.
+_SMOOTH = frozenset(
+    {
+        "DivBackward0",
+        "SumBackward0",
+        "SumBackward1",
+        "MaskedFillBackward0",
+        "NegBackward0",
+    }
+)
+
+
+def _unsmooth(node: Any) -> Any:
+    """The NLL node of ``cross_entropy(..., label_smoothing=ε)``, else ``node``.
+
+    Torch computes ``(1 − ε)·NLL + (ε/C)·(−Σ_c log p_c)``. In the logits every
+    ``−log p_c`` has the Hessian ``diag p − p pᵀ``, so the sum of both terms has
+    the unsmoothed NLL's curvature (and GGN). Matched exactly, else unchanged.
+    """
+    if type(node).__name__ != "AddBackward0" or getattr(node, "_saved_alpha", 0) != 1:
+        return node
+    branches = [f for f, _ in node.next_functions]
+    if len(branches) != 2 or any(type(b).__name__ != "MulBackward1" for b in branches):
+        return node
+    (keep, nll), (smooth, tail) = [
+        (float(b._saved_other), _only_input(b)) for b in branches
+    ]
+    if type(nll).__name__ not in _NLL:
+        return node
+    _, soft = _walk(_only_input(nll), None, "LogSoftmaxBackward0")
+    while tail is not None and type(tail).__name__ in _SMOOTH:
+        tail = _only_input(tail)
+    if soft is None or tail is not soft:
+        return node
+    classes = soft._saved_result.shape[soft._saved_dim]
+    if abs(keep + smooth * classes - 1.0) > 1e-6:
+        return node
+    return nll
+
+
 def _reaches(loss: Tensor, nodes: list[Any]) -> bool:
     """Whether ``loss``'s graph goes through any of ``nodes``.
 
@@ -169,7 +211,7 @@ class _Loss:
 
     def __init__(self, loss: Tensor, output: Tensor) -> None:
         self.output = output
-        fn = loss.grad_fn
+        fn = _unsmooth(loss.grad_fn)
         name = type(fn).__name__
         reduction = getattr(fn, "_saved_reduction", None)
         # Per-token losses (``cross_entropy(..., reduction="none")``) reduced to the
@@ -178,6 +220,7 @@ class _Loss:
         token_weight: Tensor | None = None
         if loss.dim() == 0 and name not in (*_NLL, _MSE):
             chain, inner = _reduction_chain(fn)
+            inner = _unsmooth(inner)
             if (
                 chain
                 and type(inner).__name__ in (*_NLL, _MSE)

@@ -544,3 +544,37 @@ def test_attention_with_active_dropout_is_served_from_the_users_backward(
     assert_counts_close(got["grad_hist_1d"]["counts"], want["counts"], data, insts[2])
     # The curvature passes backpropagate to the parameters (captures per pass).
     assert got["tic_diag"] is not None and got["tic_diag"]["total"] > 0
+
+
+def _smoothed(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> Any:
+    return nn.functional.cross_entropy(out, y, reduction=reduction, label_smoothing=0.1)
+
+
+def _smoothed_then_mean(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean"):
+    per = _smoothed(out, y, "none")
+    return per.mean() if reduction == "mean" else per
+
+
+def _tanh_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4))
+    return model, torch.randn(7, 5), torch.randint(0, 4, (7,))
+
+
+@pytest.mark.parametrize("loss_fn", [_smoothed, _smoothed_then_mean], ids=str)
+@pytest.mark.parametrize("name", ["tic_diag", "tic_trace"])
+def test_tic_with_label_smoothing_matches_reference(
+    name: str, loss_fn: Any, torch_threads: None
+) -> None:
+    # (1 − ε)·NLL + (ε/C)·Σ_c −log p_c has the plain cross-entropy's Hessian
+    # in the logits: the GGN diagonal is the unsmoothed one; the per-sample
+    # gradients are those of the smoothed loss.
+    problem = Problem("smoothed", _tanh_mlp, loss_fn)
+    inst = BY_NAME[name](schedule=always)
+    got = run_step(problem, [inst])[name]
+    data = collect_any(problem)
+    model, x, _ = problem.make()
+    data.hess_diag = {
+        n: h.reshape(p.shape)
+        for (n, p), h in zip(model.named_parameters(), ggn_diag(model, x), strict=True)
+    }
+    assert_reading(got, REFERENCES[name](data, inst), name)
