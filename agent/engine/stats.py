@@ -11,7 +11,8 @@ has ``F·B`` samples, in the order of the forward passes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +22,16 @@ from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
 from glasscockpit.agent.engine.norm_rules import EmbeddingRule
-from glasscockpit.agent.engine.rules import LinearRule
+from glasscockpit.agent.engine.rules import LayerRule, LinearRule
 from glasscockpit.agent.grad_scale import GradScale, divide
 
 _HALF = (torch.float16, torch.bfloat16)
 #: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).
 CACHE_ELEMENTS = 1 << 24
+#: Per-sample gradient values a statistic builds at a time for a layer it does
+#: not keep (16 MiB float32): a wide convolution at a large batch would
+#: otherwise build B·D values, and a squared copy, at once (GiBs).
+CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,36 @@ class StepStats:
         self._grads[key] = self.layer_grads(layer, calls)
         return self._grads[key]
 
+    def _by_samples(
+        self,
+        layer: Layer,
+        call: Call,
+        fn: Callable[[LayerRule, nn.Module, Call], dict[str, Tensor]],
+        over_samples: bool,
+    ) -> dict[str, Tensor]:
+        """``fn(bound rule, module, call)``, ``CHUNK_ELEMENTS`` values at a time.
+
+        Rules that build per-sample gradients (``materialises``) get the call
+        cut into sample ranges; the pieces' results are concatenated, or summed
+        when ``over_samples`` (a sum over samples). Rules re-running recorded
+        arguments (``needs_args``) keep their call whole: their captures belong
+        to it.
+        """
+        rule = layer.rule
+        per_sample = sum(p.numel() for p in self._params(layer).values())
+        step = max(1, CHUNK_ELEMENTS // max(per_sample, 1))
+        if rule.needs_args or step >= self.group_size or not rule.materialises(call.x):
+            return fn(rule.bind(call), layer.module, call)
+        outs = []
+        for s in range(0, self.group_size, step):
+            part = call.part(slice(s, s + step))
+            outs.append(fn(rule.bind(part), layer.module, part))
+        if over_samples:
+            return {
+                k: functools.reduce(torch.add, (o[k] for o in outs)) for k in outs[0]
+            }
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
     def _params(self, layer: Layer) -> dict[str, nn.Parameter]:
         return {k: layer.module.get_parameter(k) for k in layer.names}
 
@@ -247,9 +282,12 @@ class StepStats:
                         for k, g in kept.items()
                     }
                 elif len(calls) == 1:
-                    c = calls[0]
-                    assert c.b is not None
-                    vals = layer.rule.bind(c).batch_l2(layer.module, c.x, c.b)
+                    vals = self._by_samples(
+                        layer,
+                        calls[0],
+                        _l2,
+                        over_samples=False,
+                    )
                 else:
                     vals = {
                         k: g.flatten(1).square().sum(1)
@@ -315,13 +353,15 @@ class StepStats:
                         v = dots[:, j] * self.batch_size
                         self._place(outs[i], layer.names[k], calls, v)
                 continue
-            c = calls[0]
-            assert c.b is not None
-            rule = layer.rule.bind(c)
             for i, local in enumerate(locals_):
                 if not local:
                     continue
-                vals = rule.batch_dot(layer.module, c.x, c.b, local)
+                vals = self._by_samples(
+                    layer,
+                    calls[0],
+                    functools.partial(_dot, local),
+                    over_samples=False,
+                )
                 for k, v in vals.items():
                     if k in layer.names:
                         self._place(outs[i], layer.names[k], calls, v * self.batch_size)
@@ -337,9 +377,12 @@ class StepStats:
                 if kept is not None:
                     vals = {k: g.square().sum(0) for k, g in kept.items()}
                 elif len(calls) == 1:
-                    c = calls[0]
-                    assert c.b is not None
-                    vals = layer.rule.bind(c).sum_grad_squared(layer.module, c.x, c.b)
+                    vals = self._by_samples(
+                        layer,
+                        calls[0],
+                        _sgs,
+                        over_samples=True,
+                    )
                 else:
                     vals = {
                         k: g.square().sum(0)
@@ -538,3 +581,23 @@ class StepStats:
                     bad.append(layer.names[k])
                     worst = max(worst, err / max(scale, 1e-30))
         return bad, worst
+
+
+def _b(call: Call) -> Tensor:
+    """The call's output gradient (recorded: the engine collected only such calls)."""
+    assert call.b is not None
+    return call.b
+
+
+def _l2(rule: LayerRule, module: nn.Module, call: Call) -> dict[str, Tensor]:
+    return rule.batch_l2(module, call.x, _b(call))
+
+
+def _sgs(rule: LayerRule, module: nn.Module, call: Call) -> dict[str, Tensor]:
+    return rule.sum_grad_squared(module, call.x, _b(call))
+
+
+def _dot(
+    direction: dict[str, Tensor], rule: LayerRule, module: nn.Module, call: Call
+) -> dict[str, Tensor]:
+    return rule.batch_dot(module, call.x, _b(call), direction)

@@ -422,9 +422,11 @@ def test_server_serves_coverage_and_partial_errors(torch_threads: None) -> None:
 def test_uncached_and_chunked_paths_match_reference(
     problem: Problem, torch_threads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No per-step cache (each statistic from its rule's own reduction) and
-    # fallback re-runs in chunks of a few samples: the paths large models take.
+    # No per-step cache (each statistic from its rule's own reduction, built a
+    # few samples at a time) and fallback re-runs in chunks of a few samples:
+    # the paths large models take.
     monkeypatch.setattr(stats_module, "CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(stats_module, "CHUNK_ELEMENTS", 500)
     monkeypatch.setattr(func_rule, "MAX_ELEMENTS", 64)
     names = ["norm_test", "inner_test", "mean_gsnr", "grad_hist_1d"]
     if not _tie_found_at_first_step(problem, "tic_diag"):
