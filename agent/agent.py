@@ -128,8 +128,18 @@ class Cockpit(StepPhases):
         # torch.compile's wrapper: its parameters are the original module's under
         # an "_orig_mod." prefix. Track the original (the compiled forward runs
         # its modules, so their hooks fire) and report the user's names.
-        if type(model).__name__ == "OptimizedModule":
-            model = cast(nn.Module, model._orig_mod)
+        # DistributedDataParallel / DataParallel likewise wrap the model as
+        # ``.module`` (names "module.…"); re-runs of the wrapper would also
+        # run its gradient synchronisation. Unwrapped in any nesting order.
+        while True:
+            if type(model).__name__ == "OptimizedModule":
+                model = cast(nn.Module, model._orig_mod)
+            elif isinstance(
+                model, nn.parallel.DistributedDataParallel | nn.DataParallel
+            ):
+                model = model.module
+            else:
+                break
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler

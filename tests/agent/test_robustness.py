@@ -497,3 +497,53 @@ def test_torch_compile_gives_the_eager_readings(torch_threads):
     for step in (0, 2):
         for name in names:
             assert_reading(got[step][name], want[step][name], f"{step} {name}", 1e-5)
+
+
+@pytest.mark.parametrize("wrapper", ["DistributedDataParallel", "DataParallel"])
+def test_data_parallel_wrappers_give_the_unwrapped_readings(wrapper, torch_threads):
+    # The Cockpit tracks the wrapped module: the user's parameter names (no
+    # "module." prefix) and the readings of the plain model (one process: the
+    # gloo all-reduce of a world of one leaves the gradients as they are).
+    import torch.distributed as dist
+
+    from glasscockpit.agent import Cockpit, always
+    from tests.conftest import free_port
+
+    names = ["grad_norm", "norm_test", "inner_test", "grad_hist_1d", "alpha"]
+
+    def run(wrap: bool) -> dict:
+        torch.manual_seed(0)
+        module = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4))
+        model: nn.Module = module
+        if wrap and wrapper == "DataParallel":
+            model = nn.DataParallel(module)  # no GPU: calls the module
+        elif wrap:
+            model = nn.parallel.DistributedDataParallel(module)
+        opt = torch.optim.SGD(module.parameters(), lr=0.1)
+        insts = [BY_NAME[n](schedule=always) for n in names]
+        cockpit = Cockpit(model, opt, server=None, instruments=insts, budget=None)
+        x, y = torch.randn(16, 10), torch.randint(0, 4, (16,))
+        for step in range(3):
+            opt.zero_grad()
+            losses = nn.functional.cross_entropy(model(x), y, reduction="none")
+            with cockpit.step(step, loss=losses.mean(), losses=losses):
+                losses.mean().backward()
+            opt.step()
+        cockpit.close()
+        assert cockpit.disabled == {}
+        assert [n for n, _ in cockpit.params] == [
+            n for n, _ in module.named_parameters()
+        ]
+        return cockpit.readings
+
+    if wrapper == "DistributedDataParallel":
+        store = dist.TCPStore("127.0.0.1", free_port(), 1, is_master=True)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        want, got = run(False), run(True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    for step in (0, 1):
+        for name in names:
+            assert_reading(got[step][name], want[step][name], f"{step} {name}", 1e-6)
