@@ -528,7 +528,12 @@ class StepStats:
                 still,
                 "per-sample gradients of the whole model do not sum to .grad either "
                 f"(relative difference up to {worst:.1e}): a loss term on the "
-                "parameters, or .grad accumulated over several backward passes",
+                "parameters, or .grad accumulated over several backward passes"
+                + (
+                    _ALL_REDUCED.format(world=_world_size())
+                    if _world_size() > 1
+                    else ""
+                ),
             )
             self._collect()
 
@@ -601,3 +606,17 @@ def _dot(
     direction: dict[str, Tensor], rule: LayerRule, module: nn.Module, call: Call
 ) -> dict[str, Tensor]:
     return rule.batch_dot(module, call.x, _b(call), direction)
+
+
+_ALL_REDUCED = (
+    ", or .grad all-reduced over {world} processes (DistributedDataParallel: the "
+    "per-sample gradients are this process's, .grad is the global mean)"
+)
+
+
+def _world_size() -> int:
+    """Processes of the default ``torch.distributed`` group (1 without one)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_world_size())
+    return 1
