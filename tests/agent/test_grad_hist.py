@@ -10,7 +10,9 @@ zero, tiny, huge or negative, where the sorted-search arguments matter most.
 from __future__ import annotations
 
 import functools
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -26,6 +28,7 @@ from glasscockpit.agent.instruments.grad_hist_1d import (
     histc_bins,
     outer_counts,
     outer_fast,
+    span_counts,
     thresholds,
 )
 from glasscockpit.agent.instruments.grad_hist_2d import centre_bins, outer_counts_2d
@@ -146,6 +149,93 @@ def test_thresholds_are_the_first_value_of_each_bin(rule_case: str) -> None:
     assert bool((rule(below) < k).all())
 
 
+def adversarial(edges: Tensor, case: str, seed: int) -> Tensor:
+    """Float32 values at and next to the thresholds ``V_k``, spanning few or many bins.
+
+    Values in a run of bins ``k0 .. k1`` (``k1 − k0 + 1`` the case's span): every
+    interior edge ``V_k`` and the float just below it, the run's extreme values
+    and values between; then what the comparisons must not miscount: signed
+    zeros, values beyond the range and infinities, NaN.
+    """
+    g = torch.Generator().manual_seed(seed)
+    inf = torch.tensor(math.inf)
+    bins = edges.numel() + 1
+
+    def pick(top: int) -> int:
+        return int(torch.randint(0, max(1, top + 1), (1,), generator=g))
+
+    span = {"one": 1, "two": 2, "three": 3, "many": bins}.get(case, 1 + pick(2))
+    span = min(span, bins)
+    k0 = pick(bins - span)
+    if case == "zeros":  # the run around 0
+        zero = int(torch.searchsorted(edges, torch.zeros(1), right=True))
+        k0 = max(0, min(zero - pick(span - 1), bins - span))
+    elif case == "outside":  # the run at one end of the range
+        k0 = 0 if seed % 2 else bins - span
+    k1 = k0 + span - 1
+    # Bins k0 .. k1 are [lo, hi]: from V_{k0} (or below V_1) to the float below
+    # V_{k1 + 1} (or above V_{n − 1}).
+    first, last = (float(edges[0]), float(edges[-1])) if bins > 1 else (0.0, 0.0)
+    lo = float(edges[k0 - 1]) if k0 >= 1 else first - 1
+    hi = float(torch.nextafter(edges[k1], -inf)) if k1 < bins - 1 else last + 1
+    inner = edges[k0:k1]  # V_{k0 + 1} .. V_{k1} and the floats below them
+    inside = torch.rand(200, dtype=torch.float64, generator=g) * (hi - lo) + lo
+    values = torch.cat(
+        [
+            torch.tensor([lo, hi]),
+            inner,
+            torch.nextafter(inner, -inf),
+            inside.float().clamp(lo, hi),
+        ]
+    )
+    if case == "equal":
+        values = torch.full((1 + pick(40),), lo if seed % 2 else hi)
+    if case == "zeros":
+        values = torch.cat([values, torch.tensor([-0.0, 0.0, -0.0])])
+    elif case == "outside":  # beyond the range: clamped into the end bin
+        far = torch.tensor([1e3, 3e38, math.inf])
+        values = torch.cat([values, -far if k0 == 0 else far])
+    elif case == "nan":
+        values = torch.cat([values, torch.tensor([math.nan])])
+    return values[torch.randperm(values.numel(), generator=g)]
+
+
+@pytest.mark.parametrize("rule_case", sorted(RULES_1D))
+@pytest.mark.parametrize(
+    "case", ["equal", "one", "two", "three", "many", "zeros", "outside", "nan"]
+)
+def test_span_counts_equal_binning_every_value(rule_case: str, case: str) -> None:
+    rule, bins = rule_1d(rule_case)
+    edges = thresholds(rule, bins)
+    for seed in range(15):
+        values = adversarial(edges, case, seed)
+        want = torch.bincount(rule(values.clone()), minlength=bins + 1)
+        spanned = int(rule(values.max().reshape(1)) - rule(values.min().reshape(1)))
+        for max_span in (0, 1, 2, 3, bins):
+            got = np.zeros(bins, dtype=np.int64)
+            counted = span_counts(got, values, edges.numpy(), max_span)
+            if case == "nan" or spanned > max_span:
+                assert not counted, (seed, max_span)
+                assert not got.any()
+            else:
+                assert counted, (seed, max_span)
+                assert torch.equal(torch.from_numpy(got), want[:bins]), seed
+                assert int(want[bins]) == 0
+
+
+def test_span_counts_of_shapes_and_views() -> None:
+    # Non-contiguous and empty chunks; counts add to what is already there.
+    rule, bins = rule_1d("cockpit")
+    edges = thresholds(rule, bins)
+    g = torch.Generator().manual_seed(3)
+    values = (torch.randn(6, 5, 9, generator=g) * 0.05).transpose(0, 2)[:, ::2]
+    got = np.ones(bins, dtype=np.int64)
+    assert span_counts(got, values, edges.numpy())
+    assert span_counts(got, values[:0], edges.numpy())
+    want = torch.bincount(rule(values.clone()).reshape(-1), minlength=bins) + 1
+    assert torch.equal(torch.from_numpy(got), want)
+
+
 @pytest.mark.parametrize("case", ["normal", "relu", "grid", "tiny", "huge"])
 def test_outer_joint_counts_equal_binning_every_pair(case: str) -> None:
     ng, nt = 40, 50
@@ -217,18 +307,31 @@ def test_sparse_embedding_rows_are_the_built_per_sample_gradients(
 
 
 @pytest.mark.parametrize(
-    ("cls", "model"),
-    [(GradHist1d, "mlp"), (GradHist2d, "mlp"), (GradHist1d, "encoder")],
-    ids=lambda c: c if isinstance(c, str) else c.name,
+    ("cls", "model", "span"),
+    [
+        (GradHist1d, "mlp", 16),
+        (GradHist2d, "mlp", 16),
+        (GradHist1d, "encoder", 16),
+        (GradHist1d, "encoder", 4),
+    ],
+    ids=lambda c: c if isinstance(c, str | int) else c.name,
 )
 def test_histograms_count_the_built_values(
-    cls: type[GradHist1d] | type[GradHist2d], model: str, torch_threads: None
+    cls: type[GradHist1d] | type[GradHist2d],
+    model: str,
+    span: int,
+    torch_threads: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Non-default ranges put many values on several edges and in the clamps.
+    # With ``span`` 4 and 21 bins over (−1, 1), the encoder's chunks span 2 to
+    # 12 bins: one reading counts some by comparisons and bins the others.
+    monkeypatch.setattr(grad_hist_1d, "MAX_SPAN", span)
     problem = Problem("mlp", _mlp, F.cross_entropy) if model == "mlp" else ENCODER
     if cls is GradHist1d:
+        bins, range_ = (13, (-0.05, 0.02)) if span > 4 else (21, (-1.0, 1.0))
         inst: GradHist1d | GradHist2d = GradHist1d(
-            schedule=always, bins=13, range=(-0.05, 0.02)
+            schedule=always, bins=bins, range=range_
         )
     else:
         inst = GradHist2d(
