@@ -8,6 +8,7 @@ their B·out·in values (``outer_counts``).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -234,7 +235,7 @@ MAX_SPAN = 16
 
 
 def span_counts(
-    counts: np.ndarray, values: Tensor, edges: np.ndarray, max_span: int = MAX_SPAN
+    counts: list[int], values: Tensor, edges: list[float], max_span: int = MAX_SPAN
 ) -> bool:
     """Add the bins of float32 CPU ``values`` to ``counts`` by comparisons, if cheap.
 
@@ -243,14 +244,15 @@ def span_counts(
     greatest value, #{bin ≥ k} = #{y ≥ V_k} for the interior edges k in
     ``(k0, k1]``: one numpy pass each (several times faster than torch's
     comparisons), no index per value. Exact for any rule, since ``rule(y) ≥ k ⟺
-    y ≥ V_k``: the number of edges at or below a value is its bin (so a sorted
-    search of the edges bins the extremes), and −0 compares equal to +0 as the
-    rule treats them.
+    y ≥ V_k``: the number of edges at or below a value is its bin (so a search
+    of the edges bins the extremes), and −0 compares equal to +0 as the rule
+    treats them. The edges are float32 values held as Python floats: compared
+    with float32 values, exactly.
 
     Args:
-        counts: ``[bins]`` int64, added to in place.
+        counts: ``[bins]``, added to in place.
         values: float32 on the CPU, any shape.
-        edges: ``thresholds(rule, bins)`` as a float32 numpy array.
+        edges: ``thresholds(rule, bins)`` as Python floats.
         max_span: most bins the chunk may span.
 
     Returns:
@@ -260,10 +262,10 @@ def span_counts(
     a = values.detach().numpy().reshape(-1)
     if a.size == 0:
         return True
-    least, most = a.min(), a.max()  # NaN if any value is NaN
+    least, most = float(a.min()), float(a.max())  # NaN if any value is NaN
     if math.isnan(least) or math.isnan(most):
         return False
-    k0, k1 = (int(k) for k in np.searchsorted(edges, (least, most), side="right"))
+    k0, k1 = bisect.bisect_right(edges, least), bisect.bisect_right(edges, most)
     if k1 - k0 > max_span:
         return False
     below = a.size  # values in bins ≥ k0
@@ -322,7 +324,7 @@ class GradHist1d(Instrument):
             histc_bins, lo=self.range[0], hi=self.range[1], n=bins
         )
         self._edges: Tensor | None = None
-        self._edges_np: np.ndarray | None = None
+        self._edge_list: list[float] | None = None
 
     def _thresholds(self) -> Tensor:
         """``thresholds`` of the rule, computed once (33 bisection rounds)."""
@@ -330,11 +332,11 @@ class GradHist1d(Instrument):
             self._edges = thresholds(self._rule, self.bins)
         return self._edges
 
-    def _host_edges(self) -> np.ndarray:
-        """``_thresholds`` as a numpy array, for ``span_counts``."""
-        if self._edges_np is None:
-            self._edges_np = self._thresholds().numpy()
-        return self._edges_np
+    def _host_edges(self) -> list[float]:
+        """``_thresholds`` as Python floats, for ``span_counts``."""
+        if self._edge_list is None:
+            self._edge_list = self._thresholds().tolist()
+        return self._edge_list
 
     @override
     def compute(self, step: StepView) -> Reading:
@@ -345,7 +347,7 @@ class GradHist1d(Instrument):
         lo, hi, n = *self.range, self.bins
         counts: Tensor | None = None
         outers: list[Outer] = []
-        spans = np.zeros(n, dtype=np.int64)  # counted by ``span_counts``
+        spans = [0] * n  # counted by ``span_counts``
 
         def count(values: Tensor) -> None:
             """Bin fresh values into ``counts`` (or ``spans``), overwriting them."""
@@ -383,8 +385,8 @@ class GradHist1d(Instrument):
             return None
         if outers:
             counts[:n] += outer_counts(outers, self._rule, self._thresholds(), n)
-        if spans.any():
-            counts[:n] += torch.from_numpy(spans).to(counts.device)
+        if any(spans):
+            counts[:n] += torch.tensor(spans, device=counts.device)
         edges = torch.linspace(lo, hi, n + 1, dtype=torch.float64)
         return {
             "counts": counts[:n].double(),
