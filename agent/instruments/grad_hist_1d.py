@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.engine.stats import Outer, Sparse
+from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
 from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
@@ -324,7 +324,7 @@ class GradHist1d(Instrument):
             histc_bins, lo=self.range[0], hi=self.range[1], n=bins
         )
         self._edges: Tensor | None = None
-        self._edge_list: list[float] | None = None
+        self._scaled_edges: dict[float, list[float]] = {}
 
     def _thresholds(self) -> Tensor:
         """``thresholds`` of the rule, computed once (33 bisection rounds)."""
@@ -332,11 +332,24 @@ class GradHist1d(Instrument):
             self._edges = thresholds(self._rule, self.bins)
         return self._edges
 
-    def _host_edges(self) -> list[float]:
-        """``_thresholds`` as Python floats, for ``span_counts``."""
-        if self._edge_list is None:
-            self._edge_list = self._thresholds().tolist()
-        return self._edge_list
+    def _host_edges(self, scale: float) -> list[float]:
+        """Thresholds of ``y ↦ rule(fl(y · scale))`` as Python floats (cached).
+
+        That rule is monotone too, so comparing kept values with its thresholds
+        counts their scaled values without building them (``Scaled``).
+        """
+        if scale not in self._scaled_edges:
+            if len(self._scaled_edges) > 8:  # batch sizes keep changing
+                self._scaled_edges.clear()
+            if scale == 1.0:
+                edges = self._thresholds()
+            else:
+                lo, hi, n = *self.range, self.bins
+                edges = thresholds(
+                    lambda y: histc_bins(y.mul_(scale), lo, hi, n), self.bins
+                )
+            self._scaled_edges[scale] = edges.tolist()
+        return self._scaled_edges[scale]
 
     @override
     def compute(self, step: StepView) -> Reading:
@@ -349,23 +362,31 @@ class GradHist1d(Instrument):
         outers: list[Outer] = []
         spans = [0] * n  # counted by ``span_counts``
 
-        def count(values: Tensor) -> None:
-            """Bin fresh values into ``counts`` (or ``spans``), overwriting them."""
+        def count(values: Tensor | Scaled) -> None:
+            """Bin values into ``counts`` (or ``spans``), overwriting fresh ones."""
             assert counts is not None
+            raw, scale = (
+                (values.values, values.scale)
+                if isinstance(values, Scaled)
+                else (values, 1.0)
+            )
             if (
-                values.device.type == "cpu"
-                and values.dtype == torch.float32
-                and span_counts(spans, values, self._host_edges(), MAX_SPAN)
+                raw.device.type == "cpu"
+                and raw.dtype == torch.float32
+                and 0 < scale < math.inf
+                and span_counts(spans, raw, self._host_edges(scale), MAX_SPAN)
             ):
                 return
-            count_into(counts, histc_bins(values, lo, hi, n))
+            fresh = values.built() if isinstance(values, Scaled) else values
+            count_into(counts, histc_bins(fresh, lo, hi, n))
 
-        for _, _, g in step.batch_grads_factored(self.chunk, sparse=True):
+        grads = step.batch_grads_factored(self.chunk, sparse=True, views=True)
+        for _, _, g in grads:
             dev = (
                 g.u.device
                 if isinstance(g, Outer)
                 else g.values.device
-                if isinstance(g, Sparse)
+                if isinstance(g, Sparse | Scaled)
                 else g.device
             )
             if counts is None:  # bin n holds the NaNs

@@ -19,8 +19,13 @@ from torch.nn import functional as F  # noqa: N812
 
 from glasscockpit.agent import always
 from glasscockpit.agent.engine import HookEngine, StepStats
-from glasscockpit.agent.engine.stats import Outer, Sparse
-from glasscockpit.agent.instruments import GradHist1d, GradHist2d, grad_hist_1d
+from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
+from glasscockpit.agent.instruments import (
+    GradHist1d,
+    GradHist2d,
+    NormTest,
+    grad_hist_1d,
+)
 from glasscockpit.agent.instruments.base import count_into
 from glasscockpit.agent.instruments.grad_hist_1d import (
     Rule,
@@ -222,6 +227,21 @@ def test_span_counts_equal_binning_every_value(rule_case: str, case: str) -> Non
                 assert int(want[bins]) == 0
 
 
+@pytest.mark.parametrize("scale", [32.0, 48.0, 0.3])
+@pytest.mark.parametrize("case", ["one", "two", "many", "zeros", "outside"])
+def test_span_counts_of_scaled_values(scale: float, case: str) -> None:
+    # Kept values y count as fl(y · scale) against the thresholds of
+    # y ↦ rule(fl(y · scale)), whatever the rounding of the product.
+    rule, bins = rule_1d("cockpit")
+    scaled = thresholds(lambda y: rule(y.mul_(scale)), bins)
+    for seed in range(10):
+        values = adversarial(scaled, case, seed)
+        want = torch.bincount(rule(values * scale), minlength=bins + 1)
+        got = [0] * bins
+        assert span_counts(got, values, scaled.tolist(), bins)
+        assert got == want[:bins].tolist(), seed
+
+
 def test_span_counts_of_shapes_and_views() -> None:
     # Non-contiguous and empty chunks; counts add to what is already there.
     rule, bins = rule_1d("cockpit")
@@ -284,6 +304,25 @@ def test_factored_weights_are_the_built_per_sample_gradients(
     assert outers == 3
 
 
+def test_kept_per_sample_gradients_come_as_scaled_views(torch_threads: None) -> None:
+    # Gradients kept for other statistics (sequence layers) come unbuilt with
+    # ``views``; built, they are exactly what ``batch_grads`` yields.
+    stats = step_stats(ENCODER)
+    stats.batch_l2()  # keeps the per-sample gradients of the sequence layers
+    built = [(name, g) for name, _, g in stats.batch_grads(100)]
+    views = list(stats.batch_grads_factored(100, sparse=False, views=True))
+    plain = [g for _, _, g in stats.batch_grads_factored(100)]
+    scaled = [(n, g) for n, _, g in views if isinstance(g, Scaled)]
+    assert len(scaled) >= 4
+    assert not any(isinstance(g, Scaled) for g in plain)
+    by_name: dict[str, list[Tensor]] = {}
+    for name, g in built:
+        by_name.setdefault(name, []).append(g)
+    for name, g in scaled:
+        assert g.scale == ENCODER.make()[1].shape[0]
+        assert any(torch.equal(g.built(), b) for b in by_name[name]), name
+
+
 def test_sparse_embedding_rows_are_the_built_per_sample_gradients(
     torch_threads: None,
 ) -> None:
@@ -306,19 +345,23 @@ def test_sparse_embedding_rows_are_the_built_per_sample_gradients(
 
 
 @pytest.mark.parametrize(
-    ("cls", "model", "span"),
+    ("cls", "model", "span", "kept"),
     [
-        (GradHist1d, "mlp", 16),
-        (GradHist2d, "mlp", 16),
-        (GradHist1d, "encoder", 16),
-        (GradHist1d, "encoder", 4),
+        (GradHist1d, "mlp", 16, False),
+        (GradHist2d, "mlp", 16, False),
+        (GradHist1d, "encoder", 16, False),
+        (GradHist1d, "encoder", 4, False),
+        (GradHist1d, "encoder", 16, True),
+        (GradHist1d, "encoder", 4, True),
+        (GradHist2d, "encoder", 16, True),
     ],
-    ids=lambda c: c if isinstance(c, str | int) else c.name,
+    ids=lambda c: c.name if isinstance(c, type) else str(c),
 )
 def test_histograms_count_the_built_values(
     cls: type[GradHist1d] | type[GradHist2d],
     model: str,
     span: int,
+    kept: bool,
     torch_threads: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -327,6 +370,9 @@ def test_histograms_count_the_built_values(
     # 12 bins: one reading counts some by comparisons and bins the others.
     monkeypatch.setattr(grad_hist_1d, "MAX_SPAN", span)
     problem = Problem("mlp", _mlp, F.cross_entropy) if model == "mlp" else ENCODER
+    # NormTest, computed first, has the sequence layers' gradients kept: then
+    # counted from ``Scaled`` views.
+    others = [NormTest(schedule=always)] if kept else []
     if cls is GradHist1d:
         bins, range_ = (13, (-0.05, 0.02)) if span > 4 else (21, (-1.0, 1.0))
         inst: GradHist1d | GradHist2d = GradHist1d(
@@ -336,7 +382,7 @@ def test_histograms_count_the_built_values(
         inst = GradHist2d(
             schedule=always, bins=(9, 7), range=((-0.03, 0.05), (-0.3, 0.2))
         )
-    got = run_step(problem, [inst])[inst.name]
+    got = run_step(problem, [*others, inst])[inst.name]
     stats = step_stats(problem)
     if isinstance(inst, GradHist1d):
         (lo, hi), n = inst.range, inst.bins
