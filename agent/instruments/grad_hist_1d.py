@@ -3,7 +3,8 @@
 Also home of the counting machinery both gradient histograms share: a bin rule
 applied in float32 exactly as Cockpit's ``histc`` does, and exact counts of the
 rank-one per-sample gradients of 2-D ``nn.Linear`` weights without building
-their B·out·in values (``outer_counts``).
+their B·out·in values (``outer_counts``), and of chunks of built values that
+span few bins by comparisons with the bins' exact thresholds (``span_counts``).
 """
 
 from __future__ import annotations
@@ -284,7 +285,9 @@ class GradHist1d(Instrument):
     counts always add up to ``B·D``. Weights of ``nn.Linear`` layers on 2-D inputs
     are counted from their rank-one factors (``outer_counts``), exactly and
     without building their per-sample gradients; embedding weights from their
-    nonzero rows and a count of exact zeros.
+    nonzero rows and a count of exact zeros. Other values, on the CPU, chunk by
+    chunk by comparisons where a chunk spans few bins (``span_counts``), read in
+    place where the step keeps them for other statistics (``Scaled``).
 
     Args:
         bins: number of bins (Cockpit: 100).
