@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.engine.errors import dense_grad
-from glasscockpit.agent.engine.stats import Outer, Sparse
+from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
 from glasscockpit.agent.grad_scale import GradScale, divide
 from glasscockpit.agent.needs import RECORDED, Need
 
@@ -181,24 +181,34 @@ class StepView:
 
     @overload
     def batch_grads_factored(
-        self, max_elements: int | None = None, *, sparse: Literal[False] = False
+        self,
+        max_elements: int | None = None,
+        *,
+        sparse: Literal[False] = False,
+        views: Literal[False] = False,
     ) -> Iterator[tuple[str, Tensor, Tensor | Outer]]: ...
 
     @overload
     def batch_grads_factored(
-        self, max_elements: int | None = None, *, sparse: bool
-    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse]]: ...
+        self, max_elements: int | None = None, *, sparse: bool, views: bool = False
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled]]: ...
 
     def batch_grads_factored(
-        self, max_elements: int | None = None, *, sparse: bool = False
-    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse]]:
+        self,
+        max_elements: int | None = None,
+        *,
+        sparse: bool = False,
+        views: bool = False,
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled]]:
         """``batch_grads``, with rank-one weights as ``Outer`` factors (unbuilt).
 
         ``Outer.chunks`` builds them where a consumer needs the values. With
-        ``sparse``, embedding weights come as their nonzero rows (``Sparse``).
+        ``sparse``, embedding weights come as their nonzero rows (``Sparse``);
+        with ``views``, per-sample gradients kept for other statistics as
+        read-only ``Scaled`` views (``Scaled.built`` copies them).
         """
         self.require(Need.BATCH_GRAD)
-        return self.data.stats().batch_grads_factored(max_elements, sparse)
+        return self.data.stats().batch_grads_factored(max_elements, sparse, views)
 
     def diag_ggn(self) -> dict[str, Tensor]:
         """Exact GGN diagonal of the mean loss per parameter name (its shape)."""

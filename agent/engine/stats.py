@@ -75,6 +75,27 @@ class Sparse:
     zeros: int
 
 
+@dataclass(frozen=True)
+class Scaled:
+    """Per-sample gradients ``values · scale`` (one rounded product each), not built.
+
+    Kept per-sample gradients come this way from ``batch_grads_factored`` with
+    ``views``: a consumer that only reads them (a histogram comparing them with
+    thresholds) saves a pass writing B·D values.
+
+    Attributes:
+        values: ``[b, *shape]``, a view of the kept values: never modify it.
+        scale: the factor, > 0.
+    """
+
+    values: Tensor
+    scale: float
+
+    def built(self) -> Tensor:
+        """The values ``batch_grads`` yields, bit for bit (fresh)."""
+        return self.values * self.scale
+
+
 class StepStats:
     """Lazily computed, shared by every instrument of one step.
 
@@ -405,12 +426,13 @@ class StepStats:
         ``g_n`` tensor is fresh: consumers may modify it in place.
         """
         for layer, calls in self.layers:
-            yield from self._layer_batch_grads(layer, calls, max_elements)
+            for name, theta, g in self._layer_batch_grads(layer, calls, max_elements):
+                yield name, theta, g.built() if isinstance(g, Scaled) else g
 
     def _layer_batch_grads(
         self, layer: Layer, calls: list[Call], max_elements: int | None
-    ) -> Iterator[tuple[str, Tensor, Tensor]]:
-        """``batch_grads`` of one layer."""
+    ) -> Iterator[tuple[str, Tensor, Tensor | Scaled]]:
+        """``batch_grads`` of one layer, kept values as ``Scaled`` views."""
         scale = float(self.batch_size)
         params = self._params(layer)
         per_sample = sum(params[k].numel() for k in layer.names)
@@ -425,7 +447,7 @@ class StepStats:
                         yield (
                             layer.names[k],
                             params[k].detach(),
-                            g[s : s + chunk] * scale,
+                            Scaled(g[s : s + chunk], scale),
                         )
                 continue
             batched: frozenset[str] = getattr(layer.rule, "batched_kwargs", frozenset())
@@ -435,15 +457,16 @@ class StepStats:
                 yield layer.names[k], params[k].detach(), grads.pop(k)
 
     def batch_grads_factored(
-        self, max_elements: int | None = None, sparse: bool = False
-    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse]]:
+        self, max_elements: int | None = None, sparse: bool = False, views: bool = False
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled]]:
         """``batch_grads``, but rank-one weights come as ``Outer`` factors.
 
         The weight of an ``nn.Linear`` called once on a 2-D input has per-sample
         gradients ``B·b_n a_nᵀ``: B·out·in values from B·(out + in) numbers,
         which a consumer such as a histogram can often use without the product.
         With ``sparse``, an ``nn.Embedding`` called once comes as ``Sparse``
-        rows: B·T·E values at most instead of B·V·E.
+        rows: B·T·E values at most instead of B·V·E. With ``views``, per-sample
+        gradients kept for other statistics come as ``Scaled`` (not copied).
         """
         scale = float(self.batch_size)
         for layer, calls in self.layers:
@@ -467,7 +490,12 @@ class StepStats:
             if not (
                 type(layer.rule) is LinearRule and len(calls) == 1 and c.x.dim() == 2
             ):
-                yield from self._layer_batch_grads(layer, calls, max_elements)
+                for name, theta, g in self._layer_batch_grads(
+                    layer, calls, max_elements
+                ):
+                    if isinstance(g, Scaled) and not views:
+                        g = g.built()
+                    yield name, theta, g
                 continue
             assert c.b is not None
             params = self._params(layer)

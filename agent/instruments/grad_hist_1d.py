@@ -3,11 +3,13 @@
 Also home of the counting machinery both gradient histograms share: a bin rule
 applied in float32 exactly as Cockpit's ``histc`` does, and exact counts of the
 rank-one per-sample gradients of 2-D ``nn.Linear`` weights without building
-their B·out·in values (``outer_counts``).
+their B·out·in values (``outer_counts``), and of chunks of built values that
+span few bins by comparisons with the bins' exact thresholds (``span_counts``).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.engine.stats import Outer, Sparse
+from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
 from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
@@ -227,6 +229,55 @@ def _search(
     counts.index_add_(0, k, -p)
 
 
+#: Bins a chunk of values may span for ``span_counts`` to count it: one
+#: compare-and-count pass per interior edge costs ~0.1 ns a value, binning every
+#: value (``histc_bins`` + ``count_into``) ~2.5 ns.
+MAX_SPAN = 16
+
+
+def span_counts(
+    counts: list[int], values: Tensor, edges: list[float], max_span: int = MAX_SPAN
+) -> bool:
+    """Add the bins of float32 CPU ``values`` to ``counts`` by comparisons, if cheap.
+
+    Per-sample gradient elements are mostly far smaller than a bin, so a chunk
+    usually spans 1–3 bins. With ``k0`` and ``k1`` the bins of its least and
+    greatest value, #{bin ≥ k} = #{y ≥ V_k} for the interior edges k in
+    ``(k0, k1]``: one numpy pass each (several times faster than torch's
+    comparisons), no index per value. Exact for any rule, since ``rule(y) ≥ k ⟺
+    y ≥ V_k``: the number of edges at or below a value is its bin (so a search
+    of the edges bins the extremes), and −0 compares equal to +0 as the rule
+    treats them. The edges are float32 values held as Python floats: compared
+    with float32 values, exactly.
+
+    Args:
+        counts: ``[bins]``, added to in place.
+        values: float32 on the CPU, any shape.
+        edges: ``thresholds(rule, bins)`` as Python floats.
+        max_span: most bins the chunk may span.
+
+    Returns:
+        False, counting nothing, for a chunk holding a NaN or spanning more than
+        ``max_span`` bins: the caller bins it value by value.
+    """
+    a = values.detach().numpy().reshape(-1)
+    if a.size == 0:
+        return True
+    least, most = float(a.min()), float(a.max())  # NaN if any value is NaN
+    if math.isnan(least) or math.isnan(most):
+        return False
+    k0, k1 = bisect.bisect_right(edges, least), bisect.bisect_right(edges, most)
+    if k1 - k0 > max_span:
+        return False
+    below = a.size  # values in bins ≥ k0
+    for k in range(k0 + 1, k1 + 1):
+        above = int(np.count_nonzero(a >= edges[k - 1]))
+        counts[k - 1] += below - above
+        below = above
+    counts[k1] += below
+    return True
+
+
 class GradHist1d(Instrument):
     """Counts of ``g_n`` entries in ``bins`` equal bins over ``range``.
 
@@ -234,7 +285,9 @@ class GradHist1d(Instrument):
     counts always add up to ``B·D``. Weights of ``nn.Linear`` layers on 2-D inputs
     are counted from their rank-one factors (``outer_counts``), exactly and
     without building their per-sample gradients; embedding weights from their
-    nonzero rows and a count of exact zeros.
+    nonzero rows and a count of exact zeros. Other values, on the CPU, chunk by
+    chunk by comparisons where a chunk spans few bins (``span_counts``), read in
+    place where the step keeps them for other statistics (``Scaled``).
 
     Args:
         bins: number of bins (Cockpit: 100).
@@ -274,6 +327,32 @@ class GradHist1d(Instrument):
             histc_bins, lo=self.range[0], hi=self.range[1], n=bins
         )
         self._edges: Tensor | None = None
+        self._scaled_edges: dict[float, list[float]] = {}
+
+    def _thresholds(self) -> Tensor:
+        """``thresholds`` of the rule, computed once (33 bisection rounds)."""
+        if self._edges is None:
+            self._edges = thresholds(self._rule, self.bins)
+        return self._edges
+
+    def _host_edges(self, scale: float) -> list[float]:
+        """Thresholds of ``y ↦ rule(fl(y · scale))`` as Python floats (cached).
+
+        That rule is monotone too, so comparing kept values with its thresholds
+        counts their scaled values without building them (``Scaled``).
+        """
+        if scale not in self._scaled_edges:
+            if len(self._scaled_edges) > 8:  # batch sizes keep changing
+                self._scaled_edges.clear()
+            if scale == 1.0:
+                edges = self._thresholds()
+            else:
+                lo, hi, n = *self.range, self.bins
+                edges = thresholds(
+                    lambda y: histc_bins(y.mul_(scale), lo, hi, n), self.bins
+                )
+            self._scaled_edges[scale] = edges.tolist()
+        return self._scaled_edges[scale]
 
     @override
     def compute(self, step: StepView) -> Reading:
@@ -284,12 +363,33 @@ class GradHist1d(Instrument):
         lo, hi, n = *self.range, self.bins
         counts: Tensor | None = None
         outers: list[Outer] = []
-        for _, _, g in step.batch_grads_factored(self.chunk, sparse=True):
+        spans = [0] * n  # counted by ``span_counts``
+
+        def count(values: Tensor | Scaled) -> None:
+            """Bin values into ``counts`` (or ``spans``), overwriting fresh ones."""
+            assert counts is not None
+            raw, scale = (
+                (values.values, values.scale)
+                if isinstance(values, Scaled)
+                else (values, 1.0)
+            )
+            if (
+                raw.device.type == "cpu"
+                and raw.dtype == torch.float32
+                and 0 < scale < math.inf
+                and span_counts(spans, raw, self._host_edges(scale), MAX_SPAN)
+            ):
+                return
+            fresh = values.built() if isinstance(values, Scaled) else values
+            count_into(counts, histc_bins(fresh, lo, hi, n))
+
+        grads = step.batch_grads_factored(self.chunk, sparse=True, views=True)
+        for _, _, g in grads:
             dev = (
                 g.u.device
                 if isinstance(g, Outer)
                 else g.values.device
-                if isinstance(g, Sparse)
+                if isinstance(g, Sparse | Scaled)
                 else g.device
             )
             if counts is None:  # bin n holds the NaNs
@@ -298,20 +398,19 @@ class GradHist1d(Instrument):
                 outers.append(g)  # counted together below
                 continue
             if isinstance(g, Sparse):
-                count_into(counts, histc_bins(g.values, lo, hi, n))
+                count(g.values)
                 # The entries not in ``values`` are +0.0: all in zero's bin.
                 zero = histc_bins(g.values.new_zeros(1), lo, hi, n).to(torch.int64)
                 counts.index_add_(0, zero, counts.new_full((1,), g.zeros))
                 continue
             for part in g.chunks(self.chunk) if isinstance(g, Outer) else [g]:
-                count_into(counts, histc_bins(part, lo, hi, n))
-        if outers:
-            assert counts is not None
-            if self._edges is None:
-                self._edges = thresholds(self._rule, n)
-            counts[:n] += outer_counts(outers, self._rule, self._edges, n)
+                count(part)
         if counts is None:
             return None
+        if outers:
+            counts[:n] += outer_counts(outers, self._rule, self._thresholds(), n)
+        if any(spans):
+            counts[:n] += torch.tensor(spans, device=counts.device)
         edges = torch.linspace(lo, hi, n + 1, dtype=torch.float64)
         return {
             "counts": counts[:n].double(),

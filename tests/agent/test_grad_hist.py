@@ -10,6 +10,7 @@ zero, tiny, huge or negative, where the sorted-search arguments matter most.
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -18,14 +19,20 @@ from torch.nn import functional as F  # noqa: N812
 
 from glasscockpit.agent import always
 from glasscockpit.agent.engine import HookEngine, StepStats
-from glasscockpit.agent.engine.stats import Outer, Sparse
-from glasscockpit.agent.instruments import GradHist1d, GradHist2d, grad_hist_1d
+from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
+from glasscockpit.agent.instruments import (
+    GradHist1d,
+    GradHist2d,
+    NormTest,
+    grad_hist_1d,
+)
 from glasscockpit.agent.instruments.base import count_into
 from glasscockpit.agent.instruments.grad_hist_1d import (
     Rule,
     histc_bins,
     outer_counts,
     outer_fast,
+    span_counts,
     thresholds,
 )
 from glasscockpit.agent.instruments.grad_hist_2d import centre_bins, outer_counts_2d
@@ -146,6 +153,108 @@ def test_thresholds_are_the_first_value_of_each_bin(rule_case: str) -> None:
     assert bool((rule(below) < k).all())
 
 
+def adversarial(edges: Tensor, case: str, seed: int) -> Tensor:
+    """Float32 values at and next to the thresholds ``V_k``, spanning few or many bins.
+
+    Values in a run of bins ``k0 .. k1`` (``k1 − k0 + 1`` the case's span): every
+    interior edge ``V_k`` and the float just below it, the run's extreme values
+    and values between; then what the comparisons must not miscount: signed
+    zeros, values beyond the range and infinities, NaN.
+    """
+    g = torch.Generator().manual_seed(seed)
+    inf = torch.tensor(math.inf)
+    bins = edges.numel() + 1
+
+    def pick(top: int) -> int:
+        return int(torch.randint(0, max(1, top + 1), (1,), generator=g))
+
+    span = {"one": 1, "two": 2, "three": 3, "many": bins}.get(case, 1 + pick(2))
+    span = min(span, bins)
+    k0 = pick(bins - span)
+    if case == "zeros":  # the run around 0
+        zero = int(torch.searchsorted(edges, torch.zeros(1), right=True))
+        k0 = max(0, min(zero - pick(span - 1), bins - span))
+    elif case == "outside":  # the run at one end of the range
+        k0 = 0 if seed % 2 else bins - span
+    k1 = k0 + span - 1
+    # Bins k0 .. k1 are [lo, hi]: from V_{k0} (or below V_1) to the float below
+    # V_{k1 + 1} (or above V_{n − 1}).
+    first, last = (float(edges[0]), float(edges[-1])) if bins > 1 else (0.0, 0.0)
+    lo = float(edges[k0 - 1]) if k0 >= 1 else first - 1
+    hi = float(torch.nextafter(edges[k1], -inf)) if k1 < bins - 1 else last + 1
+    inner = edges[k0:k1]  # V_{k0 + 1} .. V_{k1} and the floats below them
+    inside = torch.rand(200, dtype=torch.float64, generator=g) * (hi - lo) + lo
+    values = torch.cat(
+        [
+            torch.tensor([lo, hi]),
+            inner,
+            torch.nextafter(inner, -inf),
+            inside.float().clamp(lo, hi),
+        ]
+    )
+    if case == "equal":
+        values = torch.full((1 + pick(40),), lo if seed % 2 else hi)
+    if case == "zeros":
+        values = torch.cat([values, torch.tensor([-0.0, 0.0, -0.0])])
+    elif case == "outside":  # beyond the range: clamped into the end bin
+        far = torch.tensor([1e3, 3e38, math.inf])
+        values = torch.cat([values, -far if k0 == 0 else far])
+    elif case == "nan":
+        values = torch.cat([values, torch.tensor([math.nan])])
+    return values[torch.randperm(values.numel(), generator=g)]
+
+
+@pytest.mark.parametrize("rule_case", sorted(RULES_1D))
+@pytest.mark.parametrize(
+    "case", ["equal", "one", "two", "three", "many", "zeros", "outside", "nan"]
+)
+def test_span_counts_equal_binning_every_value(rule_case: str, case: str) -> None:
+    rule, bins = rule_1d(rule_case)
+    edges = thresholds(rule, bins)
+    for seed in range(15):
+        values = adversarial(edges, case, seed)
+        want = torch.bincount(rule(values.clone()), minlength=bins + 1)
+        spanned = int(rule(values.max().reshape(1)) - rule(values.min().reshape(1)))
+        for max_span in (0, 1, 2, 3, bins):
+            got = [0] * bins
+            counted = span_counts(got, values, edges.tolist(), max_span)
+            if case == "nan" or spanned > max_span:
+                assert not counted, (seed, max_span)
+                assert not any(got)
+            else:
+                assert counted, (seed, max_span)
+                assert got == want[:bins].tolist(), seed
+                assert int(want[bins]) == 0
+
+
+@pytest.mark.parametrize("scale", [32.0, 48.0, 0.3])
+@pytest.mark.parametrize("case", ["one", "two", "many", "zeros", "outside"])
+def test_span_counts_of_scaled_values(scale: float, case: str) -> None:
+    # Kept values y count as fl(y · scale) against the thresholds of
+    # y ↦ rule(fl(y · scale)), whatever the rounding of the product.
+    rule, bins = rule_1d("cockpit")
+    scaled = thresholds(lambda y: rule(y.mul_(scale)), bins)
+    for seed in range(10):
+        values = adversarial(scaled, case, seed)
+        want = torch.bincount(rule(values * scale), minlength=bins + 1)
+        got = [0] * bins
+        assert span_counts(got, values, scaled.tolist(), bins)
+        assert got == want[:bins].tolist(), seed
+
+
+def test_span_counts_of_shapes_and_views() -> None:
+    # Non-contiguous and empty chunks; counts add to what is already there.
+    rule, bins = rule_1d("cockpit")
+    edges = thresholds(rule, bins)
+    g = torch.Generator().manual_seed(3)
+    values = (torch.randn(6, 5, 9, generator=g) * 0.05).transpose(0, 2)[:, ::2]
+    got = [1] * bins
+    assert span_counts(got, values, edges.tolist())
+    assert span_counts(got, values[:0], edges.tolist())
+    want = torch.bincount(rule(values.clone()).reshape(-1), minlength=bins) + 1
+    assert got == want.tolist()
+
+
 @pytest.mark.parametrize("case", ["normal", "relu", "grid", "tiny", "huge"])
 def test_outer_joint_counts_equal_binning_every_pair(case: str) -> None:
     ng, nt = 40, 50
@@ -195,6 +304,25 @@ def test_factored_weights_are_the_built_per_sample_gradients(
     assert outers == 3
 
 
+def test_kept_per_sample_gradients_come_as_scaled_views(torch_threads: None) -> None:
+    # Gradients kept for other statistics (sequence layers) come unbuilt with
+    # ``views``; built, they are exactly what ``batch_grads`` yields.
+    stats = step_stats(ENCODER)
+    stats.batch_l2()  # keeps the per-sample gradients of the sequence layers
+    built = [(name, g) for name, _, g in stats.batch_grads(100)]
+    views = list(stats.batch_grads_factored(100, sparse=False, views=True))
+    plain = [g for _, _, g in stats.batch_grads_factored(100)]
+    scaled = [(n, g) for n, _, g in views if isinstance(g, Scaled)]
+    assert len(scaled) >= 4
+    assert not any(isinstance(g, Scaled) for g in plain)
+    by_name: dict[str, list[Tensor]] = {}
+    for name, g in built:
+        by_name.setdefault(name, []).append(g)
+    for name, g in scaled:
+        assert g.scale == ENCODER.make()[1].shape[0]
+        assert any(torch.equal(g.built(), b) for b in by_name[name]), name
+
+
 def test_sparse_embedding_rows_are_the_built_per_sample_gradients(
     torch_threads: None,
 ) -> None:
@@ -217,24 +345,44 @@ def test_sparse_embedding_rows_are_the_built_per_sample_gradients(
 
 
 @pytest.mark.parametrize(
-    ("cls", "model"),
-    [(GradHist1d, "mlp"), (GradHist2d, "mlp"), (GradHist1d, "encoder")],
-    ids=lambda c: c if isinstance(c, str) else c.name,
+    ("cls", "model", "span", "kept"),
+    [
+        (GradHist1d, "mlp", 16, False),
+        (GradHist2d, "mlp", 16, False),
+        (GradHist1d, "encoder", 16, False),
+        (GradHist1d, "encoder", 4, False),
+        (GradHist1d, "encoder", 16, True),
+        (GradHist1d, "encoder", 4, True),
+        (GradHist2d, "encoder", 16, True),
+    ],
+    ids=lambda c: c.name if isinstance(c, type) else str(c),
 )
 def test_histograms_count_the_built_values(
-    cls: type[GradHist1d] | type[GradHist2d], model: str, torch_threads: None
+    cls: type[GradHist1d] | type[GradHist2d],
+    model: str,
+    span: int,
+    kept: bool,
+    torch_threads: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Non-default ranges put many values on several edges and in the clamps.
+    # With ``span`` 4 and 21 bins over (−1, 1), the encoder's chunks span 2 to
+    # 12 bins: one reading counts some by comparisons and bins the others.
+    monkeypatch.setattr(grad_hist_1d, "MAX_SPAN", span)
     problem = Problem("mlp", _mlp, F.cross_entropy) if model == "mlp" else ENCODER
+    # NormTest, computed first, has the sequence layers' gradients kept: then
+    # counted from ``Scaled`` views.
+    others = [NormTest(schedule=always)] if kept else []
     if cls is GradHist1d:
+        bins, range_ = (13, (-0.05, 0.02)) if span > 4 else (21, (-1.0, 1.0))
         inst: GradHist1d | GradHist2d = GradHist1d(
-            schedule=always, bins=13, range=(-0.05, 0.02)
+            schedule=always, bins=bins, range=range_
         )
     else:
         inst = GradHist2d(
             schedule=always, bins=(9, 7), range=((-0.03, 0.05), (-0.3, 0.2))
         )
-    got = run_step(problem, [inst])[inst.name]
+    got = run_step(problem, [*others, inst])[inst.name]
     stats = step_stats(problem)
     if isinstance(inst, GradHist1d):
         (lo, hi), n = inst.range, inst.bins
