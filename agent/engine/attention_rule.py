@@ -42,6 +42,7 @@ from torch.nn import functional as F  # noqa: N812 - torch convention
 
 from glasscockpit.agent.engine.errors import EngineError
 from glasscockpit.agent.engine.rules import RULES, LayerRule
+from glasscockpit.agent.engine.scratch import SCRATCH
 
 _ARGS = ("query", "key", "value")
 
@@ -180,8 +181,8 @@ class _BoundAttention(LayerRule):
         if captured is not None:
             dqkv, a = captured
             out = {
-                "in_proj_weight": dqkv.transpose(1, 2) @ x,
-                "out_proj.weight": b.transpose(1, 2) @ a,
+                "in_proj_weight": _bmm_t(dqkv, x),
+                "out_proj.weight": _bmm_t(b, a),
             }
             if module.in_proj_bias is not None:
                 out["in_proj_bias"] = dqkv.sum(1)
@@ -211,6 +212,14 @@ class _BoundAttention(LayerRule):
         if module.out_proj.bias is not None:
             out["out_proj.bias"] = b.sum(1)
         return out
+
+
+def _bmm_t(b: Tensor, x: Tensor) -> Tensor:
+    """``bᵀx`` per sample, ``[B, out, in]``, into a pooled buffer when possible."""
+    if b.dtype != x.dtype or b.dim() != 3 or x.dim() != 3:
+        return b.transpose(1, 2) @ x
+    out = SCRATCH.empty((b.shape[0], b.shape[2], x.shape[2]), b)
+    return torch.bmm(b.transpose(1, 2), x, out=out)
 
 
 def _store_qkv_grad(call: Any, grads: tuple[Tensor | None, ...]) -> None:

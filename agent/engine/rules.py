@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - torch convention
 
+from glasscockpit.agent.engine.scratch import SCRATCH
+
 
 class LayerRule:
     """Per-sample statistics of one module type; reductions use ``batch_grads``."""
@@ -129,7 +131,13 @@ class LinearRule(LayerRule):
         )
         out: dict[str, Tensor] = {}
         if _has(module, "weight"):
-            out["weight"] = b3.transpose(1, 2) @ x3  # [B, out, in]
+            shape = (b3.shape[0], b3.shape[2], x3.shape[2])  # [B, out, in]
+            if b3.dtype == x3.dtype:
+                out["weight"] = torch.bmm(
+                    b3.transpose(1, 2), x3, out=SCRATCH.empty(shape, b3)
+                )
+            else:  # let matmul report the mismatch
+                out["weight"] = b3.transpose(1, 2) @ x3
         if _has(module, "bias"):
             out["bias"] = b3.sum(1)  # [B, out]
         return out
@@ -287,7 +295,7 @@ class ConvRule(LayerRule):
         step = max(1, UNFOLD_CHUNK // per_sample) if chunked else n
         bg = b.reshape(n, g, module.out_channels // g, -1)  # [B, g, out/g, L]
         # [B, g, in/g·k, out/g]: this operand order is the faster one for bmm.
-        out = b.new_empty((n, g, k // g, module.out_channels // g))
+        out = SCRATCH.empty((n, g, k // g, module.out_channels // g), b)
         for s in range(0, n, step):
             part = cols[s : s + step].reshape(-1, g, k // g, bg.shape[-1])
             torch.matmul(part, bg[s : s + step].transpose(2, 3), out=out[s : s + step])

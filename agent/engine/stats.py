@@ -23,6 +23,7 @@ from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
 from glasscockpit.agent.engine.norm_rules import EmbeddingRule
 from glasscockpit.agent.engine.rules import LayerRule, LinearRule
+from glasscockpit.agent.engine.scratch import SCRATCH
 from glasscockpit.agent.grad_scale import GradScale, divide
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -232,7 +233,8 @@ class StepStats:
         if self._held + size > CACHE_ELEMENTS:
             return None
         self._held += size
-        self._grads[key] = self.layer_grads(layer, calls)
+        with SCRATCH.lending(self):  # kept until this StepStats is collected
+            self._grads[key] = self.layer_grads(layer, calls)
         return self._grads[key]
 
     def _by_samples(
