@@ -28,6 +28,7 @@ from glasscockpit.agent.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
 from glasscockpit.agent.instruments import Instrument, resolve
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.kernels import MathAttention
+from glasscockpit.agent.local_grads import LocalGrads, world_size
 from glasscockpit.agent.meta import default_run_id, model_meta, plain
 from glasscockpit.agent.needs import RECORDED, TWICE, Need
 from glasscockpit.agent.phases import StepContext, StepPhases, on_optimizer_step
@@ -131,12 +132,14 @@ class Cockpit(StepPhases):
         # DistributedDataParallel / DataParallel likewise wrap the model as
         # ``.module`` (names "module.…"); re-runs of the wrapper would also
         # run its gradient synchronisation. Unwrapped in any nesting order.
+        ddp = False
         while True:
             if type(model).__name__ == "OptimizedModule":
                 model = cast(nn.Module, model._orig_mod)
             elif isinstance(
                 model, nn.parallel.DistributedDataParallel | nn.DataParallel
             ):
+                ddp = ddp or isinstance(model, nn.parallel.DistributedDataParallel)
                 model = model.module
             else:
                 break
@@ -169,6 +172,11 @@ class Cockpit(StepPhases):
             self.engine = HookEngine(model, self.params)
             # The first step number is unknown: record the first forward pass.
             self.engine.arm()
+        #: Under DDP with several processes ``.grad`` is all-reduced; the
+        #: per-sample statistics use this process's gradients instead.
+        self._local: LocalGrads | None = None
+        if ddp and self.engine is not None and world_size() > 1:
+            self._local = LocalGrads([p for _, p in self.params])
         complete = self.engine is not None and not self.engine.uncovered
         for inst in self.instruments:
             inst.on_engine(complete)
@@ -322,7 +330,13 @@ class Cockpit(StepPhases):
                 )
                 body = time.perf_counter()
                 budget.charge(body - start)
-            yield bool(due)
+            if self._local is not None:
+                self._local.start()  # the body's backward passes
+            try:
+                yield bool(due)
+            finally:
+                if self._local is not None:
+                    self._local.stop()
             start = time.perf_counter()
             with torch.no_grad():
                 results.update(

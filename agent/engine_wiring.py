@@ -14,6 +14,7 @@ from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_g
 from glasscockpit.agent.grad_scale import GradScale, current
 from glasscockpit.agent.instruments import Instrument
 from glasscockpit.agent.kernels import MathAttention
+from glasscockpit.agent.local_grads import LocalGrads
 from glasscockpit.agent.needs import RECORDED, TWICE, Need
 from glasscockpit.agent.step import StepData
 
@@ -33,6 +34,7 @@ class EngineWiring:
     _budget: OverheadBudget | None
     #: ``(step, due)`` planned by ``_prepare`` for the coming step.
     _planned: tuple[int, list[Instrument]] | None
+    _local: LocalGrads | None
 
     def _grad_scale(self) -> GradScale | None:
         """What the step's gradients carry of the loss scale (mixed precision)."""
@@ -142,7 +144,10 @@ class EngineWiring:
         def stats(data: StepData) -> StepStats:
             start = time.perf_counter()
             result = StepStats(
-                engine, check=not self._checked, grad_scale=self._grad_scale()
+                engine,
+                check=not self._checked,
+                grad_scale=self._grad_scale(),
+                local=self._local,
             )
             if self._budget is not None:  # shared by every engine user of the step
                 self._budget.share(time.perf_counter() - start)

@@ -111,6 +111,7 @@ class StepPhases(EngineWiring):
             param_lrs=ctx.param_lrs,
             mixes=ctx.mixes,
             grad_scale=self._grad_scale(),
+            local=self._local,
         )
 
     def _guard(

@@ -13,6 +13,7 @@ from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
 from glasscockpit.agent.grad_scale import GradScale, divide
+from glasscockpit.agent.local_grads import LocalGrads
 from glasscockpit.agent.needs import RECORDED, Need
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ class StepView:
     mixes: str | None = None
     #: The loss scale the step's gradients carry (``GradScaler``), or None.
     grad_scale: GradScale | None = None
+    #: This process's gradients when ``.grad`` is all-reduced (multi-process DDP).
+    local: LocalGrads | None = None
 
     def require(self, need: Need) -> None:
         """Raise ``UndeclaredNeedError`` unless ``need`` was declared."""
@@ -97,8 +100,16 @@ class StepView:
             )
 
     def grads(self) -> list[tuple[str, Tensor]]:
-        """(name, p.grad) for every tracked parameter with a gradient."""
+        """(name, p.grad) for every tracked parameter with a gradient.
+
+        Under multi-process DDP the gradient of this process's batch (the one
+        its per-sample statistics describe), not the all-reduced ``.grad``.
+        """
         self.require(Need.GRAD)
+        if self.local is not None:
+            factor = 1.0 if self.grad_scale is None else self.grad_scale.outputs
+            local = [(n, self.local.get(p)) for n, p in self.params]
+            return [(n, divide(g, factor)) for n, g in local if g is not None]
         grads = [(n, dense_grad(p)) for n, p in self.params]
         return [(n, self.unscaled(g)) for n, g in grads if g is not None]
 

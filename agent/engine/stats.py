@@ -25,6 +25,7 @@ from glasscockpit.agent.engine.norm_rules import EmbeddingRule
 from glasscockpit.agent.engine.rules import LayerRule, LinearRule
 from glasscockpit.agent.engine.scratch import SCRATCH
 from glasscockpit.agent.grad_scale import GradScale, divide
+from glasscockpit.agent.local_grads import LocalGrads
 
 _HALF = (torch.float16, torch.bfloat16)
 #: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).
@@ -114,9 +115,13 @@ class StepStats:
         *,
         check: bool = False,
         grad_scale: GradScale | None = None,
+        local: LocalGrads | None = None,
     ) -> None:
         engine.check_model()
         self.engine = engine
+        #: This process's gradients when ``.grad`` is all-reduced (DDP).
+        self._local = local
+        self._local_factor = 1.0 if grad_scale is None else grad_scale.outputs
         self._grad_factor: Tensor | float = 1.0
         #: Gradient norms at or below this are zero in ``_check_sums``.
         self._floor = 0.0
@@ -195,6 +200,17 @@ class StepStats:
             raise EngineError(
                 "No covered module was called in a backward pass of this step"
             )
+
+    def grad(self, p: Tensor) -> Tensor | None:
+        """``p``'s gradient of the recorded samples, without the loss scale.
+
+        ``.grad``, or under multi-process DDP this process's own (``local``).
+        """
+        if self._local is not None:
+            g = self._local.get(p)
+            return None if g is None else divide(g, self._local_factor)
+        g = dense_grad(p)
+        return None if g is None else divide(g.detach(), self._grad_factor)
 
     # -- per layer -------------------------------------------------------------------
     @staticmethod
@@ -325,12 +341,8 @@ class StepStats:
     def batch_dot(self) -> dict[str, Tensor]:
         """``g_n · g`` per tracked parameter name with ``g = p.grad``, each ``[B]``."""
         if "dot" not in self._cache:
-            dense = {n: dense_grad(p) for n, p in self.engine.params}
-            grads = {
-                n: divide(g, self._grad_factor)
-                for n, g in dense.items()
-                if g is not None
-            }
+            unscaled = {n: self.grad(p) for n, p in self.engine.params}
+            grads = {n: g for n, g in unscaled.items() if g is not None}
             self._cache["dot"] = self.dot_with(grads)
         return self._cache["dot"]
 
@@ -519,10 +531,8 @@ class StepStats:
         themselves, ``.grad`` accumulated over several backward passes) is
         reported as not covered.
         """
-        grads = [dense_grad(p) for _, p in self.engine.params]
-        norms = [
-            divide(g.detach(), self._grad_factor).norm() for g in grads if g is not None
-        ]
+        grads = [self.grad(p) for _, p in self.engine.params]
+        norms = [g.norm() for g in grads if g is not None]
         # A gradient below float32 round-off of the model's (a bias that a
         # following InstanceNorm cancels) is zero: nothing to check.
         self._floor = 1e-6 * float(torch.stack(norms).norm()) if norms else 0.0
@@ -577,10 +587,10 @@ class StepStats:
             for k, name in layer.names.items():
                 if name in served:
                     continue
-                g = dense_grad(layer.module.get_parameter(k))
+                g = self.grad(layer.module.get_parameter(k))
                 if g is None:
                     continue
-                if float(divide(g.detach(), self._grad_factor).norm()) > self._floor:
+                if float(g.norm()) > self._floor:
                     out.append(name)
         return out
 
@@ -604,10 +614,9 @@ class StepStats:
             for k, g in sums.items():
                 if k not in params:
                     continue
-                ref = dense_grad(params[k])
+                ref = self.grad(params[k])
                 if ref is None:
                     continue
-                ref = divide(ref, self._grad_factor)
                 err = float((g.detach() - ref).norm())
                 scale = float(ref.norm())
                 # bf16/fp16 autocast rounds each output gradient: allow for it.
