@@ -139,11 +139,15 @@ class _BoundAttention(LayerRule):
 
     def _captured(self, b: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(∂[q k v] [B, T, 3E], a)`` from the user's backward pass, if for ``b``."""
-        cache: dict[str, Any] = self.call.cache
-        hit = cache.get("qkv_grad")
-        if hit is None or hit[0] is not b or b is not self.call.b:
+        call = self.call
+        if b is not call.b:
             return None
-        return hit[1], cache["projections"]
+        root = call.parent if call.parent is not None else call
+        hit = root.cache.get("qkv_grad")
+        if hit is None or hit[0] is not root.b:
+            return None
+        rows = call.rows if call.parent is not None else slice(None)
+        return hit[1][rows], root.cache["projections"][rows]
 
     def _rerun(self, module: nn.MultiheadAttention, b: Tensor) -> list[Tensor]:
         """``[x_q, x_k, x_v, ∂q, ∂k, ∂v, a]`` of this call (cached on the call)."""

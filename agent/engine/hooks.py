@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 # Imported for their side effect: they add their rules to ``RULES``.
-from glasscockpit.agent.engine import attention_rule, norm_rules  # noqa: F401
+from glasscockpit.agent.engine import attention_rule, norm_rules, rnn_rule  # noqa: F401
 from glasscockpit.agent.engine.errors import EngineError as EngineError
 from glasscockpit.agent.engine.func_rule import (
     FUNC_RULES,
@@ -55,6 +55,10 @@ class Call:
     #: Which of the step's forward passes of the model made this call: the
     #: micro-batches of gradient accumulation are different samples.
     forward: int = 0
+    #: A call cut from another (``part``): its samples ``rows`` of ``parent``,
+    #: whose captures (``cache``) rules read for those rows.
+    parent: Call | None = None
+    rows: slice | None = None
 
     def set_b(self, grad: Tensor | None) -> None:
         """Store the output gradient; under autocast, ``x`` and it in one dtype."""
@@ -94,6 +98,8 @@ class Call:
             tuple(cut(a) for a in self.args),
             {k: cut(v) if k in batched_kwargs else v for k, v in self.kwargs.items()},
             forward=self.forward,
+            parent=self,
+            rows=rows,
         )
 
 

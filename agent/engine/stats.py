@@ -219,14 +219,18 @@ class StepStats:
     ) -> dict[str, Tensor]:
         """``scale · ĝ_n`` per local parameter name, summed over the module's calls."""
         total: dict[str, Tensor] = {}
+        # Scaling the (small) output gradient saves a pass over B·D values;
+        # rules reading captures of their call's own ``b`` scale their result.
+        late = scale != 1.0 and layer.rule.needs_args
         for c in calls:
             assert c.b is not None
-            # Scaling the (small) output gradient saves a pass over B·D values.
-            b = c.b if scale == 1.0 else c.b * scale
+            b = c.b if scale == 1.0 or late else c.b * scale
             rule = layer.rule.bind(c)
             for k, g in rule.batch_grads(layer.module, c.x, b).items():
                 if k not in layer.names:  # served elsewhere (``reassign``)
                     continue
+                if late:
+                    g = g * scale
                 total[k] = total[k] + g if k in total else g
         return total
 

@@ -505,17 +505,24 @@ def test_alpha_differentiates_the_graph_when_some_parameters_are_not_covered(
     assert "alpha" not in cockpit.disabled
 
 
+@pytest.mark.parametrize("path", ["kept", "chunked"])
 def test_attention_with_active_dropout_is_served_from_the_users_backward(
-    torch_threads: None,
+    path: str, torch_threads: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No re-run reproduces the dropout masks; the projections' gradients
     # captured in the user's backward went through them. Reference: per-sample
     # gradients from the same forward pass (same masks), one sample at a time.
+    # "chunked": nothing kept, the histogram reads a few samples at a time
+    # (the captures are sliced for them).
+    if path == "chunked":
+        monkeypatch.setattr(stats_module, "CACHE_ELEMENTS", 0)
     torch.manual_seed(0)
     model = DropoutEncoder().train()
     x, y = torch.randint(0, 11, (5, 4)), torch.randint(0, 3, (5,))
     names = ("norm_test", "inner_test", "grad_hist_1d", "tic_diag")
     insts = [BY_NAME[n](schedule=always) for n in names]
+    if path == "chunked":
+        insts[2] = BY_NAME["grad_hist_1d"](schedule=always, chunk=300)
     cockpit = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
     losses = nn.functional.cross_entropy(model(x), y, reduction="none")
     loss = losses.mean()

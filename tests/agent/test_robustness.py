@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from glasscockpit.agent.engine import HookEngine
 from glasscockpit.agent.instruments import BY_NAME
-from tests.agent.harness import run_step
+from tests.agent.harness import make_on_device, run_step
 from tests.agent.models import DropoutEncoder
 from tests.agent.problems import BY_NAME as BY_PROBLEM
 from tests.agent.problems import Problem
@@ -83,6 +84,45 @@ def test_recurrent_models_match_the_per_sample_loop(name, problem, torch_threads
         # missing from the module's own: undefined at the first step only.
         pytest.skip("TIC of the first tracked step: see test below")
     assert_matches_the_loop(problem, name)
+
+
+class _WithInitialState(nn.Module):
+    """A GRU started from a learned initial state (``hx`` passed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(12, 6)
+        self.rnn = nn.GRU(6, 7, num_layers=2, batch_first=True)
+        self.h0 = nn.Linear(6, 14)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.emb(ids)
+        h0 = torch.tanh(self.h0(h[:, 0])).reshape(-1, 2, 7).transpose(0, 1)
+        out, _ = self.rnn(h, h0.contiguous())
+        return self.head(out[:, -1])
+
+
+def _with_initial_state() -> tuple[nn.Module, Tensor, Tensor]:
+    return (
+        _WithInitialState(),
+        torch.randint(0, 12, (5, 4)),
+        torch.randint(0, 3, (5,)),
+    )
+
+
+@pytest.mark.parametrize("name", ["norm_test", "mean_gsnr", "grad_hist_1d"])
+def test_recurrent_rule_serves_batch_first_rnns_with_an_initial_state(
+    name, torch_threads
+):
+    # The exact rule re-runs the recurrence batched (no per-sample loop), from
+    # the call's own initial state; the state's producer gets its gradient.
+    problem = Problem("gru_h0", _with_initial_state, nn.functional.cross_entropy)
+    assert_matches_the_loop(problem, name)
+    for rnn in (RNNS[0], RNNS[1], problem):
+        model, _, _ = make_on_device(rnn)
+        engine = HookEngine(model, list(model.named_parameters()))
+        assert engine.coverage["rnn.weight_hh_l1"] == "rnn-rule"
 
 
 def test_rnn_read_through_h_n_has_tic_from_the_second_step(torch_threads):
