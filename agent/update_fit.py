@@ -98,6 +98,25 @@ def predict_update(
     ]
 
 
+def update_in_span(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> bool:
+    """Whether the update is a combination of the other ``update_directions``.
+
+    True for ``torch.optim.SGD`` itself (a subclass may override ``step``) when
+    it holds every parameter. With ``h = ±g + λθ`` (maximize, weight decay)
+    and ``m`` the momentum buffer in the state *before* the step (absent at the
+    first, where ``m' = h``), ``m' = μ·m + (1 − dampening)·h`` and the update
+    is ``−lr·h`` without momentum, ``−lr·m'``, or ``−lr·(h + μ·m')`` with
+    Nesterov: a combination of ``g``, the buffer in the state and ``θ``.
+    Clipping and LR schedules change only the coefficients, so the shadow
+    optimizer of ``predict_update`` (a copy of every parameter, gradient and
+    the state, then a step) adds nothing.
+    """
+    if type(optimizer) is not torch.optim.SGD:
+        return False
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return all(id(p) in held for p in params)
+
+
 def _wide(t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
@@ -127,15 +146,16 @@ def update_directions(
 ) -> list[Tensor]:
     """Flat directions [D] (``direction_dtype``) spanning the optimizer's update.
 
-    The update predicted by ``predict_update``, the gradient the optimizer will
-    see, every parameter-shaped floating-point state tensor (momentum buffers,
-    Adam moments) and, with weight decay, θ. Clipping by global norm and LR
-    changes keep SGD-family updates in this span. With several parameter groups
-    each direction is split per group, since groups may use different rates.
+    The update predicted by ``predict_update`` (unless ``update_in_span``), the
+    gradient the optimizer will see (first), every parameter-shaped
+    floating-point state tensor (momentum buffers, Adam moments) and, with
+    weight decay, θ. Clipping by global norm and LR changes keep SGD-family
+    updates in this span. With several parameter groups each direction is split
+    per group, since groups may use different rates.
     """
     out: list[Tensor] = []
     dtype = direction_dtype(params)
-    if optimizer is not None:
+    if optimizer is not None and not update_in_span(optimizer, params):
         predicted = predict_update(optimizer, params, grads)
         if predicted is not None:
             out.append(_flat(predicted, dtype))

@@ -14,7 +14,13 @@ from glasscockpit.agent import Cockpit, every
 from glasscockpit.agent.instruments import Alpha, Distance, Time, UpdateSize
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.needs import Need
-from glasscockpit.agent.update_fit import SampleJacobian
+from glasscockpit.agent.update_fit import (
+    SampleJacobian,
+    orthonormal_basis,
+    predict_update,
+    update_directions,
+    update_in_span,
+)
 from glasscockpit.protocol import Readings
 from glasscockpit.server.store import TOTAL, RunStore
 from tests.agent.reference_curvature import (
@@ -144,6 +150,86 @@ def test_alpha_follows_clipping_and_schedules(optimizer, torch_threads):
         assert got[t]["alpha"] == pytest.approx(
             alpha_reference(trace, t), rel=1e-4, abs=1e-5
         ), t
+
+
+class _ShadowSGD(torch.optim.SGD):
+    """SGD under another type: Alpha predicts its update with a shadow copy."""
+
+
+#: SGD variants whose update Alpha takes from the span of g, momentum and θ.
+SGD_VARIANTS = {
+    "nesterov": {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    "dampening": {"lr": 0.05, "momentum": 0.9, "dampening": 0.5},
+    "weight_decay": {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.1},
+    "maximize": {"lr": 0.02, "maximize": True, "weight_decay": 0.01},
+    "groups": {"lr": 0.05, "momentum": 0.9},
+}
+
+
+def _sgd(cls, variant, params):
+    kwargs = SGD_VARIANTS[variant]
+    if variant == "groups":  # a second group: its own rate and weight decay
+        groups = [
+            {"params": params[:1]},
+            {"params": params[1:], "lr": 0.2, "weight_decay": 0.05},
+        ]
+        return cls(groups, **kwargs)
+    return cls(params, **kwargs)
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_alpha_of_sgd_needs_no_shadow_optimizer(variant, monkeypatch, torch_threads):
+    """SGD's update is a combination of g, its momentum buffer and θ: the same α
+    as with the shadow optimizer's prediction, and as the reference."""
+    problem = PROBLEMS[2]
+    got = {}
+    for cls in (torch.optim.SGD, _ShadowSGD):
+        monkeypatch.setitem(
+            OPTIMIZERS, "variant", lambda ps, c=cls: _sgd(c, variant, ps)
+        )
+        cockpit, trace, _ = train(
+            problem,
+            "variant",
+            [Alpha(schedule=every(1))],
+            STEPS,
+            clip=0.05,
+            scheduler=True,
+        )
+        got[cls] = [cockpit.readings[t]["alpha"] for t in range(STEPS - 1)]
+        for t in range(STEPS - 1):
+            assert got[cls][t] == pytest.approx(
+                alpha_reference(trace, t), rel=1e-4, abs=1e-5
+            ), (cls, t)
+    # Two bases of one span: equal up to float32 round-off.
+    assert got[torch.optim.SGD] == pytest.approx(got[_ShadowSGD], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_sgd_update_lies_in_the_span_without_the_prediction(variant, torch_threads):
+    """Before the first step (no momentum buffer yet) and after two."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+    opt = _sgd(torch.optim.SGD, variant, params)
+    assert update_in_span(opt, params)
+    assert not update_in_span(_sgd(_ShadowSGD, variant, params), params)
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        basis = orthonormal_basis(update_directions(opt, params, grads))
+        predicted = torch.cat(
+            [u.reshape(-1) for u in predict_update(opt, params, grads)]
+        )
+        left = predicted - basis.T @ (basis @ predicted)
+        assert float(left.norm()) <= 1e-5 * float(predicted.norm()), step
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+
+
+def test_sgd_without_every_parameter_keeps_the_prediction():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD([model.weight], lr=0.1)
+    assert not update_in_span(opt, list(model.parameters()))
 
 
 def test_alpha_is_undefined_when_the_update_leaves_the_predicted_span(torch_threads):
