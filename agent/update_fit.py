@@ -203,6 +203,17 @@ def orthonormal_basis(
     ``drop_rtol``; default 1e-7 in float64, 1e-5 in float32) are dropped; a
     kept remainder of round-off size only adds a harmless extra direction.
     """
+    return orthonormal_rows(candidates, drop_rtol)[0]
+
+
+def orthonormal_rows(
+    candidates: Sequence[Tensor], drop_rtol: float | None = None
+) -> tuple[Tensor, float]:
+    """``orthonormal_basis`` and the norm of ``candidates[0]``.
+
+    The norm is 0.0 when the first candidate is zero or not finite (dropped);
+    otherwise the first row is ``candidates[0]`` divided by it.
+    """
     if drop_rtol is None:
         drop_rtol = 1e-7 if candidates[0].dtype == torch.float64 else 1e-5
     # Rows are written into one buffer (views of it, no stacking per pass) and
@@ -210,10 +221,13 @@ def orthonormal_basis(
     # model-sized, so every pass over them counts.
     out = candidates[0].new_empty((len(candidates), candidates[0].numel()))
     k = 0
-    for v in candidates:
+    first = 0.0
+    for i, v in enumerate(candidates):
         norm = float(v.norm())
         if norm == 0.0 or not math.isfinite(norm):
             continue
+        if i == 0:
+            first = norm
         r, rn = v, norm
         if k:
             q = out[:k]
@@ -223,7 +237,7 @@ def orthonormal_basis(
         if rn > drop_rtol * norm:
             torch.div(r, rn, out=out[k])
             k += 1
-    return out[:k]
+    return out[:k], first
 
 
 def fit_alpha(

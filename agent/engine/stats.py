@@ -259,14 +259,15 @@ class StepStats:
     def batch_dot(self) -> dict[str, Tensor]:
         """``g_n · g`` per tracked parameter name with ``g = p.grad``, each ``[B]``."""
         if "dot" not in self._cache:
-            dense = {n: dense_grad(p) for n, p in self.engine.params}
-            grads = {
-                n: divide(g, self._grad_factor)
-                for n, g in dense.items()
-                if g is not None
-            }
-            self._cache["dot"] = self.dot_with(grads)
+            self._cache["dot"] = self.dot_with(self._grads_unscaled())
         return self._cache["dot"]
+
+    def _grads_unscaled(self) -> dict[str, Tensor]:
+        """``g = p.grad`` without the loss scale, by tracked name (if it has one)."""
+        dense = {n: dense_grad(p) for n, p in self.engine.params}
+        return {
+            n: divide(g, self._grad_factor) for n, g in dense.items() if g is not None
+        }
 
     def dot_with(self, direction: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``g_n · d`` per tracked parameter name in ``direction``, each ``[B]``.
@@ -277,13 +278,27 @@ class StepStats:
         return self.dots_with([direction])[0]
 
     def dots_with(
-        self, directions: Sequence[Mapping[str, Tensor]]
+        self, directions: Sequence[Mapping[str, Tensor]], grad: bool = False
     ) -> list[dict[str, Tensor]]:
         """``dot_with`` for several directions, one pass over each layer.
 
         Kept per-sample gradients are read once for all directions (one matrix
         product with the stacked directions instead of one pass per direction).
+        With ``grad``, ``batch_dot`` joins the pass unless it is cached already.
         """
+        if grad and "dot" not in self._cache:
+            *outs, self._cache["dot"] = self._dots(
+                [
+                    *directions,
+                    self._grads_unscaled(),
+                ]
+            )
+            return outs
+        return self._dots(directions)
+
+    def _dots(
+        self, directions: Sequence[Mapping[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
         outs: list[dict[str, Tensor]] = [{} for _ in directions]
         for layer, calls in self.layers:
             locals_ = [

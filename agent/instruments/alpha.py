@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,8 +20,9 @@ from glasscockpit.agent.step import StepView
 from glasscockpit.agent.update_fit import (
     SampleJacobian,
     fit_alpha,
-    orthonormal_basis,
+    orthonormal_rows,
     update_directions,
+    update_in_span,
 )
 from glasscockpit.protocol import Kind, PanelSpec
 
@@ -50,16 +52,30 @@ def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
 _GRAPH_NEEDS = frozenset({Need.PARAMS, Need.LOSSES, Need.OPTIMIZER})
 
 
-def _engine_slopes(step: StepView, rows: Tensor) -> Tensor:
-    """``[K, B]``: each sample's gradient dotted with each row of ``rows`` [K, D]."""
+def _engine_slopes(step: StepView, rows: Sequence[Tensor], grad: bool) -> Tensor:
+    """``[K, B]``: each sample's gradient dotted with each of ``rows`` [D].
+
+    With ``grad``, ``step.batch_dot()`` is computed in the same pass.
+    """
     names = [n for n, _ in step.params]
     params: list[Tensor] = [p for _, p in step.params]
     return step.sample_dots(
-        [dict(zip(names, _as_params(row, params), strict=True)) for row in rows]
+        [dict(zip(names, _as_params(row, params), strict=True)) for row in rows],
+        grad,
     )
 
 
-def _graph_slopes(step: StepView, losses: Tensor, rows: Tensor) -> Tensor:
+def _along_grad(step: StepView) -> Tensor:
+    """``[B]``: ``g_n · g``, summed over parameters as ``sample_dots`` does."""
+    total: Tensor | None = None
+    for v in step.batch_dot().values():
+        total = v.double() if total is None else total + v.double()
+    if total is None:
+        return torch.zeros(step.sample_count(), dtype=torch.float64)
+    return total
+
+
+def _graph_slopes(step: StepView, losses: Tensor, rows: Sequence[Tensor]) -> Tensor:
     """``_engine_slopes`` by differentiating the loss graph twice (before backward).
 
     One ``SampleJacobian`` per step, shared by the end of α(t−1), the start of
@@ -71,7 +87,9 @@ def _graph_slopes(step: StepView, losses: Tensor, rows: Tensor) -> Tensor:
         with torch.enable_grad():
             jac = step.cache["sample_jacobian"] = SampleJacobian(losses, params)
     out = [jac.project(_as_params(row, params)).double() for row in rows]
-    return torch.stack(out) if out else rows.new_zeros((0, losses.numel())).double()
+    if not out:
+        return torch.zeros((0, losses.numel()), dtype=torch.float64)
+    return torch.stack(out)
 
 
 class Alpha(Instrument):
@@ -205,12 +223,17 @@ class Alpha(Instrument):
         self.phase = Phase.BEFORE_BACKWARD  # type: ignore[misc]
         self.needs = _GRAPH_NEEDS  # type: ignore[misc]
 
-    def _slopes(self, step: StepView, losses: Tensor, rows: Tensor) -> Tensor:
-        """``[K, B]`` per-sample slopes along ``rows``, from either engine."""
+    def _slopes(
+        self, step: StepView, losses: Tensor, rows: Sequence[Tensor], grad: bool
+    ) -> Tensor:
+        """``[K, B]`` per-sample slopes along ``rows``, from either engine.
+
+        ``grad`` (engine only): ``batch_dot`` joins the pass (``_along_grad``).
+        """
         if self.phase is Phase.BEFORE_BACKWARD:
             return _graph_slopes(step, losses, rows)
         try:
-            return _engine_slopes(step, rows)
+            return _engine_slopes(step, rows, grad)
         except EngineError:
             if step.mixes is None:
                 # The engine cannot serve this model after all (found at a
@@ -226,9 +249,8 @@ class Alpha(Instrument):
             return
         try:
             losses = step.sample_losses()  # undefined losses: say so before any work
-            self._finish(
-                step, end, self._slopes(step, losses, self._direction(end)[None])[0]
-            )
+            slopes = self._slopes(step, losses, [self._direction(end)], False)
+            self._finish(step, end, slopes[0])
         except Exception:
             self._done[end[0].step] = None  # undefined at t+1: so is α(t)
             raise
@@ -264,11 +286,26 @@ class Alpha(Instrument):
             loss = losses.mean() if step.loss is None else step.loss
             seen = self._seen(step, loss, params)
             opt = step.optimizer()
-            basis = orthonormal_basis(update_directions(opt, params, seen))
-            rows = (
-                basis if end is None else torch.cat([self._direction(end)[None], basis])
+            basis, gnorm = orthonormal_rows(update_directions(opt, params, seen))
+            # Without a predicted update (SGD, one group) the first row is
+            # g/‖g‖: its slopes are ``batch_dot``'s (the gradient tests' too)
+            # over ‖g‖, not one more direction for the per-sample pass.
+            from_grad = (
+                self.phase is Phase.AFTER_BACKWARD
+                and gnorm > 0.0
+                and (
+                    opt is None
+                    or (len(opt.param_groups) == 1 and update_in_span(opt, params))
+                )
             )
-            slopes = self._slopes(step, losses, rows)
+            rows = list(basis[1:] if from_grad else basis)
+            if end is not None:
+                rows.insert(0, self._direction(end))
+            slopes = self._slopes(step, losses, rows, from_grad)
+            if from_grad:
+                along = (_along_grad(step) / gnorm)[None]
+                k = 0 if end is None else 1
+                slopes = torch.cat([slopes[:k], along, slopes[k:]])
         except Exception:
             if end is not None:
                 self._done[end[0].step] = None  # undefined at t+1: so is α(t)

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from glasscockpit.agent import Cockpit, every
-from glasscockpit.agent.instruments import Alpha, Distance, Time, UpdateSize
+from glasscockpit.agent.instruments import (
+    Alpha,
+    Distance,
+    InnerTest,
+    OrthoTest,
+    Time,
+    UpdateSize,
+)
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.update_fit import (
@@ -277,6 +284,36 @@ def test_two_alpha_and_update_size_instances_coexist(torch_threads):
     assert got[1]["alpha:odd"] == pytest.approx(got[1]["alpha:every"], rel=1e-6)
     assert "alpha:odd" not in got[0] and "update_size:b" not in got[1]
     assert "update_size:b" in got[2]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", None])
+@pytest.mark.parametrize("problem", PROBLEMS[1:], ids=repr)
+def test_alpha_shares_the_gradient_tests_per_sample_pass(
+    problem, optimizer, torch_threads
+):
+    """With SGD, α's first direction is g/‖g‖: its slopes come from ``batch_dot``,
+    computed by the gradient tests before it, or by α itself for them after."""
+    runs = {
+        order: train(problem, optimizer, insts(), STEPS)
+        for order, insts in {
+            "alone": lambda: [Alpha(schedule=every(1))],
+            "after": lambda: [InnerTest(every(1)), Alpha(schedule=every(1))],
+            "before": lambda: [Alpha(schedule=every(1)), OrthoTest(every(1))],
+        }.items()
+    }
+    tests = {
+        name: train(problem, optimizer, [cls(every(1))], STEPS)[0].readings
+        for name, cls in (("inner_test", InnerTest), ("ortho_test", OrthoTest))
+    }
+    for t in range(STEPS - 1):
+        expected = alpha_reference(runs["alone"][1], t)
+        for cockpit, _, _ in runs.values():
+            got = cockpit.readings[t]["alpha"]
+            assert got == pytest.approx(expected, rel=1e-4, abs=1e-5), t
+    for t in range(STEPS):
+        for order, name in (("after", "inner_test"), ("before", "ortho_test")):
+            got = as_float_dict(runs[order][0].readings[t][name])
+            assert got == pytest.approx(as_float_dict(tests[name][t][name]), rel=1e-6)
 
 
 class _Masked(torch.nn.Module):
