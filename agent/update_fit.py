@@ -68,7 +68,16 @@ def predict_update(
     state and the parameters are untouched. Returns the updates per entry of
     ``params`` (zeros for parameters the optimizer does not hold), or None when
     the optimizer cannot be rebuilt as ``type(optimizer)(param_groups)``.
+
+    ``torch.optim.SGD`` itself (``update_in_span``) steps copies of the
+    parameters and momentum buffers through the functional ``sgd`` its ``step``
+    calls, with the same arguments: the same update, bit for bit, without a
+    new optimizer, copies of the gradients or a deep copy of the state.
     """
+    if update_in_span(optimizer, params):
+        fast = _predict_sgd(optimizer, params, grads)
+        if fast is not None:
+            return fast
     index = {id(p): i for i, p in enumerate(params)}
     clones: dict[int, Tensor] = {}
     groups = []
@@ -98,8 +107,60 @@ def predict_update(
     ]
 
 
+def _predict_sgd(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+) -> list[Tensor] | None:
+    """``predict_update`` of ``torch.optim.SGD`` holding every parameter.
+
+    None for a differentiable group (its weight decay may write into the
+    gradient), left to the shadow optimizer.
+    """
+    from torch.optim.sgd import sgd
+
+    index = {id(p): i for i, p in enumerate(params)}
+    out: list[Tensor | None] = [None] * len(params)
+    for group in optimizer.param_groups:
+        if group.get("differentiable"):
+            return None
+        held = [p for p in group["params"] if id(p) in index]
+        if not held:
+            continue
+        clones = [p.detach().clone() for p in held]
+        given = [grads[index[id(p)]].detach() for p in held]
+        if group["nesterov"] or group["fused"]:
+            # Nesterov's foreach path adds the buffer into the gradients.
+            given = [g.clone() for g in given]
+        bufs: list[Tensor | None] = []
+        if group["momentum"] != 0:
+            for p in held:
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                bufs.append(None if buf is None else buf.clone())
+        sgd(
+            clones,
+            given,
+            bufs,
+            foreach=group["foreach"],
+            fused=group["fused"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            lr=group["lr"],
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+        )
+        for p, c in zip(held, clones, strict=True):
+            # One rounded subtraction in at least float32, as the shadow's.
+            out[index[id(p)]] = _wide(c) - _wide(p.detach())
+    return [
+        torch.zeros_like(_wide(p)) if u is None else u
+        for p, u in zip(params, out, strict=True)
+    ]
+
+
 def update_in_span(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> bool:
-    """Whether the update is a combination of the other ``update_directions``.
+    """Whether the update is, up to its rounding, a combination of g, state and θ.
 
     True for ``torch.optim.SGD`` itself (a subclass may override ``step``) when
     it holds every parameter. With ``h = ±g + λθ`` (maximize, weight decay)
@@ -107,9 +168,11 @@ def update_in_span(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -
     first, where ``m' = h``), ``m' = μ·m + (1 − dampening)·h`` and the update
     is ``−lr·h`` without momentum, ``−lr·m'``, or ``−lr·(h + μ·m')`` with
     Nesterov: a combination of ``g``, the buffer in the state and ``θ``.
-    Clipping and LR schedules change only the coefficients, so the shadow
-    optimizer of ``predict_update`` (a copy of every parameter, gradient and
-    the state, then a step) adds nothing.
+    Clipping and LR schedules change only the coefficients. The rounding of
+    ``θ + update`` is not in that span: on a model whose updates are small
+    against its parameters (a transformer's LayerNorm gains), it is more than
+    ``Alpha.span_rtol`` of the update, so the predicted update stays among the
+    directions, last (``update_directions``), computed by ``_predict_sgd``.
     """
     if type(optimizer) is not torch.optim.SGD:
         return False
@@ -146,8 +209,8 @@ def update_directions(
 ) -> list[Tensor]:
     """Flat directions [D] (``direction_dtype``) spanning the optimizer's update.
 
-    The update predicted by ``predict_update`` (unless ``update_in_span``), the
-    gradient the optimizer will see (first), every parameter-shaped
+    The update predicted by ``predict_update`` (last if ``update_in_span``, else
+    first), the gradient the optimizer will see, every parameter-shaped
     floating-point state tensor (momentum buffers, Adam moments) and, with
     weight decay, θ. Clipping by global norm and LR changes keep SGD-family
     updates in this span. With several parameter groups each direction is split
@@ -155,13 +218,15 @@ def update_directions(
     """
     out: list[Tensor] = []
     dtype = direction_dtype(params)
-    if optimizer is not None and not update_in_span(optimizer, params):
-        predicted = predict_update(optimizer, params, grads)
-        if predicted is not None:
-            out.append(_flat(predicted, dtype))
-    out.append(_flat(grads, dtype))
     if optimizer is None:
-        return out
+        return [_flat(grads, dtype)]
+    predicted = predict_update(optimizer, params, grads)
+    # SGD's update is the others' combination up to its rounding: the gradient
+    # first, whose row (g/‖g‖) has per-sample slopes that ``batch_dot`` shares.
+    last = update_in_span(optimizer, params)
+    if predicted is not None and not last:
+        out.append(_flat(predicted, dtype))
+    out.append(_flat(grads, dtype))
     state = [optimizer.state.get(p, {}) for p in params]
     keys = sorted(
         {
@@ -183,6 +248,8 @@ def update_directions(
         )
     if any(g.get("weight_decay", 0) for g in optimizer.param_groups):
         out.append(_flat(params, dtype))
+    if predicted is not None and last:
+        out.append(_flat(predicted, dtype))
     if len(optimizer.param_groups) < 2:
         return out
     masks = []

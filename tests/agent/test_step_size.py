@@ -212,8 +212,9 @@ def test_alpha_of_sgd_needs_no_shadow_optimizer(variant, monkeypatch, torch_thre
 
 
 @pytest.mark.parametrize("variant", SGD_VARIANTS)
-def test_sgd_update_lies_in_the_span_without_the_prediction(variant, torch_threads):
-    """Before the first step (no momentum buffer yet) and after two."""
+def test_sgd_update_is_predicted_without_a_shadow_optimizer(variant, torch_threads):
+    """Bit for bit the shadow's prediction, and in the span of g, the momentum
+    buffer and θ up to rounding: before the first step (no buffer yet) and after."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 2))
     params = list(model.parameters())
@@ -222,15 +223,40 @@ def test_sgd_update_lies_in_the_span_without_the_prediction(variant, torch_threa
     assert not update_in_span(_sgd(_ShadowSGD, variant, params), params)
     for step in range(3):
         grads = [torch.randn_like(p) for p in params]
-        basis = orthonormal_basis(update_directions(opt, params, grads))
-        predicted = torch.cat(
-            [u.reshape(-1) for u in predict_update(opt, params, grads)]
-        )
-        left = predicted - basis.T @ (basis @ predicted)
-        assert float(left.norm()) <= 1e-5 * float(predicted.norm()), step
+        shadow = _sgd(_ShadowSGD, variant, params)
+        shadow.load_state_dict(opt.state_dict())
+        predicted = predict_update(opt, params, grads)
+        expected = predict_update(shadow, params, grads)
+        for got, want in zip(predicted, expected, strict=True):
+            assert torch.equal(got, want), step
+        # The prediction comes last (once per parameter group).
+        directions = update_directions(opt, params, grads)
+        basis = orthonormal_basis(directions[: -len(opt.param_groups)])
+        flat = torch.cat([u.reshape(-1) for u in predicted])
+        left = flat - basis.T @ (basis @ flat)
+        assert float(left.norm()) <= 1e-5 * float(flat.norm()), step
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         opt.step()
+
+
+@pytest.mark.parametrize("cls", [torch.optim.SGD, _ShadowSGD])
+def test_alpha_of_sgd_keeps_the_rounding_of_small_updates(
+    cls, monkeypatch, torch_threads
+):
+    """An update far below the parameters' size is rounded by more than
+    ``span_rtol`` of it: the predicted update holds that rounding."""
+    problem = PROBLEMS[1]
+    monkeypatch.setitem(OPTIMIZERS, "tiny", lambda ps: cls(ps, lr=1e-5))
+    cockpit, trace, _ = train(problem, "tiny", [Alpha(schedule=every(1))], STEPS)
+    for t in range(STEPS - 1):
+        d = trace.thetas[t + 1] - trace.thetas[t]
+        g = torch.cat([x.reshape(-1) for x in trace.grads[t]]).double()
+        g = g / g.norm()
+        assert float((d - (d @ g) * g).norm()) > 1e-3 * float(d.norm())
+        assert cockpit.readings[t]["alpha"] == pytest.approx(
+            alpha_reference(trace, t), rel=1e-4, abs=1e-5
+        ), t
 
 
 def test_sgd_without_every_parameter_keeps_the_prediction():
