@@ -316,13 +316,16 @@ class StepStats:
                     which = [i for i, loc in enumerate(locals_) if k in loc]
                     if not which:
                         continue
-                    cols = [locals_[i][k].reshape(-1).to(g.dtype) for i in which]
-                    stacked = (
-                        cols[0].unsqueeze(1) if len(cols) == 1 else torch.stack(cols, 1)
-                    )
-                    dots = g.flatten(1) @ stacked  # [B, K]
+                    rows = [locals_[i][k].reshape(-1).to(g.dtype) for i in which]
+                    # [K, P] @ [P, B]: on CPU 2-4x faster than [B, P] @ [P, K]
+                    # after an interleaving stack into [P, K], for small K.
+                    dots = (
+                        (g.flatten(1) @ rows[0])[None]
+                        if len(rows) == 1
+                        else torch.stack(rows) @ g.flatten(1).T
+                    )  # [K, B]
                     for j, i in enumerate(which):
-                        v = dots[:, j] * self.batch_size
+                        v = dots[j] * self.batch_size
                         self._place(outs[i], layer.names[k], calls, v)
                 continue
             c = calls[0]

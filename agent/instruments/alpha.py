@@ -123,6 +123,8 @@ class Alpha(Instrument):
     kind = Kind.SCALAR
     phase = Phase.AFTER_BACKWARD
     two_step = True
+    #: Its per-sample pass computes ``batch_dot`` for the gradient tests too.
+    leads = True
     panel = PanelSpec(
         title="Alpha (relative step size)",
         y_label="α",

@@ -339,7 +339,10 @@ def test_alpha_shares_the_gradient_tests_per_sample_pass(
     for t in range(STEPS):
         for order, name in (("after", "inner_test"), ("before", "ortho_test")):
             got = as_float_dict(runs[order][0].readings[t][name])
-            assert got == pytest.approx(as_float_dict(tests[name][t][name]), rel=1e-6)
+            # One product for all directions rounds g_n·g unlike a product of
+            # its own; the tests' differences of sums amplify it (≈1e-6).
+            expected = as_float_dict(tests[name][t][name])
+            assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 class _Masked(torch.nn.Module):
