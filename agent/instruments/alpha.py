@@ -147,6 +147,10 @@ class Alpha(Instrument):
         self.span_rtol = span_rtol
         self._start: _Start | None = None
         self._done: dict[int, Reading] = {}
+        # Model-sized buffers of the last step, refilled: a fresh allocation of
+        # that size costs more than the pass that fills it (first-touch faults).
+        self._spare: list[Tensor] = []  # θ_t of a finished start
+        self._d: Tensor | None = None  # θ_{t+1} − θ_t, flat
 
     @override
     def is_pending(self) -> bool:
@@ -177,17 +181,28 @@ class Alpha(Instrument):
         # One rounded subtraction per entry, in at least float32 (bf16 models).
         dtype = start.basis.dtype
         sizes = [p.numel() for p in params]
-        d = start.basis.new_empty(sum(sizes))
+        d = self._d
+        if d is None or (d.shape, d.dtype, d.device) != (
+            start.basis.shape[1:],
+            dtype,
+            start.basis.device,
+        ):
+            d = self._d = start.basis.new_empty(sum(sizes))
         for p, t, part in zip(params, start.theta, torch.split(d, sizes), strict=True):
             if p.dtype == t.dtype == dtype:  # subtracted straight into place
                 torch.sub(p.detach().reshape(-1), t.reshape(-1), out=part)
             else:
                 part.copy_((p.detach().to(dtype) - t.to(dtype)).reshape(-1))
+        self._spare = start.theta
         coef = start.basis @ d  # [K]
-        tau = float(coef.double().norm())
-        # d − coefᵀ·basis in one fused pass over the basis.
-        left = torch.addmv(d, start.basis.T, coef, alpha=-1)
-        resid = float(left.norm()) / max(float(d.norm()), 1e-300)
+        d_norm = d.norm()
+        # d − coefᵀ·basis in one fused pass over the basis, in place.
+        d.addmv_(start.basis.T, coef, alpha=-1)
+        # One host synchronisation for the three norms.
+        tau, left, size = torch.stack(
+            [coef.double().norm(), d.norm().double(), d_norm.double()]
+        ).tolist()
+        resid = left / max(size, 1e-300)
         if tau == 0.0 or resid > self.span_rtol:
             self._done[start.step] = None
             return None
@@ -213,6 +228,17 @@ class Alpha(Instrument):
         """The applied update's unit direction ``u`` [D], in the basis."""
         start, coef, tau = end
         return (coef / tau) @ start.basis
+
+    def _snapshot(self, params: list[Tensor]) -> list[Tensor]:
+        """θ_t, copied into the buffers of a finished start where they fit."""
+        spare, self._spare = self._spare, []
+        if len(spare) == len(params) and all(
+            s.shape == p.shape and s.dtype == p.dtype and s.device == p.device
+            for s, p in zip(spare, params, strict=True)
+        ):
+            torch._foreach_copy_(spare, [p.detach() for p in params])
+            return spare
+        return [p.detach().clone() for p in params]
 
     @override
     def on_engine(self, complete: bool) -> None:
@@ -318,7 +344,7 @@ class Alpha(Instrument):
         _, var0 = _mean_var(losses.detach())
         self._start = _Start(
             step.step,
-            [p.detach().clone() for p in params],
+            self._snapshot(params),
             basis,
             slopes,
             float(loss.detach()),
