@@ -77,7 +77,16 @@ def predict_update(
     if update_in_span(optimizer, params):
         fast = _predict_sgd(optimizer, params, grads)
         if fast is not None:
-            return fast
+            return _views(fast, params)
+    return _shadow_update(optimizer, params, grads)
+
+
+def _shadow_update(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+) -> list[Tensor] | None:
+    """``predict_update`` by a fresh optimizer of the same class."""
     index = {id(p): i for i, p in enumerate(params)}
     clones: dict[int, Tensor] = {}
     groups = []
@@ -111,23 +120,30 @@ def _predict_sgd(
     optimizer: torch.optim.Optimizer,
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
-) -> list[Tensor] | None:
-    """``predict_update`` of ``torch.optim.SGD`` holding every parameter.
+) -> Tensor | None:
+    """``predict_update`` of ``torch.optim.SGD`` holding every parameter, flat [D].
 
-    None for a differentiable group (its weight decay may write into the
-    gradient), left to the shadow optimizer.
+    The step runs on views of one flat copy of θ, which then becomes the update
+    in place: the shadow's values, bit for bit. None unless every parameter
+    has one dtype (float32 or float64) and device, and for a differentiable
+    group (its weight decay may write into the gradient).
     """
     from torch.optim.sgd import sgd
 
+    if not params:
+        return None
+    dtype, device = direction_dtype(params), params[0].device
+    if any(p.dtype != dtype or p.device != device for p in params):
+        return None
+    if any(group.get("differentiable") for group in optimizer.param_groups):
+        return None
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    views = _views(flat, params)
     index = {id(p): i for i, p in enumerate(params)}
-    out: list[Tensor | None] = [None] * len(params)
     for group in optimizer.param_groups:
-        if group.get("differentiable"):
-            return None
         held = [p for p in group["params"] if id(p) in index]
         if not held:
             continue
-        clones = [p.detach().clone() for p in held]
         given = [grads[index[id(p)]].detach() for p in held]
         if group["nesterov"] or group["fused"]:
             # Nesterov's foreach path adds the buffer into the gradients.
@@ -138,7 +154,7 @@ def _predict_sgd(
                 buf = optimizer.state.get(p, {}).get("momentum_buffer")
                 bufs.append(None if buf is None else buf.clone())
         sgd(
-            clones,
+            [views[index[id(p)]] for p in held],
             given,
             bufs,
             foreach=group["foreach"],
@@ -150,12 +166,16 @@ def _predict_sgd(
             nesterov=group["nesterov"],
             maximize=group["maximize"],
         )
-        for p, c in zip(held, clones, strict=True):
-            # One rounded subtraction in at least float32, as the shadow's.
-            out[index[id(p)]] = _wide(c) - _wide(p.detach())
+    for v, p in zip(views, params, strict=True):
+        v.sub_(p.detach())  # one rounded subtraction, as the shadow's
+    return flat
+
+
+def _views(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Views of a flat [D] vector shaped like ``like``."""
+    sizes = [t.numel() for t in like]
     return [
-        torch.zeros_like(_wide(p)) if u is None else u
-        for p, u in zip(params, out, strict=True)
+        part.view_as(t) for part, t in zip(torch.split(flat, sizes), like, strict=True)
     ]
 
 
@@ -220,12 +240,15 @@ def update_directions(
     dtype = direction_dtype(params)
     if optimizer is None:
         return [_flat(grads, dtype)]
-    predicted = predict_update(optimizer, params, grads)
     # SGD's update is the others' combination up to its rounding: the gradient
     # first, whose row (g/‖g‖) has per-sample slopes that ``batch_dot`` shares.
     last = update_in_span(optimizer, params)
+    predicted = _predict_sgd(optimizer, params, grads) if last else None
+    if predicted is None:
+        shadow = _shadow_update(optimizer, params, grads)
+        predicted = None if shadow is None else _flat(shadow, dtype)
     if predicted is not None and not last:
-        out.append(_flat(predicted, dtype))
+        out.append(predicted)
     out.append(_flat(grads, dtype))
     state = [optimizer.state.get(p, {}) for p in params]
     keys = sorted(
@@ -249,7 +272,7 @@ def update_directions(
     if any(g.get("weight_decay", 0) for g in optimizer.param_groups):
         out.append(_flat(params, dtype))
     if predicted is not None and last:
-        out.append(_flat(predicted, dtype))
+        out.append(predicted)
     if len(optimizer.param_groups) < 2:
         return out
     masks = []
