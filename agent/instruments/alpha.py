@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -37,9 +38,12 @@ class _Start:
     var_value: float  # unbiased variance of the per-sample losses
 
 
-def _mean_var(x: Tensor) -> tuple[float, float]:
+def _var(x: Tensor) -> Tensor:
+    """Unbiased variances along the last axis, float64; NaN for one sample."""
     x = x.double()
-    return float(x.mean()), float(x.var()) if x.numel() > 1 else float("nan")
+    if x.shape[-1] > 1:
+        return x.var(-1)
+    return torch.full(x.shape[:-1], math.nan, dtype=torch.float64, device=x.device)
 
 
 def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
@@ -215,10 +219,12 @@ class Alpha(Instrument):
         start, coef, tau = end
         losses = step.sample_losses()
         slopes0 = (coef.double() / tau) @ start.proj  # [B]
-        value1 = float((losses.mean() if step.loss is None else step.loss).detach())
-        _, var1 = _mean_var(losses.detach())
-        s0, vs0 = _mean_var(slopes0)
-        s1, vs1 = _mean_var(slopes1)
+        loss1 = (losses.mean() if step.loss is None else step.loss).detach()
+        rows = torch.stack([slopes0, slopes1.double(), losses.detach().double()])
+        # One host synchronisation for all of them.
+        value1, s0, s1, _, vs0, vs1, var1 = torch.cat(
+            [loss1.double().reshape(1), rows.mean(1), _var(rows)]
+        ).tolist()
         self._done[start.step] = fit_alpha(
             tau, (start.value, value1), (s0, s1), (start.var_value, var1), (vs0, vs1)
         )
@@ -341,13 +347,10 @@ class Alpha(Instrument):
         if end is not None:
             self._finish(step, end, slopes[0])
             slopes = slopes[1:]
-        _, var0 = _mean_var(losses.detach())
+        value0, var0 = torch.stack(
+            [loss.detach().double(), _var(losses.detach())]
+        ).tolist()
         self._start = _Start(
-            step.step,
-            self._snapshot(params),
-            basis,
-            slopes,
-            float(loss.detach()),
-            var0,
+            step.step, self._snapshot(params), basis, slopes, value0, var0
         )
         return None
