@@ -124,9 +124,10 @@ def _predict_sgd(
     """``predict_update`` of ``torch.optim.SGD`` holding every parameter, flat [D].
 
     The step runs on views of one flat copy of θ, which then becomes the update
-    in place: the shadow's values, bit for bit. None unless every parameter
-    has one dtype (float32 or float64) and device, and for a differentiable
-    group (its weight decay may write into the gradient).
+    in place: the shadow's values, bit for bit. None (the shadow's turn) unless
+    every parameter has one dtype (float32 or float64) and device, for a
+    differentiable group (its weight decay may write into the gradient), and
+    when the functional step fails.
     """
     from torch.optim.sgd import sgd
 
@@ -153,19 +154,22 @@ def _predict_sgd(
             for p in held:
                 buf = optimizer.state.get(p, {}).get("momentum_buffer")
                 bufs.append(None if buf is None else buf.clone())
-        sgd(
-            [views[index[id(p)]] for p in held],
-            given,
-            bufs,
-            foreach=group["foreach"],
-            fused=group["fused"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            lr=group["lr"],
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
-            maximize=group["maximize"],
-        )
+        try:
+            sgd(
+                [views[index[id(p)]] for p in held],
+                given,
+                bufs,
+                foreach=group["foreach"],
+                fused=group["fused"],
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                lr=group["lr"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )
+        except Exception:  # noqa: BLE001 - e.g. a fused kernel refusing views
+            return None
     for v, p in zip(views, params, strict=True):
         v.sub_(p.detach())  # one rounded subtraction, as the shadow's
     return flat

@@ -170,6 +170,8 @@ SGD_VARIANTS = {
     "weight_decay": {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.1},
     "maximize": {"lr": 0.02, "maximize": True, "weight_decay": 0.01},
     "groups": {"lr": 0.05, "momentum": 0.9},
+    "foreach": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "foreach": True},
+    "fused": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1, "fused": True},
 }
 
 
@@ -257,6 +259,19 @@ def test_alpha_of_sgd_keeps_the_rounding_of_small_updates(
         assert cockpit.readings[t]["alpha"] == pytest.approx(
             alpha_reference(trace, t), rel=1e-4, abs=1e-5
         ), t
+
+
+def test_sgd_of_mixed_dtypes_is_predicted_by_the_shadow(torch_threads):
+    torch.manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(3, dtype=torch.float64)),
+        torch.nn.Parameter(torch.randn(2, 3)),
+    ]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    grads = [torch.randn_like(p) for p in params]
+    expected = predict_update(_ShadowSGD(params, lr=0.1, momentum=0.9), params, grads)
+    for got, want in zip(predict_update(opt, params, grads), expected, strict=True):
+        assert torch.equal(got, want)
 
 
 def test_sgd_without_every_parameter_keeps_the_prediction():
