@@ -322,14 +322,17 @@ def orthonormal_rows(
             continue
         if i == 0:
             first = norm
-        r, rn = v, norm
-        if k:
-            q = out[:k]
-            for _ in range(2):
-                r = torch.addmv(r, q.T, q @ r, alpha=-1)
-            rn = float(r.norm())
+        if not k:
+            torch.div(v, norm, out=out[0])
+            k = 1
+            continue
+        # Both passes in the free row of ``out``: no model-sized temporaries.
+        q, r = out[:k], out[k]
+        torch.addmv(v, q.T, q @ v, alpha=-1, out=r)
+        r.addmv_(q.T, q @ r, alpha=-1)
+        rn = float(r.norm())
         if rn > drop_rtol * norm:
-            torch.div(r, rn, out=out[k])
+            r.div_(rn)
             k += 1
     return out[:k], first
 

@@ -24,6 +24,7 @@ from glasscockpit.agent.needs import Need
 from glasscockpit.agent.update_fit import (
     SampleJacobian,
     orthonormal_basis,
+    orthonormal_rows,
     predict_update,
     update_directions,
     update_in_span,
@@ -272,6 +273,23 @@ def test_sgd_of_mixed_dtypes_is_predicted_by_the_shadow(torch_threads):
     expected = predict_update(_ShadowSGD(params, lr=0.1, momentum=0.9), params, grads)
     for got, want in zip(predict_update(opt, params, grads), expected, strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_orthonormal_rows_span_the_candidates_and_drop_the_dependent(dtype):
+    torch.manual_seed(0)
+    a, b, c = torch.randn(3, 500, dtype=dtype)
+    nearly = a - 0.1 * b  # close to a: kept, its remainder normalised
+    candidates = [a, torch.zeros_like(a), nearly, 2 * a - 3 * b, c]
+    basis, first = orthonormal_rows(candidates)
+    assert basis.shape == (3, 500)  # zero and a combination dropped
+    assert first == pytest.approx(float(a.norm()))
+    eye = torch.eye(3, dtype=dtype)
+    assert torch.allclose(basis @ basis.T, eye, atol=1e-5)
+    for v in candidates:
+        left = v - basis.T @ (basis @ v)
+        assert float(left.norm()) <= 1e-5 * max(float(v.norm()), 1.0)
+    assert orthonormal_rows([torch.zeros(4), a[:4]])[1] == 0.0
 
 
 def test_sgd_without_every_parameter_keeps_the_prediction():
