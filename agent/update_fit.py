@@ -302,11 +302,14 @@ def orthonormal_basis(
 
 def orthonormal_rows(
     candidates: Sequence[Tensor], drop_rtol: float | None = None
-) -> tuple[Tensor, float]:
-    """``orthonormal_basis`` and the norm of ``candidates[0]``.
+) -> tuple[Tensor, float, tuple[Tensor, float] | None]:
+    """``orthonormal_basis``, the norm of ``candidates[0]`` and the last in the rows.
 
     The norm is 0.0 when the first candidate is zero or not finite (dropped);
-    otherwise the first row is ``candidates[0]`` divided by it.
+    otherwise the first row is ``candidates[0]`` divided by it. The last
+    candidate ``v`` comes as its coefficients ``c`` in the rows (``v ≈ cᵀQ``,
+    from the Gram-Schmidt passes) and its relative remainder (0.0 when it
+    gave a row), or None when it is zero or not finite.
     """
     if drop_rtol is None:
         drop_rtol = 1e-7 if candidates[0].dtype == torch.float64 else 1e-5
@@ -316,25 +319,33 @@ def orthonormal_rows(
     out = candidates[0].new_empty((len(candidates), candidates[0].numel()))
     k = 0
     first = 0.0
+    last: tuple[Tensor, float] | None = None
     for i, v in enumerate(candidates):
         norm = float(v.norm())
         if norm == 0.0 or not math.isfinite(norm):
+            last = None
             continue
         if i == 0:
             first = norm
         if not k:
             torch.div(v, norm, out=out[0])
             k = 1
+            last = (v.new_full((1,), norm), 0.0)
             continue
         # Both passes in the free row of ``out``: no model-sized temporaries.
         q, r = out[:k], out[k]
-        torch.addmv(v, q.T, q @ v, alpha=-1, out=r)
-        r.addmv_(q.T, q @ r, alpha=-1)
+        c1 = q @ v
+        torch.addmv(v, q.T, c1, alpha=-1, out=r)
+        c2 = q @ r
+        r.addmv_(q.T, c2, alpha=-1)
         rn = float(r.norm())
         if rn > drop_rtol * norm:
             r.div_(rn)
             k += 1
-    return out[:k], first
+            last = (torch.cat([c1 + c2, c1.new_full((1,), rn)]), 0.0)
+        else:
+            last = (c1 + c2, rn / norm)
+    return out[:k], first, last
 
 
 def fit_alpha(

@@ -36,6 +36,10 @@ class _Start:
     proj: Tensor  # [K, B] per-sample gradients at θ_t projected on the basis
     value: float  # L_t(θ_t)
     var_value: float  # unbiased variance of the per-sample losses
+    #: The predicted update [D] with its coefficients in the basis and its
+    #: relative remainder: when θ_{t+1} − θ_t is exactly it (SGD unclipped),
+    #: ``_end`` needs no pass over the basis.
+    expected: tuple[Tensor, Tensor, float] | None = None
 
 
 def _var(x: Tensor) -> Tensor:
@@ -198,6 +202,13 @@ class Alpha(Instrument):
             else:
                 part.copy_((p.detach().to(dtype) - t.to(dtype)).reshape(-1))
         self._spare = start.theta
+        if start.expected is not None and torch.equal(d, start.expected[0]):
+            _, coef, resid = start.expected
+            tau = float(coef.double().norm())
+            if tau == 0.0 or resid > self.span_rtol:
+                self._done[start.step] = None
+                return None
+            return start, coef, tau
         coef = start.basis @ d  # [K]
         d_norm = d.norm()
         # d − coefᵀ·basis in one fused pass over the basis, in place.
@@ -320,7 +331,8 @@ class Alpha(Instrument):
             loss = losses.mean() if step.loss is None else step.loss
             seen = self._seen(step, loss, params)
             opt = step.optimizer()
-            basis, gnorm = orthonormal_rows(update_directions(opt, params, seen))
+            candidates = update_directions(opt, params, seen)
+            basis, gnorm, last = orthonormal_rows(candidates)
             # Without a predicted update (SGD, one group) the first row is
             # g/‖g‖: its slopes are ``batch_dot``'s (the gradient tests' too)
             # over ‖g‖, not one more direction for the per-sample pass.
@@ -353,4 +365,7 @@ class Alpha(Instrument):
         self._start = _Start(
             step.step, self._snapshot(params), basis, slopes, value0, var0
         )
+        if from_grad and opt is not None and last is not None:
+            # SGD: the last candidate is the predicted update (checked at _end).
+            self._start.expected = (candidates[-1], *last)
         return None

@@ -187,10 +187,14 @@ def _sgd(cls, variant, params):
     return cls(params, **kwargs)
 
 
+@pytest.mark.parametrize("clip", [None, 0.05])
 @pytest.mark.parametrize("variant", SGD_VARIANTS)
-def test_alpha_of_sgd_needs_no_shadow_optimizer(variant, monkeypatch, torch_threads):
+def test_alpha_of_sgd_needs_no_shadow_optimizer(
+    variant, clip, monkeypatch, torch_threads
+):
     """SGD's update is a combination of g, its momentum buffer and θ: the same α
-    as with the shadow optimizer's prediction, and as the reference."""
+    as with the shadow optimizer's prediction, and as the reference. Unclipped,
+    the applied update is the predicted one, bit for bit (``_Start.expected``)."""
     problem = PROBLEMS[2]
     got = {}
     for cls in (torch.optim.SGD, _ShadowSGD):
@@ -202,7 +206,7 @@ def test_alpha_of_sgd_needs_no_shadow_optimizer(variant, monkeypatch, torch_thre
             "variant",
             [Alpha(schedule=every(1))],
             STEPS,
-            clip=0.05,
+            clip=clip,
             scheduler=True,
         )
         got[cls] = [cockpit.readings[t]["alpha"] for t in range(STEPS - 1)]
@@ -281,9 +285,14 @@ def test_orthonormal_rows_span_the_candidates_and_drop_the_dependent(dtype):
     a, b, c = torch.randn(3, 500, dtype=dtype)
     nearly = a - 0.1 * b  # close to a: kept, its remainder normalised
     candidates = [a, torch.zeros_like(a), nearly, 2 * a - 3 * b, c]
-    basis, first = orthonormal_rows(candidates)
+    basis, first, (coef, left) = orthonormal_rows(candidates)
     assert basis.shape == (3, 500)  # zero and a combination dropped
     assert first == pytest.approx(float(a.norm()))
+    assert left == 0.0  # c gave the last row
+    assert torch.allclose(coef @ basis, c, atol=1e-5)
+    _, _, (coef, left) = orthonormal_rows(candidates[:4])
+    assert left <= 1e-5  # 2a − 3b: in the span, up to round-off
+    assert torch.allclose(coef @ basis[:2], 2 * a - 3 * b, atol=1e-4)
     eye = torch.eye(3, dtype=dtype)
     assert torch.allclose(basis @ basis.T, eye, atol=1e-5)
     for v in candidates:
