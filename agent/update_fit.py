@@ -193,10 +193,10 @@ def update_in_span(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -
     is ``−lr·h`` without momentum, ``−lr·m'``, or ``−lr·(h + μ·m')`` with
     Nesterov: a combination of ``g``, the buffer in the state and ``θ``.
     Clipping and LR schedules change only the coefficients. The rounding of
-    ``θ + update`` is not in that span: on a model whose updates are small
-    against its parameters (a transformer's LayerNorm gains), it is more than
-    ``Alpha.span_rtol`` of the update, so the predicted update stays among the
-    directions, last (``update_directions``), computed by ``_predict_sgd``.
+    ``θ + update`` is not in that span: where updates are small against the
+    parameters (bench/agent_overhead.py's transformer at lr 0.01), it is more
+    than ``Alpha.span_rtol`` of the update, so the predicted update stays among
+    the directions, last (``update_directions``), computed by ``_predict_sgd``.
     """
     if type(optimizer) is not torch.optim.SGD:
         return False

@@ -93,7 +93,8 @@ def _along_grad(step: StepView) -> Tensor:
     for v in step.batch_dot().values():
         total = v.double() if total is None else total + v.double()
     if total is None:
-        return torch.zeros(step.sample_count(), dtype=torch.float64)
+        device = step.params[0][1].device
+        return torch.zeros(step.sample_count(), dtype=torch.float64, device=device)
     return total
 
 
@@ -348,7 +349,7 @@ class Alpha(Instrument):
             opt = step.optimizer()
             candidates = update_directions(opt, params, seen)
             basis, gnorm, last = orthonormal_rows(candidates)
-            # Without a predicted update (SGD, one group) the first row is
+            # SGD (one group) puts the gradient first, so the first row is
             # g/‖g‖: its slopes are ``batch_dot``'s (the gradient tests' too)
             # over ‖g‖, not one more direction for the per-sample pass.
             from_grad = (
