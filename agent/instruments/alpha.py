@@ -65,6 +65,8 @@ def _var(x: Tensor) -> Tensor:
 
 
 def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
+    if all(p.dtype == flat.dtype for p in params):  # views only (the usual case)
+        return split_flat(flat, params)
     return [
         v.to(p.dtype) for v, p in zip(split_flat(flat, params), params, strict=True)
     ]
