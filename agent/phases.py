@@ -175,7 +175,7 @@ class StepPhases(EngineWiring):
     ) -> dict[str, Reading]:
         results: dict[str, Reading] = {}
         budget = self._budget
-        for inst in due:
+        for inst in sorted(due, key=_follows):  # stable: leaders first
             if inst.phase is phase and inst.key not in self.disabled:
                 view = self._view(ctx, inst, applied)
                 start = time.perf_counter(), _shared(budget)
@@ -252,6 +252,10 @@ def _finite(cockpit: StepPhases, ctx: StepContext) -> bool:
     tensors = [] if ctx.loss is None else [ctx.loss.detach()]
     tensors += [p.grad for _, p in cockpit.params if p.grad is not None]
     return all(bool(torch.isfinite(t).all()) for t in tensors if not t.is_sparse)
+
+
+def _follows(inst: Instrument) -> bool:
+    return not inst.leads
 
 
 def _shared(budget: OverheadBudget | None) -> float:

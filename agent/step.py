@@ -144,7 +144,9 @@ class StepView:
         self.require(Need.BATCH_DOT)
         return self.data.stats().batch_dot()
 
-    def sample_dots(self, directions: Sequence[Mapping[str, Tensor]]) -> Tensor:
+    def sample_dots(
+        self, directions: Sequence[Mapping[str, Tensor]], grad: bool = False
+    ) -> Tensor:
         """``[K, B]``: ``g_n · d_k`` summed over all tracked parameters, float64.
 
         Needs every parameter covered (a slope along ``d`` that leaves some
@@ -152,6 +154,8 @@ class StepView:
 
         Args:
             directions: ``d_k`` by tracked parameter name (missing names: zero).
+            grad: also compute ``batch_dot`` in the same pass over the
+                per-sample gradients (if no instrument asked for it yet).
         """
         self.require(Need.BATCH_DOT)
         stats = self.data.stats()
@@ -163,7 +167,7 @@ class StepView:
                 f"({stats.engine.coverage[uncovered[0]]})"
             )
         rows = []
-        for dots in stats.dots_with(directions):
+        for dots in stats.dots_with(directions, grad):
             total: Tensor | None = None  # on the values' device: no host copy
             for v in dots.values():
                 total = v.double() if total is None else total + v.double()

@@ -68,7 +68,25 @@ def predict_update(
     state and the parameters are untouched. Returns the updates per entry of
     ``params`` (zeros for parameters the optimizer does not hold), or None when
     the optimizer cannot be rebuilt as ``type(optimizer)(param_groups)``.
+
+    ``torch.optim.SGD`` itself (``update_in_span``) steps copies of the
+    parameters and momentum buffers through the functional ``sgd`` its ``step``
+    calls, with the same arguments: the same update, bit for bit, without a
+    new optimizer, copies of the gradients or a deep copy of the state.
     """
+    if update_in_span(optimizer, params):
+        fast = _predict_sgd(optimizer, params, grads)
+        if fast is not None:
+            return _views(fast, params)
+    return _shadow_update(optimizer, params, grads)
+
+
+def _shadow_update(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+) -> list[Tensor] | None:
+    """``predict_update`` by a fresh optimizer of the same class."""
     index = {id(p): i for i, p in enumerate(params)}
     clones: dict[int, Tensor] = {}
     groups = []
@@ -96,6 +114,94 @@ def predict_update(
         else torch.zeros_like(_wide(p))
         for p in params
     ]
+
+
+def _predict_sgd(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+) -> Tensor | None:
+    """``predict_update`` of ``torch.optim.SGD`` holding every parameter, flat [D].
+
+    The step runs on views of one flat copy of θ, which then becomes the update
+    in place: the shadow's values, bit for bit. None (the shadow's turn) unless
+    every parameter has one dtype (float32 or float64) and device, for a
+    differentiable group (its weight decay may write into the gradient), and
+    when the functional step fails.
+    """
+    from torch.optim.sgd import sgd
+
+    if not params:
+        return None
+    dtype, device = direction_dtype(params), params[0].device
+    if any(p.dtype != dtype or p.device != device for p in params):
+        return None
+    if any(group.get("differentiable") for group in optimizer.param_groups):
+        return None
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    views = _views(flat, params)
+    index = {id(p): i for i, p in enumerate(params)}
+    for group in optimizer.param_groups:
+        held = [p for p in group["params"] if id(p) in index]
+        if not held:
+            continue
+        given = [grads[index[id(p)]].detach() for p in held]
+        if group["nesterov"] or group["fused"]:
+            # Nesterov's foreach path adds the buffer into the gradients.
+            given = [g.clone() for g in given]
+        bufs: list[Tensor | None] = []
+        if group["momentum"] != 0:
+            for p in held:
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                bufs.append(None if buf is None else buf.clone())
+        try:
+            sgd(
+                [views[index[id(p)]] for p in held],
+                given,
+                bufs,
+                foreach=group["foreach"],
+                fused=group["fused"],
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                lr=group["lr"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )
+        except Exception:  # noqa: BLE001 - e.g. a fused kernel refusing views
+            return None
+    for v, p in zip(views, params, strict=True):
+        v.sub_(p.detach())  # one rounded subtraction, as the shadow's
+    return flat
+
+
+def _views(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Views of a flat [D] vector shaped like ``like``."""
+    sizes = [t.numel() for t in like]
+    return [
+        part.view_as(t) for part, t in zip(torch.split(flat, sizes), like, strict=True)
+    ]
+
+
+def update_in_span(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> bool:
+    """Whether the update is, up to its rounding, a combination of g, state and θ.
+
+    True for ``torch.optim.SGD`` itself (a subclass may override ``step``) when
+    it holds every parameter. With ``h = ±g + λθ`` (maximize, weight decay)
+    and ``m`` the momentum buffer in the state *before* the step (absent at the
+    first, where ``m' = h``), ``m' = μ·m + (1 − dampening)·h`` and the update
+    is ``−lr·h`` without momentum, ``−lr·m'``, or ``−lr·(h + μ·m')`` with
+    Nesterov: a combination of ``g``, the buffer in the state and ``θ``.
+    Clipping and LR schedules change only the coefficients. The rounding of
+    ``θ + update`` is not in that span: where updates are small against the
+    parameters (bench/agent_overhead.py's transformer at lr 0.01), it is more
+    than ``Alpha.span_rtol`` of the update, so the predicted update stays among
+    the directions, last (``update_directions``), computed by ``_predict_sgd``.
+    """
+    if type(optimizer) is not torch.optim.SGD:
+        return False
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return all(id(p) in held for p in params)
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -127,21 +233,27 @@ def update_directions(
 ) -> list[Tensor]:
     """Flat directions [D] (``direction_dtype``) spanning the optimizer's update.
 
-    The update predicted by ``predict_update``, the gradient the optimizer will
-    see, every parameter-shaped floating-point state tensor (momentum buffers,
-    Adam moments) and, with weight decay, θ. Clipping by global norm and LR
-    changes keep SGD-family updates in this span. With several parameter groups
-    each direction is split per group, since groups may use different rates.
+    The update predicted by ``predict_update`` (last if ``update_in_span``, else
+    first), the gradient the optimizer will see, every parameter-shaped
+    floating-point state tensor (momentum buffers, Adam moments) and, with
+    weight decay, θ. Clipping by global norm and LR changes keep SGD-family
+    updates in this span. With several parameter groups each direction is split
+    per group, since groups may use different rates.
     """
     out: list[Tensor] = []
     dtype = direction_dtype(params)
-    if optimizer is not None:
-        predicted = predict_update(optimizer, params, grads)
-        if predicted is not None:
-            out.append(_flat(predicted, dtype))
-    out.append(_flat(grads, dtype))
     if optimizer is None:
-        return out
+        return [_flat(grads, dtype)]
+    # SGD's update is the others' combination up to its rounding: the gradient
+    # first, whose row (g/‖g‖) has per-sample slopes that ``batch_dot`` shares.
+    last = update_in_span(optimizer, params)
+    predicted = _predict_sgd(optimizer, params, grads) if last else None
+    if predicted is None:
+        shadow = _shadow_update(optimizer, params, grads)
+        predicted = None if shadow is None else _flat(shadow, dtype)
+    if predicted is not None and not last:
+        out.append(predicted)
+    out.append(_flat(grads, dtype))
     state = [optimizer.state.get(p, {}) for p in params]
     keys = sorted(
         {
@@ -163,6 +275,8 @@ def update_directions(
         )
     if any(g.get("weight_decay", 0) for g in optimizer.param_groups):
         out.append(_flat(params, dtype))
+    if predicted is not None and last:
+        out.append(predicted)
     if len(optimizer.param_groups) < 2:
         return out
     masks = []
@@ -183,6 +297,20 @@ def orthonormal_basis(
     ``drop_rtol``; default 1e-7 in float64, 1e-5 in float32) are dropped; a
     kept remainder of round-off size only adds a harmless extra direction.
     """
+    return orthonormal_rows(candidates, drop_rtol)[0]
+
+
+def orthonormal_rows(
+    candidates: Sequence[Tensor], drop_rtol: float | None = None
+) -> tuple[Tensor, float, tuple[Tensor, float] | None]:
+    """``orthonormal_basis``, the norm of ``candidates[0]`` and the last in the rows.
+
+    The norm is 0.0 when the first candidate is zero or not finite (dropped);
+    otherwise the first row is ``candidates[0]`` divided by it. The last
+    candidate ``v`` comes as its coefficients ``c`` in the rows (``v ≈ cᵀQ``,
+    from the Gram-Schmidt passes) and its relative remainder (0.0 when it
+    gave a row), or None when it is zero or not finite.
+    """
     if drop_rtol is None:
         drop_rtol = 1e-7 if candidates[0].dtype == torch.float64 else 1e-5
     # Rows are written into one buffer (views of it, no stacking per pass) and
@@ -190,20 +318,34 @@ def orthonormal_basis(
     # model-sized, so every pass over them counts.
     out = candidates[0].new_empty((len(candidates), candidates[0].numel()))
     k = 0
-    for v in candidates:
+    first = 0.0
+    last: tuple[Tensor, float] | None = None
+    for i, v in enumerate(candidates):
         norm = float(v.norm())
         if norm == 0.0 or not math.isfinite(norm):
+            last = None
             continue
-        r, rn = v, norm
-        if k:
-            q = out[:k]
-            for _ in range(2):
-                r = torch.addmv(r, q.T, q @ r, alpha=-1)
-            rn = float(r.norm())
+        if i == 0:
+            first = norm
+        if not k:
+            torch.div(v, norm, out=out[0])
+            k = 1
+            last = (v.new_full((1,), norm), 0.0)
+            continue
+        # Both passes in the free row of ``out``: no model-sized temporaries.
+        q, r = out[:k], out[k]
+        c1 = q @ v
+        torch.addmv(v, q.T, c1, alpha=-1, out=r)
+        c2 = q @ r
+        r.addmv_(q.T, c2, alpha=-1)
+        rn = float(r.norm())
         if rn > drop_rtol * norm:
-            torch.div(r, rn, out=out[k])
+            r.div_(rn)
             k += 1
-    return out[:k]
+            last = (torch.cat([c1 + c2, c1.new_full((1,), rn)]), 0.0)
+        else:
+            last = (c1 + c2, rn / norm)
+    return out[:k], first, last
 
 
 def fit_alpha(

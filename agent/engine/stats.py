@@ -345,10 +345,13 @@ class StepStats:
     def batch_dot(self) -> dict[str, Tensor]:
         """``g_n · g`` per tracked parameter name with ``g = p.grad``, each ``[B]``."""
         if "dot" not in self._cache:
-            unscaled = {n: self.grad(p) for n, p in self.engine.params}
-            grads = {n: g for n, g in unscaled.items() if g is not None}
-            self._cache["dot"] = self.dot_with(grads)
+            self._cache["dot"] = self.dot_with(self._grads_unscaled())
         return self._cache["dot"]
+
+    def _grads_unscaled(self) -> dict[str, Tensor]:
+        """``g`` (``grad``: ``.grad`` or this process's) by tracked name, if any."""
+        unscaled = {n: self.grad(p) for n, p in self.engine.params}
+        return {n: g for n, g in unscaled.items() if g is not None}
 
     def dot_with(self, direction: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``g_n · d`` per tracked parameter name in ``direction``, each ``[B]``.
@@ -359,13 +362,27 @@ class StepStats:
         return self.dots_with([direction])[0]
 
     def dots_with(
-        self, directions: Sequence[Mapping[str, Tensor]]
+        self, directions: Sequence[Mapping[str, Tensor]], grad: bool = False
     ) -> list[dict[str, Tensor]]:
         """``dot_with`` for several directions, one pass over each layer.
 
         Kept per-sample gradients are read once for all directions (one matrix
         product with the stacked directions instead of one pass per direction).
+        With ``grad``, ``batch_dot`` joins the pass unless it is cached already.
         """
+        if grad and "dot" not in self._cache:
+            *outs, self._cache["dot"] = self._dots(
+                [
+                    *directions,
+                    self._grads_unscaled(),
+                ]
+            )
+            return outs
+        return self._dots(directions)
+
+    def _dots(
+        self, directions: Sequence[Mapping[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
         outs: list[dict[str, Tensor]] = [{} for _ in directions]
         for layer, calls in self.layers:
             locals_ = [
@@ -383,13 +400,16 @@ class StepStats:
                     which = [i for i, loc in enumerate(locals_) if k in loc]
                     if not which:
                         continue
-                    cols = [locals_[i][k].reshape(-1).to(g.dtype) for i in which]
-                    stacked = (
-                        cols[0].unsqueeze(1) if len(cols) == 1 else torch.stack(cols, 1)
-                    )
-                    dots = g.flatten(1) @ stacked  # [B, K]
+                    rows = [locals_[i][k].reshape(-1).to(g.dtype) for i in which]
+                    # [K, P] @ [P, B]: on CPU 2-4x faster than [B, P] @ [P, K]
+                    # after an interleaving stack into [P, K], for small K.
+                    dots = (
+                        (g.flatten(1) @ rows[0])[None]
+                        if len(rows) == 1
+                        else torch.stack(rows) @ g.flatten(1).T
+                    )  # [K, B]
                     for j, i in enumerate(which):
-                        v = dots[:, j] * self.batch_size
+                        v = dots[j] * self.batch_size
                         self._place(outs[i], layer.names[k], calls, v)
                 continue
             for i, local in enumerate(locals_):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import override
@@ -19,8 +22,9 @@ from glasscockpit.agent.step import StepView
 from glasscockpit.agent.update_fit import (
     SampleJacobian,
     fit_alpha,
-    orthonormal_basis,
+    orthonormal_rows,
     update_directions,
+    update_in_span,
 )
 from glasscockpit.protocol import Kind, PanelSpec
 
@@ -33,14 +37,36 @@ class _Start:
     proj: Tensor  # [K, B] per-sample gradients at θ_t projected on the basis
     value: float  # L_t(θ_t)
     var_value: float  # unbiased variance of the per-sample losses
+    #: The predicted update [D] with its coefficients in the basis and its
+    #: relative remainder: when θ_{t+1} − θ_t is exactly it (SGD unclipped),
+    #: ``_end`` needs no pass over the basis.
+    expected: tuple[Tensor, Tensor, float] | None = None
+    #: The applied update's unit direction when it was ``expected`` (else None).
+    unit: Tensor | None = None
 
 
-def _mean_var(x: Tensor) -> tuple[float, float]:
+def _same(a: Tensor, b: Tensor) -> bool:
+    """``torch.equal``; through NumPy on CPU, whose comparison is vectorised (3x)."""
+    if (
+        a.device.type == b.device.type == "cpu"
+        and a.dtype == b.dtype
+        and a.dtype in (torch.float32, torch.float64)
+    ):
+        return bool(np.array_equal(a.numpy(), b.numpy()))
+    return torch.equal(a, b)
+
+
+def _var(x: Tensor) -> Tensor:
+    """Unbiased variances along the last axis, float64; NaN for one sample."""
     x = x.double()
-    return float(x.mean()), float(x.var()) if x.numel() > 1 else float("nan")
+    if x.shape[-1] > 1:
+        return x.var(-1)
+    return torch.full(x.shape[:-1], math.nan, dtype=torch.float64, device=x.device)
 
 
 def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
+    if all(p.dtype == flat.dtype for p in params):  # views only (the usual case)
+        return split_flat(flat, params)
     return [
         v.to(p.dtype) for v, p in zip(split_flat(flat, params), params, strict=True)
     ]
@@ -50,16 +76,31 @@ def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
 _GRAPH_NEEDS = frozenset({Need.PARAMS, Need.LOSSES, Need.OPTIMIZER})
 
 
-def _engine_slopes(step: StepView, rows: Tensor) -> Tensor:
-    """``[K, B]``: each sample's gradient dotted with each row of ``rows`` [K, D]."""
+def _engine_slopes(step: StepView, rows: Sequence[Tensor], grad: bool) -> Tensor:
+    """``[K, B]``: each sample's gradient dotted with each of ``rows`` [D].
+
+    With ``grad``, ``step.batch_dot()`` is computed in the same pass.
+    """
     names = [n for n, _ in step.params]
     params: list[Tensor] = [p for _, p in step.params]
     return step.sample_dots(
-        [dict(zip(names, _as_params(row, params), strict=True)) for row in rows]
+        [dict(zip(names, _as_params(row, params), strict=True)) for row in rows],
+        grad,
     )
 
 
-def _graph_slopes(step: StepView, losses: Tensor, rows: Tensor) -> Tensor:
+def _along_grad(step: StepView) -> Tensor:
+    """``[B]``: ``g_n · g``, summed over parameters as ``sample_dots`` does."""
+    total: Tensor | None = None
+    for v in step.batch_dot().values():
+        total = v.double() if total is None else total + v.double()
+    if total is None:
+        device = step.params[0][1].device
+        return torch.zeros(step.sample_count(), dtype=torch.float64, device=device)
+    return total
+
+
+def _graph_slopes(step: StepView, losses: Tensor, rows: Sequence[Tensor]) -> Tensor:
     """``_engine_slopes`` by differentiating the loss graph twice (before backward).
 
     One ``SampleJacobian`` per step, shared by the end of α(t−1), the start of
@@ -71,7 +112,9 @@ def _graph_slopes(step: StepView, losses: Tensor, rows: Tensor) -> Tensor:
         with torch.enable_grad():
             jac = step.cache["sample_jacobian"] = SampleJacobian(losses, params)
     out = [jac.project(_as_params(row, params)).double() for row in rows]
-    return torch.stack(out) if out else rows.new_zeros((0, losses.numel())).double()
+    if not out:
+        return torch.zeros((0, losses.numel()), dtype=torch.float64)
+    return torch.stack(out)
 
 
 class Alpha(Instrument):
@@ -105,6 +148,8 @@ class Alpha(Instrument):
     kind = Kind.SCALAR
     phase = Phase.AFTER_BACKWARD
     two_step = True
+    #: Its per-sample pass computes ``batch_dot`` for the gradient tests too.
+    leads = True
     panel = PanelSpec(
         title="Alpha (relative step size)",
         y_label="α",
@@ -127,6 +172,10 @@ class Alpha(Instrument):
         self.span_rtol = span_rtol
         self._start: _Start | None = None
         self._done: dict[int, Reading] = {}
+        # Model-sized buffers of the last step, refilled: a fresh allocation of
+        # that size costs more than the pass that fills it (first-touch faults).
+        self._spare: list[Tensor] = []  # θ_t of a finished start
+        self._d: Tensor | None = None  # θ_{t+1} − θ_t, flat
 
     @override
     def is_pending(self) -> bool:
@@ -157,17 +206,36 @@ class Alpha(Instrument):
         # One rounded subtraction per entry, in at least float32 (bf16 models).
         dtype = start.basis.dtype
         sizes = [p.numel() for p in params]
-        d = start.basis.new_empty(sum(sizes))
+        d = self._d
+        if d is None or (d.shape, d.dtype, d.device) != (
+            start.basis.shape[1:],
+            dtype,
+            start.basis.device,
+        ):
+            d = self._d = start.basis.new_empty(sum(sizes))
         for p, t, part in zip(params, start.theta, torch.split(d, sizes), strict=True):
             if p.dtype == t.dtype == dtype:  # subtracted straight into place
                 torch.sub(p.detach().reshape(-1), t.reshape(-1), out=part)
             else:
                 part.copy_((p.detach().to(dtype) - t.to(dtype)).reshape(-1))
+        self._spare = start.theta
+        if start.expected is not None and _same(d, start.expected[0]):
+            _, coef, resid = start.expected
+            tau = float(coef.double().norm())
+            if tau == 0.0 or resid > self.span_rtol:
+                self._done[start.step] = None
+                return None
+            start.unit = d.div_(tau)  # one pass, not one per basis row
+            return start, coef, tau
         coef = start.basis @ d  # [K]
-        tau = float(coef.double().norm())
-        # d − coefᵀ·basis in one fused pass over the basis.
-        left = torch.addmv(d, start.basis.T, coef, alpha=-1)
-        resid = float(left.norm()) / max(float(d.norm()), 1e-300)
+        d_norm = d.norm()
+        # d − coefᵀ·basis in one fused pass over the basis, in place.
+        d.addmv_(start.basis.T, coef, alpha=-1)
+        # One host synchronisation for the three norms.
+        tau, left, size = torch.stack(
+            [coef.double().norm(), d.norm().double(), d_norm.double()]
+        ).tolist()
+        resid = left / max(size, 1e-300)
         if tau == 0.0 or resid > self.span_rtol:
             self._done[start.step] = None
             return None
@@ -180,10 +248,12 @@ class Alpha(Instrument):
         start, coef, tau = end
         losses = step.sample_losses()
         slopes0 = (coef.double() / tau) @ start.proj  # [B]
-        value1 = float((losses.mean() if step.loss is None else step.loss).detach())
-        _, var1 = _mean_var(losses.detach())
-        s0, vs0 = _mean_var(slopes0)
-        s1, vs1 = _mean_var(slopes1)
+        loss1 = (losses.mean() if step.loss is None else step.loss).detach()
+        rows = torch.stack([slopes0, slopes1.double(), losses.detach().double()])
+        # One host synchronisation for all of them.
+        value1, s0, s1, _, vs0, vs1, var1 = torch.cat(
+            [loss1.double().reshape(1), rows.mean(1), _var(rows)]
+        ).tolist()
         self._done[start.step] = fit_alpha(
             tau, (start.value, value1), (s0, s1), (start.var_value, var1), (vs0, vs1)
         )
@@ -192,7 +262,18 @@ class Alpha(Instrument):
     def _direction(end: tuple[_Start, Tensor, float]) -> Tensor:
         """The applied update's unit direction ``u`` [D], in the basis."""
         start, coef, tau = end
-        return (coef / tau) @ start.basis
+        return (coef / tau) @ start.basis if start.unit is None else start.unit
+
+    def _snapshot(self, params: list[Tensor]) -> list[Tensor]:
+        """θ_t, copied into the buffers of a finished start where they fit."""
+        spare, self._spare = self._spare, []
+        if len(spare) == len(params) and all(
+            s.shape == p.shape and s.dtype == p.dtype and s.device == p.device
+            for s, p in zip(spare, params, strict=True)
+        ):
+            torch._foreach_copy_(spare, [p.detach() for p in params])
+            return spare
+        return [p.detach().clone() for p in params]
 
     @override
     def on_engine(self, complete: bool) -> None:
@@ -205,12 +286,17 @@ class Alpha(Instrument):
         self.phase = Phase.BEFORE_BACKWARD  # type: ignore[misc]
         self.needs = _GRAPH_NEEDS  # type: ignore[misc]
 
-    def _slopes(self, step: StepView, losses: Tensor, rows: Tensor) -> Tensor:
-        """``[K, B]`` per-sample slopes along ``rows``, from either engine."""
+    def _slopes(
+        self, step: StepView, losses: Tensor, rows: Sequence[Tensor], grad: bool
+    ) -> Tensor:
+        """``[K, B]`` per-sample slopes along ``rows``, from either engine.
+
+        ``grad`` (engine only): ``batch_dot`` joins the pass (``_along_grad``).
+        """
         if self.phase is Phase.BEFORE_BACKWARD:
             return _graph_slopes(step, losses, rows)
         try:
-            return _engine_slopes(step, rows)
+            return _engine_slopes(step, rows, grad)
         except EngineError:
             if step.mixes is None:
                 # The engine cannot serve this model after all (found at a
@@ -226,9 +312,8 @@ class Alpha(Instrument):
             return
         try:
             losses = step.sample_losses()  # undefined losses: say so before any work
-            self._finish(
-                step, end, self._slopes(step, losses, self._direction(end)[None])[0]
-            )
+            slopes = self._slopes(step, losses, [self._direction(end)], False)
+            self._finish(step, end, slopes[0])
         except Exception:
             self._done[end[0].step] = None  # undefined at t+1: so is α(t)
             raise
@@ -264,11 +349,28 @@ class Alpha(Instrument):
             loss = losses.mean() if step.loss is None else step.loss
             seen = self._seen(step, loss, params)
             opt = step.optimizer()
-            basis = orthonormal_basis(update_directions(opt, params, seen))
-            rows = (
-                basis if end is None else torch.cat([self._direction(end)[None], basis])
+            candidates = update_directions(opt, params, seen)
+            basis, gnorm, last = orthonormal_rows(candidates)
+            # SGD (one group) puts the gradient first, so the first row is
+            # g/‖g‖: its slopes are ``batch_dot``'s (the gradient tests' too)
+            # over ‖g‖, not one more direction for the per-sample pass.
+            from_grad = (
+                self.phase is Phase.AFTER_BACKWARD
+                and step.local is None  # DDP: batch_dot's g is not .grad
+                and gnorm > 0.0
+                and (
+                    opt is None
+                    or (len(opt.param_groups) == 1 and update_in_span(opt, params))
+                )
             )
-            slopes = self._slopes(step, losses, rows)
+            rows = list(basis[1:] if from_grad else basis)
+            if end is not None:
+                rows.insert(0, self._direction(end))
+            slopes = self._slopes(step, losses, rows, from_grad)
+            if from_grad:
+                along = (_along_grad(step) / gnorm)[None]
+                k = 0 if end is None else 1
+                slopes = torch.cat([slopes[:k], along, slopes[k:]])
         except Exception:
             if end is not None:
                 self._done[end[0].step] = None  # undefined at t+1: so is α(t)
@@ -276,13 +378,13 @@ class Alpha(Instrument):
         if end is not None:
             self._finish(step, end, slopes[0])
             slopes = slopes[1:]
-        _, var0 = _mean_var(losses.detach())
+        value0, var0 = torch.stack(
+            [loss.detach().double(), _var(losses.detach())]
+        ).tolist()
         self._start = _Start(
-            step.step,
-            [p.detach().clone() for p in params],
-            basis,
-            slopes,
-            float(loss.detach()),
-            var0,
+            step.step, self._snapshot(params), basis, slopes, value0, var0
         )
+        if from_grad and opt is not None and last is not None:
+            # SGD: the last candidate is the predicted update (checked at _end).
+            self._start.expected = (candidates[-1], *last)
         return None

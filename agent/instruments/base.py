@@ -99,6 +99,10 @@ class Instrument(ABC):
     #: True when a reading is finished at a later step: ``compute``'s return value
     #: is then ignored and readings arrive through ``drain``.
     two_step: ClassVar[bool] = False
+    #: True when ``compute`` runs before the other instruments of its phase: its
+    #: pass over the per-sample gradients also computes what they read
+    #: (Alpha's directions and ``batch_dot`` in one pass).
+    leads: ClassVar[bool] = False
 
     def __init__(
         self, schedule: Schedule | None = None, label: str | None = None

@@ -11,10 +11,24 @@ import pytest
 import torch
 
 from glasscockpit.agent import Cockpit, every
-from glasscockpit.agent.instruments import Alpha, Distance, Time, UpdateSize
+from glasscockpit.agent.instruments import (
+    Alpha,
+    Distance,
+    InnerTest,
+    OrthoTest,
+    Time,
+    UpdateSize,
+)
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.needs import Need
-from glasscockpit.agent.update_fit import SampleJacobian
+from glasscockpit.agent.update_fit import (
+    SampleJacobian,
+    orthonormal_basis,
+    orthonormal_rows,
+    predict_update,
+    update_directions,
+    update_in_span,
+)
 from glasscockpit.protocol import Readings
 from glasscockpit.server.store import TOTAL, RunStore
 from tests.agent.reference_curvature import (
@@ -146,6 +160,153 @@ def test_alpha_follows_clipping_and_schedules(optimizer, torch_threads):
         ), t
 
 
+class _ShadowSGD(torch.optim.SGD):
+    """SGD under another type: Alpha predicts its update with a shadow copy."""
+
+
+#: SGD variants whose update Alpha takes from the span of g, momentum and θ.
+SGD_VARIANTS = {
+    "nesterov": {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    "dampening": {"lr": 0.05, "momentum": 0.9, "dampening": 0.5},
+    "weight_decay": {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.1},
+    "maximize": {"lr": 0.02, "maximize": True, "weight_decay": 0.01},
+    "groups": {"lr": 0.05, "momentum": 0.9},
+    "foreach": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "foreach": True},
+    "fused": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1, "fused": True},
+}
+
+
+def _sgd(cls, variant, params):
+    kwargs = SGD_VARIANTS[variant]
+    if variant == "groups":  # a second group: its own rate and weight decay
+        groups = [
+            {"params": params[:1]},
+            {"params": params[1:], "lr": 0.2, "weight_decay": 0.05},
+        ]
+        return cls(groups, **kwargs)
+    return cls(params, **kwargs)
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_alpha_of_sgd_needs_no_shadow_optimizer(
+    variant, clip, monkeypatch, torch_threads
+):
+    """SGD's update is a combination of g, its momentum buffer and θ: the same α
+    as with the shadow optimizer's prediction, and as the reference. Unclipped,
+    the applied update is the predicted one, bit for bit (``_Start.expected``)."""
+    problem = PROBLEMS[2]
+    got = {}
+    for cls in (torch.optim.SGD, _ShadowSGD):
+        monkeypatch.setitem(
+            OPTIMIZERS, "variant", lambda ps, c=cls: _sgd(c, variant, ps)
+        )
+        cockpit, trace, _ = train(
+            problem,
+            "variant",
+            [Alpha(schedule=every(1))],
+            STEPS,
+            clip=clip,
+            scheduler=True,
+        )
+        got[cls] = [cockpit.readings[t]["alpha"] for t in range(STEPS - 1)]
+        for t in range(STEPS - 1):
+            assert got[cls][t] == pytest.approx(
+                alpha_reference(trace, t), rel=1e-4, abs=1e-5
+            ), (cls, t)
+    # Two bases of one span: equal up to float32 round-off.
+    assert got[torch.optim.SGD] == pytest.approx(got[_ShadowSGD], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_sgd_update_is_predicted_without_a_shadow_optimizer(variant, torch_threads):
+    """Bit for bit the shadow's prediction, and in the span of g, the momentum
+    buffer and θ up to rounding: before the first step (no buffer yet) and after."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+    opt = _sgd(torch.optim.SGD, variant, params)
+    assert update_in_span(opt, params)
+    assert not update_in_span(_sgd(_ShadowSGD, variant, params), params)
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        shadow = _sgd(_ShadowSGD, variant, params)
+        shadow.load_state_dict(opt.state_dict())
+        predicted = predict_update(opt, params, grads)
+        expected = predict_update(shadow, params, grads)
+        for got, want in zip(predicted, expected, strict=True):
+            assert torch.equal(got, want), step
+        # The prediction comes last (once per parameter group).
+        directions = update_directions(opt, params, grads)
+        basis = orthonormal_basis(directions[: -len(opt.param_groups)])
+        flat = torch.cat([u.reshape(-1) for u in predicted])
+        left = flat - basis.T @ (basis @ flat)
+        assert float(left.norm()) <= 1e-5 * float(flat.norm()), step
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", [torch.optim.SGD, _ShadowSGD])
+def test_alpha_of_sgd_keeps_the_rounding_of_small_updates(
+    cls, monkeypatch, torch_threads
+):
+    """An update far below the parameters' size is rounded by more than
+    ``span_rtol`` of it: the predicted update holds that rounding."""
+    problem = PROBLEMS[1]
+    monkeypatch.setitem(OPTIMIZERS, "tiny", lambda ps: cls(ps, lr=1e-5))
+    cockpit, trace, _ = train(problem, "tiny", [Alpha(schedule=every(1))], STEPS)
+    for t in range(STEPS - 1):
+        d = trace.thetas[t + 1] - trace.thetas[t]
+        g = torch.cat([x.reshape(-1) for x in trace.grads[t]]).double()
+        g = g / g.norm()
+        assert float((d - (d @ g) * g).norm()) > 1e-3 * float(d.norm())
+        assert cockpit.readings[t]["alpha"] == pytest.approx(
+            alpha_reference(trace, t), rel=1e-4, abs=1e-5
+        ), t
+
+
+def test_sgd_of_mixed_dtypes_is_predicted_by_the_shadow(torch_threads):
+    torch.manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(3, dtype=torch.float64)),
+        torch.nn.Parameter(torch.randn(2, 3)),
+    ]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    grads = [torch.randn_like(p) for p in params]
+    expected = predict_update(_ShadowSGD(params, lr=0.1, momentum=0.9), params, grads)
+    for got, want in zip(predict_update(opt, params, grads), expected, strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_orthonormal_rows_span_the_candidates_and_drop_the_dependent(dtype):
+    torch.manual_seed(0)
+    a, b, c = torch.randn(3, 500, dtype=dtype)
+    nearly = a - 0.1 * b  # close to a: kept, its remainder normalised
+    candidates = [a, torch.zeros_like(a), nearly, 2 * a - 3 * b, c]
+    basis, first, (coef, left) = orthonormal_rows(candidates)
+    assert basis.shape == (3, 500)  # zero and a combination dropped
+    assert first == pytest.approx(float(a.norm()))
+    assert left == 0.0  # c gave the last row
+    assert torch.allclose(coef @ basis, c, atol=1e-5)
+    _, _, (coef, left) = orthonormal_rows(candidates[:4])
+    assert left <= 1e-5  # 2a − 3b: in the span, up to round-off
+    assert torch.allclose(coef @ basis[:2], 2 * a - 3 * b, atol=1e-4)
+    eye = torch.eye(3, dtype=dtype)
+    assert torch.allclose(basis @ basis.T, eye, atol=1e-5)
+    for v in candidates:
+        left = v - basis.T @ (basis @ v)
+        assert float(left.norm()) <= 1e-5 * max(float(v.norm()), 1.0)
+    assert orthonormal_rows([torch.zeros(4), a[:4]])[1] == 0.0
+
+
+def test_sgd_without_every_parameter_keeps_the_prediction():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD([model.weight], lr=0.1)
+    assert not update_in_span(opt, list(model.parameters()))
+
+
 def test_alpha_is_undefined_when_the_update_leaves_the_predicted_span(torch_threads):
     """Adam with clipping rescales g before its non-linear update: no exact α.
 
@@ -191,6 +352,39 @@ def test_two_alpha_and_update_size_instances_coexist(torch_threads):
     assert got[1]["alpha:odd"] == pytest.approx(got[1]["alpha:every"], rel=1e-6)
     assert "alpha:odd" not in got[0] and "update_size:b" not in got[1]
     assert "update_size:b" in got[2]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", None])
+@pytest.mark.parametrize("problem", PROBLEMS[1:], ids=repr)
+def test_alpha_shares_the_gradient_tests_per_sample_pass(
+    problem, optimizer, torch_threads
+):
+    """With SGD, α's first direction is g/‖g‖: its slopes come from ``batch_dot``,
+    computed by the gradient tests before it, or by α itself for them after."""
+    runs = {
+        order: train(problem, optimizer, insts(), STEPS)
+        for order, insts in {
+            "alone": lambda: [Alpha(schedule=every(1))],
+            "after": lambda: [InnerTest(every(1)), Alpha(schedule=every(1))],
+            "before": lambda: [Alpha(schedule=every(1)), OrthoTest(every(1))],
+        }.items()
+    }
+    tests = {
+        name: train(problem, optimizer, [cls(every(1))], STEPS)[0].readings
+        for name, cls in (("inner_test", InnerTest), ("ortho_test", OrthoTest))
+    }
+    for t in range(STEPS - 1):
+        expected = alpha_reference(runs["alone"][1], t)
+        for cockpit, _, _ in runs.values():
+            got = cockpit.readings[t]["alpha"]
+            assert got == pytest.approx(expected, rel=1e-4, abs=1e-5), t
+    for t in range(STEPS):
+        for order, name in (("after", "inner_test"), ("before", "ortho_test")):
+            got = as_float_dict(runs[order][0].readings[t][name])
+            # One product for all directions rounds g_n·g unlike a product of
+            # its own; the tests' differences of sums amplify it (≈1e-6).
+            expected = as_float_dict(tests[name][t][name])
+            assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 class _Masked(torch.nn.Module):
