@@ -311,7 +311,10 @@ class Cockpit(StepPhases):
                 ctx.mixes = mixes_samples(self.model)
             ctx.data = self._step_data([*due, *pending], loss)
             if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
-                ctx.before = [p.detach().clone() for _, p in self.params]
+                # Copies in one fused call (x·1 is x exactly), not one per tensor.
+                ctx.before = list(
+                    torch._foreach_mul([p.detach() for _, p in self.params], 1.0)
+                )
             errors: dict[str, str] = {}
             with torch.enable_grad(), keep_backpack_io():
                 results = self._run_phase(

@@ -24,13 +24,9 @@ def _flat(tensors: Sequence[Tensor]) -> Tensor:
 
 
 def split_flat(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    """Views of a flat [D] vector shaped like ``like``."""
-    out, offset = [], 0
-    for t in like:
-        n = t.numel()
-        out.append(flat[offset : offset + n].view_as(t))
-        offset += n
-    return out
+    """Views of a flat [D] vector shaped like ``like`` (one ``split`` for all)."""
+    parts = torch.split(flat, [t.numel() for t in like])
+    return [part.view_as(t) for part, t in zip(parts, like, strict=True)]
 
 
 class HessianOperator:

@@ -168,12 +168,12 @@ class StepView:
             )
         rows = []
         for dots in stats.dots_with(directions, grad):
-            total: Tensor | None = None  # on the values' device: no host copy
-            for v in dots.values():
-                total = v.double() if total is None else total + v.double()
-            if total is None:
-                total = torch.zeros(stats.batch_size, dtype=torch.float64)
-            rows.append(total)
+            if not dots:
+                rows.append(torch.zeros(stats.batch_size, dtype=torch.float64))
+                continue
+            # One stack, conversion and sum (on the values' device), not a few
+            # kernels per parameter.
+            rows.append(_sum64(list(dots.values())))
         if not rows:
             return torch.zeros((0, stats.batch_size), dtype=torch.float64)
         return torch.stack(rows)
@@ -306,3 +306,10 @@ class StepView:
                 loss, [p for _, p in self.params]
             )
         return op
+
+
+def _sum64(values: Sequence[Tensor]) -> Tensor:
+    """Elementwise sum of same-shaped tensors in float64: one stack, one sum."""
+    if len({v.dtype for v in values}) == 1:
+        return torch.stack(list(values)).double().sum(0)
+    return torch.stack([v.double() for v in values]).sum(0)

@@ -408,8 +408,8 @@ class StepStats:
                         if len(rows) == 1
                         else torch.stack(rows) @ g.flatten(1).T
                     )  # [K, B]
-                    for j, i in enumerate(which):
-                        v = dots[j] * self.batch_size
+                    scaled = (dots * self.batch_size).unbind(0)  # one op each
+                    for i, v in zip(which, scaled, strict=True):
                         self._place(outs[i], layer.names[k], calls, v)
                 continue
             for i, local in enumerate(locals_):

@@ -15,7 +15,13 @@ from typing_extensions import override
 from glasscockpit.agent.curvature import split_flat
 from glasscockpit.agent.engine import EngineError
 from glasscockpit.agent.engine.errors import dense_grad
-from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
+from glasscockpit.agent.instruments.base import (
+    Cost,
+    Instrument,
+    Phase,
+    Reading,
+    stack64,
+)
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
@@ -91,13 +97,11 @@ def _engine_slopes(step: StepView, rows: Sequence[Tensor], grad: bool) -> Tensor
 
 def _along_grad(step: StepView) -> Tensor:
     """``[B]``: ``g_n · g``, summed over parameters as ``sample_dots`` does."""
-    total: Tensor | None = None
-    for v in step.batch_dot().values():
-        total = v.double() if total is None else total + v.double()
-    if total is None:
+    dots = list(step.batch_dot().values())
+    if not dots:
         device = step.params[0][1].device
         return torch.zeros(step.sample_count(), dtype=torch.float64, device=device)
-    return total
+    return stack64(dots).sum(0)
 
 
 def _graph_slopes(step: StepView, losses: Tensor, rows: Sequence[Tensor]) -> Tensor:
