@@ -302,6 +302,9 @@ def interleave(
     """Median ms per step of each named step function, timed round-robin.
 
     Each value is ``(step function, [next step index])``; one warm-up step each.
+    Every block starts with one untimed step: the row before it (a full
+    configuration, Cockpit) may have evicted the caches and returned hundreds
+    of MiB to the system, which a run repeating one configuration never sees.
     """
     times: dict[str, list[float]] = {k: [] for k in steps}
     for fn, counter in steps.values():  # warm-up
@@ -311,6 +314,9 @@ def interleave(
     for _ in range(repeats):
         for k, (fn, counter) in steps.items():
             gc.collect()
+            fn(counter[0])  # untimed: back in this row's steady state
+            counter[0] += 1
+            sync(device)
             n, t0 = 0, time.perf_counter()
             while n < 1 or (time.perf_counter() - t0 < block_s and n < 200):
                 fn(counter[0])

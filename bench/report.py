@@ -754,7 +754,9 @@ def page(
 NOTES = {
     "agent_overhead": (
         "Rows are interleaved round-robin; each repeat times a block of ≥ 0.1 s (at "
-        "least one step); medians of the per-step means. Every row, plain included, "
+        "least one step) after one untimed step of that row (the row before may "
+        "have evicted caches and returned memory to the system); medians of the "
+        "per-step means. Every row, plain included, "
         "computes the loss as the README's attach snippet does (per-sample "
         "cross-entropies, then their mean), so rows differ only by the agent. "
         '"(default schedules)" rows '
