@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.nn import functional as F  # noqa: N812 - torch convention
 
 from glasscockpit.agent import Cockpit
 from glasscockpit.agent.instruments import Instrument
@@ -66,3 +68,28 @@ def make_optimizer(
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr)
     raise ValueError(kind)
+
+
+def train_steps(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    instruments: list[Instrument],
+    batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+) -> Cockpit:
+    """``steps`` optimizer steps on ``batch(step)`` with per-sample losses, closed.
+
+    The Cockpit gets ``model`` as given (wrapped or not) and no overhead budget;
+    no instrument may have failed.
+    """
+    cockpit = Cockpit(model, opt, server=None, instruments=instruments, budget=None)
+    for step in range(steps):
+        x, y = batch(step)
+        opt.zero_grad()
+        losses = F.cross_entropy(model(x), y, reduction="none")
+        with cockpit.step(step, loss=losses.mean(), losses=losses):
+            losses.mean().backward()
+        opt.step()
+    cockpit.close()
+    assert cockpit.disabled == {}
+    return cockpit

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.engine import HookEngine
 from glasscockpit.agent.instruments import BY_NAME
-from tests.agent.harness import make_on_device, run_step
+from tests.agent.harness import make_on_device, run_step, train_steps
 from tests.agent.models import DropoutEncoder
 from tests.agent.problems import BY_NAME as BY_PROBLEM
 from tests.agent.problems import Problem
@@ -510,7 +510,7 @@ def test_grad_scaler_readings_equal_the_unscaled_run(
 def test_torch_compile_gives_the_eager_readings(torch_threads):
     # The engine's hooks run as plain Python under torch.compile (graph breaks
     # on tracked steps only: untracked steps have no hooks attached).
-    from glasscockpit.agent import Cockpit, every
+    from glasscockpit.agent import every
 
     names = ["grad_norm", "norm_test", "inner_test", "grad_hist_1d", "alpha"]
 
@@ -520,17 +520,8 @@ def test_torch_compile_gives_the_eager_readings(torch_threads):
         model = torch.compile(module, backend="eager") if compiled else module
         opt = torch.optim.SGD(module.parameters(), lr=0.1)
         insts = [BY_NAME[n](schedule=every(2)) for n in names]
-        cockpit = Cockpit(model, opt, server=None, instruments=insts, budget=None)
         x, y = torch.randn(32, 10), torch.randint(0, 4, (32,))
-        for step in range(6):
-            opt.zero_grad()
-            losses = nn.functional.cross_entropy(model(x), y, reduction="none")
-            with cockpit.step(step, loss=losses.mean(), losses=losses):
-                losses.mean().backward()
-            opt.step()
-        cockpit.close()
-        assert cockpit.disabled == {}
-        return cockpit.readings
+        return train_steps(model, opt, insts, lambda _: (x, y), 6).readings
 
     want, got = run(False), run(True)
     assert set(got) == set(want) == {0, 2, 4}
@@ -546,7 +537,7 @@ def test_data_parallel_wrappers_give_the_unwrapped_readings(wrapper, torch_threa
     # gloo all-reduce of a world of one leaves the gradients as they are).
     import torch.distributed as dist
 
-    from glasscockpit.agent import Cockpit, always
+    from glasscockpit.agent import always
     from tests.conftest import free_port
 
     names = ["grad_norm", "norm_test", "inner_test", "grad_hist_1d", "alpha"]
@@ -561,16 +552,8 @@ def test_data_parallel_wrappers_give_the_unwrapped_readings(wrapper, torch_threa
             model = nn.parallel.DistributedDataParallel(module)
         opt = torch.optim.SGD(module.parameters(), lr=0.1)
         insts = [BY_NAME[n](schedule=always) for n in names]
-        cockpit = Cockpit(model, opt, server=None, instruments=insts, budget=None)
         x, y = torch.randn(16, 10), torch.randint(0, 4, (16,))
-        for step in range(3):
-            opt.zero_grad()
-            losses = nn.functional.cross_entropy(model(x), y, reduction="none")
-            with cockpit.step(step, loss=losses.mean(), losses=losses):
-                losses.mean().backward()
-            opt.step()
-        cockpit.close()
-        assert cockpit.disabled == {}
+        cockpit = train_steps(model, opt, insts, lambda _: (x, y), 3)
         assert [n for n, _ in cockpit.params] == [
             n for n, _ in module.named_parameters()
         ]

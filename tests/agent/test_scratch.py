@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from glasscockpit.agent import Cockpit, always
+from glasscockpit.agent import always
 from glasscockpit.agent.engine import scratch as scratch_module
 from glasscockpit.agent.engine.scratch import Scratch
 from glasscockpit.agent.instruments import BY_NAME
+from tests.agent.harness import train_steps
 from tests.agent.test_instruments import assert_reading
 
 
@@ -67,17 +68,11 @@ def test_pooled_buffers_give_the_unpooled_readings_at_every_step(
         model = _Twice()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         insts = [BY_NAME[n](schedule=always) for n in names]
-        cockpit = Cockpit(model, opt, server=None, instruments=insts, budget=None)
-        for step in range(4):
-            x, y = torch.randn(6, 4, 5), torch.randint(0, 3, (6,))
-            opt.zero_grad()
-            losses = nn.functional.cross_entropy(model(x), y, reduction="none")
-            with cockpit.step(step, loss=losses.mean(), losses=losses):
-                losses.mean().backward()
-            opt.step()
-        cockpit.close()
-        assert cockpit.disabled == {}
-        return cockpit.readings
+
+        def batch(_: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.randn(6, 4, 5), torch.randint(0, 3, (6,))
+
+        return train_steps(model, opt, insts, batch, 4).readings
 
     monkeypatch.setattr(scratch_module, "LIMIT", 0)
     want = run()
