@@ -79,6 +79,16 @@ class AttentionRule(LayerRule):
         """The rule for one call (re-runs its attention once, lazily)."""
         return _BoundAttention(call)
 
+    def captures(self, module: nn.Module) -> bool:
+        """With dropout active only captured gradients are exact."""
+        return self.needs_capture(module)
+
+    def unscale(self, call: Any, old_b: Tensor, factor: Tensor | float) -> None:
+        """Captured projection gradients (keyed by their ``b``) carry the scale."""
+        hit = call.cache.get("qkv_grad")
+        if hit is not None and hit[0] is old_b:
+            call.cache["qkv_grad"] = (call.b, hit[1] / factor)
+
     def on_forward(
         self, call: Any, module: nn.Module, inputs: tuple[Any, ...], out: Tensor
     ) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glasscockpit.agent.engine.attention_rule import AttentionRule
 from glasscockpit.agent.engine.hooks import EngineError, HookEngine
 from glasscockpit.agent.engine.rules import CONV
 from glasscockpit.agent.engine.stats import StepStats
@@ -441,13 +440,9 @@ def diag_ggn(
     outs = [
         c.out for c in recorded if c.out is not None and c.out._version == c.version
     ]
-    if any(
-        AttentionRule.needs_capture(layer.module)
-        for layer in engine.layers
-        if layer.calls and isinstance(layer.rule, AttentionRule)
-    ):
-        # Attention with active dropout is exact only from gradients its hook
-        # captures inside the pass: backpropagate to the parameters.
+    if any(layer.rule.captures(layer.module) for layer in engine.layers if layer.calls):
+        # Some statistics are exact only from gradients hooked inside the pass
+        # (attention dropout, RNN states): backpropagate to the parameters.
         outs = []
     out: dict[str, Tensor] = {}
     # Layers whose Σ_n ĝ_n² is linear in b² (2-D Linear) accumulate Σ_c b_c² and

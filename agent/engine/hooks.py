@@ -319,6 +319,7 @@ class HookEngine:
         for layer in self.layers:
             for call in layer.calls:
                 call.b = None
+                call.cache.pop("state_grads", None)  # RNN rule: h_n, c_n
 
     def remove(self) -> None:
         """Remove every hook from the model, for good."""
@@ -360,6 +361,7 @@ class HookEngine:
         call.out, call.version = out, out._version
         out.register_hook(partial(_store_grad, call))  # type: ignore[no-untyped-call]
         layer.rule.on_forward(call, module, inputs, out)
+        layer.rule.on_outputs(call, output)
         layer.calls.append(call)
 
     def _on_output(

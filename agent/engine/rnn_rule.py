@@ -17,13 +17,14 @@ only backpropagate again.
 
 Served: batch-first, unidirectional, no ``proj_size``, no dropout between layers
 in train mode, 3-D input tensors. Everything else is refused and served by the
-``torch.func`` fallback. The rule sees only the gradient of the first output (the
-output sequence); a model that reads ``h_n`` fails the engine's sum check and is
-moved to the whole-model re-run.
+``torch.func`` fallback. Besides the output sequence's gradient ``b``, the
+gradients of the final states ``h_n`` (``c_n``) are hooked (a classifier often
+reads only ``h_n[-1]``) and backpropagated from the re-run's last states.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,6 +55,31 @@ class RecurrentRule(LayerRule):
         """The rule for one call (re-runs its recurrence once, lazily)."""
         return _BoundRecurrent(call)
 
+    def on_outputs(self, call: Any, output: Any) -> None:
+        """Hook the final states ``h_n`` (``c_n``): a model may read them only.
+
+        Their gradients are kept in ``call.cache["state_grads"]``; a call whose
+        output sequence gets no gradient gets a zero ``b``.
+        """
+        if not isinstance(output, tuple) or len(output) != 2:
+            return
+        seq, state = output
+        states = state if isinstance(state, tuple) else (state,)
+        for name, t in zip(("h", "c"), states, strict=False):
+            if isinstance(t, Tensor) and t.requires_grad:
+                t.register_hook(partial(_store_state, call, seq, name))  # type: ignore[no-untyped-call]
+
+    def captures(self, module: nn.Module) -> bool:
+        """``h_n``'s gradient is hooked: the curvature passes must reach it."""
+        return isinstance(module, nn.RNNBase)
+
+    def unscale(self, call: Any, old_b: Tensor, factor: Tensor | float) -> None:
+        """The captured state gradients carry the loss scale like ``b``."""
+        del old_b  # the states are not keyed by it: cleared before each pass
+        grads = call.cache.get("state_grads")
+        if grads:
+            call.cache["state_grads"] = {k: g / factor for k, g in grads.items()}
+
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Unbound use is a bug: the engine always binds rules that need args."""
         del module, x, b
@@ -78,6 +104,8 @@ class _BoundRecurrent(LayerRule):
         n, t, _ = x.shape
         hidden = module.hidden_size
         h0, c0 = _initial_state(self.call, lstm, module.num_layers, n, hidden, x)
+        last_h: list[Tensor] = []
+        last_c: list[Tensor] = []
         leaves: list[Tensor] = []
         inputs: list[Tensor] = []  # per layer: its input and previous hidden states
         prevs: list[Tensor] = []
@@ -116,10 +144,20 @@ class _BoundRecurrent(LayerRule):
                         h = (1 - z) * new + z * h
                     outs.append(h)
                 leaves += [zi, zh]
+                last_h.append(h)
+                if c is not None:
+                    last_c.append(c)
                 inputs.append(seq.detach())
                 prevs.append(torch.stack(before, 1).detach())
                 seq = torch.stack(outs, 1)
-        out = {"leaves": leaves, "inputs": inputs, "prevs": prevs, "output": seq}
+        out = {
+            "leaves": leaves,
+            "inputs": inputs,
+            "prevs": prevs,
+            "output": seq,
+            "h": last_h,
+            "c": last_c,
+        }
         cache["rnn"] = out
         return dict(out)
 
@@ -133,9 +171,21 @@ class _BoundRecurrent(LayerRule):
                 f"{type(module).__name__}: output gradient {tuple(b.shape)} does not "
                 f"match the re-run's output {tuple(output.shape)}"
             )
-        grads = torch.autograd.grad(
-            output, run["leaves"], b.to(output.dtype), retain_graph=True
-        )
+        ends, seeds = [output], [b.to(output.dtype)]
+        root = self.call.parent if self.call.parent is not None else self.call
+        rows = self.call.rows if self.call.parent is not None else slice(None)
+        states: dict[str, Tensor] = root.cache.get("state_grads") or {}
+        if b is not self.call.b and states:
+            # The states' gradients belong to the recorded b only.
+            raise EngineError(
+                f"{type(module).__name__}: the final states' gradients are known "
+                "for the recorded output gradient only"
+            )
+        for name, grad in states.items():  # [layers, B, H], batch on axis 1
+            for end, g in zip(run[name], grad[:, rows].unbind(0), strict=True):
+                ends.append(end)
+                seeds.append(g.to(end.dtype))
+        grads = torch.autograd.grad(ends, run["leaves"], seeds, retain_graph=True)
         out: dict[str, Tensor] = {}
         for layer in range(module.num_layers):
             dgi, dgh = grads[2 * layer], grads[2 * layer + 1]
@@ -152,16 +202,25 @@ def _initial_state(
     call: Any, lstm: bool, layers: int, n: int, hidden: int, x: Tensor
 ) -> tuple[list[Tensor], list[Tensor] | None]:
     """``h0`` (and ``c0``) per layer, ``[B, H]``: the call's ``hx`` or zeros."""
-    hx = call.args[1] if len(call.args) > 1 else call.kwargs.get("hx")
+    root = call.parent if call.parent is not None else call
+    rows = call.rows if call.parent is not None else slice(None)
+    hx = root.args[1] if len(root.args) > 1 else root.kwargs.get("hx")
     zeros = [x.new_zeros(n, hidden) for _ in range(layers)]
     if hx is None:
         return zeros, (
             [x.new_zeros(n, hidden) for _ in range(layers)] if lstm else None
         )
-    if lstm:
+    if lstm:  # [layers, B, H]: the batch on axis 1
         h, c = hx
-        return list(h.detach().unbind(0)), list(c.detach().unbind(0))
-    return list(hx.detach().unbind(0)), None
+        return list(h.detach()[:, rows].unbind(0)), list(c.detach()[:, rows].unbind(0))
+    return list(hx.detach()[:, rows].unbind(0)), None
+
+
+def _store_state(call: Any, seq: Tensor, name: str, grad: Tensor) -> None:
+    """Tensor hook on ``h_n`` / ``c_n``: keep the gradient; b = 0 until it comes."""
+    call.cache.setdefault("state_grads", {})[name] = grad.detach()
+    if call.b is None:  # the output sequence's own hook overwrites it if it fires
+        call.set_b(torch.zeros_like(seq, memory_format=torch.contiguous_format))
 
 
 RECURRENT = RecurrentRule()

@@ -67,6 +67,30 @@ class LayerRule:
         """
         del call, module, inputs, out
 
+    def on_outputs(self, call: Any, output: Any) -> None:
+        """Called on every recorded call with the module's whole output.
+
+        Rules that read gradients of further outputs hook them here (default:
+        nothing).
+        """
+        del call, output
+
+    def captures(self, module: nn.Module) -> bool:
+        """Whether statistics need gradients hooked in the backward beyond ``b``.
+
+        The curvature passes then backpropagate to the parameters, so that the
+        hooks see each pass.
+        """
+        del module
+        return False
+
+    def unscale(self, call: Any, old_b: Tensor, factor: Tensor | float) -> None:
+        """Divide what the rule captured with ``b`` by the loss scale ``factor``.
+
+        The call's ``b`` was ``old_b`` and is now divided (default: nothing).
+        """
+        del call, old_b, factor
+
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Per-sample gradients ``{"weight": [B, *shape], ...}`` of one call."""
         raise NotImplementedError

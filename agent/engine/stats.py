@@ -137,11 +137,8 @@ class StepStats:
                         if c.x.dtype in _HALF:
                             c.x = c.x.float()
                     old, c.b = c.b, divide(c.b, grad_scale.outputs)
-                    hit = c.cache.get("qkv_grad")
-                    if hit is not None and hit[0] is old:
-                        # Attention's captured projection gradients (keyed by
-                        # the b they belong to) carry the loss scale too.
-                        c.cache["qkv_grad"] = (c.b, divide(hit[1], grad_scale.outputs))
+                    # What the rule captured with ``b`` carries the scale too.
+                    layer.rule.unscale(c, old, grad_scale.outputs)
         self._collect()
         sizes = {c.x.shape[0] for _, calls in self.layers for c in calls}
         if len(sizes) != 1:

@@ -65,8 +65,8 @@ def _build(
 RNNS = (
     Problem("lstm", _build(nn.LSTM), nn.functional.cross_entropy),
     Problem("gru", _build(nn.GRU), nn.functional.cross_entropy),
-    # Served by the whole-model re-run (the module's own output gradient misses
-    # h_n; a sequence-first input has no batch axis 0): same numbers.
+    # h_n read by the head: its gradient is hooked (the rule); sequence-first:
+    # served by the whole-model re-run (no batch axis 0). Same numbers.
     Problem("lstm_h_n", _build(nn.LSTM, hidden=True), nn.functional.cross_entropy),
     Problem(
         "gru_seq_first", _build(nn.GRU, seq_first=True), nn.functional.cross_entropy
@@ -79,10 +79,6 @@ RNNS = (
     "name", ["norm_test", "inner_test", "mean_gsnr", "tic_diag", "grad_hist_1d"]
 )
 def test_recurrent_models_match_the_per_sample_loop(name, problem, torch_threads):
-    if name == "tic_diag" and problem.name == "lstm_h_n":
-        # The curvature passes run before the check that finds h_n's gradient
-        # missing from the module's own: undefined at the first step only.
-        pytest.skip("TIC of the first tracked step: see test below")
     assert_matches_the_loop(problem, name)
 
 
@@ -125,25 +121,14 @@ def test_recurrent_rule_serves_batch_first_rnns_with_an_initial_state(
         assert engine.coverage["rnn.weight_hh_l1"] == "rnn-rule"
 
 
-def test_rnn_read_through_h_n_has_tic_from_the_second_step(torch_threads):
-    from glasscockpit.agent import Cockpit, every
-
-    problem = RNNS[2]
-    model, x, y = problem.make()
-    inst = BY_NAME["tic_diag"](schedule=every(1))
-    cockpit = Cockpit(model, None, server=None, instruments=[inst], budget=None)
-    for step in range(2):
-        model.zero_grad()
-        loss = problem.loss_fn(model(x), y)
-        with cockpit.step(step, loss=loss):
-            loss.backward()
-    cockpit.close()
-    frames = cockpit.transport.frames  # type: ignore[attr-defined]
-    errors = [f.errors.get("tic_diag") for f in frames if hasattr(f, "errors")]
-    assert cockpit.readings[0]["tic_diag"] is None
-    assert any("an output other than its first" in (e or "") for e in errors)
-    want = REFERENCES["tic_diag"](reference_data(problem), inst)
-    assert_reading(cockpit.readings[1]["tic_diag"], want, "tic_diag", RTOL)
+def test_rnn_read_through_h_n_is_served_by_its_rule(torch_threads):
+    # h_n's gradient is hooked in the backward pass (and in each curvature
+    # pass): no move to the whole-model re-run, TIC defined from the first step.
+    model, _, _ = make_on_device(RNNS[2])
+    engine = HookEngine(model, list(model.named_parameters()))
+    assert engine.coverage["rnn.weight_ih_l0"] == "rnn-rule"
+    got = run_step(RNNS[2], [BY_NAME["norm_test"](), BY_NAME["tic_diag"]()])
+    assert got["tic_diag"] is not None  # its value: the per-sample loop test
 
 
 def assert_matches_the_loop(problem: Problem, name: str) -> None:
@@ -452,7 +437,7 @@ def _dropout_encoder() -> tuple[nn.Module, Tensor, Tensor]:
     return model, torch.randint(0, 11, (5, 4)), torch.randint(0, 3, (5,))
 
 
-@pytest.mark.parametrize("model_name", ["mlp", "dropout_encoder"])
+@pytest.mark.parametrize("model_name", ["mlp", "dropout_encoder", "lstm_h_n"])
 @pytest.mark.parametrize("unscale_inside", [False, True], ids=["scaled", "unscaled"])
 def test_grad_scaler_readings_equal_the_unscaled_run(
     unscale_inside, model_name, torch_threads
@@ -468,6 +453,8 @@ def test_grad_scaler_readings_equal_the_unscaled_run(
     def run(scaler: torch.amp.GradScaler | None) -> dict:
         if model_name == "mlp":
             model, x, y = BY_PROBLEM["mlp"].make()
+        elif model_name == "lstm_h_n":  # h_n's captured gradient is scaled too
+            model, x, y = RNNS[2].make()
         else:  # attention served from gradients captured under the loss scale
             model, x, y = _dropout_encoder()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
