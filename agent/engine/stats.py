@@ -25,7 +25,7 @@ from glasscockpit.agent.engine.norm_rules import EmbeddingRule
 from glasscockpit.agent.engine.rules import LayerRule, LinearRule
 from glasscockpit.agent.engine.scratch import SCRATCH
 from glasscockpit.agent.grad_scale import GradScale, divide
-from glasscockpit.agent.local_grads import LocalGrads
+from glasscockpit.agent.local_grads import LocalGrads, world_size
 
 _HALF = (torch.float16, torch.bfloat16)
 #: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).
@@ -590,11 +590,7 @@ class StepStats:
                 "per-sample gradients of the whole model do not sum to .grad either "
                 f"(relative difference up to {worst:.1e}): a loss term on the "
                 "parameters, or .grad accumulated over several backward passes"
-                + (
-                    _ALL_REDUCED.format(world=_world_size())
-                    if _world_size() > 1
-                    else ""
-                ),
+                + (_ALL_REDUCED.format(world=world_size()) if world_size() > 1 else ""),
             )
             self._collect()
 
@@ -669,14 +665,6 @@ def _dot(
 
 
 _ALL_REDUCED = (
-    ", or .grad all-reduced over {world} processes (DistributedDataParallel: the "
-    "per-sample gradients are this process's, .grad is the global mean)"
+    ", or .grad all-reduced over {world} processes (DistributedDataParallel: pass "
+    "the wrapped model to the Cockpit, which then reads this process's gradients)"
 )
-
-
-def _world_size() -> int:
-    """Processes of the default ``torch.distributed`` group (1 without one)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return int(dist.get_world_size())
-    return 1
