@@ -64,6 +64,8 @@ class RecurrentRule(LayerRule):
         if not isinstance(output, tuple) or len(output) != 2:
             return
         seq, state = output
+        if not isinstance(seq, Tensor) or seq.dim() != 3:  # e.g. a PackedSequence
+            return
         states = state if isinstance(state, tuple) else (state,)
         for name, t in zip(("h", "c"), states, strict=False):
             if isinstance(t, Tensor) and t.requires_grad:
