@@ -347,8 +347,14 @@ class HookEngine:
     ) -> None:
         if not self.recording or REENTRY.active or not torch.is_grad_enabled():
             return
-        x = _first_input(inputs, kwargs)
-        out = output if isinstance(output, Tensor) else _first_tensor(output)
+        own = layer.rule.recorded(inputs, output)
+        x: Tensor | None
+        out: Tensor | None
+        if own is not None:
+            x, out = own
+        else:
+            x = _first_input(inputs, kwargs)
+            out = output if isinstance(output, Tensor) else _first_tensor(output)
         if x is None or out is None or not out.requires_grad:
             return
         call = Call(x.detach(), forward=self.forwards)
@@ -359,7 +365,7 @@ class HookEngine:
             call.args = tuple(_detach(a, seen) for a in inputs)
             call.kwargs = {k: _detach(v, seen) for k, v in kwargs.items()}
         call.out, call.version = out, out._version
-        out.register_hook(partial(_store_grad, call))  # type: ignore[no-untyped-call]
+        out.register_hook(partial(_store_grad, call, layer.rule))  # type: ignore[no-untyped-call]
         layer.rule.on_forward(call, module, inputs, out)
         layer.rule.on_outputs(call, output)
         layer.calls.append(call)
@@ -422,8 +428,8 @@ def eager(fn: Any) -> Any:
     return torch.compiler.disable(fn, recursive=True)  # type: ignore[no-untyped-call]
 
 
-def _store_grad(call: Call, grad: Tensor) -> None:
-    call.set_b(grad)
+def _store_grad(call: Call, rule: LayerRule, grad: Tensor) -> None:
+    call.set_b(rule.output_grad(call, grad))
 
 
 def _label(rule: LayerRule) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from glasscockpit.agent.engine.errors import EngineError
 from glasscockpit.agent.engine.rules import RULES, LayerRule, _has
@@ -55,6 +56,46 @@ class RecurrentRule(LayerRule):
         """The rule for one call (re-runs its recurrence once, lazily)."""
         return _BoundRecurrent(call)
 
+    def recorded(
+        self, inputs: tuple[Any, ...], output: Any
+    ) -> tuple[Tensor, Tensor] | None:
+        """A ``PackedSequence`` call records its padded input and packed output.
+
+        ``output_grad`` pads the packed output's gradient to ``[B, T, H]``; the
+        re-run masks each sequence's steps beyond its length.
+        """
+        if not (inputs and isinstance(inputs[0], PackedSequence)):
+            return None
+        if not (isinstance(output, tuple) and isinstance(output[0], PackedSequence)):
+            return None
+        padded, _ = pad_packed_sequence(inputs[0], batch_first=True)
+        return padded, output[0].data
+
+    def on_forward(
+        self, call: Any, module: nn.Module, inputs: tuple[Any, ...], out: Tensor
+    ) -> None:
+        """Keep a packed call's layout: lengths and the packing's order."""
+        del module, out
+        packed = inputs[0] if inputs else None
+        if isinstance(packed, PackedSequence):
+            _, lengths = pad_packed_sequence(packed, batch_first=True)
+            call.cache["packed"] = (
+                packed.batch_sizes,
+                packed.sorted_indices,
+                packed.unsorted_indices,
+                lengths,
+                call.x.shape[1],
+            )
+
+    def output_grad(self, call: Any, grad: Tensor) -> Tensor:
+        """The packed output's gradient padded to ``[B, T, H]`` (zeros beyond)."""
+        layout = call.cache.get("packed")
+        if layout is None:
+            return grad
+        sizes, order, unorder, _, steps = layout
+        packed = PackedSequence(grad, sizes, order, unorder)
+        return pad_packed_sequence(packed, batch_first=True, total_length=steps)[0]
+
     def on_outputs(self, call: Any, output: Any) -> None:
         """Hook the final states ``h_n`` (``c_n``): a model may read them only.
 
@@ -64,7 +105,9 @@ class RecurrentRule(LayerRule):
         if not isinstance(output, tuple) or len(output) != 2:
             return
         seq, state = output
-        if not isinstance(seq, Tensor) or seq.dim() != 3:  # e.g. a PackedSequence
+        if isinstance(seq, PackedSequence):
+            seq = call.x.new_zeros(*call.x.shape[:2], seq.data.shape[-1])
+        if not isinstance(seq, Tensor) or seq.dim() != 3:
             return
         states = state if isinstance(state, tuple) else (state,)
         for name, t in zip(("h", "c"), states, strict=False):
@@ -108,6 +151,16 @@ class _BoundRecurrent(LayerRule):
         h0, c0 = _initial_state(self.call, lstm, module.num_layers, n, hidden, x)
         last_h: list[Tensor] = []
         last_c: list[Tensor] = []
+        root = self.call.parent if self.call.parent is not None else self.call
+        rows = self.call.rows if self.call.parent is not None else slice(None)
+        layout = root.cache.get("packed")
+        # Packed calls: a sequence's state stops changing after its length.
+        mask = (
+            None
+            if layout is None
+            else torch.arange(t, device=x.device)[None, :]
+            < layout[3][rows].to(x.device)[:, None]
+        )
         leaves: list[Tensor] = []
         inputs: list[Tensor] = []  # per layer: its input and previous hidden states
         prevs: list[Tensor] = []
@@ -128,6 +181,7 @@ class _BoundRecurrent(LayerRule):
                 outs, before = [], []
                 for step in range(t):
                     before.append(h)
+                    c_prev = c
                     gh = h @ w_hh.T
                     if b_hh is not None:
                         gh = gh + b_hh.detach()
@@ -144,6 +198,11 @@ class _BoundRecurrent(LayerRule):
                         z = torch.sigmoid(zi_ + zh_)
                         new = torch.tanh(ni + r * nh)
                         h = (1 - z) * new + z * h
+                    if mask is not None:  # keep finished sequences' states
+                        keep = mask[:, step, None]
+                        h = torch.where(keep, h, before[-1])
+                        if c is not None and c_prev is not None:
+                            c = torch.where(keep, c, c_prev)
                     outs.append(h)
                 leaves += [zi, zh]
                 last_h.append(h)

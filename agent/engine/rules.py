@@ -67,6 +67,23 @@ class LayerRule:
         """
         del call, module, inputs, out
 
+    def recorded(
+        self, inputs: tuple[Any, ...], output: Any
+    ) -> tuple[Tensor, Tensor] | None:
+        """``(x, out)`` to record for a call, or None for the engine's default.
+
+        The default is the first input tensor and the first output tensor with
+        a batch axis; a rule whose module takes other structures (an RNN on a
+        ``PackedSequence``) returns batch-first tensors of its own.
+        """
+        del inputs, output
+        return None
+
+    def output_grad(self, call: Any, grad: Tensor) -> Tensor:
+        """``b`` from the gradient of the recorded output (default: itself)."""
+        del call
+        return grad
+
     def on_outputs(self, call: Any, output: Any) -> None:
         """Called on every recorded call with the module's whole output.
 

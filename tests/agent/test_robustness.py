@@ -560,43 +560,46 @@ def test_data_parallel_wrappers_give_the_unwrapped_readings(wrapper, torch_threa
 
 
 class _Packed(nn.Module):
-    """A GRU on a ``PackedSequence`` (variable lengths), read through ``h_n``."""
+    """An LSTM or GRU on a ``PackedSequence`` (token 0 pads), read through ``h_n``."""
 
-    def __init__(self) -> None:
+    def __init__(self, cell: type[nn.LSTM] | type[nn.GRU]) -> None:
         super().__init__()
         self.emb = nn.Embedding(20, 6)
-        self.rnn = nn.GRU(6, 8, batch_first=True)
+        self.rnn = cell(6, 8, num_layers=2, batch_first=True)
         self.head = nn.Linear(8, 3)
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, ids: Tensor) -> Tensor:
+        lengths = (ids != 0).sum(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(
             self.emb(ids), lengths, batch_first=True, enforce_sorted=False
         )
-        _, h = self.rnn(packed)
-        return self.head(h[-1])
+        _, state = self.rnn(packed)
+        h_n = state[0] if isinstance(state, tuple) else state
+        return self.head(h_n[-1])
 
 
-def test_packed_sequences_are_undefined_with_the_reason_not_a_crash(torch_threads):
-    # Not covered yet (the rule needs [batch, time, features]; the whole-model
-    # re-run cannot vmap packed sequences): training runs on, the readings are
-    # None with the reason, the step's other instruments are unaffected.
-    from glasscockpit.agent import Cockpit, always
+def _packed(cell: type[nn.LSTM] | type[nn.GRU]):
+    def build() -> tuple[nn.Module, Tensor, Tensor]:
+        ids = torch.randint(1, 20, (5, 7))
+        for n, length in enumerate([7, 3, 5, 2, 6]):
+            ids[n, length:] = 0
+        return _Packed(cell), ids, torch.randint(0, 3, (5,))
 
-    torch.manual_seed(0)
-    model = _Packed()
-    ids, lengths = torch.randint(0, 20, (5, 7)), torch.tensor([7, 3, 5, 2, 6])
-    y = torch.randint(0, 3, (5,))
-    insts = [BY_NAME[n](schedule=always) for n in ("norm_test", "grad_norm")]
-    cockpit = Cockpit(model, None, server=None, instruments=insts)
-    for step in range(2):
-        model.zero_grad()
-        loss = nn.functional.cross_entropy(model(ids, lengths), y)
-        with cockpit.step(step, loss=loss):
-            loss.backward()
-        assert all(p.grad is not None for p in model.parameters())
-    cockpit.close()
-    frames = cockpit.transport.frames  # type: ignore[attr-defined]
-    errors = [f.errors.get("norm_test") for f in frames if hasattr(f, "errors")]
-    assert cockpit.readings[0]["norm_test"] is None
-    assert any("could not re-run" in (e or "") for e in errors)
-    assert cockpit.readings[1]["grad_norm"]["total"] > 0
+    return build
+
+
+PACKED = (
+    Problem("packed_lstm", _packed(nn.LSTM), nn.functional.cross_entropy),
+    Problem("packed_gru", _packed(nn.GRU), nn.functional.cross_entropy),
+)
+
+
+@pytest.mark.parametrize("problem", PACKED, ids=str)
+@pytest.mark.parametrize("name", ["norm_test", "mean_gsnr", "tic_diag", "grad_hist_1d"])
+def test_packed_sequences_match_the_per_sample_loop(name, problem, torch_threads):
+    # The rule records the padded input, pads the packed output's gradient and
+    # keeps each sequence's state once its length is reached.
+    assert_matches_the_loop(problem, name)
+    model, _, _ = make_on_device(problem)
+    engine = HookEngine(model, list(model.named_parameters()))
+    assert engine.coverage["rnn.weight_hh_l1"] == "rnn-rule"
