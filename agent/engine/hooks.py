@@ -347,7 +347,7 @@ class HookEngine:
     ) -> None:
         if not self.recording or REENTRY.active or not torch.is_grad_enabled():
             return
-        own = layer.rule.recorded(inputs, output)
+        own = layer.rule.recorded(module, inputs, output)
         x: Tensor | None
         out: Tensor | None
         if own is not None:
@@ -428,7 +428,11 @@ def eager(fn: Any) -> Any:
     return torch.compiler.disable(fn, recursive=True)  # type: ignore[no-untyped-call]
 
 
-def _store_grad(call: Call, rule: LayerRule, grad: Tensor) -> None:
+def _store_grad(call: Call, rule: LayerRule, grad: Tensor | None) -> None:
+    if grad is None and call.b is not None:
+        # An output without a gradient (an RNN's sequence when only h_n is
+        # read): keep the b the rule set from its other outputs.
+        return
     call.set_b(rule.output_grad(call, grad))
 
 

@@ -15,11 +15,13 @@ batching rule for the fused RNN kernels): ~10× faster on a small LSTM
 classifier. The re-run is kept per call, so the curvature passes (other ``b``)
 only backpropagate again.
 
-Served: batch-first, unidirectional, no ``proj_size``, no dropout between layers
-in train mode, 3-D input tensors. Everything else is refused and served by the
-``torch.func`` fallback. Besides the output sequence's gradient ``b``, the
-gradients of the final states ``h_n`` (``c_n``) are hooked (a classifier often
-reads only ``h_n[-1]``) and backpropagated from the re-run's last states.
+Served: unidirectional, no ``proj_size``, no dropout between layers in train
+mode; batch-first, sequence-first (recorded transposed) or ``PackedSequence``
+inputs (padded, each sequence's state kept past its length). Everything else is
+refused and served by the ``torch.func`` fallback. Besides the output sequence's
+gradient ``b``, the gradients of the final states ``h_n`` (``c_n``) are hooked
+(a classifier often reads only ``h_n[-1]``) and backpropagated from the re-run's
+last states.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from glasscockpit.agent.engine.rules import RULES, LayerRule, _has
 
 
 class RecurrentRule(LayerRule):
-    """``nn.LSTM`` / ``nn.GRU``, batch-first and unidirectional."""
+    """``nn.LSTM`` / ``nn.GRU``, unidirectional."""
 
     label = "rnn-rule"
     needs_args = True
@@ -46,7 +48,6 @@ class RecurrentRule(LayerRule):
         return (
             type(module) in (nn.LSTM, nn.GRU)
             and isinstance(module, nn.RNNBase)
-            and module.batch_first
             and not module.bidirectional
             and module.proj_size == 0
             and (module.dropout == 0.0 or module.num_layers == 1)
@@ -57,26 +58,39 @@ class RecurrentRule(LayerRule):
         return _BoundRecurrent(call)
 
     def recorded(
-        self, inputs: tuple[Any, ...], output: Any
+        self, module: nn.Module, inputs: tuple[Any, ...], output: Any
     ) -> tuple[Tensor, Tensor] | None:
-        """A ``PackedSequence`` call records its padded input and packed output.
+        """Batch-first tensors for packed and sequence-first calls.
 
-        ``output_grad`` pads the packed output's gradient to ``[B, T, H]``; the
-        re-run masks each sequence's steps beyond its length.
+        A ``PackedSequence`` call records its padded input and packed output
+        (``output_grad`` pads the gradient to ``[B, T, H]``; the re-run masks each
+        sequence's steps beyond its length); a sequence-first call its input
+        transposed (``output_grad`` transposes ``b``).
         """
-        if not (inputs and isinstance(inputs[0], PackedSequence)):
+        if not (inputs and isinstance(output, tuple) and len(output) == 2):
             return None
-        if not (isinstance(output, tuple) and isinstance(output[0], PackedSequence)):
-            return None
-        padded, _ = pad_packed_sequence(inputs[0], batch_first=True)
-        return padded, output[0].data
+        first, seq = inputs[0], output[0]
+        if isinstance(first, PackedSequence) and isinstance(seq, PackedSequence):
+            padded, _ = pad_packed_sequence(first, batch_first=True)
+            return padded, seq.data
+        if (
+            isinstance(first, Tensor)
+            and isinstance(seq, Tensor)
+            and first.dim() == 3
+            and not getattr(module, "batch_first", True)
+        ):
+            # Sequence-first [T, B, F]: recorded batch-first, b transposed back.
+            return first.transpose(0, 1), seq
+        return None
 
     def on_forward(
         self, call: Any, module: nn.Module, inputs: tuple[Any, ...], out: Tensor
     ) -> None:
-        """Keep a packed call's layout: lengths and the packing's order."""
-        del module, out
+        """Keep a packed call's layout (lengths, order), or its sequence-first axis."""
+        del out
         packed = inputs[0] if inputs else None
+        if isinstance(packed, Tensor) and not getattr(module, "batch_first", True):
+            call.cache["seq_first"] = True
         if isinstance(packed, PackedSequence):
             _, lengths = pad_packed_sequence(packed, batch_first=True)
             call.cache["packed"] = (
@@ -87,11 +101,14 @@ class RecurrentRule(LayerRule):
                 call.x.shape[1],
             )
 
-    def output_grad(self, call: Any, grad: Tensor) -> Tensor:
+    def output_grad(self, call: Any, grad: Tensor | None) -> Tensor | None:
         """The packed output's gradient padded to ``[B, T, H]`` (zeros beyond)."""
+        if grad is None:
+            return None
         layout = call.cache.get("packed")
         if layout is None:
-            return grad
+            # Sequence-first calls record x batch-first; b follows.
+            return grad.transpose(0, 1) if call.cache.get("seq_first") else grad
         sizes, order, unorder, _, steps = layout
         packed = PackedSequence(grad, sizes, order, unorder)
         return pad_packed_sequence(packed, batch_first=True, total_length=steps)[0]
@@ -105,8 +122,10 @@ class RecurrentRule(LayerRule):
         if not isinstance(output, tuple) or len(output) != 2:
             return
         seq, state = output
-        if isinstance(seq, PackedSequence):
-            seq = call.x.new_zeros(*call.x.shape[:2], seq.data.shape[-1])
+        if isinstance(seq, PackedSequence) or call.cache.get("seq_first"):
+            hidden = seq.data.shape[-1] if isinstance(seq, PackedSequence) else None
+            hidden = hidden if hidden is not None else seq.shape[-1]
+            seq = call.x.new_zeros(*call.x.shape[:2], hidden)  # b's batch-first shape
         if not isinstance(seq, Tensor) or seq.dim() != 3:
             return
         states = state if isinstance(state, tuple) else (state,)

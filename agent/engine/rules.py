@@ -68,7 +68,7 @@ class LayerRule:
         del call, module, inputs, out
 
     def recorded(
-        self, inputs: tuple[Any, ...], output: Any
+        self, module: nn.Module, inputs: tuple[Any, ...], output: Any
     ) -> tuple[Tensor, Tensor] | None:
         """``(x, out)`` to record for a call, or None for the engine's default.
 
@@ -76,10 +76,10 @@ class LayerRule:
         a batch axis; a rule whose module takes other structures (an RNN on a
         ``PackedSequence``) returns batch-first tensors of its own.
         """
-        del inputs, output
+        del module, inputs, output
         return None
 
-    def output_grad(self, call: Any, grad: Tensor) -> Tensor:
+    def output_grad(self, call: Any, grad: Tensor | None) -> Tensor | None:
         """``b`` from the gradient of the recorded output (default: itself)."""
         del call
         return grad

@@ -65,11 +65,16 @@ def _build(
 RNNS = (
     Problem("lstm", _build(nn.LSTM), nn.functional.cross_entropy),
     Problem("gru", _build(nn.GRU), nn.functional.cross_entropy),
-    # h_n read by the head: its gradient is hooked (the rule); sequence-first:
-    # served by the whole-model re-run (no batch axis 0). Same numbers.
+    # h_n read by the head: its gradient is hooked; sequence-first: recorded
+    # batch-first, b transposed. All served by the rule.
     Problem("lstm_h_n", _build(nn.LSTM, hidden=True), nn.functional.cross_entropy),
     Problem(
         "gru_seq_first", _build(nn.GRU, seq_first=True), nn.functional.cross_entropy
+    ),
+    Problem(
+        "lstm_seq_first_h_n",
+        _build(nn.LSTM, hidden=True, seq_first=True),
+        nn.functional.cross_entropy,
     ),
 )
 
@@ -115,7 +120,7 @@ def test_recurrent_rule_serves_batch_first_rnns_with_an_initial_state(
     # the call's own initial state; the state's producer gets its gradient.
     problem = Problem("gru_h0", _with_initial_state, nn.functional.cross_entropy)
     assert_matches_the_loop(problem, name)
-    for rnn in (RNNS[0], RNNS[1], problem):
+    for rnn in (*RNNS, problem):
         model, _, _ = make_on_device(rnn)
         engine = HookEngine(model, list(model.named_parameters()))
         assert engine.coverage["rnn.weight_hh_l1"] == "rnn-rule"
