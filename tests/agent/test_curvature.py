@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import backpack
 import pytest
 import torch
@@ -329,6 +331,31 @@ def test_entry_passes_keep_backpack_io_for_later_backpack_passes(torch_threads):
     assert all(p.grad_batch.shape[0] == x.shape[0] for p in model.parameters())
 
 
+def _reduced(none: torch.Tensor, reduce: str, rows: int) -> torch.Tensor:
+    """Per-element (per-token) losses reduced to a scalar the ways users write it."""
+    if reduce == "mean_of_means":  # per-sample (per-sequence) means, then a mean
+        return none.reshape(rows, -1).mean(1).mean()
+    if reduce == "sum_over_n":
+        return none.sum() / none.numel()
+    return none.mean() if reduce == "mean" else none.sum()
+
+
+def _tic_totals(
+    model: nn.Module, loss_of: Callable[[], torch.Tensor]
+) -> dict[str, float]:
+    """TIC (diagonal and trace) totals of one step whose loss ``loss_of`` builds."""
+    from glasscockpit.agent.instruments import BY_NAME
+
+    names = ("tic_diag", "tic_trace")
+    insts = [BY_NAME[n](schedule=every(1)) for n in names]
+    cockpit = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
+    loss = loss_of()  # the forward pass after the Cockpit: recorded
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    return {n: cockpit.readings[0][n]["total"] for n in names}
+
+
 @pytest.mark.parametrize("reduce", ["mean", "sum", "mean_of_means", "sum_over_n"])
 @pytest.mark.parametrize("tokens", [False, True])
 def test_tic_reads_the_mean_of_per_sample_losses_like_the_mean_loss(
@@ -336,37 +363,24 @@ def test_tic_reads_the_mean_of_per_sample_losses_like_the_mean_loss(
 ):
     # loss = cross_entropy(out, y, reduction="none").mean() is the mean loss:
     # the GGN diagonal (hence TIC) must be the same as for reduction="mean".
-    from glasscockpit.agent.instruments import BY_NAME
-
     def tic(per_sample: bool) -> dict[str, float]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4))
         shape = (6, 3, 5) if tokens else (6, 5)
         x = torch.randn(shape)
-        y = torch.randint(0, 4, shape[:-1])
-        insts = [BY_NAME[n](schedule=every(1)) for n in ("tic_diag", "tic_trace")]
-        cockpit = Cockpit(
-            model, None, server=None, instruments=insts, fail_mode="raise"
-        )
-        out = model(x).reshape(-1, 4)
-        if per_sample:
-            none = nn.functional.cross_entropy(out, y.reshape(-1), reduction="none")
+        y = torch.randint(0, 4, shape[:-1]).reshape(-1)
+
+        def loss_of() -> torch.Tensor:
+            out = model(x).reshape(-1, 4)
+            if not per_sample:
+                kind = "sum" if reduce == "sum" else "mean"
+                return nn.functional.cross_entropy(out, y, reduction=kind)
+            none = nn.functional.cross_entropy(out, y, reduction="none")
             if tokens:  # per sequence, as Alpha wants them: a view of the tokens'
                 none = none.reshape(6, 3)
-            if reduce == "mean_of_means":  # per-sequence token means, then a mean
-                loss = none.reshape(6, -1).mean(1).mean()
-            elif reduce == "sum_over_n":
-                loss = none.sum() / none.numel()
-            else:
-                loss = none.mean() if reduce == "mean" else none.sum()
-        else:
-            kind = "sum" if reduce == "sum" else "mean"
-            loss = nn.functional.cross_entropy(out, y.reshape(-1), reduction=kind)
-        with cockpit.step(0, loss=loss):
-            loss.backward()
-        cockpit.close()
-        got = cockpit.readings[0]
-        return {"diag": got["tic_diag"]["total"], "trace": got["tic_trace"]["total"]}
+            return _reduced(none, reduce, 6)
+
+        return _tic_totals(model, loss_of)
 
     want, got = tic(False), tic(True)
     assert got == pytest.approx(want, rel=1e-6)
@@ -379,34 +393,19 @@ def test_tic_reads_reduced_per_element_squared_errors_like_mse_loss(
     # mse_loss(out, y, reduction="none") reduced per sample and then over the
     # batch (Alpha's per-sample losses) is the mean (or sum) squared error: the
     # same GGN diagonal, hence the same TIC and Hessian trace.
-    from glasscockpit.agent.instruments import BY_NAME
-
     def tic(per_sample: bool) -> dict[str, float]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
         x, y = torch.randn(6, 5), torch.randn(6, 3)
-        names = ("tic_diag", "tic_trace")
-        insts = [BY_NAME[n](schedule=every(1)) for n in names]
-        cockpit = Cockpit(
-            model, None, server=None, instruments=insts, fail_mode="raise"
-        )
-        out = model(x)
-        if per_sample:
-            none = nn.functional.mse_loss(out, y, reduction="none")
-            if reduce == "mean_of_means":
-                loss = none.flatten(1).mean(1).mean()
-            elif reduce == "sum_over_n":
-                loss = none.sum() / none.numel()
-            else:
-                loss = none.mean() if reduce == "mean" else none.sum()
-        else:
-            kind = "sum" if reduce == "sum" else "mean"
-            loss = nn.functional.mse_loss(out, y, reduction=kind)
-        with cockpit.step(0, loss=loss):
-            loss.backward()
-        cockpit.close()
-        got = cockpit.readings[0]
-        return {n: got[n]["total"] for n in names}
+
+        def loss_of() -> torch.Tensor:
+            if not per_sample:
+                kind = "sum" if reduce == "sum" else "mean"
+                return nn.functional.mse_loss(model(x), y, reduction=kind)
+            none = nn.functional.mse_loss(model(x), y, reduction="none")
+            return _reduced(none, reduce, 6)
+
+        return _tic_totals(model, loss_of)
 
     want, got = tic(False), tic(True)
     assert got == pytest.approx(want, rel=1e-6)
