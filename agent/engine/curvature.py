@@ -7,6 +7,12 @@ respect to ``z_n`` factorises as ``S_n S_nᵀ``, the GGN diagonal is
 engine's ``Σ_n ĝ_n²`` rule. For piecewise-linear networks (ReLU, max-pooling) the
 GGN diagonal equals the Hessian diagonal (what BackPACK's ``DiagHessian`` gives).
 
+Elementwise losses (squared error, Huber, smooth L1, binary cross-entropy on
+logits) have a diagonal Hessian in the outputs: one pass per output element,
+carrying the square root of its curvature. Every non-negative weight the loss
+gives a token or element (class weights, masks, a user's weighted reduction)
+scales its factor.
+
 Token-level cross-entropy (logits ``[B, T, V]`` or ``[B, V, T]``, reshaped,
 transposed, sliced or cast between the model and the loss) has one Hessian
 block per token: a pass then carries column ``c`` of token ``t`` of every
@@ -24,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge
 
 from glasscockpit.agent.engine.hooks import EngineError, HookEngine
 from glasscockpit.agent.engine.rules import CONV
@@ -72,22 +79,57 @@ MAX_PASSES = 4096
 MC_DRAWS = 16
 _NLL = ("NllLossBackward0", "NllLoss2DBackward0")
 _MSE = "MseLossBackward0"
+#: Losses of one output element each (mean/sum over elements): their Hessian
+#: w.r.t. the model output is diagonal, ``element_curvature`` gives it.
+_ELEMENTWISE = (
+    _MSE,
+    "BinaryCrossEntropyWithLogitsBackward0",
+    "HuberLossBackward0",
+    "SmoothL1LossBackward0",
+)
 
 
-def _equal_weight(weights: Tensor) -> float:
-    """The one weight every element of a reduced per-element loss carries.
+def element_curvature(fn: Any) -> Tensor:
+    """``∂²ℓ_e/∂z_e²`` of an elementwise loss node, per element of its input ``z``.
 
-    ``mse_loss(..., reduction="none")`` reduced by means and sums weighs every
-    element alike; anything else (masks, unequal weights) has no diagonal of
-    the form ``scale · I`` per sample.
+    Squared error: 2. Binary cross-entropy on logits (``pos_weight`` ``w⁺``,
+    ``weight`` ``w``): ``w·σ(z)(1 − σ(z))·(1 + (w⁺ − 1)·t)``. Huber: 1 where
+    ``|z − y| ≤ δ``, else 0. Smooth L1: ``1/β`` where ``|z − y| ≤ β`` (0 for
+    ``β = 0``, the L1 loss). Not yet reduced (``_saved_reduction``).
     """
-    flat = weights.reshape(-1)
-    if not flat.numel() or not torch.allclose(flat, flat[:1], rtol=1e-5, atol=0.0):
+    name = type(fn).__name__
+    z: Tensor = fn._saved_self.detach()
+    target: Tensor = fn._saved_target.detach()
+    if target.shape != z.shape:
         raise EngineError(
-            "The loss weighs its elements (samples) differently; the GGN "
-            "diagonal of a squared error needs equal weights (a mean or a sum)"
+            f"The loss broadcasts the model output {tuple(z.shape)} against the "
+            f"target {tuple(target.shape)}: its GGN diagonal is not supported"
         )
-    return float(flat[0])
+    if name == _MSE:
+        return torch.full_like(z, 2.0)
+    if name == "BinaryCrossEntropyWithLogitsBackward0":
+        sig = torch.sigmoid(z.double())
+        h = sig * (1.0 - sig)
+        if fn._saved_pos_weight is not None:
+            h = h * (1.0 + (fn._saved_pos_weight.detach().double() - 1.0) * target)
+        if fn._saved_weight is not None:
+            h = h * fn._saved_weight.detach().double()
+        return h.expand(z.shape).to(z.dtype)
+    r = (z - target).abs()
+    if name == "HuberLossBackward0":
+        return (r <= float(fn._saved_delta)).to(z.dtype)
+    beta = float(fn._saved_beta)  # smooth L1
+    return (r <= beta).to(z.dtype) / beta if beta > 0 else torch.zeros_like(z)
+
+
+def _nonnegative(weights: Tensor, what: str) -> Tensor:
+    """``weights``, which must be ≥ 0 for the GGN to factor as ``S Sᵀ``."""
+    if bool((weights < 0).any()) or not bool(weights.isfinite().all()):
+        raise EngineError(
+            f"The loss weighs its {what} with negative or non-finite weights: "
+            "its GGN diagonal is not a sum of squares"
+        )
+    return weights
 
 
 def _only_input(node: Any) -> Any:
@@ -156,6 +198,53 @@ def _unsmooth(node: Any) -> Any:
     return nll
 
 
+#: Nodes linear in their one differentiable input (the other, if any, constant).
+_LINEAR = (
+    _REARRANGE
+    | _REDUCE
+    | {
+        "NegBackward0",
+        "AddBackward0",
+        "SubBackward0",
+        "ExpandBackward0",
+        "MaskedFillBackward0",
+        "GatherBackward0",
+        "IndexBackward0",
+        *_NLL,
+    }
+)
+
+
+def _log_softmax_below(loss: Tensor) -> Any:
+    """The log-softmax node of a loss linear in its output, else None.
+
+    Every node between the loss and the one ``LogSoftmaxBackward0`` must be
+    linear (sums, means, scalings, negation, products with constants such as
+    probability targets, selections), and every path from the loss must end
+    there or at a constant: then ``L = Σ a·log p + const``.
+    """
+    soft: Any = None
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        if name == "LogSoftmaxBackward0":
+            if soft is not None and soft is not node:
+                return None
+            soft = node
+            continue
+        if name not in _LINEAR:
+            return None
+        inputs = [f for f, _ in node.next_functions if f is not None]
+        if name.startswith(("Mul", "Div")) and len(inputs) > 1:
+            return None  # a product of two differentiable factors
+        stack.extend(inputs)
+    return soft
+
+
 def _reaches(loss: Tensor, nodes: list[Any]) -> bool:
     """Whether ``loss``'s graph goes through any of ``nodes``.
 
@@ -217,22 +306,33 @@ class _Loss:
         # scalar by means, sums and scalings (``losses.mean()``, per-sequence means
         # then their mean, ``losses.sum() / n``): the weight of each token.
         token_weight: Tensor | None = None
-        if loss.dim() == 0 and name not in (*_NLL, _MSE):
+        leaves = (*_NLL, *_ELEMENTWISE)
+        if loss.dim() == 0 and name not in leaves:
             chain, inner = _reduction_chain(fn)
             inner = _unsmooth(inner)
             if (
                 chain
-                and type(inner).__name__ in (*_NLL, _MSE)
+                and type(inner).__name__ in leaves
                 and getattr(inner, "_saved_reduction", None) == 0
             ):
                 token_weight = _pull_inputs(chain, torch.ones_like(loss)).detach()
                 fn, reduction = inner, 2
                 name = type(fn).__name__
+        soft = _log_softmax_below(loss) if loss.dim() == 0 else None
+        if soft is not None and name not in _NLL:
+            lower, src = _walk(_only_input(soft), output.grad_fn, "")
+            if src is not None and src is output.grad_fn:
+                self.kind = "ce"
+                self._linear_in_log_softmax(loss, soft, lower)
+                return
         if loss.dim() != 0 or reduction not in (0, 1, 2):
-            raise EngineError("Curvature needs a scalar loss (mean or sum)")
+            raise EngineError(
+                "Curvature needs a scalar loss reduced by a mean or a sum from "
+                "cross_entropy (class-index targets), mse_loss, huber_loss, "
+                "smooth_l1_loss or binary_cross_entropy_with_logits (got "
+                f"{name} with shape {tuple(loss.shape)})"
+            )
         if name in _NLL and fn is not None:
-            if getattr(fn, "_saved_weight", None) is not None:
-                raise EngineError("class weights in cross_entropy are not supported")
             upper, soft = _walk(_only_input(fn), None, "LogSoftmaxBackward0")
             lower, src = (
                 _walk(_only_input(soft), output.grad_fn, "")
@@ -243,23 +343,46 @@ class _Loss:
                 self.kind = "ce"
                 self._ce(fn, soft, upper, lower, reduction, token_weight)
                 return
-        if (
-            name == _MSE
-            and fn is not None
-            and fn.next_functions[0][0] is output.grad_fn
-        ):
-            self.kind = "mse"
-            self.scale = 2.0 / output.numel() if reduction == 1 else 2.0
-            if token_weight is not None:  # per-element squared errors, reduced
-                self.scale = 2.0 * _equal_weight(token_weight)
-            self.count = output[0].numel()
-            return
+        if name in _ELEMENTWISE and fn is not None:
+            lower, src = _walk(fn.next_functions[0][0], output.grad_fn, "")
+            if src is not None and src is output.grad_fn:
+                self.kind = "diagonal"
+                self._diagonal(fn, lower, reduction, token_weight)
+                return
         raise EngineError(
             "Curvature needs loss = cross_entropy(model(x), y) (logits [B, C], "
-            "or token logits [B, T, V] / [B, V, T], possibly reshaped) or "
-            f"mse_loss(model(x), y) computed directly from the model's output (got "
-            f"{name})"
+            "or token logits [B, T, V] / [B, V, T], possibly reshaped), or "
+            "mse_loss, huber_loss, smooth_l1_loss or "
+            "binary_cross_entropy_with_logits of model(x) computed from the "
+            f"model's output (reshaped, sliced or cast at most; got {name})"
         )
+
+    def _diagonal(
+        self, fn: Any, lower: list[Any], reduction: int, token_weight: Tensor | None
+    ) -> None:
+        """An elementwise loss: its Hessian per output element, reduced, pulled.
+
+        Every weight the reduction gives an element (a mean's ``1/N``, a mask,
+        per-element weights of ``reduction="none"`` losses) scales that
+        element's curvature; the pull through reshapes, slices and casts puts
+        each on its output element (0 where an output is not in the loss).
+        """
+        h = element_curvature(fn)
+        if reduction == 1:
+            h = h / max(h.numel(), 1)
+        if token_weight is not None:
+            h = h * _nonnegative(token_weight.reshape(h.shape), "elements").to(h.dtype)
+        out = _pull(lower, h).detach()
+        if out.shape != self.output.shape:
+            raise EngineError(
+                f"The loss's elements {tuple(h.shape)} do not map onto the model "
+                f"output {tuple(self.output.shape)}"
+            )
+        self.h = out.reshape(out.shape[0], -1)  # [B, K]
+        self.scale = 1.0
+        # Output elements outside the loss (all-zero curvature) need no pass.
+        self.columns = [int(k) for k in self.h.ne(0).any(0).nonzero().reshape(-1)]
+        self.count = len(self.columns)
 
     def _ce(
         self,
@@ -278,45 +401,67 @@ class _Loss:
         target = fn._saved_target
         nll_shape = fn._saved_self.shape
         counts = target != ignore
-        scale = 1.0
+        # Each token's weight in the loss: its class weight, over the total
+        # weight for the mean, times what the user's reduction gives it.
+        tok_w = torch.ones(target.shape, dtype=torch.float64, device=target.device)
+        class_weight = getattr(fn, "_saved_weight", None)
+        if class_weight is not None:
+            tok_w = class_weight.detach().double()[target.clamp(min=0)]
+        if reduction == 1:
+            total = float(fn._saved_total_weight.detach())
+            tok_w = tok_w / (total if total > 0 else 1.0)
         if token_weight is not None:  # per-token losses reduced by the user
-            weight_of = token_weight.reshape(target.shape)
-            counts = counts & (weight_of != 0)  # a zero weight masks the token out
-            weights = weight_of[counts]
-            if weights.numel():
-                scale = float(weights[0])
-                if not torch.allclose(weights, weights[:1], rtol=1e-5, atol=0.0):
-                    raise EngineError(
-                        "The loss weighs its tokens (samples) differently; the GGN "
-                        "diagonal needs equal weights (a mean or a sum)"
-                    )
-        counted = counts.unsqueeze(1).expand(nll_shape).to(logp.dtype)
-        # Tokens the loss counts, as a [M] mask in log_softmax's layout.
-        weight = _pull(upper, counted).movedim(dim, -1)
+            tok_w = tok_w * token_weight.reshape(target.shape).double()
+        tok_w = torch.where(counts, _nonnegative(tok_w, "tokens"), 0.0)
+        counts = counts & (tok_w != 0)  # a zero weight masks the token out
+        spread = tok_w.unsqueeze(1).expand(nll_shape).to(logp.dtype)
+        # Every token's weight (0: not counted), as [M] in log_softmax's layout.
+        weight = _pull(upper, spread).movedim(dim, -1)
         self.p = logp.movedim(dim, -1).reshape(-1, logp.shape[dim]).exp()  # [M, C]
         m = self.p.shape[0]
-        counted_tokens = weight.reshape(m, -1)[:, 0] > 0
-        self.scale = (
-            1.0 / max(float(fn._saved_total_weight.detach()), 1.0)
-            if reduction == 1
-            else scale
+        tokens = weight.reshape(m, -1)[:, 0]
+        self._own_tokens(tokens)
+
+    def _linear_in_log_softmax(self, loss: Tensor, soft: Any, lower: list[Any]) -> None:
+        """A loss linear in ``log_softmax(z)`` (soft-label cross-entropy).
+
+        ``L = Σ a·log p + const`` has the Hessian ``−(Σ_c a_c)(diag p − ppᵀ)``
+        per token: its weight is ``−Σ_c a_c`` (``Σ_c t_c / N`` for probability
+        targets), ``a`` the loss's gradient in the log-probabilities.
+        """
+        logp = soft._saved_result.detach()
+        dim = soft._saved_dim % logp.dim()
+        self._lower, self._dim, self._shape = lower, dim, logp.shape
+        (coef,) = torch.autograd.grad(
+            loss, GradientEdge(soft, 0), retain_graph=True, allow_unused=False
         )
+        self.p = logp.movedim(dim, -1).reshape(-1, logp.shape[dim]).exp()  # [M, C]
+        tokens = -coef.detach().movedim(dim, -1).reshape(self.p.shape).sum(1)
+        self._own_tokens(_nonnegative(tokens.double(), "tokens").to(tokens.dtype))
+
+    def _own_tokens(self, tokens: Tensor) -> None:
+        """Token weights [M] (0: not counted) -> factors, owners, passes."""
+        logp_dtype = self.p.dtype
+        m = self.p.shape[0]
+        counted_tokens = tokens > 0
+        self.root_weight = tokens.clamp(min=0).sqrt()[:, None].to(self.p.dtype)
+        self.scale = 1.0
         # Which sample each token belongs to: pull token ids to the output.
-        ids = torch.arange(1, m + 1, dtype=torch.float64, device=logp.device)
-        for dtype in (logp.dtype, self.output.dtype):
+        ids = torch.arange(1, m + 1, dtype=torch.float64, device=self.p.device)
+        for dtype in (logp_dtype, self.output.dtype):
             if not ids.to(dtype).double().equal(ids):
                 raise EngineError(f"{m} tokens: too many to tell apart in {dtype}")
         # Only class 0 carries the id: M entries to scatter, not M·C.
         seed = torch.zeros_like(self.p)
-        seed[:, 0] = ids.to(logp.dtype)
+        seed[:, 0] = ids.to(logp_dtype)
         where = self._to_output(seed)
         b = where.shape[0]
         flat = where.reshape(b, -1).double()
         hit = flat > 0
         tok = flat[hit].long() - 1
-        sample = torch.arange(b, device=logp.device)[:, None].expand_as(flat)[hit]
-        first = torch.full((m,), b, dtype=torch.long, device=logp.device)
-        last = torch.full((m,), -1, dtype=torch.long, device=logp.device)
+        sample = torch.arange(b, device=self.p.device)[:, None].expand_as(flat)[hit]
+        first = torch.full((m,), b, dtype=torch.long, device=self.p.device)
+        last = torch.full((m,), -1, dtype=torch.long, device=self.p.device)
         first.scatter_reduce_(0, tok, sample, "amin")
         last.scatter_reduce_(0, tok, sample, "amax")
         if bool(((last >= 0) & (first != last)).any()):
@@ -352,9 +497,10 @@ class _Loss:
         """
         z = self.output.detach()
         for _ in range(draws):
-            if self.kind == "mse":
+            if self.kind == "diagonal":
                 bits = torch.randint(0, 2, z.shape, generator=gen, device=z.device)
-                yield bits.to(z.dtype) * 2 - 1
+                signs = bits.to(self.h.dtype).reshape(self.h.shape) * 2 - 1
+                yield (signs * self.h.sqrt()).reshape(z.shape).to(z.dtype)
                 continue
             p = self.p
             # Inverse-CDF sampling: ~20× faster than torch.multinomial here.
@@ -364,24 +510,24 @@ class _Loss:
             labels = labels.clamp_max(p.shape[1] - 1)  # [M, 1]
             r = p.clone()
             r.scatter_add_(1, labels, -torch.ones_like(labels, dtype=p.dtype))
-            r *= (self.position >= 0)[:, None].to(p.dtype)
+            r *= (self.position >= 0)[:, None].to(p.dtype) * self.root_weight
             yield self._to_output(r).to(z.dtype)
 
     def passes(self) -> Iterator[Tensor]:
         """Output gradients of the passes (unscaled)."""
         z = self.output.detach()
-        if self.kind == "mse":
-            flat = z.reshape(z.shape[0], -1)
-            for k in range(flat.shape[1]):
-                e = torch.zeros_like(flat)
-                e[:, k] = 1.0
-                yield e.reshape(z.shape)
+        if self.kind == "diagonal":
+            root = self.h.sqrt()
+            for k in self.columns:
+                e = torch.zeros_like(root)
+                e[:, k] = root[:, k]
+                yield e.reshape(z.shape).to(z.dtype)
             return
         p = self.p
         classes = p.shape[1]
         eye = torch.eye(classes, dtype=p.dtype, device=p.device)
         for t in range(self.count // classes):
-            rows = (self.position == t)[:, None].to(p.dtype)
+            rows = (self.position == t)[:, None].to(p.dtype) * self.root_weight
             for c in range(classes):
                 s = rows * p[:, c : c + 1].sqrt() * (eye[c] - p)
                 yield self._to_output(s).to(z.dtype)
@@ -407,6 +553,12 @@ def diag_ggn(
             "computed from one"
         )
     spec = _Loss(loss, output)
+    if spec.count == 0:  # e.g. every Huber residual beyond δ: no curvature at all
+        return {
+            name: torch.zeros_like(layer.module.get_parameter(k)).detach()
+            for layer in engine.layers
+            for k, name in layer.names.items()
+        }
     passes = spec.passes()
     draws = 0
     if spec.count > MAX_PASSES:

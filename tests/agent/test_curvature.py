@@ -411,31 +411,142 @@ def test_tic_reads_reduced_per_element_squared_errors_like_mse_loss(
     assert got == pytest.approx(want, rel=1e-6)
 
 
-def test_tic_refuses_unequally_weighted_squared_errors(torch_threads):
+def _seed(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _onehot(y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.one_hot(y, 3).float()
+
+
+#: Losses whose GGN the engine factors, each with the weights users give them:
+#: (model output, class targets) -> scalar loss. The model is piecewise linear,
+#: so the GGN diagonal is the Hessian diagonal the reference computes.
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "bce": lambda z, y: nn.functional.binary_cross_entropy_with_logits(z, _onehot(y)),
+    "bce_weights": lambda z, y: nn.functional.binary_cross_entropy_with_logits(
+        z,
+        _onehot(y),
+        weight=torch.tensor([0.5, 1.0, 2.0]),
+        pos_weight=torch.tensor([3.0, 1.0, 0.25]),
+        reduction="sum",
+    ),
+    "bce_squeezed": lambda z, y: nn.functional.binary_cross_entropy_with_logits(
+        z[:, 1], (y == 1).float()
+    ),
+    "huber": lambda z, y: nn.functional.huber_loss(z, 2 * _onehot(y), delta=0.7),
+    "smooth_l1": lambda z, y: nn.functional.smooth_l1_loss(z, _onehot(y), beta=0.5),
+    "huber_flat": lambda z, y: nn.functional.huber_loss(z, 9 * _onehot(y), delta=1e-6),
+    "mse_unequal": lambda z, y: (
+        nn.functional.mse_loss(z, _onehot(y), reduction="none")
+        * torch.tensor([1.0, 2.0, 0.5])
+    ).mean(),
+    "ce_soft_targets": lambda z, y: nn.functional.cross_entropy(
+        z, 0.7 * _onehot(y) + 0.1 * torch.rand(len(y), 3, generator=_seed(1))
+    ),
+    "ce_class_weights": lambda z, y: nn.functional.cross_entropy(
+        z, y, weight=torch.tensor([0.2, 1.0, 3.0])
+    ),
+    "ce_unequal": lambda z, y: (
+        (
+            nn.functional.cross_entropy(z, y, reduction="none")
+            * torch.linspace(0.5, 2.0, len(y))
+        ).sum()
+        / 4
+    ),
+    "ce_masked": lambda z, y: (
+        (
+            nn.functional.cross_entropy(z, y, reduction="none")
+            * torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+        ).sum()
+        / 5
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_ggn_of_weighted_and_elementwise_losses_is_exact(kind, torch_threads):
+    # Per-element curvature (BCE with logits, Huber, smooth L1) and any
+    # non-negative weights (class weights, masks, unequal reduction weights) go
+    # into the factors: HessTrace (exact, from the GGN) and TIC match the
+    # explicit Hessian diagonal and per-sample contributions to the gradient.
+    from glasscockpit.agent.instruments import BY_NAME
+
+    loss_fn = LOSSES[kind]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    x, y = torch.randn(7, 5), torch.tensor([0, 1, 2, 1, 0, 2, 1])
+    insts = [HessTrace(schedule=every(1)), BY_NAME["tic_diag"](schedule=every(1))]
+    cockpit = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
+    loss = loss_fn(model(x), y)
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    got = cockpit.readings[0]
+
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    diag = torch.stack(
+        [
+            torch.cat(
+                [
+                    r.reshape(-1)
+                    for r in torch.autograd.grad(flat[k], params, retain_graph=True)
+                ]
+            )[k]
+            for k in range(flat.numel())
+        ]
+    ).double()
+    # Sample n's contribution to the gradient: the loss with the other rows of
+    # the output held constant (every loss term depends on one row).
+    per = []
+    for n in range(len(x)):
+        out = model(x)
+        rows = torch.arange(len(x))[:, None] == n
+        held = torch.where(rows, out, out.detach())
+        per.append(
+            torch.cat(
+                [g.reshape(-1) for g in torch.autograd.grad(loss_fn(held, y), params)]
+            )
+        )
+    contrib = torch.stack(per).double()  # ĝ_n
+    assert got["hess_trace"]["stderr"] is None  # exact: the GGN, not Hutchinson
+    assert got["hess_trace"]["total"] == pytest.approx(
+        float(diag.sum()), rel=1e-4, abs=1e-7
+    )
+    eps = 1e-7 * float(diag.abs().mean())
+    want = float((len(x) * contrib.square().sum(0) / (diag + eps)).sum())
+    if float(diag.abs().max()) == 0.0:  # every residual beyond δ: no curvature
+        assert float(got["hess_trace"]["total"]) == 0.0
+        return
+    assert got["tic_diag"]["total"] == pytest.approx(want, rel=1e-4)
+
+
+def test_tic_refuses_negative_loss_weights_with_the_reason(torch_threads):
     from glasscockpit.agent.instruments import BY_NAME
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    x, y = torch.randn(6, 5), torch.randn(6, 3)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
     inst = BY_NAME["tic_trace"](schedule=every(1))
     cockpit = Cockpit(model, None, server=None, instruments=[inst])
-    none = nn.functional.mse_loss(model(x), y, reduction="none")
-    loss = (none * torch.tensor([1.0, 2.0, 1.0])).mean()
+    none = nn.functional.cross_entropy(model(x), y, reduction="none")
+    loss = (none * torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0, 1.0])).mean()
     with cockpit.step(0, loss=loss):
         loss.backward()
     cockpit.close()
     frames = cockpit.transport.frames  # type: ignore[attr-defined]
     errors = [f.errors.get("tic_trace") for f in frames if hasattr(f, "errors")]
     assert cockpit.readings[0]["tic_trace"] is None
-    assert any("weighs its elements" in (e or "") for e in errors)
+    assert any("negative or non-finite weights" in (e or "") for e in errors)
 
 
-def test_tic_refuses_unequal_token_weights_and_masks_zero_weights(torch_threads):
-    # A zero weight leaves a token out (like ignore_index); unequal non-zero
-    # weights are not a mean or a sum: undefined with the reason, not wrong.
+def test_tic_masks_zero_weights_like_ignore_index(torch_threads):
+    # A zero weight leaves a token out, as ignore_index does.
     from glasscockpit.agent.instruments import BY_NAME
 
-    def run(weights: torch.Tensor, ignore: bool) -> tuple[object, dict]:
+    def run(weights: torch.Tensor, ignore: bool) -> object:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4))
         x, y = torch.randn(6, 5), torch.randint(0, 4, (6,))
@@ -448,18 +559,12 @@ def test_tic_refuses_unequal_token_weights_and_masks_zero_weights(torch_threads)
         with cockpit.step(0, loss=loss):
             loss.backward()
         cockpit.close()
-        frames = cockpit.transport.frames  # type: ignore[attr-defined]
-        errors = [f.errors.get("tic_trace") for f in frames if hasattr(f, "errors")]
-        return cockpit.readings[0]["tic_trace"], {"errors": errors}
+        return cockpit.readings[0]["tic_trace"]
 
     mask = torch.tensor([1.0, 0, 1, 1, 0, 1])
-    masked, _ = run(mask, ignore=False)
-    ignored, _ = run(mask, ignore=True)
-    assert masked is not None
+    masked, ignored = run(mask, ignore=False), run(mask, ignore=True)
+    assert masked is not None and ignored is not None
     assert masked["total"] == pytest.approx(ignored["total"], rel=1e-6)
-    unequal, info = run(torch.tensor([1.0, 2, 1, 1, 1, 1]), ignore=False)
-    assert unequal is None
-    assert any("weighs its tokens" in (e or "") for e in info["errors"])
 
 
 @pytest.mark.parametrize("problem", ["linear", "mlp", "cnn", "conv1d", "mse"], ids=str)
@@ -492,3 +597,25 @@ def test_hess_trace_samples_where_the_ggn_is_not_the_hessian(torch_threads):
     bn = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     assert "train mode" in (not_piecewise_linear(bn) or "")
     assert not_piecewise_linear(bn.eval()) is None
+
+
+def test_tic_names_a_loss_it_cannot_factor(torch_threads):
+    # A focal-style loss is not linear in log-softmax: TIC is undefined with
+    # the reason, HessTrace falls back to Hutchinson.
+    from glasscockpit.agent.instruments import BY_NAME
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    insts = [BY_NAME["tic_diag"](schedule=every(1)), HessTrace(schedule=every(1))]
+    cockpit = Cockpit(model, None, server=None, instruments=insts)
+    logp = nn.functional.log_softmax(model(x), 1).gather(1, y[:, None])
+    loss = (-((1 - logp.exp()) ** 2) * logp).mean()
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    frames = cockpit.transport.frames  # type: ignore[attr-defined]
+    errors = [f.errors.get("tic_diag") for f in frames if hasattr(f, "errors")]
+    assert cockpit.readings[0]["tic_diag"] is None
+    assert any("Curvature needs" in (e or "") for e in errors)
+    assert cockpit.readings[0]["hess_trace"]["stderr"] is not None
