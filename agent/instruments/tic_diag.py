@@ -17,7 +17,7 @@ from glasscockpit.protocol import Kind, PanelSpec
 class TICDiag(Instrument):
     """``Σ_j (Σ_n g_nj² / B) / (h_j + ε)`` with ``h`` the exact GGN diagonal.
 
-    For ReLU/max-pool networks with cross-entropy or MSE the GGN diagonal equals
+    For ReLU/max-pool networks (any supported loss) the GGN diagonal equals
     Cockpit's default Hessian diagonal; elsewhere it is its positive
     semi-definite counterpart (Cockpit's ``curvature="diag_ggn_exact"``).
 
