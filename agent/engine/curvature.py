@@ -210,9 +210,12 @@ _LINEAR = (
         "MaskedFillBackward0",
         "GatherBackward0",
         "IndexBackward0",
+        "KlDivBackward0",  # Σ t·(log t − input): linear in its input
         *_NLL,
     }
 )
+#: Linear in each of several differentiable inputs.
+_SUMS = frozenset({"AddBackward0", "SubBackward0"})
 
 
 def _log_softmax_below(loss: Tensor) -> Any:
@@ -220,8 +223,9 @@ def _log_softmax_below(loss: Tensor) -> Any:
 
     Every node between the loss and the one ``LogSoftmaxBackward0`` must be
     linear (sums, means, scalings, negation, products with constants such as
-    probability targets, selections), and every path from the loss must end
-    there or at a constant: then ``L = Σ a·log p + const``.
+    probability targets, selections, ``kl_div`` against fixed targets), and
+    every path from the loss must end there or at a constant: then
+    ``L = Σ a·log p + const``.
     """
     soft: Any = None
     stack, seen = [loss.grad_fn], set()
@@ -239,8 +243,8 @@ def _log_softmax_below(loss: Tensor) -> Any:
         if name not in _LINEAR:
             return None
         inputs = [f for f, _ in node.next_functions if f is not None]
-        if name.startswith(("Mul", "Div")) and len(inputs) > 1:
-            return None  # a product of two differentiable factors
+        if len(inputs) > 1 and name not in _SUMS:
+            return None  # e.g. a product of two differentiable factors
         stack.extend(inputs)
     return soft
 

@@ -444,6 +444,11 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "ce_soft_targets": lambda z, y: nn.functional.cross_entropy(
         z, 0.7 * _onehot(y) + 0.1 * torch.rand(len(y), 3, generator=_seed(1))
     ),
+    "kl_distillation": lambda z, y: nn.functional.kl_div(
+        nn.functional.log_softmax(z, 1),
+        (0.6 * _onehot(y) + torch.rand(len(y), 3, generator=_seed(2))).softmax(1),
+        reduction="batchmean",
+    ),
     "ce_class_weights": lambda z, y: nn.functional.cross_entropy(
         z, y, weight=torch.tensor([0.2, 1.0, 3.0])
     ),
