@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.budget import OverheadBudget
 from glasscockpit.agent.config import AgentConfig, ingest_url
-from glasscockpit.agent.curvature import keep_backpack_io
+from glasscockpit.agent.curvature import backpack_diag_hessian, keep_backpack_io
 from glasscockpit.agent.engine import HookEngine, mixes_samples
 from glasscockpit.agent.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
 from glasscockpit.agent.instruments import Instrument, resolve
@@ -258,6 +258,24 @@ class Cockpit(StepPhases):
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- the training-loop API ------------------------------------------------
+    def _diag_hessian_for_later(
+        self, ctx: StepContext, due: Sequence[Instrument]
+    ) -> None:
+        """BackPACK's Hessian diagonal for instruments that read it after backward.
+
+        Only before the user's backward is the loss graph there to differentiate
+        (TIC with ``curvature="hessian"``); shared through the step's cache with
+        ``HessTrace``, which computes it itself in its own phase.
+        """
+        if ctx.loss is None or "diag_hessian" in ctx.cache:
+            return
+        if any(
+            Need.DIAG_HESSIAN in i.needs and i.phase is not Phase.BEFORE_BACKWARD
+            for i in due
+        ):
+            params = [p for _, p in self.params]
+            ctx.cache["diag_hessian"] = backpack_diag_hessian(ctx.loss, params)
+
     @contextlib.contextmanager
     def step(
         self,
@@ -320,6 +338,7 @@ class Cockpit(StepPhases):
                 results = self._run_phase(
                     Phase.BEFORE_BACKWARD, ctx, due, pending, errors
                 )
+                self._diag_hessian_for_later(ctx, due)
             if self.engine is not None:
                 # Our entry passes went through the recorded outputs' hooks; the
                 # user's backward must be the one they keep.

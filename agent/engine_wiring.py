@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from glasscockpit.agent.budget import OverheadBudget
+from glasscockpit.agent.curvature import keep_backpack_io
 from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
 from glasscockpit.agent.grad_scale import GradScale, current
 from glasscockpit.agent.instruments import Instrument
@@ -132,7 +133,8 @@ class EngineWiring:
                     raise EngineError(
                         "Curvature instruments need cockpit.step(loss=...)"
                     )
-                ggn = diag_ggn(engine, loss, notes)
+                with keep_backpack_io():  # an extended model's IO stays
+                    ggn = diag_ggn(engine, loss, notes)
             except Exception as exc:  # noqa: BLE001 - the TIC instruments report it
                 ggn = exc
         if self._budget is not None:

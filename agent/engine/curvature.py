@@ -36,10 +36,13 @@ from glasscockpit.agent.engine.hooks import EngineError, HookEngine
 from glasscockpit.agent.engine.rules import CONV
 from glasscockpit.agent.engine.stats import StepStats
 
+#: Identity nodes of full backward hooks (``backpack.extend``-ed modules, also
+#: the loss module): passed through without being called.
+_IDENTITY = frozenset({"BackwardHookFunctionBackward"})
 #: Autograd nodes that only move, select or cast elements: between the model's
 #: output and cross_entropy's log_softmax (``logits.reshape(-1, V)``, a
 #: transpose, ``logits.float()``) they keep one output element per logit.
-_REARRANGE = frozenset(
+_REARRANGE = _IDENTITY | frozenset(
     {
         "ViewBackward0",
         "UnsafeViewBackward0",
@@ -140,6 +143,8 @@ def _only_input(node: Any) -> Any:
 def _pull(nodes: list[Any], grad: Tensor) -> Tensor:
     """Backpropagate ``grad`` through a chain of element-rearranging nodes."""
     for node in nodes:
+        if type(node).__name__ in _IDENTITY:
+            continue
         out = node(grad)
         grad = out[0] if isinstance(out, tuple) else out
     return grad
@@ -283,6 +288,8 @@ def _reduction_chain(node: Any) -> tuple[list[Any], Any]:
 def _pull_inputs(nodes: list[Any], grad: Tensor) -> Tensor:
     """Like ``_pull``, following each node's one differentiable input."""
     for node in nodes:
+        if type(node).__name__ in _IDENTITY:
+            continue
         out = node(grad)
         if not isinstance(out, tuple):
             grad = out
@@ -303,7 +310,10 @@ class _Loss:
 
     def __init__(self, loss: Tensor, output: Tensor) -> None:
         self.output = output
-        fn = _unsmooth(loss.grad_fn)
+        fn = loss.grad_fn
+        while type(fn).__name__ in _IDENTITY and _only_input(fn) is not None:
+            fn = _only_input(fn)  # an extended loss module's backward hook
+        fn = _unsmooth(fn)
         name = type(fn).__name__
         reduction = getattr(fn, "_saved_reduction", None)
         # Per-token losses (``cross_entropy(..., reduction="none")``) reduced to the

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from torch import nn
 from typing_extensions import override
 
 from glasscockpit.agent.instruments.base import (
@@ -15,6 +16,7 @@ from glasscockpit.agent.instruments.base import (
     Reading,
     total,
 )
+from glasscockpit.agent.instruments.tic_diag import Curvature, TICCurvature
 from glasscockpit.agent.needs import Need
 from glasscockpit.agent.schedules import Schedule
 from glasscockpit.agent.step import StepView
@@ -22,11 +24,15 @@ from glasscockpit.protocol import Kind, PanelSpec
 
 
 class TICTrace(Instrument):
-    """``(Σ_n ‖g_n‖² / B) / (tr h + ε)`` with ``h`` the exact GGN diagonal.
+    """``(Σ_n ‖g_n‖² / B) / (tr h + ε)`` with ``h`` an exact curvature diagonal.
+
+    ``h`` as in ``TICDiag``: the GGN diagonal, or with ``curvature="hessian"``
+    the Hessian diagonal (``TICCurvature``).
 
     Args:
         epsilon: regulariser of ``tr h``; with ``relative=True`` (default) scaled
             by ``Σ_j |h_j|``. ``relative=False, epsilon=1e-7`` is Cockpit's.
+        curvature: "ggn" (default) or "hessian".
     """
 
     name = "tic_trace"
@@ -49,9 +55,15 @@ class TICTrace(Instrument):
         *,
         epsilon: float = 1e-7,
         relative: bool = True,
+        curvature: Curvature = "ggn",
     ) -> None:
         super().__init__(schedule, label)
         self.epsilon, self.relative = epsilon, relative
+        self.curvature = TICCurvature(curvature)
+
+    @override
+    def on_model(self, model: nn.Module) -> None:
+        self.needs = self.curvature.needs_for(model, type(self).needs)  # type: ignore[misc]
 
     def _ratio(
         self, num: torch.Tensor, tr: torch.Tensor, abs_tr: torch.Tensor
@@ -66,7 +78,7 @@ class TICTrace(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": TIC, name: TIC of that parameter alone}."""
-        b, h = step.sample_count(), step.diag_ggn()
+        b, h = step.sample_count(), self.curvature.diagonal(step)
         num = {
             n: v.double().sum() / b
             for n, v in step.sum_grad_squared().items()

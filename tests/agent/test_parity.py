@@ -101,3 +101,64 @@ def test_same_numbers_as_cockpit(problem: Problem, torch_threads: None) -> None:
         else:
             rtol = 1e-3 if key in ("MeanGSNR", "EarlyStopping") else 1e-4
             assert mine["total"] == pytest.approx(float(orig), rel=rtol), key
+
+
+def _tanh_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = nn.Sequential(nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 5))
+    return model, torch.randn(8, 10), torch.randint(0, 5, (8,))
+
+
+TANH = Problem("tanh-mlp", _tanh_mlp, nn.functional.cross_entropy)
+
+
+def test_tic_with_hessian_curvature_matches_cockpit_on_a_smooth_net(
+    torch_threads: None,
+) -> None:
+    # Cockpit's TIC divides by BackPACK's Hessian diagonal (diag_h); on a tanh
+    # net it differs from the GGN (our default), and curvature="hessian" reads
+    # the same diagonal on an extended model and loss module.
+    theirs = run_original(TANH)
+    model, x, y = TANH.make()
+    model = backpack.extend(model)
+    lossfunc = backpack.extend(nn.CrossEntropyLoss())
+    kw = {"epsilon": 1e-7, "relative": False}
+    insts = [
+        TICDiag(schedule=always, curvature="hessian", **kw),
+        TICTrace(schedule=always, curvature="hessian", **kw),
+        TICDiag(schedule=always, label="ggn", **kw),
+    ]
+    ck = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
+    loss = lossfunc(model(x), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BackPACK's hook on the first layer
+        with ck.step(0, loss=loss):
+            loss.backward()
+    ck.close()
+    ours = ck.readings[0]
+    for key, name in (("TICDiag", "tic_diag"), ("TICTrace", "tic_trace")):
+        assert ours[name]["total"] == pytest.approx(float(theirs[key]), rel=1e-4)
+    ggn = ours["tic_diag:ggn"]["total"]
+    assert abs(ggn - float(theirs["TICDiag"])) > 1e-3 * abs(ggn)  # a deviation
+
+
+def test_tic_hessian_curvature_without_backpack_is_undefined_with_the_reason(
+    torch_threads: None,
+) -> None:
+    model, x, y = TANH.make()
+    inst = TICDiag(schedule=always, curvature="hessian")
+    ck = Cockpit(model, None, server=None, instruments=[inst])
+    loss = nn.functional.cross_entropy(model(x), y)
+    with ck.step(0, loss=loss):
+        loss.backward()
+    ck.close()
+    frames = ck.transport.frames  # type: ignore[attr-defined]
+    errors = [f.errors.get("tic_diag") for f in frames if hasattr(f, "errors")]
+    assert ck.readings[0]["tic_diag"] is None
+    assert any("backpack.extend" in (e or "") for e in errors)
+
+
+def test_tic_accepts_cockpits_curvature_names() -> None:
+    assert TICDiag(curvature="diag_h").curvature.curvature == "hessian"
+    assert TICTrace(curvature="diag_ggn_exact").curvature.curvature == "ggn"
+    with pytest.raises(ValueError, match="diag_ggn_mc"):
+        TICDiag(curvature="diag_ggn_mc")  # type: ignore[arg-type]
