@@ -27,10 +27,11 @@ class TICCurvature:
     ``"ggn"`` (default; Cockpit's ``"diag_ggn_exact"``): the exact GGN diagonal
     from the hook engine, positive semi-definite, for any model the engine
     covers. ``"hessian"`` (Cockpit's default ``"diag_h"``): the exact Hessian
-    diagonal, the GGN diagonal where the two are equal (piecewise-linear
-    ``nn.Sequential`` models), else BackPACK's ``DiagHessian`` (the model and the loss module ``backpack.extend``-ed before
-    the forward pass, every layer second-order supported), computed before the
-    user's backward. Its entries can be negative (terms of either sign).
+    diagonal; the GGN diagonal where the two are equal (piecewise-linear
+    ``nn.Sequential`` models), else BackPACK's ``DiagHessian`` (the model and
+    the loss module ``backpack.extend``-ed before the forward pass, every layer
+    second-order supported), computed before the user's backward. Its entries
+    can be negative (terms of either sign).
     """
 
     def __init__(self, curvature: Curvature) -> None:
