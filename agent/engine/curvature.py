@@ -25,6 +25,7 @@ The passes must run before the user's ``loss.backward()`` frees the graph.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,21 +141,36 @@ def _only_input(node: Any) -> Any:
     return nexts[0] if len(nexts) == 1 else None
 
 
-def _pull(nodes: list[Any], grad: Tensor) -> Tensor:
-    """Backpropagate ``grad`` through a chain of element-rearranging nodes."""
+#: Products with a constant (a softmax temperature, ``logits * c``): between
+#: the model's output and the loss they scale elements, one to one.
+_SCALE = frozenset({"MulBackward0", "MulBackward1", "DivBackward0", "DivBackward1"})
+
+
+def _pull(nodes: list[Any], grad: Tensor, skip: frozenset[str] = _IDENTITY) -> Tensor:
+    """Backpropagate ``grad`` through a chain of one-input nodes (``skip``: not)."""
     for node in nodes:
-        if type(node).__name__ in _IDENTITY:
+        if type(node).__name__ in skip:
             continue
         out = node(grad)
-        grad = out[0] if isinstance(out, tuple) else out
+        if not isinstance(out, tuple):
+            grad = out
+            continue
+        slot = [i for i, (f, _) in enumerate(node.next_functions) if f is not None]
+        grad = out[slot[0]]
     return grad
 
 
-def _walk(node: Any, stop: Any, until: str) -> tuple[list[Any], Any]:
-    """Rearranging nodes from ``node`` down to ``stop`` or a node named ``until``."""
+def _walk(
+    node: Any, stop: Any, until: str, scale: bool = False
+) -> tuple[list[Any], Any]:
+    """Rearranging nodes from ``node`` down to ``stop`` or a node named ``until``.
+
+    With ``scale``, products with constants are taken too (``_SCALE``).
+    """
     chain: list[Any] = []
+    allowed = _REARRANGE | _SCALE if scale else _REARRANGE
     while node is not None and node is not stop and type(node).__name__ != until:
-        if type(node).__name__ not in _REARRANGE or _only_input(node) is None:
+        if type(node).__name__ not in allowed or _only_input(node) is None:
             return chain, None
         chain.append(node)
         node = _only_input(node)
@@ -223,16 +239,18 @@ _LINEAR = (
 _SUMS = frozenset({"AddBackward0", "SubBackward0"})
 
 
-def _log_softmax_below(loss: Tensor) -> Any:
-    """The log-softmax node of a loss linear in its output, else None.
+def _log_softmax_below(loss: Tensor) -> list[Any] | None:
+    """The log-softmax nodes of a loss linear in them, else None.
 
-    Every node between the loss and the one ``LogSoftmaxBackward0`` must be
+    Every node between the loss and the ``LogSoftmaxBackward0`` nodes must be
     linear (sums, means, scalings, negation, products with constants such as
     probability targets, selections, ``kl_div`` against fixed targets), and
     every path from the loss must end there or at a constant: then
-    ``L = Σ a·log p + const``.
+    ``L = Σ a·log p + const``. Several log-softmaxes of one tensor along one
+    dimension (mixup as ``λ·CE(z, y_a) + (1 − λ)·CE(z, y_b)``) are the same
+    ``log p``.
     """
-    soft: Any = None
+    softs: list[Any] = []
     stack, seen = [loss.grad_fn], set()
     while stack:
         node = stack.pop()
@@ -241,9 +259,7 @@ def _log_softmax_below(loss: Tensor) -> Any:
         seen.add(node)
         name = type(node).__name__
         if name == "LogSoftmaxBackward0":
-            if soft is not None and soft is not node:
-                return None
-            soft = node
+            softs.append(node)
             continue
         if name not in _LINEAR:
             return None
@@ -251,7 +267,18 @@ def _log_softmax_below(loss: Tensor) -> Any:
         if len(inputs) > 1 and name not in _SUMS:
             return None  # e.g. a product of two differentiable factors
         stack.extend(inputs)
-    return soft
+    if not softs:
+        return None
+    first = softs[0]
+    ndim = first._saved_result.dim()
+    for soft in softs[1:]:
+        if (
+            _only_input(soft) is not _only_input(first)
+            or soft._saved_dim % ndim != first._saved_dim % ndim
+            or soft._saved_result.shape != first._saved_result.shape
+        ):
+            return None
+    return softs
 
 
 def _reaches(loss: Tensor, nodes: list[Any]) -> bool:
@@ -332,12 +359,12 @@ class _Loss:
                 token_weight = _pull_inputs(chain, torch.ones_like(loss)).detach()
                 fn, reduction = inner, 2
                 name = type(fn).__name__
-        soft = _log_softmax_below(loss) if loss.dim() == 0 else None
-        if soft is not None and name not in _NLL:
-            lower, src = _walk(_only_input(soft), output.grad_fn, "")
+        softs = _log_softmax_below(loss) if loss.dim() == 0 else None
+        if softs is not None and name not in _NLL:
+            lower, src = _walk(_only_input(softs[0]), output.grad_fn, "", True)
             if src is not None and src is output.grad_fn:
                 self.kind = "ce"
-                self._linear_in_log_softmax(loss, soft, lower)
+                self._linear_in_log_softmax(loss, softs, lower)
                 return
         if loss.dim() != 0 or reduction not in (0, 1, 2):
             raise EngineError(
@@ -349,7 +376,7 @@ class _Loss:
         if name in _NLL and fn is not None:
             upper, soft = _walk(_only_input(fn), None, "LogSoftmaxBackward0")
             lower, src = (
-                _walk(_only_input(soft), output.grad_fn, "")
+                _walk(_only_input(soft), output.grad_fn, "", True)
                 if soft is not None
                 else ([], None)
             )
@@ -358,7 +385,7 @@ class _Loss:
                 self._ce(fn, soft, upper, lower, reduction, token_weight)
                 return
         if name in _ELEMENTWISE and fn is not None:
-            lower, src = _walk(fn.next_functions[0][0], output.grad_fn, "")
+            lower, src = _walk(fn.next_functions[0][0], output.grad_fn, "", True)
             if src is not None and src is output.grad_fn:
                 self.kind = "diagonal"
                 self._diagonal(fn, lower, reduction, token_weight)
@@ -378,15 +405,19 @@ class _Loss:
 
         Every weight the reduction gives an element (a mean's ``1/N``, a mask,
         per-element weights of ``reduction="none"`` losses) scales that
-        element's curvature; the pull through reshapes, slices and casts puts
-        each on its output element (0 where an output is not in the loss).
+        element's curvature; the pull through reshapes, slices, casts and
+        products with constants puts each on its output element (0 where an
+        output is not in the loss).
         """
         h = element_curvature(fn)
         if reduction == 1:
             h = h / max(h.numel(), 1)
         if token_weight is not None:
             h = h * _nonnegative(token_weight.reshape(h.shape), "elements").to(h.dtype)
-        out = _pull(lower, h).detach()
+        # Square roots are the factors; pulled like gradients (a product with a
+        # constant c scales the curvature by c²), then squared.
+        root = _pull(lower, _nonnegative(h, "elements").sqrt()).detach()
+        out = root.square()
         if out.shape != self.output.shape:
             raise EngineError(
                 f"The loss's elements {tuple(h.shape)} do not map onto the model "
@@ -436,19 +467,22 @@ class _Loss:
         tokens = weight.reshape(m, -1)[:, 0]
         self._own_tokens(tokens)
 
-    def _linear_in_log_softmax(self, loss: Tensor, soft: Any, lower: list[Any]) -> None:
+    def _linear_in_log_softmax(
+        self, loss: Tensor, softs: list[Any], lower: list[Any]
+    ) -> None:
         """A loss linear in ``log_softmax(z)`` (soft-label cross-entropy).
 
         ``L = Σ a·log p + const`` has the Hessian ``−(Σ_c a_c)(diag p − ppᵀ)``
         per token: its weight is ``−Σ_c a_c`` (``Σ_c t_c / N`` for probability
-        targets), ``a`` the loss's gradient in the log-probabilities.
+        targets), ``a`` the loss's gradient in the log-probabilities (summed
+        over the log-softmax nodes of ``z``).
         """
-        logp = soft._saved_result.detach()
-        dim = soft._saved_dim % logp.dim()
+        logp = softs[0]._saved_result.detach()
+        dim = softs[0]._saved_dim % logp.dim()
         self._lower, self._dim, self._shape = lower, dim, logp.shape
-        (coef,) = torch.autograd.grad(
-            loss, GradientEdge(soft, 0), retain_graph=True, allow_unused=False
-        )
+        edges = [GradientEdge(soft, 0) for soft in softs]
+        coefs = torch.autograd.grad(loss, edges, retain_graph=True)
+        coef = functools.reduce(torch.add, coefs)
         self.p = logp.movedim(dim, -1).reshape(-1, logp.shape[dim]).exp()  # [M, C]
         tokens = -coef.detach().movedim(dim, -1).reshape(self.p.shape).sum(1)
         self._own_tokens(_nonnegative(tokens.double(), "tokens").to(tokens.dtype))
@@ -468,7 +502,7 @@ class _Loss:
         # Only class 0 carries the id: M entries to scatter, not M·C.
         seed = torch.zeros_like(self.p)
         seed[:, 0] = ids.to(logp_dtype)
-        where = self._to_output(seed)
+        where = self._to_output(seed, ids=True)
         b = where.shape[0]
         flat = where.reshape(b, -1).double()
         hit = flat > 0
@@ -494,10 +528,14 @@ class _Loss:
         self.position = position
         self.count = (int(position.max()) + 1) * self.p.shape[1]
 
-    def _to_output(self, s: Tensor) -> Tensor:
-        """``s`` [M, C] in log_softmax's layout -> a gradient of the model output."""
+    def _to_output(self, s: Tensor, ids: bool = False) -> Tensor:
+        """``s`` [M, C] in log_softmax's layout -> a gradient of the model output.
+
+        ``ids``: values to move, not to scale (token ids): scalings are skipped.
+        """
         moved = s.reshape(*self._shape[: self._dim], *self._shape[self._dim + 1 :], -1)
-        return _pull(self._lower, moved.movedim(-1, self._dim))
+        skip = _IDENTITY | _SCALE if ids else _IDENTITY
+        return _pull(self._lower, moved.movedim(-1, self._dim), skip)
 
     def sampled(self, draws: int, gen: torch.Generator) -> Iterator[Tensor]:
         """Output gradients ``r`` with ``E[r rᵀ]`` = the loss Hessian (unscaled).

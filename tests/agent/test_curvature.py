@@ -449,6 +449,22 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
         (0.6 * _onehot(y) + torch.rand(len(y), 3, generator=_seed(2))).softmax(1),
         reduction="batchmean",
     ),
+    "ce_mixup_two_calls": lambda z, y: (
+        0.7 * nn.functional.cross_entropy(z, y)
+        + 0.3 * nn.functional.cross_entropy(z, y.roll(1))
+    ),
+    "ce_temperature": lambda z, y: nn.functional.cross_entropy(z / 1.7, y),
+    "kl_temperature": lambda z, y: (
+        4.0
+        * nn.functional.kl_div(
+            nn.functional.log_softmax(z / 2.0, 1),
+            (0.6 * _onehot(y) + torch.rand(len(y), 3, generator=_seed(3))).softmax(1),
+            reduction="batchmean",
+        )
+    ),
+    "bce_scaled": lambda z, y: nn.functional.binary_cross_entropy_with_logits(
+        2.5 * z, _onehot(y)
+    ),
     "ce_class_weights": lambda z, y: nn.functional.cross_entropy(
         z, y, weight=torch.tensor([0.2, 1.0, 3.0])
     ),
