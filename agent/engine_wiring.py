@@ -166,5 +166,5 @@ class EngineWiring:
             return result
 
         data = StepData(stats, ggn)
-        data.ggn_note = notes[0] if notes else None
+        data.ggn_note = "; ".join(notes) if notes else None
         return data

@@ -337,6 +337,13 @@ class _Loss:
 
     def __init__(self, loss: Tensor, output: Tensor) -> None:
         self.output = output
+        #: Where the passes start and a tensor of that shape: the model output,
+        #: or the logits inside it when the model ends with its log-softmax.
+        self.start: Tensor | GradientEdge = output
+        self.like = output.detach()
+        #: Set when the split of model and loss is not where the Hessian
+        #: diagonal equals the GGN's even for piecewise-linear models.
+        self.note: str | None = None
         fn = loss.grad_fn
         while type(fn).__name__ in _IDENTITY and _only_input(fn) is not None:
             fn = _only_input(fn)  # an extended loss module's backward hook
@@ -361,7 +368,7 @@ class _Loss:
                 name = type(fn).__name__
         softs = _log_softmax_below(loss) if loss.dim() == 0 else None
         if softs is not None and name not in _NLL:
-            lower, src = _walk(_only_input(softs[0]), output.grad_fn, "", True)
+            lower, src = self._below(softs[0], output)
             if src is not None and src is output.grad_fn:
                 self.kind = "ce"
                 self._linear_in_log_softmax(loss, softs, lower)
@@ -375,11 +382,7 @@ class _Loss:
             )
         if name in _NLL and fn is not None:
             upper, soft = _walk(_only_input(fn), None, "LogSoftmaxBackward0")
-            lower, src = (
-                _walk(_only_input(soft), output.grad_fn, "", True)
-                if soft is not None
-                else ([], None)
-            )
+            lower, src = self._below(soft, output) if soft is not None else ([], None)
             if src is not None and src is output.grad_fn:
                 self.kind = "ce"
                 self._ce(fn, soft, upper, lower, reduction, token_weight)
@@ -387,6 +390,11 @@ class _Loss:
         if name in _ELEMENTWISE and fn is not None:
             lower, src = _walk(fn.next_functions[0][0], output.grad_fn, "", True)
             if src is not None and src is output.grad_fn:
+                if type(output.grad_fn).__name__ == "LogSoftmaxBackward0":
+                    self.note = (
+                        "GGN of the model's log-probabilities (the loss is not "
+                        "linear in them): not its Hessian diagonal"
+                    )
                 self.kind = "diagonal"
                 self._diagonal(fn, lower, reduction, token_weight)
                 return
@@ -397,6 +405,21 @@ class _Loss:
             "binary_cross_entropy_with_logits of model(x) computed from the "
             f"model's output (reshaped, sliced or cast at most; got {name})"
         )
+
+    def _below(self, soft: Any, output: Tensor) -> tuple[list[Any], Any]:
+        """The nodes from ``soft``'s input down to the output, and the output's node.
+
+        A model that ends with its log-softmax (``nn.LogSoftmax`` then
+        ``nll_loss``): the passes start at the logits inside it instead, so the
+        log-softmax belongs to the loss as in ``cross_entropy``.
+        """
+        _, found = _walk(output.grad_fn, soft, "")
+        if found is soft:  # the output is (a rearrangement of) log p
+            z_node, z_nr = soft.next_functions[0]
+            self.start = GradientEdge(z_node, z_nr)
+            self.like = soft._saved_result.detach()  # the logits' shape and dtype
+            return [], output.grad_fn
+        return _walk(_only_input(soft), output.grad_fn, "", True)
 
     def _diagonal(
         self, fn: Any, lower: list[Any], reduction: int, token_weight: Tensor | None
@@ -496,7 +519,7 @@ class _Loss:
         self.scale = 1.0
         # Which sample each token belongs to: pull token ids to the output.
         ids = torch.arange(1, m + 1, dtype=torch.float64, device=self.p.device)
-        for dtype in (logp_dtype, self.output.dtype):
+        for dtype in (logp_dtype, self.like.dtype):
             if not ids.to(dtype).double().equal(ids):
                 raise EngineError(f"{m} tokens: too many to tell apart in {dtype}")
         # Only class 0 carries the id: M entries to scatter, not M·C.
@@ -547,7 +570,7 @@ class _Loss:
         pass seeds every token: the mean of ``Σ_n ĝ_n²`` over draws is an
         unbiased estimate of the GGN diagonal.
         """
-        z = self.output.detach()
+        z = self.like
         for _ in range(draws):
             if self.kind == "diagonal":
                 bits = torch.randint(0, 2, z.shape, generator=gen, device=z.device)
@@ -567,7 +590,7 @@ class _Loss:
 
     def passes(self) -> Iterator[Tensor]:
         """Output gradients of the passes (unscaled)."""
-        z = self.output.detach()
+        z = self.like
         if self.kind == "diagonal":
             root = self.h.sqrt()
             for k in self.columns:
@@ -605,6 +628,8 @@ def diag_ggn(
             "computed from one"
         )
     spec = _Loss(loss, output)
+    if spec.note is not None and notes is not None:
+        notes.append(spec.note)
     if spec.count == 0:  # e.g. every Huber residual beyond δ: no curvature at all
         return {
             name: torch.zeros_like(layer.module.get_parameter(k)).detach()
@@ -629,11 +654,11 @@ def diag_ggn(
     samples = {
         c.x.shape[0] for layer in engine.layers if layer.names for c in layer.calls
     }
-    if samples and output.shape[0] not in samples:
+    if samples and spec.like.shape[0] not in samples:
         # E.g. token logits flattened to [B·T, V] inside forward: the passes
         # below would square per-sequence sums over tokens (cross terms).
         raise EngineError(
-            f"The model's output has {output.shape[0]} rows but the batch has "
+            f"The model's output has {spec.like.shape[0]} rows but the batch has "
             f"{sorted(samples)[0]} samples: the exact GGN diagonal needs one output "
             "row per sample (token-level losses are not supported)"
         )
@@ -659,13 +684,21 @@ def diag_ggn(
                 # Gradients w.r.t. the layer outputs are the b's; autograd then skips
                 # every weight gradient, about half of a backward pass.
                 bs = torch.autograd.grad(
-                    output, outs, grad_outputs=s, retain_graph=True, allow_unused=True
+                    spec.start,
+                    outs,
+                    grad_outputs=s,
+                    retain_graph=True,
+                    allow_unused=True,
                 )
                 for c, b in zip(recorded, bs, strict=True):
                     c.set_b(b)
             else:  # an output was modified in place: let the tensor hooks collect b
                 torch.autograd.grad(
-                    output, params, grad_outputs=s, retain_graph=True, allow_unused=True
+                    spec.start,
+                    params,
+                    grad_outputs=s,
+                    retain_graph=True,
+                    allow_unused=True,
                 )
             for i, layer in enumerate(engine.layers):
                 calls = [c for c in layer.calls if c.b is not None and layer.names]

@@ -60,8 +60,13 @@ _PIECES: tuple[type[nn.Module], ...] = (
 def not_piecewise_linear(model: nn.Module) -> str | None:
     """Why the GGN diagonal of ``model`` may differ from its Hessian's, or None."""
     seen: set[int] = set()
+    # A final log-softmax belongs to the loss: the GGN passes start at the
+    # logits before it (``nll_loss`` of it is ``cross_entropy`` of them).
+    last = model[-1] if type(model) is nn.Sequential and len(model) else None
     for name, module in model.named_modules():
         if type(module) is nn.Sequential:
+            continue
+        if module is last and type(module) is nn.LogSoftmax:
             continue
         if type(module) not in _PIECES:
             return f"{name or 'the model'} is a {type(module).__name__}"

@@ -640,3 +640,56 @@ def test_tic_names_a_loss_it_cannot_factor(torch_threads):
     assert cockpit.readings[0]["tic_diag"] is None
     assert any("Curvature needs" in (e or "") for e in errors)
     assert cockpit.readings[0]["hess_trace"]["stderr"] is not None
+
+
+def test_a_model_ending_in_log_softmax_reads_like_cross_entropy(torch_threads):
+    # nn.LogSoftmax as the last module and nll_loss (PyTorch's MNIST example):
+    # the log-softmax belongs to the loss, so TIC and the exact Hessian trace
+    # equal those of the logits with cross_entropy.
+    from glasscockpit.agent.instruments import BY_NAME
+
+    def run(log_softmax: bool) -> dict:
+        torch.manual_seed(0)
+        layers = [nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)]
+        model = nn.Sequential(*layers, *([nn.LogSoftmax(dim=1)] if log_softmax else []))
+        x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+        insts = [HessTrace(schedule=every(1)), BY_NAME["tic_diag"](schedule=every(1))]
+        cockpit = Cockpit(
+            model, None, server=None, instruments=insts, fail_mode="raise"
+        )
+        out = model(x)
+        loss = (
+            nn.functional.nll_loss(out, y)
+            if log_softmax
+            else nn.functional.cross_entropy(out, y)
+        )
+        with cockpit.step(0, loss=loss):
+            loss.backward()
+        cockpit.close()
+        return cockpit.readings[0]
+
+    inside, outside = run(True), run(False)
+    assert inside["hess_trace"]["stderr"] is None  # exact: the GGN
+    for name in ("hess_trace", "tic_diag"):
+        assert inside[name]["total"] == pytest.approx(outside[name]["total"], rel=1e-6)
+
+
+def test_a_loss_not_linear_in_the_models_log_probabilities_is_not_exact(torch_threads):
+    # MSE on log-probabilities: the GGN of the model output is no Hessian
+    # diagonal; HessTrace samples, TIC carries the note.
+    from glasscockpit.agent.instruments import BY_NAME
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.LogSoftmax(1))
+    x, y = torch.randn(6, 5), torch.randn(6, 3)
+    insts = [HessTrace(schedule=every(1)), BY_NAME["tic_diag"](schedule=every(1))]
+    cockpit = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
+    loss = nn.functional.mse_loss(model(x), y)
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    assert cockpit.readings[0]["hess_trace"]["stderr"] is not None
+    frames = cockpit.transport.frames  # type: ignore[attr-defined]
+    notes = [f.errors.get("tic_diag") for f in frames if hasattr(f, "errors")]
+    assert cockpit.readings[0]["tic_diag"] is not None  # a reading, with a note
+    assert any("log-probabilities" in (n or "") for n in notes)
