@@ -93,3 +93,24 @@ def train_steps(
     cockpit.close()
     assert cockpit.disabled == {}
     return cockpit
+
+
+def one_step(
+    model: torch.nn.Module,
+    instruments: list[Instrument],
+    loss_of: Callable[[], torch.Tensor],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Readings of step 0 (no optimizer) and the errors/notes of its frames.
+
+    ``loss_of`` runs the forward pass after the Cockpit is attached (recorded).
+    An instrument that fails reads None with its reason in the errors.
+    """
+    cockpit = Cockpit(model, None, server=None, instruments=instruments)
+    loss = loss_of()
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    errors: dict[str, str] = {}
+    for frame in cockpit.transport.frames:  # type: ignore[attr-defined]
+        errors.update(getattr(frame, "errors", {}))
+    return cockpit.readings[0], errors

@@ -13,6 +13,7 @@ from torch import nn
 from glasscockpit.agent import Cockpit, every
 from glasscockpit.agent.curvature import HessianOperator, lanczos_top
 from glasscockpit.agent.instruments import Alpha, HessMaxEV, HessTrace
+from tests.agent.harness import one_step
 from tests.agent.reference_curvature import (
     PROBLEMS,
     as_float_dict,
@@ -550,17 +551,15 @@ def test_tic_refuses_negative_loss_weights_with_the_reason(torch_threads):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
     x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
-    inst = BY_NAME["tic_trace"](schedule=every(1))
-    cockpit = Cockpit(model, None, server=None, instruments=[inst])
-    none = nn.functional.cross_entropy(model(x), y, reduction="none")
-    loss = (none * torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0, 1.0])).mean()
-    with cockpit.step(0, loss=loss):
-        loss.backward()
-    cockpit.close()
-    frames = cockpit.transport.frames  # type: ignore[attr-defined]
-    errors = [f.errors.get("tic_trace") for f in frames if hasattr(f, "errors")]
-    assert cockpit.readings[0]["tic_trace"] is None
-    assert any("negative or non-finite weights" in (e or "") for e in errors)
+    weights = torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0, 1.0])
+
+    def loss_of() -> torch.Tensor:
+        none = nn.functional.cross_entropy(model(x), y, reduction="none")
+        return (none * weights).mean()
+
+    got, errors = one_step(model, [BY_NAME["tic_trace"](schedule=every(1))], loss_of)
+    assert got["tic_trace"] is None
+    assert "negative or non-finite weights" in errors["tic_trace"]
 
 
 def test_tic_masks_zero_weights_like_ignore_index(torch_threads):
@@ -629,17 +628,15 @@ def test_tic_names_a_loss_it_cannot_factor(torch_threads):
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
     x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
     insts = [BY_NAME["tic_diag"](schedule=every(1)), HessTrace(schedule=every(1))]
-    cockpit = Cockpit(model, None, server=None, instruments=insts)
-    logp = nn.functional.log_softmax(model(x), 1).gather(1, y[:, None])
-    loss = (-((1 - logp.exp()) ** 2) * logp).mean()
-    with cockpit.step(0, loss=loss):
-        loss.backward()
-    cockpit.close()
-    frames = cockpit.transport.frames  # type: ignore[attr-defined]
-    errors = [f.errors.get("tic_diag") for f in frames if hasattr(f, "errors")]
-    assert cockpit.readings[0]["tic_diag"] is None
-    assert any("Curvature needs" in (e or "") for e in errors)
-    assert cockpit.readings[0]["hess_trace"]["stderr"] is not None
+
+    def loss_of() -> torch.Tensor:
+        logp = nn.functional.log_softmax(model(x), 1).gather(1, y[:, None])
+        return (-((1 - logp.exp()) ** 2) * logp).mean()
+
+    got, errors = one_step(model, insts, loss_of)
+    assert got["tic_diag"] is None
+    assert "Curvature needs" in errors["tic_diag"]
+    assert got["hess_trace"]["stderr"] is not None
 
 
 def test_a_model_ending_in_log_softmax_reads_like_cross_entropy(torch_threads):
@@ -683,13 +680,7 @@ def test_a_loss_not_linear_in_the_models_log_probabilities_is_not_exact(torch_th
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.LogSoftmax(1))
     x, y = torch.randn(6, 5), torch.randn(6, 3)
     insts = [HessTrace(schedule=every(1)), BY_NAME["tic_diag"](schedule=every(1))]
-    cockpit = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
-    loss = nn.functional.mse_loss(model(x), y)
-    with cockpit.step(0, loss=loss):
-        loss.backward()
-    cockpit.close()
-    assert cockpit.readings[0]["hess_trace"]["stderr"] is not None
-    frames = cockpit.transport.frames  # type: ignore[attr-defined]
-    notes = [f.errors.get("tic_diag") for f in frames if hasattr(f, "errors")]
-    assert cockpit.readings[0]["tic_diag"] is not None  # a reading, with a note
-    assert any("log-probabilities" in (n or "") for n in notes)
+    got, notes = one_step(model, insts, lambda: nn.functional.mse_loss(model(x), y))
+    assert got["hess_trace"]["stderr"] is not None
+    assert got["tic_diag"] is not None  # a reading, with a note
+    assert "log-probabilities" in notes["tic_diag"]
