@@ -608,6 +608,20 @@ class _Loss:
                 yield self._to_output(s).to(z.dtype)
 
 
+def _loss_of_outputs(loss: Tensor, outputs: list[Tensor]) -> tuple[_Loss, Tensor]:
+    """The loss factored at the first model output it is computed from.
+
+    A model returning ``(aux, logits)`` or a dict: the loss may use any of them.
+    """
+    errors: list[EngineError] = []
+    for candidate in outputs:
+        try:
+            return _Loss(loss, candidate), candidate
+        except EngineError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
 def diag_ggn(
     engine: HookEngine, loss: Tensor, notes: list[str] | None = None
 ) -> dict[str, Tensor]:
@@ -627,7 +641,7 @@ def diag_ggn(
             "recorded this step (gradient accumulation?): the GGN diagonal is "
             "computed from one"
         )
-    spec = _Loss(loss, output)
+    spec, output = _loss_of_outputs(loss, engine.outputs or [output])
     if spec.note is not None and notes is not None:
         notes.append(spec.note)
     if spec.count == 0:  # e.g. every Huber residual beyond δ: no curvature at all

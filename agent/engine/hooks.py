@@ -210,6 +210,9 @@ class HookEngine:
         self.generators: dict[torch.device, torch.Generator] = {}
         #: The model's output of the recorded forward pass (for curvature passes).
         self.output: Tensor | None = None
+        #: Every tensor of that output with a batch axis, ``output`` first: the
+        #: curvature passes start at the one the loss is computed from.
+        self.outputs: list[Tensor] = []
         #: Graph nodes of the earlier forward passes' outputs (this step).
         self.earlier_outputs: list[Any] = []
         #: Forward passes of the model in grad mode recorded since ``arm``.
@@ -311,6 +314,7 @@ class HookEngine:
                 call.out = None
             layer.calls.clear()
         self.output = None
+        self.outputs = []
         self.earlier_outputs = []
         self.forwards = 0
 
@@ -384,6 +388,7 @@ class HookEngine:
             if self.output is not None and self.output.grad_fn is not None:
                 self.earlier_outputs.append(self.output.grad_fn)
             self.output = out
+            self.outputs = [out, *(t for t in _batch_tensors(output) if t is not out)]
             self.forwards += 1
 
     # -- checks --------------------------------------------------------------------
@@ -454,3 +459,14 @@ def _first_input(inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | No
         if isinstance(v, Tensor):
             return v
     return None
+
+
+def _batch_tensors(value: Any) -> list[Tensor]:
+    """The tensors with a batch axis of a model output (one level of nesting)."""
+    if isinstance(value, Tensor):
+        return [value] if value.dim() > 0 else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, tuple | list):
+        return [v for v in value if isinstance(v, Tensor) and v.dim() > 0]
+    return []

@@ -684,3 +684,42 @@ def test_a_loss_not_linear_in_the_models_log_probabilities_is_not_exact(torch_th
     assert got["hess_trace"]["stderr"] is not None
     assert got["tic_diag"] is not None  # a reading, with a note
     assert "log-probabilities" in notes["tic_diag"]
+
+
+class _TwoHeads(nn.Module):
+    """Returns ``(aux, logits)``: the first tensor is not what the loss uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 7), nn.Tanh())
+        self.aux = nn.Linear(7, 2)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.aux(h), self.head(h)
+
+
+def test_curvature_starts_at_the_output_the_loss_is_computed_from(torch_threads):
+    # The model returns (aux, logits) and the loss uses the logits: the GGN
+    # passes start there, and TIC equals that of the model returning the logits.
+    from glasscockpit.agent.instruments import BY_NAME
+
+    def run(both: bool) -> dict:
+        torch.manual_seed(0)
+        model = _TwoHeads()
+        x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+
+        def loss_of() -> torch.Tensor:
+            out = model(x)
+            return nn.functional.cross_entropy(out[1] if both else out, y)
+
+        if not both:  # the same parameters, the head's output returned alone
+            model.forward = lambda x: model.head(model.body(x))  # type: ignore[method-assign]
+        got, errors = one_step(model, [BY_NAME["tic_diag"](schedule=every(1))], loss_of)
+        assert got["tic_diag"] is not None, errors
+        return got["tic_diag"]
+
+    both, alone = run(True), run(False)
+    assert both["total"] == pytest.approx(alone["total"], rel=1e-6)
+    assert set(both) == set(alone)  # the aux head has no gradient: left out
