@@ -265,11 +265,13 @@ def bench(
     block_s: float,
     device: str = "cpu",
     disabled: dict[str, dict[str, str]] | None = None,
+    ratios: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Median ms per step for every row, interleaved round-robin.
 
     ``disabled`` receives, per row, the instruments that failed and were disabled
-    (their cost is then missing from the row).
+    (their cost is then missing from the row); ``ratios`` the paired ratios to
+    the plain step (``interleave``).
     """
     steps: dict[str, tuple[Step, list[int]]] = {}
     for row in rows(model_name, device):
@@ -278,7 +280,7 @@ def bench(
             for i in range(row.warmup):
                 fn(row.start + i)
             steps[row.label] = (fn, [row.start + row.warmup])
-    ms = interleave(steps, repeats, block_s, device)
+    ms = interleave(steps, repeats, block_s, device, ratios)
     if disabled is not None:
         for label, (fn, _) in steps.items():
             cockpit = getattr(fn, "cockpit", None)
@@ -298,6 +300,7 @@ def interleave(
     repeats: int,
     block_s: float,
     device: str = "cpu",
+    ratios: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Median ms per step of each named step function, timed round-robin.
 
@@ -305,25 +308,50 @@ def interleave(
     Every block starts with one untimed step: the row before it (a full
     configuration, Cockpit) may have evicted the caches and returned hundreds
     of MiB to the system, which a run repeating one configuration never sees.
+
+    With ``ratios`` (and a ``"plain"`` row), every other row's block sits between
+    two plain blocks, and ``ratios`` receives per row the median over repeats of
+    its time over the mean of those two: the machine's speed drifts by tens of
+    percent within minutes here, and a ratio of neighbours cancels the drift that
+    a ratio of two medians taken minutes apart keeps.
     """
     times: dict[str, list[float]] = {k: [] for k in steps}
+    paired: dict[str, list[float]] = {k: [] for k in steps}
     for fn, counter in steps.values():  # warm-up
         fn(counter[0])
         counter[0] += 1
     sync(device)
-    for _ in range(repeats):
-        for k, (fn, counter) in steps.items():
-            gc.collect()
-            fn(counter[0])  # untimed: back in this row's steady state
+
+    def block(k: str) -> float:
+        fn, counter = steps[k]
+        gc.collect()
+        fn(counter[0])  # untimed: back in this row's steady state
+        counter[0] += 1
+        sync(device)
+        n, t0 = 0, time.perf_counter()
+        while n < 1 or (time.perf_counter() - t0 < block_s and n < 200):
+            fn(counter[0])
             counter[0] += 1
-            sync(device)
-            n, t0 = 0, time.perf_counter()
-            while n < 1 or (time.perf_counter() - t0 < block_s and n < 200):
-                fn(counter[0])
-                counter[0] += 1
-                n += 1
-            sync(device)
-            times[k].append((time.perf_counter() - t0) / n * 1e3)
+            n += 1
+        sync(device)
+        ms = (time.perf_counter() - t0) / n * 1e3
+        times[k].append(ms)
+        return ms
+
+    base = "plain" if ratios is not None and "plain" in steps else None
+    for _ in range(repeats):
+        before = block(base) if base else 0.0
+        for k in steps:
+            if k == base:
+                continue
+            ms = block(k)
+            if base:
+                after = block(base)
+                paired[k].append(ms / ((before + after) / 2))
+                before = after
+    if ratios is not None and base:
+        ratios.update({k: statistics.median(v) for k, v in paired.items() if v})
+        ratios[base] = 1.0
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -387,8 +415,8 @@ def main(argv: list[str] | None = None) -> None:
         results["device_name"] = torch.cuda.get_device_name(args.device)
     for model_name in args.models.split(","):
         off: dict[str, dict[str, str]] = {}
-        ms = bench(model_name, args.repeats, args.block_s, args.device, off)
-        base = ms["plain"]
+        ratio: dict[str, float] = {}
+        ms = bench(model_name, args.repeats, args.block_s, args.device, off, ratio)
         mem = {}
         if args.memory:
             for label in MEMORY_ROWS:
@@ -402,10 +430,15 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---|---|---|")
         for label, v in ms.items():
             extra = f"{mem[label] - mem['plain']:+.0f}" if label in mem else ""
-            print(f"| {label} | {v:.2f} | {v / base:.2f} | {extra} |")
+            print(f"| {label} | {v:.2f} | {ratio[label]:.2f} | {extra} |")
         for label, why in off.items():
             print(f"{label}: disabled {', '.join(why)}")
-        results[model_name] = {"ms": ms, "peak_rss_mib": mem, "disabled": off}
+        results[model_name] = {
+            "ms": ms,
+            "ratio": ratio,
+            "peak_rss_mib": mem,
+            "disabled": off,
+        }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

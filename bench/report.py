@@ -48,9 +48,9 @@ BENCHES = [
     Bench(
         "agent_overhead",
         "Agent overhead per configuration and per instrument (issues 3 and 7)",
-        ["--models", "mlp,cnn,transformer", "--memory", "--repeats", "3"],
+        ["--models", "mlp,cnn,transformer", "--memory", "--repeats", "5"],
         ["--models", "mlp,cnn,transformer", "--repeats", "1", "--block-s", "0.05"],
-        0.45,
+        0.6,
         "benchmarks-agent.md",
     ),
     Bench(
@@ -232,6 +232,14 @@ def f2(x: float) -> str:
     return f"{x:.2f}"
 
 
+def agent_ratio(res: dict[str, Any], label: str) -> float:
+    """A row's ratio to the plain step: paired (``interleave``) where measured."""
+    paired = res.get("ratio", {})
+    if label in paired:
+        return float(paired[label])
+    return float(res["ms"][label] / res["ms"]["plain"])
+
+
 def render_agent(d: dict[str, Any]) -> str:
     """One table per model: ms/step, × plain, memory, failed instruments."""
     parts = []
@@ -240,14 +248,13 @@ def render_agent(d: dict[str, Any]) -> str:
             continue
         ms, mem = res["ms"], res.get("peak_rss_mib", {})
         off = res.get("disabled", {})
-        base = ms["plain"]
         rows = []
         for label, v in ms.items():
             extra = ""
             if label in mem and "plain" in mem:
                 extra = f"{mem[label] - mem['plain']:+.0f}"
             failed = ", ".join(sorted(off.get(label, {})))
-            rows.append([label, f2(v), f2(v / base), extra, failed])
+            rows.append([label, f2(v), f2(agent_ratio(res, label)), extra, failed])
         head = [
             "configuration",
             "ms/step",
@@ -551,8 +558,8 @@ def targets(res: dict[str, dict[str, Any]]) -> list[list[str]]:
     if a:
 
         def ratio(model: str, label: str) -> float | None:
-            ms = a.get(model, {}).get("ms", {})
-            return ms[label] / ms["plain"] if label in ms else None
+            res = a.get(model, {})
+            return agent_ratio(res, label) if label in res.get("ms", {}) else None
 
         def row(issue: str, what: str, model: str, label: str, limit: float) -> None:
             r = ratio(model, label)
@@ -755,8 +762,12 @@ NOTES = {
     "agent_overhead": (
         "Rows are interleaved round-robin; each repeat times a block of ≥ 0.1 s (at "
         "least one step) after one untimed step of that row (the row before may "
-        "have evicted caches and returned memory to the system); medians of the "
-        "per-step means. Every row, plain included, "
+        "have evicted caches and returned memory to the system). ms/step: medians "
+        "of the per-block means. × plain: every row's block sits between two plain "
+        "blocks, and the ratio is the median over repeats of the row's time over "
+        "the mean of its two neighbours (the machine's speed drifts by tens of "
+        "percent within minutes; neighbours share the drift). Every row, plain "
+        "included, "
         "computes the loss as the README's attach snippet does (per-sample "
         "cross-entropies, then their mean), so rows differ only by the agent. "
         '"(default schedules)" rows '

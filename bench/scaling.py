@@ -66,14 +66,15 @@ def agent_sweep(
             for p in PRESETS:
                 m, xx, yy = mlp(**cfg, device=device)
                 steps[p] = (ours_step(m, xx, yy, p, True), [0])
-            ms = interleave(steps, repeats, block_s, device)
+            ratios: dict[str, float] = {}
+            ms = interleave(steps, repeats, block_s, device, ratios)
             row = {
                 "axis": axis,
                 "value": v,
                 **cfg,
                 "params": sum(p.numel() for p in model.parameters()),
                 "ms": ms,
-                "ratio": {p: ms[p] / ms["plain"] for p in PRESETS},
+                "ratio": {p: ratios[p] for p in PRESETS},  # paired (interleave)
             }
             print(json.dumps(row), flush=True)
             out.append(row)

@@ -126,3 +126,10 @@ def test_dashboard_rows_become_targets_and_a_table() -> None:
     )
     text = page({}, ["python -m bench"], res, 1.0)
     assert "| scenario | first_render_s | tick_median_ms | tick_p95_ms |" in text
+
+
+def test_agent_targets_read_the_paired_ratios_where_measured() -> None:
+    data = agent(1.5, 50)  # medians: 1.5× (met)
+    data["cnn"]["ratio"] = {"plain": 1.0, "economy (every step)": 1.7}
+    met = verdicts({"agent_overhead": {"data": data}})
+    assert met["economy every step ≤ 1.6× plain, CNN"] == "**missed**"
