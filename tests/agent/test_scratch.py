@@ -17,7 +17,7 @@ from tests.agent.test_instruments import assert_reading
 
 
 class _Holder:
-    pass
+    """A lender: anything a weak reference can point at."""
 
 
 def test_buffers_come_back_when_their_holder_is_collected() -> None:
