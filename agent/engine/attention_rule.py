@@ -123,11 +123,6 @@ class AttentionRule(LayerRule):
         call.cache["projections"] = a.detach().view(t, n, e).transpose(0, 1)
         node.register_prehook(partial(_store_qkv_grad, call))
 
-    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
-        """Unbound use is a bug: the engine always binds rules that need args."""
-        del module, x, b
-        raise RuntimeError("AttentionRule must be bound to a recorded call")
-
 
 class _BoundAttention(LayerRule):
     def __init__(self, call: Any) -> None:

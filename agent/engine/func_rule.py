@@ -140,11 +140,6 @@ class FuncRule(LayerRule):
         """The rule for one call: its arguments are what the re-run needs."""
         return BoundFuncRule(self, call)
 
-    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
-        """Unbound use is a bug: the engine always binds fallback rules."""
-        del module, x, b
-        raise RuntimeError("FuncRule must be bound to a recorded call")
-
 
 class BoundFuncRule(LayerRule):
     """A ``FuncRule`` with one call's arguments; reductions run chunk by chunk."""

@@ -144,11 +144,6 @@ class RecurrentRule(LayerRule):
         if grads:
             call.cache["state_grads"] = {k: g / factor for k, g in grads.items()}
 
-    def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
-        """Unbound use is a bug: the engine always binds rules that need args."""
-        del module, x, b
-        raise RuntimeError("RecurrentRule must be bound to a recorded call")
-
 
 class _BoundRecurrent(LayerRule):
     def __init__(self, call: Any) -> None:

@@ -109,7 +109,16 @@ class LayerRule:
         del call, old_b, factor
 
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
-        """Per-sample gradients ``{"weight": [B, *shape], ...}`` of one call."""
+        """Per-sample gradients ``{"weight": [B, *shape], ...}`` of one call.
+
+        Rules with ``needs_args`` compute them only once bound to a recorded
+        call (``bind``): the engine always binds them, so unbound use is a bug.
+        """
+        del module, x, b
+        if self.needs_args:
+            raise RuntimeError(
+                f"{type(self).__name__} must be bound to a recorded call"
+            )
         raise NotImplementedError
 
     def grad_sum(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
