@@ -2,7 +2,7 @@
 
 For a loss ``L = (1/B) Σ_n ℓ(z_n)`` of the model output ``z`` whose Hessian with
 respect to ``z_n`` factorises as ``S_n S_nᵀ``, the GGN diagonal is
-``Σ_c Σ_n (J_nᵀ s_{n,c})²`` times the reduction's scale: one backward pass from
+``Σ_c Σ_n (J_nᵀ s_{n,c})²`` (the reduction's weights inside ``s``): one pass from
 ``z`` per column ``c`` (``C`` passes for ``C`` classes), each reduced with the
 engine's ``Σ_n ĝ_n²`` rule. For piecewise-linear networks (ReLU, max-pooling) the
 GGN diagonal equals the Hessian diagonal (what BackPACK's ``DiagHessian`` gives).
@@ -330,9 +330,9 @@ class _Loss:
     """The loss's Hessian w.r.t. the model output, as factors ``Σ_k s_k s_kᵀ``.
 
     ``passes()`` yields gradients for the model output such that the sum over
-    passes of the squared per-sample gradients is the GGN diagonal (times
-    ``scale``): each pass carries at most one token per sample, so no cross
-    terms between tokens of one sample arise.
+    passes of the squared per-sample gradients is the GGN diagonal (the loss's
+    weights are inside the factors): each pass carries at most one token per
+    sample, so no cross terms between tokens of one sample arise.
     """
 
     def __init__(self, loss: Tensor, output: Tensor) -> None:
@@ -447,7 +447,6 @@ class _Loss:
                 f"output {tuple(self.output.shape)}"
             )
         self.h = out.reshape(out.shape[0], -1)  # [B, K]
-        self.scale = 1.0
         # Output elements outside the loss (all-zero curvature) need no pass.
         self.columns = [int(k) for k in self.h.ne(0).any(0).nonzero().reshape(-1)]
         self.count = len(self.columns)
@@ -516,7 +515,6 @@ class _Loss:
         m = self.p.shape[0]
         counted_tokens = tokens > 0
         self.root_weight = tokens.clamp(min=0).sqrt()[:, None].to(self.p.dtype)
-        self.scale = 1.0
         # Which sample each token belongs to: pull token ids to the output.
         ids = torch.arange(1, m + 1, dtype=torch.float64, device=self.p.device)
         for dtype in (logp_dtype, self.like.dtype):
@@ -741,5 +739,6 @@ def diag_ggn(
             name = layer.names[k]
             out[name] = out[name] + v if name in out else v
     engine.clear_grads()
-    scale = spec.scale / draws if draws else spec.scale
-    return {k: v.detach() * scale for k, v in out.items()}
+    if not draws:  # every weight of the loss is inside the factors
+        return {k: v.detach() for k, v in out.items()}
+    return {k: v.detach() / draws for k, v in out.items()}
