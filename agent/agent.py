@@ -25,6 +25,7 @@ from glasscockpit.agent.config import AgentConfig, ingest_url
 from glasscockpit.agent.curvature import backpack_diag_hessian, keep_backpack_io
 from glasscockpit.agent.engine import HookEngine, mixes_samples
 from glasscockpit.agent.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
+from glasscockpit.agent.heap import keep_heap
 from glasscockpit.agent.instruments import Instrument, resolve
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.kernels import MathAttention
@@ -172,6 +173,13 @@ class Cockpit(StepPhases):
             self.engine = HookEngine(model, self.params)
             # The first step number is unknown: record the first forward pass.
             self.engine.arm()
+        #: glibc's heap thresholds, fixed for CPU training (``heap`` says why).
+        self.heap = (
+            keep_heap()
+            if self.engine is not None
+            and any(p.device.type == "cpu" for _, p in self.params)
+            else "unchanged (no per-sample engine on the CPU)"
+        )
         #: Under DDP with several processes ``.grad`` is all-reduced; the
         #: per-sample statistics use this process's gradients instead.
         self._local: LocalGrads | None = None
@@ -204,6 +212,7 @@ class Cockpit(StepPhases):
                         if self.engine is not None
                         else {}
                     ),
+                    "heap": self.heap,
                     **(meta or {}),
                 }
             ),

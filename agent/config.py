@@ -26,6 +26,9 @@ ENV_SPILL_MAX_MB = "GLASSCOCKPIT_SPILL_MAX_MB"
 #: "none" or "0" keeps the fixed cadences by cost.
 ENV_BUDGET = "GLASSCOCKPIT_BUDGET"
 
+#: "0", "no" or "off": leave glibc's heap thresholds as they are (agent/heap.py).
+ENV_KEEP_HEAP = "GLASSCOCKPIT_KEEP_HEAP"
+
 DEFAULT_SERVER = "ws://127.0.0.1:8050"
 DEFAULT_BUDGET = 0.05
 DEFAULT_CLOSE_TIMEOUT = 5.0
