@@ -9,7 +9,7 @@ outputs, gradients) are then faulted in and zeroed by the kernel again on every
 step. Measured on the benchmark CNN (batch 64, one thread): 1,500–3,500 page
 faults and 3–7 ms of system time per economy step against ~800 faults and 1 ms
 for a plain step, varying from one process to the next; with the thresholds
-fixed, ~0 faults in both (docs/benchmarks-agent.md, "Page faults").
+fixed, ~0 faults in both (docs/benchmarks-agent.md, session of 2026-12-01).
 
 ``keep_heap`` fixes them once per process at the values the adaptive rule would
 reach anyway (blocks up to 32 MiB from the heap) and lets up to ``TRIM_BYTES`` of

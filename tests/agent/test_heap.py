@@ -76,13 +76,11 @@ def test_kept_heap_reuses_freed_pages_instead_of_faulting_them_in_again() -> Non
     assert max(faults) < _ROUND_PAGES // 20, faults
 
 
-def test_declined_heap_is_left_to_the_adaptive_rule() -> None:
+def test_declined_heap_is_left_as_it_is_and_says_so() -> None:
+    # Left to glibc's adaptive rule the 16 MiB free top is often, not always,
+    # trimmed and faulted in again every round (it depends on where the heap
+    # lands in the address space), so no fault count is asserted here; the
+    # measured faults per step are in docs/benchmarks-agent.md.
     declined = _run("0")
     assert declined["heap"] == "unchanged (GLASSCOCKPIT_KEEP_HEAP=0)"
-    faults = declined["faults"]
-    assert isinstance(faults, list)
-    # Left to the adaptive rule, the 16 MiB free top is usually trimmed and
-    # faulted in again every round; whether it is depends on where the heap
-    # lands in the address space, so only the setting itself is asserted here
-    # (the measured faults per step: docs/benchmarks-agent.md).
-    assert len(faults) == 6
+    assert declined["meta"] == declined["heap"]
