@@ -6,10 +6,10 @@ the largest block freed so far. A tracked step allocates and frees a few more
 megabytes than a plain one (captured inputs, kept per-sample gradients), which
 is enough to tip the heap into trimming: the training step's own tensors (conv
 outputs, gradients) are then faulted in and zeroed by the kernel again on every
-step. Measured on the benchmark CNN (batch 64, one thread): 1,500–3,500 page
-faults and 3–7 ms of system time per economy step against ~800 faults and 1 ms
-for a plain step, varying from one process to the next; with the thresholds
-fixed, ~0 faults in both (docs/benchmarks-agent.md, session of 2026-12-01).
+step. Measured on the benchmark CNN (batch 64, one thread, ``python -m
+bench.page_faults``): 600–3,000 page faults and 1–5 ms of system time per economy
+step, and 550–2,200 faults per plain step without the agent, varying from one
+process to the next; with the thresholds fixed, ~0 (docs/benchmarks-agent.md).
 
 ``keep_heap`` fixes them once per process at the values the adaptive rule would
 reach anyway (blocks up to 32 MiB from the heap) and lets up to ``TRIM_BYTES`` of

@@ -21,7 +21,8 @@ _CHILD = """
 import json, resource, sys, time, torch
 torch.set_num_threads(1)
 from bench.agent_overhead import plain, ours
-model, spec, warmup, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+model, spec = sys.argv[1], sys.argv[2]
+warmup, steps = int(sys.argv[3]), int(sys.argv[4])
 step = plain(model) if spec == "plain" else ours(model, spec, True)
 for i in range(warmup):
     step(i)
