@@ -32,7 +32,7 @@ from dash import (
 )
 from dash.exceptions import PreventUpdate
 
-from glasscockpit.dashboard import browser, ids
+from glasscockpit.dashboard import browser, ids, runlist
 from glasscockpit.dashboard.client import DataProvider
 from glasscockpit.dashboard.export import panel_file
 from glasscockpit.dashboard.layout import (
@@ -103,7 +103,9 @@ def create_dash(server: Any, provider: DataProvider, refresh_ms: int = 500) -> D
 
 def _run_callbacks(app: Dash, provider: DataProvider) -> None:
     @app.callback(
+        Output(ids.RUN_LIST_BOX, "children"),
         Output(ids.RUN_LIST, "options"),
+        Output(ids.RUN_ORDER, "data"),
         Output(ids.RUN_LIST, "value"),
         Output(ids.RUN_COLORS, "data"),
         Output(ids.WARNINGS, "children"),
@@ -111,6 +113,7 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         Input(ids.TICK, "n_intervals"),
         Input(ids.RUN_FILTER, "value"),
         State(ids.RUN_LIST, "value"),
+        State(ids.RUN_ORDER, "data"),
         State(ids.RUN_COLORS, "data"),
     )
     @offload
@@ -118,11 +121,13 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         _n: int | None,
         pattern: str | None,
         selected: list[str] | None,
+        order: list[str] | None,
         old_colors: dict[str, str] | None,
-    ) -> tuple[Any, Any, Any, Any, Any]:
+    ) -> tuple[Any, ...]:
         runs = provider.list_runs()  # newest first
         if not runs:
-            return [], no_update, no_update, [], "no runs yet"
+            box = runlist.update([], order, [], no_update)
+            return (*box, no_update, [], "no runs yet")
         colors = run_colors([r["run"] for r in reversed(runs)])
         now = time.time()
         shown = filter_runs(runs, pattern)
@@ -149,8 +154,7 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
             if r["run"] in selected
         ][:3]
         return (
-            options,
-            value,
+            *runlist.update(options, order, selected, value),
             colors if colors != old_colors else no_update,
             warnings,
             header,
@@ -178,12 +182,16 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         Output(ids.RUN_META, "children"),
         Input(ids.RUN_LIST, "value"),
         State(ids.RUN_COLORS, "data"),
+        State(ids.GRID_STATE, "data"),
     )
     @offload
     def render_grid(
-        selected: list[str] | None, colors: dict[str, str] | None
+        selected: list[str] | None,
+        colors: dict[str, str] | None,
+        drawn: dict[str, Any] | None,
     ) -> tuple[Any, Any, Any]:
-        if not selected:
+        if not selected or selected == (drawn or {}).get("runs"):
+            # A rebuilt run list fires this with the runs already drawn.
             raise PreventUpdate
         details: dict[str, dict[str, Any]] = {}
         extras: dict[str, dict[str, dict[str, Any]]] = {}

@@ -6,6 +6,8 @@ from typing import Any
 
 RUN_FILTER = "run-filter"
 RUN_LIST = "run-list"
+RUN_LIST_BOX = "run-list-box"
+RUN_ORDER = "run-order"
 RUN_COLORS = "run-colors"
 RUN_META = "run-meta"
 RUN_STATUS = "run-status"

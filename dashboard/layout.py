@@ -7,7 +7,7 @@ from typing import Any
 
 from dash import dcc, html
 
-from glasscockpit.dashboard import ids
+from glasscockpit.dashboard import ids, runlist
 from glasscockpit.dashboard.panels.style import GROUP_COLORS
 
 #: Cockpit's three columns, drawn side by side; other groups follow full width.
@@ -63,13 +63,7 @@ def page(refresh_ms: int) -> html.Div:
                                 debounce=False,
                                 className="run-filter",
                             ),
-                            dcc.Checklist(
-                                id=ids.RUN_LIST,
-                                options=[],
-                                value=[],
-                                className="run-list",
-                                labelClassName="run-item",
-                            ),
+                            html.Div(runlist.checklist([], []), id=ids.RUN_LIST_BOX),
                             html.Div(id=ids.RUN_META, className="run-meta"),
                         ],
                         className="sidebar",
@@ -98,6 +92,7 @@ def page(refresh_ms: int) -> html.Div:
             dcc.Store(id=ids.GRID_STATE, data={}),
             dcc.Store(id=ids.VISIBLE, data={}),
             dcc.Store(id=ids.RUN_COLORS, data={}),
+            dcc.Store(id=ids.RUN_ORDER, data=[]),
             dcc.Download(id=ids.DOWNLOAD),
         ],
         className="page",
