@@ -5,7 +5,7 @@ PYTHON ?= python3
 EXTRAS := agent,server,demo,dev,parity,bench
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: help demo test test-all test-gpu lint fmt types system-deps install bench clean
+.PHONY: help demo test test-all test-gpu lint imports fmt types system-deps install bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,13 +39,20 @@ test-gpu: $(BIN)/.installed  ## GPU tests (needs CUDA)
 
 .typecheck: $(wildcard glasscockpit/*.py)
 	rm -rf .typecheck && mkdir -p .typecheck/glasscockpit
-	for d in agent server dashboard protocol; do ln -s ../../$$d .typecheck/glasscockpit/$$d; done
+	for d in agent server dashboard protocol diagnosis; do ln -s ../../$$d .typecheck/glasscockpit/$$d; done
 	for f in glasscockpit/*.py; do ln -s ../../$$f .typecheck/glasscockpit/; done
 
 types: $(BIN)/.installed .typecheck  ## mypy --strict over the installed layout
 	$(BIN)/mypy
 
-lint: $(BIN)/.installed .typecheck  ## ruff (lint + format check) and mypy
+# import-linter resolves packages from real folders, so the contracts run over a
+# copy of the installed layout (symlinks followed).
+imports: $(BIN)/.installed .typecheck  ## import-linter contracts: the walls between agent, server, dashboard, protocol
+	rm -rf .importtree && mkdir -p .importtree && cp -rL .typecheck/glasscockpit .importtree/
+	find .importtree -name __pycache__ -prune -exec rm -rf {} +
+	cd .importtree && PYTHONPATH=. ../$(BIN)/lint-imports --no-cache ../pyproject.toml
+
+lint: $(BIN)/.installed .typecheck imports  ## ruff (lint + format check), mypy and the import contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -58,4 +65,4 @@ bench: $(BIN)/.installed system-deps  ## every benchmark (~15 min; BENCH_ARGS=--
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:  ## remove caches and test output
-	rm -rf .typecheck .mypy_cache .ruff_cache .pytest_cache test-output
+	rm -rf .typecheck .importtree .mypy_cache .ruff_cache .pytest_cache test-output

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from glasscockpit.agent.agent import Cockpit
+from glasscockpit.agent.cockpit import Cockpit
 from glasscockpit.agent.instruments import ALL, PRESETS, Instrument
-from glasscockpit.agent.schedules import always, every, log_spaced, never
+from glasscockpit.agent.lifecycle.schedules import always, every, log_spaced, never
 
 __all__ = [
     "ALL",

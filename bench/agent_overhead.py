@@ -7,7 +7,8 @@ engines.md: 2 post-LN encoder layers, d_model 64, 4 heads, seq 32, batch 32,
 vocabulary 256, token-mean cross-entropy (``TinyLM``). Rows: a plain step, each
 preset and each instrument with every step tracked, each preset with its default
 schedules (from step 1000 after 500 untimed steps, so that log-spaced cadences
-and the overhead budget of ``agent/budget.py`` are in their steady state), and the
+and the overhead budget of ``agent/lifecycle/budget.py`` are in their steady
+state), and the
 original Cockpit's configurations
 when ``cockpit-for-pytorch`` is importable. Configurations are interleaved
 round-robin; each repeat times a block of steps; the table shows medians.

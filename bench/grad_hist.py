@@ -27,7 +27,7 @@ from glasscockpit.agent.instruments import GradHist1d, GradHist2d
 from glasscockpit.agent.instruments.base import Reading, count_into
 from glasscockpit.agent.instruments.grad_hist_1d import histc_bins
 from glasscockpit.agent.instruments.grad_hist_2d import centre_bins
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.step import StepView
 
 
 def built_1d(inst: GradHist1d, step: StepView) -> Tensor:

@@ -3,7 +3,7 @@
 Each row runs in a fresh interpreter (the allocator setting is process-wide and
 the trimming it prevents depends on where the heap lands), ``--processes`` times:
 a plain step, and a step with the agent tracking a preset every step, with
-glibc's thresholds fixed (``agent/heap.py``) and declined
+glibc's thresholds fixed (``agent/environment/heap.py``) and declined
 (``GLASSCOCKPIT_KEEP_HEAP=0``). One torch thread, as ``bench.agent_overhead``::
 
     python -m bench.page_faults --model cnn --spec economy --processes 3

@@ -1,6 +1,7 @@
 """``glasscockpit sync``: upload spill files and recordings to a server, once.
 
-A file holds encoded frames of one or more runs (``agent/spill.py``). For each run
+A file holds encoded frames of one or more runs (``agent/transport/spill.py``).
+For each run
 the upload sends the hello frame, reads the server's acknowledgement of it (the
 highest ``seq`` it already holds for the run), then sends the remaining frames in
 ``seq`` order and waits for their cumulative acks. The server inserts by
@@ -19,9 +20,9 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
-from glasscockpit.agent.config import ingest_url
-from glasscockpit.agent.spill import ScanReport, iter_records
-from glasscockpit.agent.transport import describe_error, is_fatal
+from glasscockpit.agent.lifecycle.config import ingest_url
+from glasscockpit.agent.transport.spill import ScanReport, iter_records
+from glasscockpit.agent.transport.websocket import describe_error, is_fatal
 from glasscockpit.protocol import Ack, Hello, ProtocolError, decode
 
 log = logging.getLogger("glasscockpit.sync")

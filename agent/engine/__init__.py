@@ -18,7 +18,7 @@ and the GGN passes need neither ``extend`` nor an extended loss module.
 
 from __future__ import annotations
 
-from glasscockpit.agent.engine.curvature import diag_ggn
+from glasscockpit.agent.curvature.ggn_diagonal import diag_ggn
 from glasscockpit.agent.engine.hooks import EngineError, HookEngine, mixes_samples
 from glasscockpit.agent.engine.rules import RULES, LayerRule, supports
 from glasscockpit.agent.engine.stats import StepStats

@@ -24,8 +24,8 @@ from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
 from glasscockpit.agent.engine.norm_rules import EmbeddingRule
 from glasscockpit.agent.engine.rules import LayerRule, LinearRule
 from glasscockpit.agent.engine.scratch import SCRATCH
-from glasscockpit.agent.grad_scale import GradScale, divide
-from glasscockpit.agent.local_grads import LocalGrads, world_size
+from glasscockpit.agent.environment.grad_scale import GradScale, divide
+from glasscockpit.agent.environment.local_grads import LocalGrads, world_size
 
 _HALF = (torch.float16, torch.bfloat16)
 #: Per-sample gradient values ``StepStats`` may keep for one step (64 MiB float32).

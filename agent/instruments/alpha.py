@@ -12,7 +12,14 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.curvature import split_flat
+from glasscockpit.agent.curvature.alpha_fit import (
+    SampleJacobian,
+    fit_alpha,
+    orthonormal_rows,
+    update_directions,
+    update_in_span,
+)
+from glasscockpit.agent.curvature.hessian_products import split_flat
 from glasscockpit.agent.engine import EngineError
 from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.instruments.base import (
@@ -22,16 +29,9 @@ from glasscockpit.agent.instruments.base import (
     Reading,
     stack64,
 )
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.schedules import Schedule
-from glasscockpit.agent.step import StepView
-from glasscockpit.agent.update_fit import (
-    SampleJacobian,
-    fit_alpha,
-    orthonormal_rows,
-    update_directions,
-    update_in_span,
-)
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.schedules import Schedule
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 

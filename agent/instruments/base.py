@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, ClassVar, Literal, TypeAlias
 import torch
 from torch import Tensor, nn
 
-from glasscockpit.agent.schedules import Schedule, auto, every, log_spaced
+from glasscockpit.agent.lifecycle.schedules import Schedule, auto, every, log_spaced
 from glasscockpit.protocol import Kind, PanelSpec
 
 if TYPE_CHECKING:
-    from glasscockpit.agent.needs import Need
-    from glasscockpit.agent.step import StepView
+    from glasscockpit.agent.lifecycle.needs import Need
+    from glasscockpit.agent.lifecycle.step import StepView
 
 
 @dataclass(frozen=True)

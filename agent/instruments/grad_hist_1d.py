@@ -22,9 +22,9 @@ from typing_extensions import override
 
 from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
 from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.schedules import Schedule
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.schedules import Schedule
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 #: A bin rule: overwrites a float tensor and returns its bins (int32), monotone

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.curvature import lanczos_top, rademacher
+from glasscockpit.agent.curvature.hessian_products import lanczos_top, rademacher
 from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.schedules import Schedule
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.schedules import Schedule
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 log = logging.getLogger("glasscockpit.agent")

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from glasscockpit.agent.curvature import hutchinson
+from glasscockpit.agent.curvature.hessian_products import hutchinson
 from glasscockpit.agent.engine import EngineError
 from glasscockpit.agent.engine.piecewise import not_piecewise_linear
 from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.schedules import Schedule
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.schedules import Schedule
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 Method = Literal["auto", "exact", "hutchinson"]

@@ -7,8 +7,8 @@ from typing import ClassVar
 from typing_extensions import override
 
 from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 

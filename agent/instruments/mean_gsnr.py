@@ -8,9 +8,9 @@ import torch
 from typing_extensions import override
 
 from glasscockpit.agent.instruments.base import Cost, Guarded, Instrument, Leaf, Reading
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.schedules import Schedule
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.schedules import Schedule
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 

@@ -18,8 +18,8 @@ from glasscockpit.agent.instruments.base import (
     sq_norms,
     stack64,
 )
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 

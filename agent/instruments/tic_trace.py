@@ -17,9 +17,9 @@ from glasscockpit.agent.instruments.base import (
     total,
 )
 from glasscockpit.agent.instruments.tic_diag import Curvature, TICCurvature
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.schedules import Schedule
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.schedules import Schedule
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 

@@ -13,8 +13,8 @@ from glasscockpit.agent.instruments.base import (
     Reading,
     norms_and_total,
 )
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.step import StepView
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from glasscockpit.agent import Cockpit, every
 from glasscockpit.agent.instruments import GradNorm, Instrument
-from glasscockpit.agent.step import UndeclaredNeedError
+from glasscockpit.agent.lifecycle.step import UndeclaredNeedError
 
 
 def _problem(seed: int = 0):

@@ -25,7 +25,7 @@ from glasscockpit.agent.engine import stats as stats_module
 from glasscockpit.agent.engine.func_rule import FuncRule
 from glasscockpit.agent.instruments import BY_NAME, PRESETS
 from glasscockpit.agent.instruments.base import Phase
-from glasscockpit.agent.needs import RECORDED
+from glasscockpit.agent.lifecycle.needs import RECORDED
 from glasscockpit.protocol import Readings
 from tests.agent.harness import make_on_device, run_step
 from tests.agent.models import (

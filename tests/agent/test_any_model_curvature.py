@@ -3,7 +3,8 @@
 HessTrace (Hutchinson), HessMaxEV (Lanczos) and Alpha differentiate through the
 backward graph of the user's forward pass; fused attention kernels have no
 derivative of their backward, so the cockpit runs exactly those forward passes
-under the math kernel (``agent/kernels.py``). References: the explicit Hessian
+under the math kernel (``agent/curvature/double_backward_kernels.py``).
+References: the explicit Hessian
 of the mean loss by ``torch.autograd.functional.hessian`` in float64, and
 per-sample gradients by a loop (a sample is a sequence for the sequence models).
 """
@@ -22,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from glasscockpit.agent import Cockpit, always, every
 from glasscockpit.agent.engine import HookEngine, diag_ggn
-from glasscockpit.agent.engine import curvature as engine_curvature
+from glasscockpit.agent.curvature import ggn_diagonal as engine_curvature
 from glasscockpit.agent.instruments import (
     Alpha,
     HessMaxEV,

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from glasscockpit.agent import Cockpit, always
-from glasscockpit.agent.budget import allocate, nice_stride
-from glasscockpit.agent.config import AgentConfig
 from glasscockpit.agent.instruments import Instrument
 from glasscockpit.agent.instruments.base import Cost
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.schedules import auto, describe, every, log_spaced
+from glasscockpit.agent.lifecycle.budget import allocate, nice_stride
+from glasscockpit.agent.lifecycle.config import AgentConfig
+from glasscockpit.agent.lifecycle.needs import Need
+from glasscockpit.agent.lifecycle.schedules import auto, describe, every, log_spaced
 from glasscockpit.protocol import Kind, PanelSpec
 
 SLEEP = 0.05  # seconds: ≥ 5× any plain step of the tiny model below, even loaded

@@ -11,7 +11,7 @@ from backpack.extensions import BatchGrad
 from torch import nn
 
 from glasscockpit.agent import Cockpit, every
-from glasscockpit.agent.curvature import HessianOperator, lanczos_top
+from glasscockpit.agent.curvature.hessian_products import HessianOperator, lanczos_top
 from glasscockpit.agent.instruments import Alpha, HessMaxEV, HessTrace
 from tests.agent.harness import one_step
 from tests.agent.reference_curvature import (

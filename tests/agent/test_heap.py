@@ -1,4 +1,4 @@
-"""glibc's heap thresholds fixed for CPU training (agent/heap.py).
+"""glibc's heap thresholds fixed for CPU training (agent/environment/heap.py).
 
 Each case runs in a fresh interpreter: the setting is process-wide and once only.
 """

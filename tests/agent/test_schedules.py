@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from glasscockpit.agent.schedules import always, describe, every, log_spaced, never
+from glasscockpit.agent.lifecycle.schedules import (
+    always,
+    describe,
+    every,
+    log_spaced,
+    never,
+)
 
 
 def test_every():

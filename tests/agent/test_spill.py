@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from glasscockpit.agent.spill import (
+from glasscockpit.agent.transport.spill import (
     FILE_MAGIC,
     HEADER_SIZE,
     SpillWriter,

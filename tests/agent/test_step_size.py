@@ -11,6 +11,14 @@ import pytest
 import torch
 
 from glasscockpit.agent import Cockpit, every
+from glasscockpit.agent.curvature.alpha_fit import (
+    SampleJacobian,
+    orthonormal_basis,
+    orthonormal_rows,
+    predict_update,
+    update_directions,
+    update_in_span,
+)
 from glasscockpit.agent.instruments import (
     Alpha,
     Distance,
@@ -20,15 +28,7 @@ from glasscockpit.agent.instruments import (
     UpdateSize,
 )
 from glasscockpit.agent.instruments.base import Phase
-from glasscockpit.agent.needs import Need
-from glasscockpit.agent.update_fit import (
-    SampleJacobian,
-    orthonormal_basis,
-    orthonormal_rows,
-    predict_update,
-    update_directions,
-    update_in_span,
-)
+from glasscockpit.agent.lifecycle.needs import Need
 from glasscockpit.protocol import Readings
 from glasscockpit.server.store import TOTAL, RunStore
 from tests.agent.reference_curvature import (

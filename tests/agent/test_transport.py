@@ -17,8 +17,8 @@ from torch import nn
 from websockets.sync.server import ServerConnection, serve
 
 from glasscockpit.agent import Cockpit
-from glasscockpit.agent.spill import iter_records, scan
-from glasscockpit.agent.transport import (
+from glasscockpit.agent.transport.spill import iter_records, scan
+from glasscockpit.agent.transport.websocket import (
     TransportOptions,
     WebSocketTransport,
     wait_delivered,
@@ -313,7 +313,7 @@ def test_record_without_server_keeps_readings_and_file(torch_threads, tmp_path):
 
 
 def test_host_copy_on_cpu_is_ready_and_exact():
-    from glasscockpit.agent.packing import HostCopy, pack_readings
+    from glasscockpit.agent.transport.host_copy import HostCopy, pack_readings
 
     counts = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     readings = {"loss": torch.tensor(0.25), "hist": {"counts": counts, "n": 3.0}}
@@ -331,7 +331,7 @@ def test_host_copy_on_cpu_is_ready_and_exact():
 
 @pytest.mark.cuda
 def test_host_copy_on_cuda_is_deferred_and_exact():
-    from glasscockpit.agent.packing import DeferredReadings, pack_readings
+    from glasscockpit.agent.transport.host_copy import DeferredReadings, pack_readings
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from glasscockpit.agent import Cockpit
-from glasscockpit.agent.transport import TransportOptions
+from glasscockpit.agent.transport.websocket import TransportOptions
 from glasscockpit.sync import sync_files
 from tests.conftest import free_port
 from tests.e2e.harness import get_json, server_process

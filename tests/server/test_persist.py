@@ -183,7 +183,7 @@ def test_frames_export_without_data_dir_is_a_404_with_a_reason():
 
 def test_sigkill_mid_run_loses_no_frame_with_the_agents_resend(tmp_path: Path):
     """A real agent transport keeps sending while the server is SIGKILLed."""
-    from glasscockpit.agent.transport import (
+    from glasscockpit.agent.transport.websocket import (
         TransportOptions,
         WebSocketTransport,
         wait_delivered,

@@ -59,7 +59,8 @@ class log_spaced:  # noqa: N801
 class auto:  # noqa: N801
     """The default schedule: ``fallback`` at first, then as often as a budget allows.
 
-    A ``Cockpit`` with an overhead budget (``agent/budget.py``) measures what each
+    A ``Cockpit`` with an overhead budget (``agent/lifecycle/budget.py``) measures
+    what each
     instrument costs and sets ``stride``: from then on steps that are multiples
     of it are tracked (strides are 1, 2, 5, 10, 20, ..., so instruments of similar
     cost land on the same steps and share the per-sample pass). Before the first

@@ -40,5 +40,5 @@ RECORDED: frozenset[Need] = frozenset(
 )
 
 #: Needs that differentiate the step's graph twice: its forward pass runs under
-#: the math attention kernel (``agent/kernels.py``).
+#: the math attention kernel (``agent/curvature/double_backward_kernels.py``).
 TWICE: frozenset[Need] = frozenset({Need.HVP})

@@ -19,14 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glasscockpit.agent.budget import OverheadBudget
 from glasscockpit.agent.engine import EngineError
-from glasscockpit.agent.engine_wiring import EngineWiring
 from glasscockpit.agent.instruments import Instrument, Reading
 from glasscockpit.agent.instruments.base import Phase
-from glasscockpit.agent.packing import DeferredReadings, pack_readings
-from glasscockpit.agent.step import StepData, StepView
-from glasscockpit.agent.transport import Transport
+from glasscockpit.agent.lifecycle.budget import OverheadBudget
+from glasscockpit.agent.lifecycle.engine_wiring import EngineWiring
+from glasscockpit.agent.lifecycle.step import StepData, StepView
+from glasscockpit.agent.transport.host_copy import DeferredReadings, pack_readings
+from glasscockpit.agent.transport.websocket import Transport
 from glasscockpit.protocol import Bye, Hello, Readings
 
 log = logging.getLogger("glasscockpit.agent")

@@ -8,7 +8,8 @@ training loop:
 * the **packer thread** waits for a frame's device→host copy (a CUDA event on
   GPUs), encodes it and places it: in the in-memory outbox while the server is
   reachable and memory is within budget, otherwise appended to the spill file
-  (``agent/spill.py``); with ``record=path`` every frame also goes to that file;
+  (``agent/transport/spill.py``); with ``record=path`` every frame also goes to
+  that file;
 * the **sender thread** owns the websocket: it sends the hello frame, learns from
   the server's acknowledgement of it which frames the server already holds,
   resends what the server lacks (unacknowledged frames, and acknowledged ones a
@@ -41,8 +42,7 @@ from pathlib import Path
 
 from websockets.sync.client import ClientConnection
 
-from glasscockpit.agent.spill import SpillWriter
-from glasscockpit.agent.transport_base import (
+from glasscockpit.agent.transport.base import (
     FATAL_CLOSE_CODES,
     FATAL_HTTP_STATUS,
     STATES,
@@ -58,8 +58,9 @@ from glasscockpit.agent.transport_base import (
     resolve,
     server_url,
 )
-from glasscockpit.agent.transport_packer import Packer
-from glasscockpit.agent.transport_sender import Sender
+from glasscockpit.agent.transport.packer import Packer
+from glasscockpit.agent.transport.sender import Sender
+from glasscockpit.agent.transport.spill import SpillWriter
 from glasscockpit.protocol import Frame, Hello, encode
 
 

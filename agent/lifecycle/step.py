@@ -12,14 +12,14 @@ from torch import Tensor, nn
 from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
-from glasscockpit.agent.grad_scale import GradScale, divide
-from glasscockpit.agent.local_grads import LocalGrads
-from glasscockpit.agent.needs import RECORDED, Need
+from glasscockpit.agent.environment.grad_scale import GradScale, divide
+from glasscockpit.agent.environment.local_grads import LocalGrads
+from glasscockpit.agent.lifecycle.needs import RECORDED, Need
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
 
-    from glasscockpit.agent.curvature import HessianOperator
+    from glasscockpit.agent.curvature.hessian_products import HessianOperator
 
 
 class UndeclaredNeedError(RuntimeError):
@@ -274,7 +274,9 @@ class StepView:
         """
         self.require(Need.DIAG_HESSIAN)
         if "diag_hessian" not in self.cache:
-            from glasscockpit.agent.curvature import backpack_diag_hessian
+            from glasscockpit.agent.curvature.hessian_products import (
+                backpack_diag_hessian,
+            )
 
             loss = self._graph_loss()
             params = [p for _, p in self.params]
@@ -298,7 +300,7 @@ class StepView:
         """Hessian-vector products of ``loss``; BEFORE_BACKWARD only, one per step."""
         self.require(Need.HVP)
         loss = self._graph_loss()
-        from glasscockpit.agent.curvature import HessianOperator
+        from glasscockpit.agent.curvature.hessian_products import HessianOperator
 
         op = self.cache.get("hessian")
         if not isinstance(op, HessianOperator):

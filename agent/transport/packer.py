@@ -8,8 +8,8 @@ sender has read the backlog back.
 
 from __future__ import annotations
 
-from glasscockpit.agent.spill import HEADER_SIZE, SpillWriter
-from glasscockpit.agent.transport_base import DeliveryState, log, resolve
+from glasscockpit.agent.transport.base import DeliveryState, log, resolve
+from glasscockpit.agent.transport.spill import HEADER_SIZE, SpillWriter
 from glasscockpit.protocol import encode
 
 

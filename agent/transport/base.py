@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
 
-from glasscockpit.agent.spill import SpillWriter
+from glasscockpit.agent.transport.spill import SpillWriter
 from glasscockpit.protocol import Bye, Frame, Hello, Readings
 
 log = logging.getLogger("glasscockpit.agent")

@@ -26,7 +26,7 @@ import os
 import platform
 import threading
 
-from glasscockpit.agent.config import ENV_KEEP_HEAP
+from glasscockpit.agent.lifecycle.config import ENV_KEEP_HEAP
 
 #: Blocks from this size on are mapped on their own (glibc's adaptive maximum).
 MMAP_BYTES = 32 << 20

@@ -20,21 +20,28 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from glasscockpit.agent.budget import OverheadBudget
-from glasscockpit.agent.config import AgentConfig, ingest_url
-from glasscockpit.agent.curvature import backpack_diag_hessian, keep_backpack_io
+from glasscockpit.agent.curvature.double_backward_kernels import MathAttention
+from glasscockpit.agent.curvature.hessian_products import (
+    backpack_diag_hessian,
+    keep_backpack_io,
+)
 from glasscockpit.agent.engine import HookEngine, mixes_samples
-from glasscockpit.agent.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
-from glasscockpit.agent.heap import keep_heap
+from glasscockpit.agent.environment.heap import keep_heap
+from glasscockpit.agent.environment.local_grads import LocalGrads, world_size
 from glasscockpit.agent.instruments import Instrument, resolve
 from glasscockpit.agent.instruments.base import Phase
-from glasscockpit.agent.kernels import MathAttention
-from glasscockpit.agent.local_grads import LocalGrads, world_size
-from glasscockpit.agent.meta import default_run_id, model_meta, plain
-from glasscockpit.agent.needs import RECORDED, TWICE, Need
-from glasscockpit.agent.phases import StepContext, StepPhases, on_optimizer_step
-from glasscockpit.agent.schedules import auto, describe
-from glasscockpit.agent.transport import (
+from glasscockpit.agent.lifecycle.budget import OverheadBudget
+from glasscockpit.agent.lifecycle.config import AgentConfig, ingest_url
+from glasscockpit.agent.lifecycle.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
+from glasscockpit.agent.lifecycle.meta import default_run_id, model_meta, plain
+from glasscockpit.agent.lifecycle.needs import RECORDED, TWICE, Need
+from glasscockpit.agent.lifecycle.phases import (
+    StepContext,
+    StepPhases,
+    on_optimizer_step,
+)
+from glasscockpit.agent.lifecycle.schedules import auto, describe
+from glasscockpit.agent.transport.websocket import (
     MemoryTransport,
     Transport,
     TransportOptions,
@@ -96,7 +103,7 @@ class Cockpit(StepPhases):
         budget: overhead budget, a fraction of the plain step time (default
             ``GLASSCOCKPIT_BUDGET`` or 0.05): instruments on their default
             schedule are tracked as often as it allows once their cost is measured
-            (``agent/budget.py``); None keeps the fixed cadences by cost.
+            (``agent/lifecycle/budget.py``); None keeps the fixed cadences by cost.
             Explicit schedules are never changed.
         scaler: the ``torch.amp.GradScaler`` of mixed-precision training, if any:
             gradients are read divided by its scale (whether or not

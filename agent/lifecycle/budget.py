@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from glasscockpit.agent.schedules import auto
+from glasscockpit.agent.lifecycle.schedules import auto
 
 #: A cost is the median of this many recent observations.
 _RECENT = 3

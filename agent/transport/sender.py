@@ -14,8 +14,7 @@ from itertools import islice
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from glasscockpit.agent.spill import HEADER_SIZE, MAX_RECORD, iter_records
-from glasscockpit.agent.transport_base import (
+from glasscockpit.agent.transport.base import (
     SLICE,
     DeliveryState,
     Entry,
@@ -23,6 +22,7 @@ from glasscockpit.agent.transport_base import (
     is_fatal,
     log,
 )
+from glasscockpit.agent.transport.spill import HEADER_SIZE, MAX_RECORD, iter_records
 from glasscockpit.protocol import Ack, ProtocolError, decode
 
 

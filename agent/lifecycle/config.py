@@ -26,7 +26,8 @@ ENV_SPILL_MAX_MB = "GLASSCOCKPIT_SPILL_MAX_MB"
 #: "none" or "0" keeps the fixed cadences by cost.
 ENV_BUDGET = "GLASSCOCKPIT_BUDGET"
 
-#: "0", "no" or "off": leave glibc's heap thresholds as they are (agent/heap.py).
+#: "0", "no" or "off": leave glibc's heap thresholds as they are
+#: (agent/environment/heap.py).
 ENV_KEEP_HEAP = "GLASSCOCKPIT_KEEP_HEAP"
 
 DEFAULT_SERVER = "ws://127.0.0.1:8050"

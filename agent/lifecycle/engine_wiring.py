@@ -9,15 +9,15 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from glasscockpit.agent.budget import OverheadBudget
-from glasscockpit.agent.curvature import keep_backpack_io
+from glasscockpit.agent.curvature.double_backward_kernels import MathAttention
+from glasscockpit.agent.curvature.hessian_products import keep_backpack_io
 from glasscockpit.agent.engine import EngineError, HookEngine, StepStats, diag_ggn
-from glasscockpit.agent.grad_scale import GradScale, current
+from glasscockpit.agent.environment.grad_scale import GradScale, current
+from glasscockpit.agent.environment.local_grads import LocalGrads
 from glasscockpit.agent.instruments import Instrument
-from glasscockpit.agent.kernels import MathAttention
-from glasscockpit.agent.local_grads import LocalGrads
-from glasscockpit.agent.needs import RECORDED, TWICE, Need
-from glasscockpit.agent.step import StepData
+from glasscockpit.agent.lifecycle.budget import OverheadBudget
+from glasscockpit.agent.lifecycle.needs import RECORDED, TWICE, Need
+from glasscockpit.agent.lifecycle.step import StepData
 
 
 class EngineWiring:

@@ -1,0 +1,1 @@
+"""Curvature: Hessian-vector products and λ_max, the GGN diagonal, α's fit."""

@@ -1,0 +1,1 @@
+"""The training process's environment: heap, AMP loss scale, DDP gradients."""

@@ -1,0 +1,1 @@
+"""A tracked step's lifecycle: schedules, budget, needs, step view, phases, metadata."""

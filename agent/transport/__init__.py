@@ -1,0 +1,1 @@
+"""Delivery of frames: host copies, packing, sender thread, websocket, spill file."""
