@@ -5,7 +5,14 @@
   a form whose POST sets the ``glasscockpit_session`` cookie: HttpOnly (scripts
   cannot read it), SameSite=Strict (other sites cannot make the browser send it),
   ``Secure`` when served over https. The cookie holds an HMAC of the token, not the
-  token, so a leaked cookie does not reveal the token for agents.
+  token, so a leaked cookie does not reveal the token for agents, and its expiry
+  time (``GLASSCOCKPIT_SESSION_MAX_AGE_S``, a week by default), checked by the
+  server as well as the browser.
+* The agent websocket takes the bearer header only, never the cookie, and refuses
+  any handshake with an ``Origin`` header: browsers always send one, agents never
+  do, so no web page (not even one on another port of this host, which is
+  same-site for the cookie) can write, evict or delete runs.
+* Wrong tokens are throttled per client (``guards.AuthThrottle``).
 * The token is never accepted in a query string: URLs end up in logs and history.
 
 ``AuthMiddleware`` guards everything except ``/healthz``, ``/login``, ``/logout``
@@ -19,11 +26,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import time
 from urllib.parse import parse_qs, quote
 
 from starlette.requests import HTTPConnection
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from glasscockpit.server.guards import AuthThrottle
 
 COOKIE = "glasscockpit_session"
 OPEN_PATHS = frozenset({"/healthz", "/login", "/logout", "/v1/agent"})
@@ -43,11 +53,21 @@ input{{width:100%;padding:.4rem;margin:.3rem 0}}.err{{color:#b00}}</style></head
 """
 
 
-def session_value(token: str) -> str:
-    """The cookie value for a token: an HMAC, so the cookie never holds the token."""
-    return hmac.new(
-        token.encode(), b"glasscockpit-session-v1", hashlib.sha256
+def session_value(token: str, expires: int | None = None) -> str:
+    """The cookie value: expiry time and an HMAC of it (never the token itself)."""
+    expires = int(time.time()) + 7 * 86400 if expires is None else expires
+    mac = hmac.new(
+        token.encode(), f"glasscockpit-session-v2/{expires}".encode(), hashlib.sha256
     ).hexdigest()
+    return f"{expires}.{mac}"
+
+
+def session_ok(token: str, cookie: str) -> bool:
+    """Whether a cookie value is one ``session_value`` made and has not expired."""
+    stamp, _, _mac = cookie.partition(".")
+    if not stamp.isdigit() or int(stamp) < time.time():
+        return False
+    return _same(cookie, session_value(token, int(stamp)))
 
 
 def _same(a: str, b: str) -> bool:
@@ -62,7 +82,39 @@ def authorized(token: str | None, conn: HTTPConnection) -> bool:
     if header[:7].lower() == "bearer " and _same(header[7:], token):
         return True
     cookie = conn.cookies.get(COOKIE, "")
-    return bool(cookie) and _same(cookie, session_value(token))
+    return bool(cookie) and session_ok(token, cookie)
+
+
+def bearer_ok(token: str | None, conn: HTTPConnection) -> bool:
+    """True without a token, or with the right bearer header (agents: no cookie)."""
+    if not token:
+        return True
+    header = conn.headers.get("authorization", "")
+    return header[:7].lower() == "bearer " and _same(header[7:], token)
+
+
+def agent_refusal(token: str | None, conn: HTTPConnection) -> str | None:
+    """Why an agent websocket handshake is refused (a metrics reason), or None."""
+    if "origin" in conn.headers:
+        return "origin"  # a browser: agents send no Origin
+    return None if bearer_ok(token, conn) else "unauthorized"
+
+
+def _presented(conn: HTTPConnection) -> bool:
+    """Whether a request tried a credential (a page load without one is no guess)."""
+    return "authorization" in conn.headers or COOKIE in conn.cookies
+
+
+def too_many(wait: float) -> Response:
+    """429 for a client that guessed too many wrong tokens."""
+    return JSONResponse(
+        {
+            "error": "TooManyRequests",
+            "detail": "Too many wrong tokens from this address; try again later",
+        },
+        429,
+        headers={"Retry-After": str(max(1, round(wait)))},
+    )
 
 
 def _safe_next(target: str) -> str:
@@ -81,7 +133,9 @@ def login_page(next_path: str = "/", error: str = "", status: int = 200) -> Resp
     return HTMLResponse(body, status, headers={"Cache-Control": "no-store"})
 
 
-async def login_submit(token: str | None, body: bytes, https: bool) -> Response:
+async def login_submit(
+    token: str | None, body: bytes, https: bool, max_age_s: int = 7 * 86400
+) -> Response:
     """Check a posted form; on success set the cookie and redirect to ``next``."""
     form = parse_qs(body[:MAX_FORM_BYTES].decode("utf-8", "replace"))
     given = form.get("token", [""])[0]
@@ -93,7 +147,8 @@ async def login_submit(token: str | None, body: bytes, https: bool) -> Response:
     response = RedirectResponse(target, 303)
     response.set_cookie(
         COOKIE,
-        session_value(token),
+        session_value(token, int(time.time()) + max_age_s),
+        max_age=max_age_s,
         httponly=True,
         samesite="strict",
         secure=https,
@@ -112,9 +167,12 @@ def logout() -> Response:
 class AuthMiddleware:
     """Pure ASGI middleware: refuse unauthenticated requests when a token is set."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str | None, throttle: AuthThrottle | None = None
+    ) -> None:
         self.app = app
         self.token = token
+        self.throttle = throttle or AuthThrottle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass authorised requests on; answer the others."""
@@ -126,14 +184,22 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
-        if authorized(self.token, conn):
+        client = conn.client.host if conn.client else ""
+        wait = self.throttle.blocked(client)
+        if wait == 0 and authorized(self.token, conn):
             await self.app(scope, receive, send)
             return
+        if wait == 0 and _presented(conn):
+            self.throttle.failed(client)
         if scope["type"] == "websocket":
             # Closing before accept makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": 1008, "reason": ""})
             return
         response: Response
+        if wait > 0:
+            response = too_many(wait)
+            await response(scope, receive, send)
+            return
         accepts_html = "text/html" in conn.headers.get("accept", "")
         if scope["method"] == "GET" and accepts_html:
             target = scope["path"]

@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 
 from glasscockpit.server.auth import authorized
 from glasscockpit.server.errors import Unauthorized
+from glasscockpit.server.ratelimit import ConnectionGate
 from glasscockpit.server.settings import Settings
 from glasscockpit.server.store import RunStore
 
@@ -30,6 +31,12 @@ def get_metrics(conn: HTTPConnection) -> Counter[str]:
     """Process counters (frames in, rejected by reason, ...)."""
     metrics: Counter[str] = conn.app.state.metrics
     return metrics
+
+
+def get_gate(conn: HTTPConnection) -> ConnectionGate:
+    """Agent connection caps and per-client rate limits."""
+    gate: ConnectionGate = conn.app.state.gate
+    return gate
 
 
 def token_ok(settings: Settings, conn: HTTPConnection) -> bool:

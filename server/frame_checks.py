@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from glasscockpit.protocol import Array, Frame, Hello, Readings
 from glasscockpit.server.errors import LimitExceeded, Rejected
 from glasscockpit.server.jsonsafe import safe
@@ -66,13 +68,28 @@ def clean_meta(meta: dict[str, Any], limits: Limits) -> dict[str, Any]:
 
 
 def _check_array(a: Array, where: str, limits: Limits) -> None:
-    size = math.prod(a.shape)
-    if len(a.shape) > 3 or size > limits.max_array_elements:
+    # Every dimension counts, even next to a zero: a shape like [2**62, 0] holds no
+    # bytes but cannot be built as an array (it used to reach the frame log first
+    # and stop every later start-up), and [0, 2**40] is no histogram either.
+    cap = limits.max_array_elements
+    if (
+        len(a.shape) > 3
+        or any(n > cap for n in a.shape)
+        or math.prod(max(n, 1) for n in a.shape) > cap
+    ):
         raise LimitExceeded(
-            f"Array {where} of shape {list(a.shape)} exceeds the limits of 3 "
-            f"dimensions and {limits.max_array_elements} elements "
-            "(GLASSCOCKPIT_MAX_ARRAY_ELEMENTS)"
+            f"Array {where} of shape {list(a.shape)} exceeds 3 dimensions or "
+            f"{cap} elements (GLASSCOCKPIT_MAX_ARRAY_ELEMENTS; a 0 counts as 1)"
         )
+    try:
+        as_numpy(a)  # the exact conversion storing it does: nothing fails later
+    except (ValueError, TypeError) as exc:
+        raise Rejected("schema", f"Array {where} cannot be stored: {exc}") from exc
+
+
+def as_numpy(a: Array) -> np.ndarray:
+    """Zero-copy view of a wire array."""
+    return np.frombuffer(a.data, dtype=a.dtype).reshape(a.shape)
 
 
 def check_frame(frame: Frame, limits: Limits) -> None:

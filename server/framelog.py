@@ -1,11 +1,24 @@
 """Append-only raw frame logs, one file per run, replayed at start-up.
 
-Each record is ``<u32 length><u32 crc32><frame bytes>`` (little-endian), written
-with one ``write`` call before the frame is acknowledged. An acknowledged frame is
-therefore in the kernel's page cache and survives the server process dying (add
-``GLASSCOCKPIT_FSYNC=true`` to survive power loss too). A crash in the middle of a
-write leaves a torn last record: its length or checksum does not match, so reading
-stops there and the file is truncated to its last whole record.
+Each record is ``<u32 length><u32 crc32><frame bytes>`` (little-endian). A frame
+is acknowledged only once its whole record is in the log: written to the kernel's
+page cache by default (survives the server process dying), and with
+``GLASSCOCKPIT_FSYNC=true`` also synced to the disk (survives power loss). The sync
+is a group commit: the ingest route calls ``sync`` from a worker thread before it
+sends an ack, and one ``fsync`` covers every frame written since the last one, so
+the event loop never waits on the disk and a backlog costs one sync, not one a
+frame.
+
+A write that fails (disk full, quota, file size limit, I/O error) is rolled back:
+the file is truncated to its previous end, so no torn record is left for later
+records to hide behind, and ``append`` raises ``LogWriteError``. The store turns
+that into a refusal the agent retries (close code 1013), so the agent keeps the
+frame (outbox, spill file) until the disk has room again. If even the truncation
+fails, the run's log refuses every append until a later one manages to truncate.
+
+A crash in the middle of a write leaves a torn last record: its length or checksum
+does not match, so reading stops there and the file is truncated to its last whole
+record.
 
 The file of run ``r`` is ``<data_dir>/r.frames``; run ids are checked by
 ``check_run_id`` (letters, digits, ``.``, ``_``, ``-``; no ``..``), so they cannot
@@ -26,6 +39,7 @@ next to ``log_bytes``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -39,6 +53,18 @@ from glasscockpit.protocol import check_run_id
 log = logging.getLogger("glasscockpit.server")
 HEADER = struct.Struct("<II")
 SUFFIX = ".frames"
+
+
+class LogWriteError(OSError):
+    """A frame could not be appended (and was rolled back); ``full``: no space."""
+
+    def __init__(self, message: str, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+#: errnos that mean "no room", as opposed to a failing disk.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def record(data: bytes) -> bytes:
@@ -78,6 +104,9 @@ class FrameLogs:
         self.max_total_bytes = max_total_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, BinaryIO] = {}
+        self._dirty: set[str] = set()  # appended to since their last sync
+        self._torn: set[str] = set()  # a rollback failed: truncate before appending
+        self._unsynced_dir = False
         # Bytes of each log and of all of them, kept current by every write.
         self._sizes = {p.name[: -len(SUFFIX)]: p.stat().st_size for p in self._logs()}
         self.total = sum(self._sizes.values())
@@ -118,15 +147,81 @@ class FrameLogs:
         return self.root / f"{check_run_id(run_id)}{SUFFIX}"
 
     def append(self, run_id: str, data: bytes) -> None:
-        """Append one frame; returns once the bytes are handed to the kernel."""
-        f = self._files.get(run_id)
-        if f is None:
-            f = self._files[run_id] = open(self.path(run_id), "ab", buffering=0)  # noqa: SIM115 - kept open across frames
-        f.write(record(data))
-        if self.fsync:
-            os.fsync(f.fileno())
-        self._sizes[run_id] = self._sizes.get(run_id, 0) + HEADER.size + len(data)
+        """Append one frame; returns once the whole record is handed to the kernel.
+
+        Raises ``LogWriteError`` after rolling the file back to its previous end.
+        """
+        end = self._sizes.get(run_id, 0)
+        try:
+            f = self._files.get(run_id)
+            if f is None:
+                f = open(self.path(run_id), "ab", buffering=0)  # noqa: SIM115 - kept open across frames
+                self._files[run_id] = f
+                self._unsynced_dir = True
+            if run_id in self._torn:
+                os.ftruncate(f.fileno(), end)  # an earlier rollback failed
+                self._torn.discard(run_id)
+            view = memoryview(record(data))
+            while view:
+                # An unbuffered write may write part of the record (a disk filling
+                # up does): write the rest, or fail and roll back.
+                n = f.write(view)
+                if not n:
+                    raise OSError(errno.EIO, "the write made no progress")
+                view = view[n:]
+        except OSError as exc:
+            self._roll_back(run_id, end)
+            raise LogWriteError(
+                f"Cannot append to the frame log of run {run_id!r}: {exc}",
+                exc.errno in NO_ROOM,
+            ) from exc
+        self._dirty.add(run_id)
+        self._sizes[run_id] = end + HEADER.size + len(data)
         self.total += HEADER.size + len(data)
+
+    def _roll_back(self, run_id: str, end: int) -> None:
+        f = self._files.get(run_id)
+        try:
+            if f is None:
+                raise OSError(errno.EBADF, "the log file could not be opened")
+            os.ftruncate(f.fileno(), end)
+        except OSError as exc:
+            self._torn.add(run_id)
+            log.error(
+                "glasscockpit: cannot roll back the frame log of %r to %d bytes: %s; "
+                "it refuses frames until it can",
+                run_id,
+                end,
+                exc,
+            )
+
+    def sync(self, run_id: str) -> None:
+        """Sync a run's log to disk (group commit; called off the event loop).
+
+        Covers every frame appended before the call. Raises ``OSError``.
+        """
+        if run_id not in self._dirty:
+            return
+        f = self._files.get(run_id)
+        self._dirty.discard(run_id)
+        if f is None:
+            return  # deleted meanwhile
+        try:
+            fileno = f.fileno()
+        except ValueError:
+            return  # closed meanwhile (run deleted): nothing left to make durable
+        try:
+            os.fsync(fileno)
+            if self._unsynced_dir:
+                self._unsynced_dir = False
+                fd = os.open(self.root, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # new files' directory entries
+                finally:
+                    os.close(fd)
+        except OSError:
+            self._dirty.add(run_id)
+            raise
 
     def close(self, run_id: str | None = None) -> None:
         """Close one run's file (or all of them)."""

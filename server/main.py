@@ -17,7 +17,14 @@ from glasscockpit import __version__
 from glasscockpit.server.auth import AuthMiddleware
 from glasscockpit.server.errors import PublicError
 from glasscockpit.server.framelog import FrameLogs
+from glasscockpit.server.guards import (
+    AuthThrottle,
+    HostCheckMiddleware,
+    SecurityHeadersMiddleware,
+    is_loopback,
+)
 from glasscockpit.server.provider import StoreProvider
+from glasscockpit.server.ratelimit import ConnectionGate
 from glasscockpit.server.routes import health, ingest, login, runs
 from glasscockpit.server.settings import Settings
 from glasscockpit.server.store import Limits, RunStore
@@ -55,11 +62,16 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
         logs,
     )
     metrics: Counter[str] = Counter()
+    throttle = AuthThrottle()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if logs is not None:
-            replayed = store.replay(settings.max_frame_bytes)
+            try:
+                replayed = store.replay(settings.max_frame_bytes)
+            except Exception:  # the server starts, whatever the logs hold
+                log.exception("glasscockpit: replay of %s failed", settings.data_dir)
+                replayed = Counter({"replay.failed": 1})
             metrics.update(replayed)
             log.info(
                 "glasscockpit: replayed %d frames of %d runs from %s",
@@ -84,6 +96,15 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
+    app.state.throttle = throttle
+    app.state.gate = ConnectionGate(
+        settings.max_connections,
+        settings.max_connections_per_client,
+        settings.rate_frames_per_s,
+        settings.rate_burst,
+        settings.rate_bytes_per_s,
+        max(settings.rate_bytes_per_s, settings.max_frame_bytes),
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -125,6 +146,12 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
         create_dash(
             app, StoreProvider(store, settings.stale_after_s), settings.refresh_ms
         )
-    # Outermost: Dash's pages, assets and callbacks are guarded like the REST API.
-    app.add_middleware(AuthMiddleware, token=settings.token)
+    # Dash's pages, assets and callbacks are guarded like the REST API.
+    app.add_middleware(AuthMiddleware, token=settings.token, throttle=throttle)
+    app.add_middleware(SecurityHeadersMiddleware)
+    if is_loopback(settings.host):
+        # Outermost: a rebound host name gets nothing, not even the login form.
+        app.add_middleware(
+            HostCheckMiddleware, allowed=frozenset(settings.allowed_hosts)
+        )
     return app

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from glasscockpit.protocol import Array, InstrumentSpec
+from glasscockpit.protocol import InstrumentSpec
 from glasscockpit.server.history import History
 from glasscockpit.server.series import Series
 
@@ -30,6 +30,10 @@ class Run:
     """Everything stored about one run."""
 
     run_id: str
+    #: The id the agent asked for (``run_id`` carries a suffix when it was taken).
+    origin: str = ""
+    #: Which process the run's frames come from (``instance_of`` its metadata).
+    instance: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     instruments: dict[str, InstrumentSpec] = field(default_factory=dict)
     series: dict[tuple[str, str], Series] = field(default_factory=dict)
@@ -65,6 +69,17 @@ class Run:
         return total
 
 
-def as_numpy(a: Array) -> np.ndarray:
-    """Zero-copy view of a wire array."""
-    return np.frombuffer(a.data, dtype=a.dtype).reshape(a.shape)
+def instance_of(meta: dict[str, Any]) -> str:
+    """Which run instance (training process) a hello's metadata describes.
+
+    Agents send ``instance`` (random per run object); older ones send ``host``,
+    ``pid`` and ``started``, which tell processes apart just as well. Hellos
+    without either (hand-made clients) share the instance "", as before.
+    """
+    given = meta.get("instance")
+    if isinstance(given, str) and given:
+        return given[:200]
+    parts = [meta.get(k) for k in ("host", "pid", "started")]
+    if all(p is None for p in parts):
+        return ""
+    return "/".join(str(p) for p in parts)

@@ -6,8 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -35,12 +35,21 @@ class Settings(BaseSettings):
     max_array_elements: Annotated[int, Field(ge=1)] = 1_000_000
     #: Size of a run's metadata, in bytes of its JSON form.
     max_meta_bytes: Annotated[int, Field(ge=2)] = 64 * 2**10
-    #: Per-connection token bucket: sustained frames per second ...
+    #: Agent connections open at once, in total and per client address; one more
+    #: is closed with 1013 (try again later).
+    max_connections: Annotated[int, Field(ge=1)] = 256
+    max_connections_per_client: Annotated[int, Field(ge=1)] = 64
+    #: Host names (besides loopback) a loopback-bound server answers; see
+    #: server/guards.py (DNS rebinding). Comma-separated in the environment.
+    allowed_hosts: Annotated[list[str], NoDecode] = []
+    #: Lifetime of the browser's sign-in cookie, in seconds.
+    session_max_age_s: Annotated[int, Field(ge=60)] = 7 * 86400
+    #: Per-client token bucket (shared by its connections): frames per second ...
     rate_frames_per_s: Annotated[float, Field(gt=0)] = 5_000.0
     #: ... and burst size in frames. Past the burst the server reads (and acks)
     #: more slowly instead of closing the connection: backpressure.
     rate_burst: Annotated[int, Field(ge=1)] = 10_000
-    #: Per-connection sustained bytes per second (burst: one second's worth).
+    #: Per-client sustained bytes per second (burst: one second's worth).
     rate_bytes_per_s: Annotated[float, Field(gt=0)] = 64 * 2**20
     #: Folder for append-only frame logs replayed at start-up (None: memory only).
     data_dir: Path | None = None
@@ -56,6 +65,13 @@ class Settings(BaseSettings):
     stale_after_s: Annotated[float, Field(gt=0)] = 60.0
     #: Dashboard refresh period in milliseconds.
     refresh_ms: int = 500
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
 
 
 @lru_cache

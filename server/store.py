@@ -19,32 +19,25 @@ re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
 import time
 from collections import Counter
 
-from glasscockpit.protocol import (
-    Ack,
-    Array,
-    Bye,
-    Frame,
-    Hello,
-    ProtocolError,
-    Readings,
-    decode,
-)
+from glasscockpit.protocol import Array, Bye, Frame, Hello, Readings
 from glasscockpit.server.errors import LimitExceeded, Rejected
 from glasscockpit.server.frame_checks import (
     MAX_INT,
     Limits,
+    as_numpy,
     check_frame,
     clean_meta,
 )
-from glasscockpit.server.framelog import FrameLogs
+from glasscockpit.server.framelog import FrameLogs, LogWriteError
 from glasscockpit.server.history import History
-from glasscockpit.server.run import TOTAL, Histogram, Run, as_numpy
+from glasscockpit.server.run import TOTAL, Histogram, Run, instance_of
 from glasscockpit.server.series import Series
 
 log = logging.getLogger("glasscockpit.server")
@@ -74,47 +67,34 @@ class RunStore:
         self.evicted_count = 0
         self.lock = threading.RLock()
 
-    def ingest(self, frame: Frame, raw: bytes | None = None) -> bool:
+    def ingest(
+        self, frame: Frame, raw: bytes | None = None, run_id: str | None = None
+    ) -> bool:
         """Check and store one frame; False when it is a duplicate (already stored).
 
-        Raises ``Rejected`` (nothing stored) when the frame breaks a limit. ``raw``
-        (the frame's wire bytes) is appended to the run's log when the store has one.
+        Raises ``Rejected`` (nothing stored, nothing logged) when the frame breaks a
+        limit or its log write fails. ``raw`` (the frame's wire bytes) is appended to
+        the run's log when the store has one. ``run_id``: the stored run the frame
+        belongs to, when its hello was given another id (``hello``).
         """
+        if isinstance(frame, Hello):
+            self.hello(frame, raw, run_id)
+            return True
         check_frame(frame, self.limits)
+        if run_id is not None and run_id != frame.run:
+            frame = dataclasses.replace(frame, run=run_id)
         with self.lock:
             run = self.runs.get(frame.run)
-            fresh_run = run is None
-            if isinstance(frame, Hello):
-                instruments = {s.name: s for s in frame.instruments}
-                meta = clean_meta(frame.meta, self.limits)
-                reopen = (
-                    run is not None
-                    and run.status != "live"
-                    and frame.seq > run.last_seq
-                )
-                if run is not None:
-                    self._check_names(run, set(instruments))
-                    same = run.meta == meta and run.instruments == instruments
-                    if same and not reopen:
-                        run.last_frame_time = time.time()
-                        return True  # a reconnect's hello: nothing new to log
-                self._check_log_room(frame, raw, fresh_run)
-                run = run or self._new_run(frame.run)
-                run.meta = meta
-                run.instruments = instruments
-                run.names |= set(instruments)
-                if reopen:
-                    run.status = "live"
-                self._log(frame.run, raw, fresh_run)
-                run.last_frame_time = time.time()
-                return True
             if run is not None and frame.seq <= run.last_seq:
                 return False
             if isinstance(frame, Readings):
                 self._check_readings(run or Run(frame.run), frame)
-                self._check_log_room(frame, raw, fresh_run)
+            fresh_run = run is None
+            if fresh_run:
+                self._make_room(frame.run)
+            # Everything that can refuse the frame has run: log it, then store it.
+            self._log(frame, raw, fresh_run)
             run = run or self._new_run(frame.run)
-            self._log(frame.run, raw, fresh_run)
             run.last_frame_time = time.time()
             run.last_seq = frame.seq
             run.frames += 1
@@ -124,23 +104,99 @@ class RunStore:
                 self._add_readings(run, frame)
             return True
 
-    def _check_log_room(self, frame: Frame, raw: bytes | None, fresh: bool) -> None:
-        """Refuse (before storing or acking) a frame its log has no room for."""
+    def hello(
+        self, frame: Hello, raw: bytes | None = None, run_id: str | None = None
+    ) -> str:
+        """Store a hello frame; returns the id of the run it opens or resumes.
+
+        The same run instance (``instance_of`` its metadata) resumes its run, under
+        whatever id it was given. Another instance asking for a stored id gets a new
+        run with a suffix (``digits-sgd-2``): its frames must not be mistaken for
+        the stored run's (their sequence numbers start again at 0). ``run_id``
+        forces the id (replay: the log's file name says it).
+        """
+        check_frame(frame, self.limits)
+        instruments = {s.name: s for s in frame.instruments}
+        meta = clean_meta(frame.meta, self.limits)
+        instance = instance_of(meta)
+        with self.lock:
+            if run_id is None:
+                run_id = self._resolve(frame.run, instance)
+            run = self.runs.get(run_id)
+            fresh_run = run is None
+            reopen = (
+                run is not None and run.status != "live" and frame.seq > run.last_seq
+            )
+            if run is not None:
+                self._check_names(run, set(instruments))
+                same = run.meta == meta and run.instruments == instruments
+                if same and not reopen:
+                    run.last_frame_time = time.time()
+                    return run_id  # a reconnect's hello: nothing new to log
+            else:
+                self._make_room(run_id)
+            self._log(frame, raw, fresh_run, run_id)
+            if run is None:
+                run = self._new_run(run_id)
+                run.origin, run.instance = frame.run, instance
+                if run_id != frame.run:
+                    log.warning(
+                        "glasscockpit: run id %r is taken by another run instance; "
+                        "this one is stored as %r",
+                        frame.run,
+                        run_id,
+                    )
+            run.meta = meta
+            run.instruments = instruments
+            run.names |= set(instruments)
+            if reopen:
+                run.status = "live"
+            run.last_frame_time = time.time()
+            return run_id
+
+    def _resolve(self, wanted: str, instance: str) -> str:
+        """The run a hello for ``wanted`` from ``instance`` goes to (lock held)."""
+        for run in self.runs.values():
+            if run.origin == wanted and run.instance == instance:
+                return run.run_id  # the same process (or its spill file) again
+        if wanted not in self.runs:
+            return wanted
+        n = 2
+        while True:
+            suffix = f"-{n}"
+            candidate = wanted[: 128 - len(suffix)] + suffix
+            if candidate not in self.runs:
+                return candidate
+            n += 1
+
+    def _log(
+        self, frame: Frame, raw: bytes | None, fresh_run: bool, run_id: str = ""
+    ) -> None:
+        """Append ``raw`` to the run's log, or refuse the frame (nothing stored)."""
         if self.logs is None or raw is None:
             return
-        full = self.logs.full(frame.run, len(raw), fresh)
+        run_id = run_id or frame.run
+        # Bye frames are exempt from the caps (a few bytes; a run can still finish).
+        full = (
+            None
+            if isinstance(frame, Bye)
+            else self.logs.full(run_id, len(raw), fresh_run)
+        )
         if full is not None:
             # Per run: resending cannot help (fatal 1008). All logs: retry (1013)
             # once a run is deleted or evicted. See framelog.py for the policy.
             why, per_run = full
             raise Rejected("log_full", why, 1008 if per_run else 1013)
-
-    def _log(self, run_id: str, raw: bytes | None, fresh_run: bool) -> None:
-        if self.logs is None or raw is None:
-            return
         if fresh_run:
             self.logs.delete(run_id)  # a stale file of a run evicted earlier
-        self.logs.append(run_id, raw)
+        try:
+            self.logs.append(run_id, raw)
+        except LogWriteError as exc:
+            # Rolled back and not acknowledged: 1013 makes the agent keep the
+            # frame and retry, so a full disk delays frames but loses none.
+            log.error("glasscockpit: %s", exc)
+            reason = "disk_full" if exc.full else "log_write"
+            raise Rejected(reason, str(exc), 1013) from exc
 
     def _check_names(self, run: Run, names: set[str]) -> None:
         total = len(run.names | names)
@@ -168,10 +224,12 @@ class RunStore:
                         f"{self.limits.max_keys} (GLASSCOCKPIT_MAX_KEYS)"
                     )
 
-    def _new_run(self, run_id: str) -> Run:
+    def _make_room(self, run_id: str) -> None:
         if len(self.runs) >= self.max_runs:
             self._evict_one(run_id)
-        run = Run(run_id)
+
+    def _new_run(self, run_id: str) -> Run:
+        run = Run(run_id, origin=run_id)
         self.runs[run_id] = run
         return run
 
@@ -262,43 +320,10 @@ class RunStore:
 
     # -- persistence -------------------------------------------------------------
     def replay(self, max_frame_bytes: int) -> Counter[str]:
-        """Rebuild runs from the frame logs (start-up); returns what happened."""
-        stats: Counter[str] = Counter()
-        if self.logs is None:
-            return stats
-        logs, self.logs = self.logs, None  # replayed frames are not logged again
-        loaded: list[str] = []
-        try:
-            for run_id in logs.run_ids():
-                try:
-                    frames, torn = logs.load(run_id)
-                except (OSError, ProtocolError) as exc:
-                    log.warning("glasscockpit: cannot replay %r: %s", run_id, exc)
-                    stats["replay.unreadable_logs"] += 1
-                    continue
-                stats["replay.torn_bytes"] += torn
-                stats["replay.runs"] += 1
-                loaded.append(run_id)
-                for data in frames:
-                    try:
-                        frame = decode(data, max_frame_bytes)
-                        if isinstance(frame, Ack):
-                            raise Rejected("schema", "an ack frame in a run's log")
-                        self.ingest(frame)
-                        stats["replay.frames"] += 1
-                    except (ProtocolError, Rejected) as exc:
-                        # Limits may have been lowered since the frame was logged.
-                        log.warning("glasscockpit: replay of %r: %s", run_id, exc)
-                        stats["replay.rejected_frames"] += 1
-                run = self.runs.get(run_id)
-                if run is not None:
-                    run.connected = 0
-        finally:
-            self.logs = logs
-        for run_id in loaded:
-            if run_id not in self.runs:  # evicted during replay (MAX_RUNS lowered)
-                logs.delete(run_id)
-        return stats
+        """Rebuild runs from the frame logs (start-up); see ``server/replay.py``."""
+        from glasscockpit.server.replay import replay
+
+        return replay(self, max_frame_bytes)
 
     # -- reads ------------------------------------------------------------------
     def get(self, run_id: str) -> Run | None:

@@ -32,6 +32,7 @@ def run_summary(store: RunStore, run: Run, stale_after_s: float) -> dict[str, An
         "last_seq": run.last_seq,
         "created": run.created,
         "last_frame_time": run.last_frame_time,
+        "connected": run.connected,
         "nonfinite": run.nonfinite,
     }
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from glasscockpit.protocol import Ack, Hello, ProtocolError, encode
-from glasscockpit.server.deps import get_metrics, get_settings_dep, get_store, token_ok
+from glasscockpit.server.auth import agent_refusal
+from glasscockpit.server.deps import get_gate, get_metrics, get_settings_dep, get_store
 from glasscockpit.server.errors import Rejected, rejection
-from glasscockpit.server.ratelimit import TokenBucket
+from glasscockpit.server.guards import AuthThrottle
 from glasscockpit.server.store import Run
 from glasscockpit.server.wire import decode_frame
 
@@ -38,8 +40,12 @@ class Acks:
     still gets each ack at once. Acks only ever name frames already stored.
     """
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(
+        self, ws: WebSocket, sync: Callable[[str], None] | None = None
+    ) -> None:
         self.ws = ws
+        self.sync = sync  # GLASSCOCKPIT_FSYNC: make the log durable before acking
+        self.failed: BaseException | None = None
         self.run = ""
         self.seq = -1  # newest stored seq
         self.sent = -1
@@ -58,9 +64,23 @@ class Acks:
                 await self._wake.wait()
                 self._wake.clear()
                 while self.sent < self.seq:
-                    seq = self.seq
-                    await self.ws.send_bytes(encode(Ack(self.run, seq)))
-                    self.sent = seq
+                    await self._send(self.seq)
+
+    async def _send(self, seq: int) -> None:
+        if self.sync is not None:
+            # Group commit: one fsync in a worker thread covers every frame
+            # written so far, while the receive loop keeps storing new ones.
+            try:
+                await asyncio.to_thread(self.sync, self.run)
+            except OSError as exc:
+                # Not durable, so never acknowledged: close (1011, the agent
+                # retries and resends from its last acknowledged frame).
+                self.failed = exc
+                log.error("glasscockpit: fsync of run %r failed: %s", self.run, exc)
+                await _close(self.ws, 1011, "cannot sync the frame log")
+                raise
+        await self.ws.send_bytes(encode(Ack(self.run, seq)))
+        self.sent = seq
 
     async def flush(self) -> None:
         """Send what is owed, then stop the task (before closing the socket)."""
@@ -68,9 +88,8 @@ class Acks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
         with contextlib.suppress(Exception):
-            if self.sent < self.seq:
-                await self.ws.send_bytes(encode(Ack(self.run, self.seq)))
-                self.sent = self.seq
+            if self.sent < self.seq and self.failed is None:
+                await self._send(self.seq)
 
 
 def close_reason(text: str) -> str:
@@ -85,21 +104,35 @@ async def ingest(ws: WebSocket) -> None:
     settings = get_settings_dep(ws)
     store = get_store(ws)
     metrics = get_metrics(ws)
-    if not token_ok(settings, ws):
-        metrics["rejected.unauthorized"] += 1
+    client = ws.client.host if ws.client else ""
+    throttle: AuthThrottle = ws.app.state.throttle
+    refused = "throttled" if throttle.blocked(client) else None
+    refused = refused or agent_refusal(settings.token, ws)
+    if refused is not None:
+        metrics[f"rejected.{refused}"] += 1
+        if refused == "unauthorized":
+            throttle.failed(client)
         # Closing before accept answers the handshake with HTTP 403.
-        await ws.close(code=1008, reason="missing or wrong token")
+        await ws.close(code=1008, reason=refused)
         return
-    await ws.accept()
+    gate = get_gate(ws)
+    crowded = gate.enter(client)
+    try:
+        await ws.accept()
+    except Exception:
+        gate.leave(client)
+        raise
+    if crowded:
+        gate.leave(client)
+        metrics["rejected.connections"] += 1
+        await _close(ws, 1013, crowded)  # try again later: the agent retries
+        return
     metrics["connections"] += 1
-    frames = TokenBucket(settings.rate_frames_per_s, settings.rate_burst)
-    volume = TokenBucket(
-        settings.rate_bytes_per_s,
-        max(settings.rate_bytes_per_s, settings.max_frame_bytes),
-    )
+    frames, volume = gate.buckets(client)
     run: Run | None = None
-    run_id: str | None = None
-    acks = Acks(ws)
+    run_id: str | None = None  # the id this connection's frames are stored under
+    logs = store.logs
+    acks = Acks(ws, logs.sync if logs is not None and settings.fsync else None)
     backlog = 0
     try:
         while True:
@@ -119,30 +152,34 @@ async def ingest(ws: WebSocket) -> None:
             frame = decode_frame(data, settings.max_frame_bytes)
             if isinstance(frame, Ack):
                 raise Rejected("schema", "agents do not send ack frames")
-            if run_id is None and not isinstance(frame, Hello):
+            if run is None and not isinstance(frame, Hello):
                 raise Rejected(
                     "no_hello", "the first frame of a connection must be a hello frame"
                 )
-            if run_id is not None and frame.run != run_id:
+            if run is not None and frame.run != run.origin:
                 raise Rejected(
                     "run_switch",
-                    f"frame for run {frame.run!r} on the connection of {run_id!r}",
+                    f"frame for run {frame.run!r} on the connection of {run.origin!r}",
                 )
-            fresh = store.ingest(frame, raw=data)
+            if isinstance(frame, Hello):
+                run_id = store.hello(frame, raw=data, run_id=run_id)
+                fresh = True
+            else:
+                fresh = store.ingest(frame, raw=data, run_id=run_id)
             metrics["frames.in" if fresh else "frames.duplicate"] += 1
             metrics["bytes.in"] += len(data)
-            if run_id is None:
-                run_id = frame.run
-                run = store.get(run_id)
+            ack = frame.seq
+            if run is None:
+                run = store.get(run_id or frame.run)
                 if run is not None:
                     run.connected += 1
-            ack = frame.seq
-            stored = store.get(frame.run) if isinstance(frame, Hello) else None
-            if stored is not None:
+            if isinstance(frame, Hello) and run is not None:
                 # The hello's ack tells a reconnecting agent what is already stored,
-                # so it resends only what this server lacks (e.g. after a restart).
-                ack = max(ack, stored.last_seq)
-            acks.stored(frame.run, ack)
+                # so it resends only what this server lacks (e.g. after a restart),
+                # and names the run its frames are stored under (a reused id gets
+                # a suffix, see RunStore.hello).
+                ack = max(ack, run.last_seq)
+            acks.stored(run_id or frame.run, ack)
             backlog += 1
             if backlog >= ACK_EVERY:
                 # Let the ack task run even if frames keep arriving back to back.
@@ -168,6 +205,7 @@ async def ingest(ws: WebSocket) -> None:
         await _close(ws, 1011, "internal server error")
     finally:
         await acks.flush()
+        gate.leave(client)
         if run is not None:
             run.connected -= 1
 

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from glasscockpit.server import auth
 from glasscockpit.server.deps import get_settings_dep
+from glasscockpit.server.guards import AuthThrottle
 
 router = APIRouter(tags=["auth"])
 
@@ -26,7 +27,20 @@ async def login(request: Request) -> Response:
         if len(body) > auth.MAX_FORM_BYTES:
             break  # a sign-in form is tiny; do not buffer whatever is posted
     settings = get_settings_dep(request)
-    return await auth.login_submit(settings.token, body, request.url.scheme == "https")
+    throttle: AuthThrottle = request.app.state.throttle
+    client = request.client.host if request.client else ""
+    wait = throttle.blocked(client)
+    if wait > 0:
+        return auth.too_many(wait)
+    response = await auth.login_submit(
+        settings.token,
+        body,
+        request.url.scheme == "https",
+        settings.session_max_age_s,
+    )
+    if response.status_code == 401:
+        throttle.failed(client)
+    return response
 
 
 @router.post("/logout", response_class=Response, include_in_schema=False)
