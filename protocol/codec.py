@@ -38,13 +38,14 @@ from glasscockpit.protocol.frames import (
 ARRAY_EXT = 1
 DEFAULT_MAX_SIZE = 8 * 2**20
 MAX_NAME = 200
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Matched with fullmatch: "$" would also match before a trailing newline.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STATUSES = frozenset({"finished", "failed"})
 
 
 def check_run_id(run: str) -> str:
     """Return ``run`` if it is a valid run id, else raise ``MalformedFrame``."""
-    if not isinstance(run, str) or not RUN_ID.match(run) or ".." in run:
+    if not isinstance(run, str) or not RUN_ID.fullmatch(run) or ".." in run:
         shown = run[:40] + "…" if isinstance(run, str) and len(run) > 40 else run
         raise InvalidRunId(
             f"Invalid run id {shown!r}: expected 1-128 characters of letters, digits, "

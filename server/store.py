@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 
+from glasscockpit.diagnosis import Diagnoser, DiagnosisSettings
 from glasscockpit.protocol import Array, Bye, Frame, Hello, Readings
 from glasscockpit.server.errors import LimitExceeded, Rejected
 from glasscockpit.server.frame_checks import (
@@ -54,6 +55,7 @@ class RunStore:
         max_runs: int = 100,
         limits: Limits | None = None,
         logs: FrameLogs | None = None,
+        diagnosis: DiagnosisSettings | None = None,
     ):
         if max_runs < 1:
             raise ValueError(f"max_runs must be >= 1, got {max_runs}")
@@ -62,6 +64,9 @@ class RunStore:
         self.max_runs = max_runs
         self.limits = limits or Limits()
         self.logs = logs
+        #: Diagnosis rules turned off and thresholds changed (checked here).
+        self.diagnosis = diagnosis or DiagnosisSettings()
+        Diagnoser(settings=self.diagnosis)
         self.runs: dict[str, Run] = {}
         self.evicted: list[str] = []  # the last 100 evicted run ids
         self.evicted_count = 0
@@ -102,6 +107,7 @@ class RunStore:
                 run.status = frame.status
             elif isinstance(frame, Readings):
                 self._add_readings(run, frame)
+                self._diagnose(run, frame)
             return True
 
     def hello(
@@ -120,6 +126,7 @@ class RunStore:
         meta = clean_meta(frame.meta, self.limits)
         instance = instance_of(meta)
         with self.lock:
+            resolved = run_id is None
             if run_id is None:
                 run_id = self._resolve(frame.run, instance)
             run = self.runs.get(run_id)
@@ -139,7 +146,7 @@ class RunStore:
             if run is None:
                 run = self._new_run(run_id)
                 run.origin, run.instance = frame.run, instance
-                if run_id != frame.run:
+                if resolved and run_id != frame.run:
                     log.warning(
                         "glasscockpit: run id %r is taken by another run instance; "
                         "this one is stored as %r",
@@ -149,6 +156,7 @@ class RunStore:
             run.meta = meta
             run.instruments = instruments
             run.names |= set(instruments)
+            run.diagnoser.declare(instruments, meta)
             if reopen:
                 run.status = "live"
             run.last_frame_time = time.time()
@@ -228,8 +236,15 @@ class RunStore:
         if len(self.runs) >= self.max_runs:
             self._evict_one(run_id)
 
+    def _diagnose(self, run: Run, frame: Readings) -> None:
+        """Evaluate the diagnosis rules on a stored frame (live, replay and sync)."""
+        try:
+            run.diagnoser.feed(frame.step, frame.values)
+        except Exception:  # noqa: BLE001 - a diagnosis bug never refuses a frame
+            log.exception("glasscockpit: diagnosis of run %r failed", run.run_id)
+
     def _new_run(self, run_id: str) -> Run:
-        run = Run(run_id, origin=run_id)
+        run = Run(run_id, origin=run_id, diagnoser=Diagnoser(settings=self.diagnosis))
         self.runs[run_id] = run
         return run
 
