@@ -39,9 +39,7 @@ from glasscockpit.dashboard.layout import (
     card,
     grid,
     page,
-    run_label,
     run_meta,
-    status_text,
 )
 from glasscockpit.dashboard.live import RunData, status_line, update_panel
 from glasscockpit.dashboard.model import LINE_KINDS, ViewOptions, build_panels
@@ -136,7 +134,7 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         if not selected and runs:
             value = selected = [runs[0]["run"]]
         options = [
-            {"label": run_label(r, colors[r["run"]], now), "value": r["run"]}
+            {"label": runlist.run_label(r, colors[r["run"]], now), "value": r["run"]}
             for r in shown
         ]
         warnings = [
@@ -149,7 +147,7 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
             if r["run"] in selected and r.get("nonfinite")
         ]
         header = [
-            html.Div(status_text(r, now), style={"color": colors[r["run"]]})
+            html.Div(runlist.status_text(r, now), style={"color": colors[r["run"]]})
             for r in runs
             if r["run"] in selected
         ][:3]
@@ -298,7 +296,7 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
             else:
                 text = status_line(rd, panel, entries[pid], bool(log_y))
                 statuses.append(
-                    html.Span(text, className="warn" if "⚠" in text else "")
+                    html.Span(text, className="warn" if "⚠" in text else "", title=text)
                 )
             figures.append(fig)
             extends.append(ext)

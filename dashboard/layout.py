@@ -13,13 +13,9 @@ from glasscockpit.dashboard.panels.style import GROUP_COLORS
 #: Cockpit's three columns, drawn side by side; other groups follow full width.
 COLUMNS = ("step size", "gradients", "curvature")
 WIDE_ORDER = ("performance", "other")
-BADGE = {
-    "live": ("live", "badge-live"),
-    "stale": ("reconnecting", "badge-stale"),
-    "finished": ("offline · finished", "badge-done"),
-    "failed": ("offline · failed", "badge-failed"),
-}
 GRAPH_HEIGHT = "250px"
+#: Metadata fields holding a Unix time, shown as local time.
+TIME_KEYS = frozenset({"started", "created", "finished"})
 
 
 def page(refresh_ms: int) -> html.Div:
@@ -145,43 +141,6 @@ def controls() -> html.Div:
     )
 
 
-def run_label(run: dict[str, Any], color: str, now: float) -> html.Span:
-    """One entry of the run list: colour, id, status badge, last frame age, step."""
-    text, css = BADGE.get(run["status"], (run["status"], "badge-done"))
-    ago = max(0.0, now - run["last_frame_time"])
-    step = run["last_step"] if run["last_step"] is not None else "–"
-    warn = (
-        html.Span(f"⚠ {run['nonfinite']} NaN/Inf", className="run-warn")
-        if run.get("nonfinite")
-        else None
-    )
-    return html.Span(
-        [
-            html.Span(className="swatch", style={"background": color}),
-            html.Span(run["run"], className="run-name"),
-            html.Span(text, className=f"badge {css}"),
-            html.Span(f"last frame {_ago(ago)} · step {step}", className="run-sub"),
-            warn,
-        ],
-        className="run-label",
-    )
-
-
-def status_text(run: dict[str, Any], now: float) -> str:
-    """Header badge of one run: status and how long ago its last frame came."""
-    text = BADGE.get(run["status"], (run["status"], ""))[0]
-    ago = _ago(max(0.0, now - run["last_frame_time"]))
-    return f"{run['run']}: {text} · last frame {ago} · step {run['last_step']}"
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
-
-
 def card(panel: dict[str, Any], figure: Any, log_y: bool, gen: int = 0) -> html.Div:
     """One panel: title with how-to-read tooltip, buttons, graph, status line."""
     pid = panel["id"]
@@ -229,7 +188,13 @@ def card(panel: dict[str, Any], figure: Any, log_y: bool, gen: int = 0) -> html.
                 style={"height": GRAPH_HEIGHT},
                 className="card-graph",
             ),
-            html.Div("", id=ids.instrument_status(pid, gen), className="card-status"),
+            html.Div(
+                "",
+                id=ids.instrument_status(pid, gen),
+                className="card-status",
+                tabIndex="0",
+                title="click or Enter: show the whole line",
+            ),
             dcc.Store(id=ids.panel_log(pid), data=log_y),
         ],
         id=ids.instrument_card(pid),
@@ -239,8 +204,14 @@ def card(panel: dict[str, Any], figure: Any, log_y: bool, gen: int = 0) -> html.
 
 
 def help_badge(text: str) -> html.Span:
-    """A "?" that shows ``text`` on hover (CSS tooltip from ``data-help``)."""
-    attrs: dict[str, Any] = {"data-help": text, "className": "card-help"}
+    """A "?" that shows ``text`` on hover or keyboard focus (CSS tooltip)."""
+    attrs: dict[str, Any] = {
+        "data-help": text,
+        "className": "card-help",
+        "tabIndex": "0",
+        "role": "note",
+        "aria-label": text,
+    }
     return html.Span("?", **attrs)
 
 
@@ -284,7 +255,7 @@ def run_meta(detail: dict[str, Any], color: str) -> html.Details:
     """A run's metadata (model, optimizer, config) and instrument failures."""
     meta = detail.get("meta") or {}
     rows = [
-        html.Tr([html.Th(k), html.Td(_meta_value(v))])
+        html.Tr([html.Th(k), html.Td(_meta_value(v, k))])
         for k, v in sorted(meta.items(), key=lambda kv: kv[0])
     ]
     errors = detail.get("errors") or {}
@@ -306,7 +277,15 @@ def run_meta(detail: dict[str, Any], color: str) -> html.Details:
     )
 
 
-def _meta_value(value: Any) -> Any:
+def local_time(epoch: float) -> html.Span:
+    """A Unix time shown in the browser's time zone (assets/keys.js fills it)."""
+    attrs: dict[str, Any] = {"data-epoch": str(epoch), "className": "epoch"}
+    return html.Span(**attrs)
+
+
+def _meta_value(value: Any, key: str = "") -> Any:
+    if key in TIME_KEYS and isinstance(value, int | float):
+        return local_time(float(value))
     if isinstance(value, dict | list):
         return html.Pre(json.dumps(value, indent=1, default=str))
     text = str(value)

@@ -102,10 +102,14 @@ def build_panels(
 
 
 def series_keys(keys: list[str], layers: bool) -> list[str]:
-    """Keys drawn for one instrument: only the total, or the total and every layer."""
-    if layers or len(keys) <= 1:
+    """Keys drawn for one instrument: only the total, or the total and every layer.
+
+    Keys of an instrument without a total are not layers but series of their
+    own (``cockpit.log``'s train/valid/test splits): all of them are drawn.
+    """
+    if layers or TOTAL not in keys:
         return list(keys)
-    return [TOTAL] if TOTAL in keys else keys[:1]
+    return [TOTAL]
 
 
 def sid(run: str, name: str, key: str) -> str:

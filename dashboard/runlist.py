@@ -10,9 +10,10 @@ only the labels are updated, in place, which the renderer handles.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from dash import dcc, no_update
+from dash import dcc, html, no_update
 
 from glasscockpit.dashboard import ids
 
@@ -44,3 +45,77 @@ def update(
         return no_update, options, no_update, value
     keep = value if isinstance(value, list) else selected
     return checklist(options, keep), no_update, shown, no_update
+
+
+#: Badge text and class per status the dashboard shows.
+BADGE = {
+    "live": ("live", "badge-live"),
+    "stale": ("reconnecting", "badge-stale"),
+    "lost": ("lost · no agent", "badge-failed"),
+    "finished": ("offline · finished", "badge-done"),
+    "failed": ("offline · failed", "badge-failed"),
+}
+
+
+def lost_after_s() -> float:
+    """Seconds a disconnected, silent run waits before it shows as lost.
+
+    The agent retries with a backoff of at most 10 s, so three of its tries
+    fail before a killed process (SIGKILL: no bye frame) reads as lost.
+    ``GLASSCOCKPIT_LOST_AFTER_S`` overrides it.
+    """
+    try:
+        return float(os.environ.get("GLASSCOCKPIT_LOST_AFTER_S", "30"))
+    except ValueError:
+        return 30.0
+
+
+def shown_status(run: dict[str, Any], now: float) -> str:
+    """The server's status, or "lost" for a run whose agent is gone for good."""
+    status = str(run["status"])
+    silent = now - float(run.get("last_frame_time") or now)
+    gone = run.get("connected") is False and silent > lost_after_s()
+    return "lost" if status == "stale" and gone else status
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _step(run: dict[str, Any]) -> str:
+    step = run.get("last_step")
+    return "no readings yet" if step is None else f"step {step}"
+
+
+def run_label(run: dict[str, Any], color: str, now: float) -> html.Span:
+    """One entry of the run list: colour, id, status badge, last frame age, step."""
+    status = shown_status(run, now)
+    text, css = BADGE.get(status, (status, "badge-done"))
+    ago = max(0.0, now - run["last_frame_time"])
+    warn = (
+        html.Span(f"⚠ {run['nonfinite']} NaN/Inf", className="run-warn")
+        if run.get("nonfinite")
+        else None
+    )
+    return html.Span(
+        [
+            html.Span(className="swatch", style={"background": color}),
+            html.Span(run["run"], className="run-name"),
+            html.Span(text, className=f"badge {css}"),
+            html.Span(f"last frame {_ago(ago)} · {_step(run)}", className="run-sub"),
+            warn,
+        ],
+        className="run-label",
+    )
+
+
+def status_text(run: dict[str, Any], now: float) -> str:
+    """Header badge of one run: status and how long ago its last frame came."""
+    status = shown_status(run, now)
+    text = BADGE.get(status, (status, ""))[0]
+    ago = _ago(max(0.0, now - run["last_frame_time"]))
+    return f"{run['run']}: {text} · last frame {ago} · {_step(run)}"

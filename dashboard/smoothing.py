@@ -8,9 +8,12 @@ updates continue the line exactly where the last one stopped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 EmaState = tuple[float, int]
+#: Smoothed values this close (relative) to the reading are drawn as the reading.
+SNAP = 1e-12
 
 
 def ema(
@@ -33,5 +36,8 @@ def ema(
             continue
         last = last * weight + (1.0 - weight) * v
         n += 1
-        out.append(last / (1.0 - weight**n))
+        smooth = last / (1.0 - weight**n)
+        # A constant reading comes back off by an ulp or two, and a log axis
+        # autoranged over [c(1 - 1e-16), c] prints garbage ticks: snap to it.
+        out.append(v if math.isclose(smooth, v, rel_tol=SNAP, abs_tol=0.0) else smooth)
     return out, (last, n)

@@ -16,8 +16,17 @@ class StoreProvider:
         self.stale_after_s = stale_after_s
 
     def list_runs(self) -> list[dict[str, Any]]:
-        """All runs, newest first."""
-        return views.list_runs(self.store, self.stale_after_s)
+        """All runs, newest first, with whether each has an agent connected.
+
+        ``connected`` lets the dashboard tell a run whose agent reconnects
+        from one whose process died without a bye frame (SIGKILL, OOM).
+        """
+        runs = views.list_runs(self.store, self.stale_after_s)
+        with self.store.lock:
+            for summary in runs:
+                run = self.store.runs.get(summary["run"])
+                summary["connected"] = bool(run is not None and run.connected)
+        return runs
 
     def run_detail(self, run_id: str) -> dict[str, Any]:
         """One run's detail."""

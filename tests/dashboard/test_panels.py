@@ -104,6 +104,13 @@ def test_ema_matches_closed_form_and_continues_across_calls(values, w, cut):
     assert joined == pytest.approx(nan, rel=1e-12, abs=1e-9, nan_ok=True)
 
 
+def test_ema_of_a_constant_is_the_constant_exactly():
+    out, state = ema([0.1] * 50, 0.6)
+    assert out == [0.1] * 50  # not 0.1 ± ulps (a log axis would span one ulp)
+    more, _ = ema([0.1] * 5, 0.6, state)
+    assert more == [0.1] * 5
+
+
 def test_ema_starts_at_the_first_value_not_at_zero():
     out, _ = ema([5.0, 5.0, 5.0], 0.9)
     assert out == pytest.approx([5.0, 5.0, 5.0])
@@ -153,6 +160,8 @@ def test_total_or_every_layer():
     keys = ["total", "0.weight", "0.bias"]
     assert series_keys(keys, layers=False) == ["total"]
     assert series_keys(keys, layers=True) == keys
+    # Without a total the keys are series of their own (cockpit.log's splits).
+    assert series_keys(["train", "test"], layers=False) == ["train", "test"]
     assert ViewOptions.parse("0.3", "wall", "layers") == ViewOptions(0.3, "wall", True)
     assert ViewOptions.parse(None, "?", "total") == ViewOptions(0.0, "step", False)
     assert ViewOptions.parse(5, "step", "total").smoothing == 0.99

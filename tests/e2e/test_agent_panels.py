@@ -1,0 +1,60 @@
+"""Panels of a real training run in a real browser: constant LR, cockpit.log."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.harness import browser, server_process
+from tests.e2e.test_dashboard import card_js, select_runs
+from tests.e2e.test_live import make_cockpit, train
+
+pytestmark = pytest.mark.e2e
+
+
+def test_constant_lr_and_every_logged_metric(output_dir):
+    with server_process(free_port()) as base, browser() as b:
+        cockpit = make_cockpit(base, "const-lr")  # SGD, lr 0.1 throughout
+        train(cockpit, 40)
+        for epoch, step in enumerate((19, 39)):
+            cockpit.log(
+                step,
+                train_loss=1.0 / (epoch + 1),
+                test_loss=1.2 / (epoch + 1),
+                train_accuracy=0.5 + 0.1 * epoch,
+                test_accuracy=0.45 + 0.1 * epoch,
+            )
+        cockpit.close()
+        page = b.new_page(viewport={"width": 1600, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/")
+        select_runs(page, ["const-lr"])
+        for title in ("Learning rate", "Epoch loss", "Epoch accuracy"):
+            page.wait_for_function(
+                card_js("return gd.data.length > 0 && gd._fullLayout.yaxis.range;"),
+                arg=title,
+                timeout=30_000,
+            )
+        lr = page.evaluate(
+            card_js(
+                "const a = gd._fullLayout.yaxis; return [a.type, a.range,"
+                "[...gd.querySelectorAll('.ytick text')].map(t => t.textContent)];"
+            ),
+            "Learning rate",
+        )
+        kind, (lo, hi), ticks = lr
+        # The axis spans a readable range around 0.1, not one ulp of it.
+        span = hi - lo if kind == "log" else (hi - lo) / 0.1
+        assert span > 1e-3, lr
+        assert all(len(t) <= 8 for t in ticks), ticks
+        for title, want in (
+            ("Epoch loss", {"train", "test"}),
+            ("Epoch accuracy", {"train", "test"}),
+        ):
+            names = page.evaluate(
+                card_js("return gd.data.map(t => t.name || '');"), title
+            )
+            assert want <= set(names), (title, names)
+        page.screenshot(path=str(output_dir / "const-lr.png"), full_page=True)
+        assert errors == []
