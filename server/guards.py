@@ -110,10 +110,11 @@ class AuthThrottle:
         bucket = self._buckets.get(client)
         if bucket is None:
             return 0.0
-        wait = bucket.take(0)
-        if wait == 0 and bucket.tokens >= bucket.burst:
+        bucket.take(0)  # refill
+        if bucket.tokens >= bucket.burst:
             del self._buckets[client]  # refilled: forget it (bounded memory)
-        return wait
+        # One more wrong guess must be affordable: a whole token.
+        return 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) / bucket.rate
 
     def failed(self, client: str) -> None:
         """Count one wrong token."""

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glasscockpit import __version__
+from glasscockpit.diagnosis import DiagnosisSettings
 from glasscockpit.server.auth import AuthMiddleware
 from glasscockpit.server.errors import PublicError
 from glasscockpit.server.framelog import FrameLogs
@@ -60,9 +61,12 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
             max_meta_bytes=settings.max_meta_bytes,
         ),
         logs,
+        DiagnosisSettings.parse(
+            settings.diagnosis_disable, settings.diagnosis_thresholds
+        ),
     )
     metrics: Counter[str] = Counter()
-    throttle = AuthThrottle()
+    throttle = AuthThrottle(settings.auth_failures_per_s, settings.auth_failure_burst)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

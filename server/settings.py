@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     #: Host names (besides loopback) a loopback-bound server answers; see
     #: server/guards.py (DNS rebinding). Comma-separated in the environment.
     allowed_hosts: Annotated[list[str], NoDecode] = []
+    #: Wrong tokens a client may try per second (sustained) and in a burst; past
+    #: them it gets 429 until its bucket refills (server/guards.py).
+    auth_failures_per_s: Annotated[float, Field(gt=0)] = 1.0
+    auth_failure_burst: Annotated[int, Field(ge=1)] = 20
     #: Lifetime of the browser's sign-in cookie, in seconds.
     session_max_age_s: Annotated[int, Field(ge=60)] = 7 * 86400
     #: Per-client token bucket (shared by its connections): frames per second ...
@@ -65,6 +69,10 @@ class Settings(BaseSettings):
     stale_after_s: Annotated[float, Field(gt=0)] = 60.0
     #: Dashboard refresh period in milliseconds.
     refresh_ms: int = 500
+    #: Diagnosis rules turned off: comma-separated names, or "all".
+    diagnosis_disable: str = ""
+    #: Diagnosis thresholds changed: "rule.threshold=value,..." (docs/diagnosis.md).
+    diagnosis_thresholds: str = ""
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
