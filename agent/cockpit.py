@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -26,12 +26,21 @@ from glasscockpit.agent.curvature.hessian_products import (
     keep_backpack_io,
 )
 from glasscockpit.agent.engine import HookEngine, mixes_samples
+from glasscockpit.agent.environment.backprop_grads import BackpropGrads
+from glasscockpit.agent.environment.distributed import Group
+from glasscockpit.agent.environment.grad_scale import GradScale
 from glasscockpit.agent.environment.heap import keep_heap
 from glasscockpit.agent.environment.local_grads import LocalGrads, world_size
 from glasscockpit.agent.instruments import Instrument, resolve
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.lifecycle.budget import OverheadBudget
 from glasscockpit.agent.lifecycle.config import AgentConfig, ingest_url
+from glasscockpit.agent.lifecycle.data_parallel import (
+    DataParallel,
+    SilentTransport,
+    per_rank_run,
+)
+from glasscockpit.agent.lifecycle.diagnosis import AgentDiagnosis
 from glasscockpit.agent.lifecycle.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
 from glasscockpit.agent.lifecycle.meta import default_run_id, model_meta, plain
 from glasscockpit.agent.lifecycle.needs import RECORDED, TWICE, Need
@@ -48,6 +57,7 @@ from glasscockpit.agent.transport.websocket import (
     TransportStats,
     WebSocketTransport,
 )
+from glasscockpit.diagnosis import Diagnosis, DiagnosisSettings, Rule
 from glasscockpit.protocol import (
     Array,
     Bye,
@@ -80,6 +90,8 @@ class Cockpit(StepPhases):
     Args:
         model: the network; every parameter with ``requires_grad`` is tracked.
         optimizer: read for learning rates (and, for some instruments, updates).
+            A wrapper with an ``.optimizer`` (Accelerate's ``AcceleratedOptimizer``,
+            Lightning's ``LightningOptimizer``) is read through to the torch one.
         run: run id (letters, digits, ``.``, ``_``, ``-``); default: script name
             and start time.
         server: ``ws://host:port`` of a glasscockpit server, or None to keep readings
@@ -88,7 +100,10 @@ class Cockpit(StepPhases):
         instruments: a preset ("economy", "business", "full"), instrument names,
             classes or instances.
         token: bearer token if the server requires one (default ``GLASSCOCKPIT_TOKEN``).
-        meta: extra run metadata (config, notes) shown on the dashboard.
+        meta: extra run metadata (notes, tags) shown on the dashboard.
+        config: the run's hyperparameters (optimizer, learning-rate schedule,
+            batch size, seed, ...), a plain dict sent as the run metadata's
+            ``config``; the integrations fill it from the trainer.
         fail_mode: "disable" (default) turns off an instrument that raises, after one
             warning; "raise" re-raises (for tests).
         record: also write every frame to this file, a recording that
@@ -105,10 +120,21 @@ class Cockpit(StepPhases):
             schedule are tracked as often as it allows once their cost is measured
             (``agent/lifecycle/budget.py``); None keeps the fixed cadences by cost.
             Explicit schedules are never changed.
+        per_rank: under DistributedDataParallel with several processes, every
+            process streams the readings of its own samples as run
+            ``<run>.rank<r>``. Default False: every reading describes the global
+            batch (sums over all processes' samples, one all-reduce per tracked
+            step) and rank 0 alone streams the run.
         scaler: the ``torch.amp.GradScaler`` of mixed-precision training, if any:
             gradients are read divided by its scale (whether or not
             ``scaler.unscale_`` ran inside the step). Pass the unscaled loss to
             ``step``.
+        on_diagnosis: called in the training thread with each new diagnosis
+            (``glasscockpit.diagnosis.Diagnosis``: rule, severity, steps,
+            evidence, remedies); raise from it to stop training.
+        diagnosis: rules turned off and thresholds changed (default
+            ``GLASSCOCKPIT_DIAGNOSIS_DISABLE`` / ``_THRESHOLDS``, as the server).
+        rules: the diagnosis rules (default: every built-in rule); add your own.
     """
 
     def __init__(
@@ -128,6 +154,11 @@ class Cockpit(StepPhases):
         transport_options: TransportOptions | None = None,
         budget: float | None = _UNSET,
         scaler: Any | None = None,
+        per_rank: bool = False,
+        config: dict[str, Any] | None = None,
+        on_diagnosis: Callable[[Diagnosis], Any] | None = None,
+        diagnosis: DiagnosisSettings | None = None,
+        rules: Sequence[Rule] | None = None,
     ) -> None:
         env = AgentConfig.from_env()
         if fail_mode not in FAIL_MODES:
@@ -152,6 +183,7 @@ class Cockpit(StepPhases):
             else:
                 break
         self.model = model
+        optimizer = unwrap_optimizer(optimizer)
         self.optimizer = optimizer
         self.scaler = scaler
         self.fail_mode = fail_mode
@@ -192,6 +224,17 @@ class Cockpit(StepPhases):
         self._local: LocalGrads | None = None
         if ddp and self.engine is not None and world_size() > 1:
             self._local = LocalGrads([p for _, p in self.params])
+        self._dp: DataParallel | None = None
+        if ddp and world_size() > 1:
+            if per_rank:
+                self.run = check_run_id(per_rank_run(self.run))
+            else:
+                self._dp = DataParallel(Group())
+        #: ``.grad`` at the end of the backward pass, for loops that edit it
+        #: inside the step (clipping); ``_local`` keeps it under DDP.
+        self._backprop = BackpropGrads([p for _, p in self.params])
+        #: The open tracked step (``set_loss`` hands it the loss).
+        self._open: StepContext | None = None
         complete = self.engine is not None and not self.engine.uncovered
         for inst in self.instruments:
             inst.on_engine(complete)
@@ -220,7 +263,10 @@ class Cockpit(StepPhases):
                         else {}
                     ),
                     "heap": self.heap,
+                    **({"data_parallel": self._dp.meta()} if self._dp else {}),
+                    "gradients": GRADIENTS,
                     **(meta or {}),
+                    **({"config": config} if config is not None else {}),
                 }
             ),
         )
@@ -229,6 +275,8 @@ class Cockpit(StepPhases):
             env.close_timeout if close_timeout is None else close_timeout
         )
         server = env.server if server is _UNSET else server
+        if self._dp is not None and self._dp.silent:
+            transport = SilentTransport()  # rank 0 streams the job's run
         self.transport: Transport
         if transport is not None:
             self.transport = transport
@@ -248,6 +296,12 @@ class Cockpit(StepPhases):
             )
         if isinstance(self.transport, MemoryTransport):
             self.transport.send(self.hello)
+        #: The diagnosis rules over this run's readings (docs/diagnosis.md).
+        self._diagnosis: AgentDiagnosis | None = AgentDiagnosis(
+            on_diagnosis, diagnosis, rules
+        )
+        self._diagnosis.observe(self.hello)
+        self._closing = False
         self._closed = False
         self._planned: tuple[int, list[Instrument]] | None = None
         fraction = env.budget if budget is _UNSET else budget
@@ -283,7 +337,7 @@ class Cockpit(StepPhases):
         (TIC with ``curvature="hessian"``); shared through the step's cache with
         ``HessTrace``, which computes it itself in its own phase.
         """
-        if ctx.loss is None or "diag_hessian" in ctx.cache:
+        if ctx.loss is None or "diag_hessian" in ctx.cache or self._dp is not None:
             return
         if any(
             Need.DIAG_HESSIAN in i.needs and i.phase is not Phase.BEFORE_BACKWARD
@@ -343,7 +397,11 @@ class Cockpit(StepPhases):
             ctx.param_lrs = self._param_lrs()
             if any(Need.LOSSES in i.needs for i in (*due, *pending)):
                 ctx.mixes = mixes_samples(self.model)
+            if self._dp is not None:
+                self._dp.begin(ctx, self.engine)
             ctx.data = self._step_data([*due, *pending], loss)
+            if self._dp is not None:
+                self._dp.attach(ctx.data)
             if any(Need.UPDATE in i.needs and i.phase is Phase.AFTER_STEP for i in due):
                 # Copies in one fused call (x·1 is x exactly), not one per tensor.
                 ctx.before = list(
@@ -368,18 +426,34 @@ class Cockpit(StepPhases):
                 )
                 body = time.perf_counter()
                 budget.charge(body - start)
+            capture = self._local is None and any(
+                i.needs & READS_GRAD for i in (*due, *pending)
+            )
             if self._local is not None:
                 self._local.start()  # the body's backward passes
+            elif capture:
+                self._backprop.start()
+            self._open = ctx
             try:
                 yield bool(due)
             finally:
+                self._open = None
                 if self._local is not None:
                     self._local.stop()
+                self._backprop.stop()
             start = time.perf_counter()
-            with torch.no_grad():
-                results.update(
-                    self._run_phase(Phase.AFTER_BACKWARD, ctx, due, pending, errors)
-                )
+            missed = self._backprop.restore() if capture else None
+            try:
+                with torch.no_grad():
+                    results.update(
+                        self._run_phase(Phase.AFTER_BACKWARD, ctx, due, pending, errors)
+                    )
+            finally:
+                self._backprop.put_back()
+            if missed:
+                for inst in due:
+                    if inst.needs & READS_GRAD and inst.key in results:
+                        errors.setdefault(inst.key, missed)
             ctx.cache.clear()  # drop the loss graph kept for curvature
             if results or errors:
                 self._emit(step, results, errors)
@@ -394,6 +468,42 @@ class Cockpit(StepPhases):
             self._prepare(step + 1)
             if budget is not None:
                 budget.charge(time.perf_counter() - start)
+
+    def set_loss(
+        self,
+        loss: Tensor | None = None,
+        losses: Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        """Hand the open step its loss when the step was opened before the forward.
+
+        For loops (and the integrations) that enter ``cockpit.step(step)`` before
+        the loss exists: instruments that read it after the backward pass
+        (``loss``, Alpha's per-sample losses) then read these. Instruments that
+        differentiate the loss before the backward pass (curvature, TIC) need it
+        on entry. Outside a tracked step this does nothing.
+
+        Args:
+            loss: the step's loss (the mean over the whole batch).
+            losses: per-sample losses, shape [B].
+            batch_size: samples in the step's batch.
+        """
+        ctx = self._open
+        if ctx is None:
+            return
+        if loss is not None:
+            ctx.loss = loss
+        if losses is not None:
+            ctx.losses = losses
+        if batch_size is not None:
+            ctx.batch_size = batch_size
+
+    def _grad_scale(self) -> GradScale | None:
+        """As ``EngineWiring``'s; restored ``.grad`` predates ``unscale_``."""
+        scale = super()._grad_scale()
+        if scale is not None and self._backprop.swapped:
+            return GradScale(grads=scale.outputs, outputs=scale.outputs)
+        return scale
 
     def log(self, step: int, **metrics: float) -> None:
         """Record epoch-level metrics at ``step`` (Cockpit's performance gauge).
@@ -420,6 +530,7 @@ class Cockpit(StepPhases):
         """
         if self._closed:
             return
+        self._closing = True
         self._run_after_step()
         for inst in self.instruments:
             if inst.key not in self.disabled:
@@ -434,6 +545,7 @@ class Cockpit(StepPhases):
             self.kernels.remove()
         status = status if status in ("finished", "failed") else "finished"
         self._send_frame(Bye(run=self.run, seq=self._next_seq(), status=status))
+        self._last_diagnoses()
         try:
             self.transport.close(self._close_timeout)
         except Exception:  # noqa: BLE001 - monitoring never breaks training
@@ -444,6 +556,26 @@ class Cockpit(StepPhases):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _last_diagnoses(self) -> None:
+        """Feed the last frames and call back with what they showed (never raises)."""
+        if self._diagnosis is None:
+            return
+        try:
+            self._diagnosis.poll(wait=True)
+            self._diagnosis.deliver()
+        except Exception:  # noqa: BLE001 - close() never raises
+            log.exception("glasscockpit: the last diagnoses failed")
+
+    @property
+    def diagnoses(self) -> list[Diagnosis]:
+        """What the diagnosis rules found so far, in the order they were made.
+
+        The same rules as the server's (``GET /v1/runs/{run}/diagnoses``).
+        """
+        if self._diagnosis is None:
+            return []
+        return list(self._diagnosis.diagnoser.diagnoses)
 
     @property
     def stats(self) -> TransportStats:
@@ -472,6 +604,38 @@ class Cockpit(StepPhases):
         return dict(sorted(out.items()))
 
 
+#: What the instruments read as the gradient (the run metadata's ``gradients``).
+GRADIENTS = (
+    "as backpropagated: .grad at the end of the backward pass inside cockpit.step; "
+    "clipping or other .grad edits after it are not seen"
+)
+#: Needs that read ``.grad`` (directly, or against per-sample gradients).
+READS_GRAD = frozenset({Need.GRAD}) | RECORDED
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
+    """The torch optimizer inside wrappers that keep it as ``.optimizer``.
+
+    Accelerate's ``AcceleratedOptimizer`` and Lightning's ``LightningOptimizer``
+    wrap the optimizer the training step updates; its hooks and its state are
+    the ones to read.
+    """
+    seen: set[int] = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        # An initialised torch optimizer is the one (a wrapper subclassing
+        # Optimizer, like AcceleratedOptimizer, never ran its __init__).
+        if isinstance(optimizer, torch.optim.Optimizer) and hasattr(
+            optimizer, "_optimizer_step_post_hooks"
+        ):
+            break
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None:
+            break
+        optimizer = inner
+    return cast(torch.optim.Optimizer | None, optimizer)
+
+
 def _close_at_exit(ref: weakref.ReferenceType[Cockpit]) -> None:
     cockpit = ref()
     if cockpit is not None:
@@ -492,4 +656,12 @@ def _to_python(value: Value) -> Any:
     return value
 
 
-__all__ = ["LOG_KEYS", "LOG_SPECS", "Cockpit", "Need", "default_run_id", "plain"]
+__all__ = [
+    "LOG_KEYS",
+    "LOG_SPECS",
+    "Cockpit",
+    "Need",
+    "default_run_id",
+    "plain",
+    "unwrap_optimizer",
+]
