@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -44,6 +43,7 @@ from glasscockpit.dashboard.layout import (
 from glasscockpit.dashboard.live import RunData, status_line, update_panel
 from glasscockpit.dashboard.model import LINE_KINDS, ViewOptions, build_panels
 from glasscockpit.dashboard.panels.style import base_layout, run_colors
+from glasscockpit.dashboard.run_filter import filter_runs
 
 _generation = itertools.count(1)
 T = TypeVar("T")
@@ -68,19 +68,6 @@ def offload(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
 def placeholder(panel: dict[str, Any]) -> dict[str, Any]:
     """An empty figure with the panel's layout, until the first tick fills it."""
     return {"data": [], "layout": base_layout(panel, showlegend=False)}
-
-
-def filter_runs(
-    runs: list[dict[str, Any]], pattern: str | None
-) -> list[dict[str, Any]]:
-    """Runs whose id matches ``pattern`` (a regex; plain text if it is not one)."""
-    if not pattern:
-        return runs
-    try:
-        rx = re.compile(pattern, re.IGNORECASE)
-    except re.error:
-        rx = re.compile(re.escape(pattern), re.IGNORECASE)
-    return [r for r in runs if rx.search(r["run"])]
 
 
 def create_dash(server: Any, provider: DataProvider, refresh_ms: int = 500) -> Dash:
