@@ -191,8 +191,14 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         gen = next(_generation)
         groups: dict[str, list[Any]] = {}
         for panel in panels:
+            having: list[str] | None = None
+            log_y = bool(panel["log_y"])
+            if panel["kind"] not in LINE_KINDS:  # counts: log, one run at a time
+                name = panel["members"][0]["name"]
+                having = [r for r in runs if name in _names(details[r])]
+                log_y = True
             groups.setdefault(panel["group"] or "other", []).append(
-                card(panel, placeholder(panel), bool(panel["log_y"]), gen)
+                card(panel, placeholder(panel), log_y, gen, having)
             )
         colors = colors or run_colors(runs)
         shown = {r: colors.get(r, "#1f77b4") for r in runs}
@@ -209,6 +215,10 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         return [marker, *grid(groups)], state, meta
 
 
+def _names(detail: dict[str, Any]) -> set[str]:
+    return {i["name"] for i in detail.get("instruments", [])}
+
+
 def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
     @app.callback(
         Output(ids.instrument_graph(ALL, ALL), "figure"),
@@ -223,6 +233,8 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
         State(ids.CURSOR, "data"),
         State(ids.instrument_graph(ALL, ALL), "id"),
         State(ids.panel_log(ALL), "data"),  # type: ignore[arg-type]
+        State(ids.panel_run(ALL), "value"),  # type: ignore[arg-type]
+        State(ids.panel_run(ALL), "id"),  # type: ignore[arg-type]
         prevent_initial_call=True,
     )
     @offload
@@ -235,7 +247,10 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
         cursor: dict[str, Any] | None,
         graph_ids: list[dict[str, str]],
         logs: list[bool],
+        picked: list[str | None],
+        picker_ids: list[dict[str, str]],
     ) -> Any:
+        picks = {p["name"]: v for p, v in zip(picker_ids, picked, strict=True)}
         grid_state = grid_state or {}
         if not graph_ids or not grid_state.get("panels"):
             # Still answer with the cursor: its arrival opens the tick gate.
@@ -271,7 +286,13 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
                 continue
             try:
                 fig, ext, entries[pid] = update_panel(
-                    rd, panel, grid_state["colors"], opts, bool(log_y), entries.get(pid)
+                    rd,
+                    panel,
+                    grid_state["colors"],
+                    opts,
+                    bool(log_y),
+                    entries.get(pid),
+                    picks.get(pid),
                 )
             except Exception as exc:  # one bad panel must not stop the others
                 fig, ext = no_update, no_update

@@ -63,3 +63,8 @@ def panel_download(name: str, fmt: str) -> dict[str, str]:
 def panel_log(name: str) -> dict[str, str]:
     """Id of the store holding whether a panel's value axis is logarithmic."""
     return {"type": "panel-log", "name": name}
+
+
+def panel_run(name: str) -> dict[str, str]:
+    """Id of a histogram panel's run picker."""
+    return {"type": "panel-run", "name": name}

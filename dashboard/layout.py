@@ -14,6 +14,11 @@ from glasscockpit.dashboard.panels.style import GROUP_COLORS
 COLUMNS = ("step size", "gradients", "curvature")
 WIDE_ORDER = ("performance", "other")
 GRAPH_HEIGHT = "250px"
+#: The axes a snapshot panel's log button switches, and its tooltip.
+LOG_AXES = {
+    "histogram": ("xaxis2", "logarithmic count axis"),
+    "heatmap": ("xaxis2 yaxis2", "logarithmic marginal counts"),
+}
 #: Metadata fields holding a Unix time, shown as local time.
 TIME_KEYS = frozenset({"started", "created", "finished"})
 
@@ -141,16 +146,31 @@ def controls() -> html.Div:
     )
 
 
-def card(panel: dict[str, Any], figure: Any, log_y: bool, gen: int = 0) -> html.Div:
-    """One panel: title with how-to-read tooltip, buttons, graph, status line."""
+def card(
+    panel: dict[str, Any],
+    figure: Any,
+    log_y: bool,
+    gen: int = 0,
+    runs: list[str] | None = None,
+) -> html.Div:
+    """One panel: title with how-to-read tooltip, buttons, graph, status line.
+
+    ``runs``: for a histogram panel, the runs it can show (a picker when
+    several); ``log_y`` is then whether its count axes are logarithmic.
+    """
     pid = panel["id"]
     schedules = sorted({m["schedule"] for m in panel["members"] if m["schedule"]})
+    axes, log_title = LOG_AXES.get(panel["kind"], ("yaxis", "logarithmic value axis"))
+    picker = (
+        [runlist.picker(ids.panel_run(pid), runs)] if runs and len(runs) > 1 else []
+    )
     buttons = [
+        *picker,
         html.Button(
             "log",
             id=ids.panel_button(pid, "log"),
             className="btn btn-on" if log_y else "btn",
-            title="logarithmic value axis",
+            title=log_title,
         ),
         html.Button(
             "⤢", id=ids.panel_button(pid, "big"), className="btn", title="enlarge"
@@ -199,7 +219,7 @@ def card(panel: dict[str, Any], figure: Any, log_y: bool, gen: int = 0) -> html.
         ],
         id=ids.instrument_card(pid),
         className="card",
-        **{"data-panel": pid},
+        **{"data-panel": pid, "data-log-axis": axes},
     )
 
 

@@ -141,18 +141,31 @@ def full_line(
     return fig, entry
 
 
-def full_snapshot(rd: RunData, panel: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(figure, cursor entry) of a histogram or heatmap panel (first run having it)."""
+def snapshot_run(rd: RunData, panel: dict[str, Any], pick: str | None) -> str | None:
+    """The run a histogram panel shows: the picked one, else the first having it."""
     name = panel["members"][0]["name"]
-    for run in rd.runs:
+    having = [r for r in rd.runs if name in rd.keys.get(r, {})]
+    if pick in having:
+        return pick
+    return having[0] if having else (rd.runs[0] if rd.runs else None)
+
+
+def full_snapshot(
+    rd: RunData, panel: dict[str, Any], run: str | None, log_y: bool
+) -> tuple[Any, dict[str, Any]]:
+    """(figure, cursor entry) of a histogram or heatmap panel of ``run``."""
+    name = panel["members"][0]["name"]
+    sig = f"{panel['id']}|{run}|{int(log_y)}"
+    if run is not None:
         try:
             hist = rd.provider.histograms(run, name, HISTORY)
         except LookupError:
-            continue
-        fig, state = histogram_figure(panel, hist)
-        return fig, {"sig": f"{panel['id']}|{run}", "run": run, **state}
-    fig, state = histogram_figure(panel, {"snapshots": []})
-    return fig, {"sig": f"{panel['id']}|", "run": None, **state}
+            pass
+        else:
+            fig, state = histogram_figure(panel, hist, log_y)
+            return fig, {"sig": sig, "run": run, **state}
+    fig, state = histogram_figure(panel, {"snapshots": []}, log_y)
+    return fig, {"sig": sig, "run": None, **state}
 
 
 def update_panel(
@@ -162,10 +175,14 @@ def update_panel(
     opts: ViewOptions,
     log_y: bool,
     entry: dict[str, Any] | None,
+    pick: str | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """(figure or no_update, extendData or no_update, cursor entry) for one panel."""
+    """(figure or no_update, extendData or no_update, cursor entry) for one panel.
+
+    ``pick`` is the run a histogram panel's run picker names.
+    """
     if panel["kind"] not in LINE_KINDS:
-        return _update_snapshot(rd, panel, entry)
+        return _update_snapshot(rd, panel, entry, pick, log_y)
     ids = panel_series(panel, rd.runs, rd.keys, opts.layers)
     budget = points_per_trace(len(rd.runs))
     if (
@@ -187,21 +204,23 @@ def update_panel(
 
 
 def _update_snapshot(
-    rd: RunData, panel: dict[str, Any], entry: dict[str, Any] | None
+    rd: RunData,
+    panel: dict[str, Any],
+    entry: dict[str, Any] | None,
+    pick: str | None,
+    log_y: bool,
 ) -> tuple[Any, Any, dict[str, Any]]:
     name = panel["members"][0]["name"]
-    run = next(
-        (r for r in rd.runs if name in rd.keys.get(r, {})),
-        rd.runs[0] if rd.runs else None,
-    )
-    if entry is not None and entry.get("run") == run and run is not None:
+    run = snapshot_run(rd, panel, pick)
+    sig = f"{panel['id']}|{run}|{int(log_y)}"
+    if entry is not None and entry.get("sig") == sig and run is not None:
         try:
             newest = rd.provider.histograms(run, name, 1)["snapshots"]
         except LookupError:
             newest = []
         if not newest or newest[-1]["step"] == entry.get("step"):
             return no_update, no_update, entry
-    fig, new = full_snapshot(rd, panel)
+    fig, new = full_snapshot(rd, panel, run, log_y)
     if entry is not None and new == entry:
         return no_update, no_update, entry
     return fig, no_update, new

@@ -119,3 +119,15 @@ def status_text(run: dict[str, Any], now: float) -> str:
     text = BADGE.get(status, (status, ""))[0]
     ago = _ago(max(0.0, now - run["last_frame_time"]))
     return f"{run['run']}: {text} · last frame {ago} · {_step(run)}"
+
+
+def picker(component_id: dict[str, str], runs: list[str]) -> dcc.Dropdown:
+    """A small run picker (a histogram panel shows one run at a time)."""
+    return dcc.Dropdown(
+        id=component_id,
+        options=[{"label": r, "value": r} for r in runs],
+        value=runs[0],
+        clearable=False,
+        searchable=False,
+        className="card-run",
+    )

@@ -45,7 +45,15 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const next = !isLog;
       const gd = window.dash_clientside.glasscockpit.graphOf(name);
       if (gd && window.Plotly) {
-        window.Plotly.relayout(gd, {'yaxis.type': next ? 'log' : 'linear', 'yaxis.autorange': true});
+        /* Histogram panels switch their count axes (data-log-axis), lines y. */
+        const card = gd.closest('.card');
+        const axes = ((card && card.getAttribute('data-log-axis')) || 'yaxis').split(' ');
+        const update = {};
+        axes.forEach(function (a) {
+          update[a + '.type'] = next ? 'log' : 'linear';
+          update[a + '.autorange'] = true;
+        });
+        window.Plotly.relayout(gd, update);
       }
       return [next, next ? 'btn btn-on' : 'btn'];
     },

@@ -22,6 +22,23 @@ from glasscockpit.dashboard.panels.style import FigureDict, base_layout, trace
 
 BAR_COLOR = "#4c78a8"
 COLORSCALE = "Viridis"
+#: Axis titles of the histogram instruments whose spec names no x axis:
+#: ``{instrument: (x label, value label)}``; a spec's own labels win.
+AXES = {
+    "grad_hist_1d": ("gradient element", "gradient element"),
+    "grad_hist_2d": ("parameter value", "gradient element"),
+}
+
+
+def labels(panel: dict[str, Any]) -> tuple[str, str]:
+    """(x, y) axis titles: the 1-D value axis never reads "count" (that is x2)."""
+    name = (panel.get("members") or [{}])[0].get("name", "")
+    x_default, y_default = AXES.get(name, ("x", "value"))
+    x = panel.get("x_label") or x_default
+    y = panel.get("y_label") or y_default
+    if panel.get("kind") == "histogram":
+        y = panel.get("x_label") or (y if y != "count" else y_default)
+    return x, y
 
 
 def array(snapshot: dict[str, Any], key: str) -> np.ndarray | None:
@@ -60,17 +77,21 @@ def log_counts(counts: np.ndarray) -> np.ndarray:
 
 
 def histogram_figure(
-    panel: dict[str, Any], hist: dict[str, Any]
+    panel: dict[str, Any], hist: dict[str, Any], log_count: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Over-time heatmap plus latest histogram (1-D), or a 2-D histogram."""
+    """Over-time heatmap plus latest histogram (1-D), or a 2-D histogram.
+
+    ``log_count``: the latest histogram's count axis is logarithmic (the
+    panel's log button).
+    """
     snaps = [s for s in hist.get("snapshots", []) if array(s, "counts") is not None]
     last = snaps[-1] if snaps else None
     counts = array(last, "counts") if last is not None else None
     if counts is not None and counts.ndim == 2:
-        return heatmap_figure(panel, last or {}), {"step": _step(last)}
+        return heatmap_figure(panel, last or {}, log_count), {"step": _step(last)}
     fig = FigureDict()
     fig.update_layout(**base_layout(panel, showlegend=False))
-    value_label = panel.get("x_label") or panel.get("y_label") or "value"
+    value_label = labels({**panel, "kind": "histogram"})[1]
     pairs = [(s, array(s, "counts")) for s in snaps]
     one_d = [(s, c) for s, c in pairs if c is not None and c.ndim == 1]
     if one_d:
@@ -107,7 +128,7 @@ def histogram_figure(
             xaxis={"domain": [0, 0.64], "title": {"text": "step"}},
             xaxis2={
                 "domain": [0.7, 1],
-                "type": "log",
+                "type": "log" if log_count else "linear",
                 "title": {"text": f"count+1 @ step {same[-1][0]['step']}"},
             },
             yaxis={"title": {"text": value_label}},
@@ -116,8 +137,10 @@ def histogram_figure(
     return fig.to_dict(), {"step": _step(last)}
 
 
-def heatmap_figure(panel: dict[str, Any], snapshot: dict[str, Any]) -> dict[str, Any]:
-    """Joint histogram of one step with log marginal sums."""
+def heatmap_figure(
+    panel: dict[str, Any], snapshot: dict[str, Any], log_count: bool = True
+) -> dict[str, Any]:
+    """Joint histogram of one step with (log) marginal sums."""
     counts = array(snapshot, "counts")
     fig = FigureDict()
     fig.update_layout(**base_layout(panel, showlegend=False))
@@ -128,6 +151,8 @@ def heatmap_figure(panel: dict[str, Any], snapshot: dict[str, Any]) -> dict[str,
     if xe.size != nx + 1 or ye.size != ny + 1:  # pragma: no cover - edges_for sizes
         xe, ye = np.arange(nx + 1.0), np.arange(ny + 1.0)
     xc, yc = centres(xe), centres(ye)
+    x_label, y_label = labels({**panel, "kind": "heatmap"})
+    scale = "log" if log_count else "linear"
     fig.add_trace(
         trace(
             "heatmap",
@@ -164,13 +189,11 @@ def heatmap_figure(panel: dict[str, Any], snapshot: dict[str, Any]) -> dict[str,
     fig.update_layout(
         xaxis={
             "domain": [0, 0.78],
-            "title": {
-                "text": f"{panel.get('x_label') or 'x'} @ step {snapshot['step']}"
-            },
+            "title": {"text": f"{x_label} @ step {snapshot['step']}"},
         },
-        yaxis={"domain": [0, 0.76], "title": {"text": panel.get("y_label") or "y"}},
-        xaxis2={"domain": [0.81, 1], "type": "log", "showticklabels": False},
-        yaxis2={"domain": [0.8, 1], "type": "log", "showticklabels": False},
+        yaxis={"domain": [0, 0.76], "title": {"text": y_label}},
+        xaxis2={"domain": [0.81, 1], "type": scale, "showticklabels": False},
+        yaxis2={"domain": [0.8, 1], "type": scale, "showticklabels": False},
         bargap=0.02,
     )
     return fig.to_dict()

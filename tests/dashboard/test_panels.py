@@ -424,3 +424,24 @@ def test_histogram_without_snapshots_or_edges_still_draws():
     assert len(fig.data) == 0 and state == {"step": None}
     fig, _ = histogram_figure(panel, {"snapshots": [snapshot(1, [1, math.nan])]})
     assert list(fig.data[0].y) == [0.5, 1.5]  # bin indices when no edges came
+
+
+def test_histogram_axis_titles_from_the_agent_specs():
+    from glasscockpit.dashboard.panels.histogram import labels
+
+    one_d = {
+        "kind": "histogram",
+        "y_label": "count",
+        "x_label": "",
+        "members": [{"name": "grad_hist_1d"}],
+    }
+    two_d = {
+        "kind": "heatmap",
+        "y_label": "gradient element",
+        "x_label": "",
+        "members": [{"name": "grad_hist_2d"}],
+    }
+    assert labels(one_d)[1] == "gradient element"  # the value axis, not "count"
+    assert labels(two_d) == ("parameter value", "gradient element")
+    custom = {**one_d, "x_label": "activation"}
+    assert labels(custom)[1] == "activation"

@@ -334,3 +334,33 @@ def test_nan_run_shows_its_warning(site, pages, output_dir):
     assert "optimizer" in meta and "SGD" in meta and "batch_size" in meta
     page.screenshot(path=str(output_dir / "nan-run.png"))
     assert page.errors == []
+
+
+def test_histograms_pick_a_run_and_log_their_counts(site, pages, output_dir):
+    page = open_page(site, ["full-cockpit", "nan-run"], pages)
+    title = "Gradient element histogram"
+    card = f"xpath=//div[contains(@class,'card')][.//span[text()='{title}']]"
+    steps = card_js("return gd.data[0] ? Math.max(...gd.data[0].x) : 0;")
+    page.wait_for_function(f"({steps})('{title}') > 0", timeout=30_000)
+    assert "showing full-cockpit" in page.inner_text(
+        f"{card}//div[contains(@class,'card-status')]"
+    )
+    # The log button says what the count axis is, and switches it.
+    count_axis = card_js("return gd.layout.xaxis2.type;")
+    assert page.evaluate(count_axis, title) == "log"
+    assert "btn-on" in page.get_attribute(f"{card}//button[text()='log']", "class")
+    page.click(f"{card}//button[text()='log']")
+    page.wait_for_function(f"({count_axis})('{title}') === 'linear'")
+    assert (
+        page.evaluate(card_js("return gd.layout.yaxis.title.text;"), title)
+        == "gradient element"
+    )
+    # Pick the other run: its snapshots replace the first run's.
+    page.click(f"{card}//*[contains(@class,'card-run')]")
+    page.click(".dash-dropdown-option:has(input[value='nan-run'])")
+    page.wait_for_function(f"({steps})('{title}') < 60", timeout=30_000)
+    status = page.inner_text(f"{card}//div[contains(@class,'card-status')]")
+    assert "showing nan-run" in status
+    assert page.evaluate(count_axis, title) == "linear"  # the log choice stays
+    page.screenshot(path=str(output_dir / "histogram-pick.png"))
+    assert page.errors == []
