@@ -22,8 +22,8 @@ from torch.nn import functional as F  # noqa: N812
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from glasscockpit.agent import Cockpit, always, every
-from glasscockpit.agent.engine import HookEngine, diag_ggn
 from glasscockpit.agent.curvature import ggn_diagonal as engine_curvature
+from glasscockpit.agent.engine import HookEngine, diag_ggn
 from glasscockpit.agent.instruments import (
     Alpha,
     HessMaxEV,
