@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from glasscockpit import __version__
 from glasscockpit.diagnosis import DiagnosisSettings
 from glasscockpit.server.auth import AuthMiddleware
+from glasscockpit.server.callback_check import CallbackCheckMiddleware
 from glasscockpit.server.errors import PublicError
 from glasscockpit.server.framelog import FrameLogs
 from glasscockpit.server.guards import (
@@ -147,8 +148,12 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
     if dashboard:
         from glasscockpit.dashboard.app import create_dash
 
-        create_dash(
+        dash_app = create_dash(
             app, StoreProvider(store, settings.stale_after_s), settings.refresh_ms
+        )
+        # Inside auth: only signed-in clients learn what is wrong with a request.
+        app.add_middleware(
+            CallbackCheckMiddleware, callbacks=lambda: dash_app.callback_map
         )
     # Dash's pages, assets and callbacks are guarded like the REST API.
     app.add_middleware(AuthMiddleware, token=settings.token, throttle=throttle)
