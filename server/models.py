@@ -144,3 +144,43 @@ class MetricsOut(BaseModel):
         description="bytes of all frame logs (null without GLASSCOCKPIT_DATA_DIR); "
         "frames refused because a log is full count as rejected.log_full",
     )
+
+
+class DiagnosisOut(BaseModel):
+    """One diagnosis: a rule's finding over the steps it held (docs/diagnosis.md)."""
+
+    rule: str
+    title: str
+    severity: Literal["critical", "warning", "info"]
+    key: str = Field(description='what it is about within the rule (a layer), or ""')
+    first_step: int
+    detected_step: int = Field(description="step of the frame that made it")
+    last_step: int
+    steps: list[int] = Field(description="steps at which the rule held (bounded)")
+    count: int
+    evidence: dict[str, Number] = Field(description="the readings that fired")
+    thresholds: dict[str, float]
+    summary: str
+    explanation: str
+    remedies: list[str]
+    source: str
+    panels: list[str] = Field(description="instruments whose panels hold the evidence")
+
+
+class UnavailableRuleOut(BaseModel):
+    """A rule that cannot judge this run, and what it would need."""
+
+    rule: str
+    title: str
+    needs: list[str] = Field(description="instruments the run does not track")
+    reason: str
+
+
+class DiagnosesOut(BaseModel):
+    """A run's diagnoses, most urgent first, and the rules that could not run."""
+
+    run: str
+    diagnoses: list[DiagnosisOut]
+    unavailable: list[UnavailableRuleOut]
+    frames: int = Field(description="readings frames evaluated")
+    us_per_frame: float = Field(description="mean rule time per frame, µs")

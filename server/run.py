@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from glasscockpit.diagnosis import Diagnoser
 from glasscockpit.protocol import InstrumentSpec
 from glasscockpit.server.history import History
 from glasscockpit.server.series import Series
@@ -54,6 +55,8 @@ class Run:
     #: ``series`` by instrument, then key: ingest looks a reading's series up here
     #: (no tuple key per reading) and checks "any new key?" on the inner keys.
     by_name: dict[str, dict[str, Series]] = field(default_factory=dict)
+    #: The diagnosis rules, evaluated over the readings as frames are stored.
+    diagnoser: Diagnoser = field(default_factory=Diagnoser)
 
     def keys(self, name: str) -> list[str]:
         """Series keys of one instrument: "total" first, then layers as they came."""

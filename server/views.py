@@ -247,3 +247,13 @@ def panel_specs(store: RunStore, run_id: str) -> dict[str, dict[str, Any]]:
             }
             for name, spec in run.instruments.items()
         }
+
+
+def diagnoses_view(store: RunStore, run_id: str) -> dict[str, Any]:
+    """A run's diagnoses (most urgent first) and the rules that could not run."""
+    with store.lock:
+        run = find_run(store, run_id)
+        report = run.diagnoser.report()
+    order = {"critical": 0, "warning": 1, "info": 2}
+    report["diagnoses"].sort(key=lambda d: (order[d["severity"]], d["detected_step"]))
+    return {"run": run.run_id, **report}

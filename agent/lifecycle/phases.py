@@ -23,6 +23,7 @@ from glasscockpit.agent.engine import EngineError
 from glasscockpit.agent.instruments import Instrument, Reading
 from glasscockpit.agent.instruments.base import Phase
 from glasscockpit.agent.lifecycle.budget import OverheadBudget
+from glasscockpit.agent.lifecycle.diagnosis import AgentDiagnosis
 from glasscockpit.agent.lifecycle.engine_wiring import EngineWiring
 from glasscockpit.agent.lifecycle.step import StepData, StepView
 from glasscockpit.agent.transport.host_copy import DeferredReadings, pack_readings
@@ -62,6 +63,8 @@ class StepPhases(EngineWiring):
     _init: list[Tensor] | None
     _after_step: tuple[StepContext, list[Instrument]] | None
     _budget: OverheadBudget | None
+    _diagnosis: AgentDiagnosis | None
+    _closing: bool
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -72,6 +75,15 @@ class StepPhases(EngineWiring):
             self.transport.send(frame)
         except Exception:  # noqa: BLE001 - monitoring never breaks training
             log.exception("glasscockpit: could not queue a frame")
+        if self._diagnosis is not None:
+            try:
+                self._diagnosis.observe(frame)
+                self._diagnosis.poll()
+            except Exception:  # noqa: BLE001 - a diagnosis bug never breaks training
+                log.exception("glasscockpit: diagnosis failed")
+            if not self._closing:
+                # The user's callback: raising from it stops training.
+                self._diagnosis.deliver()
 
     def _lrs(self) -> list[float]:
         if self.optimizer is None:

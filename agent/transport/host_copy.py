@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,14 @@ class HostCopy:
             for key, reading in readings.items()
         }
         self._values: dict[str, Value] | None = None
+        # The packer thread and the agent's diagnosis may both resolve a frame.
+        self._lock = threading.Lock()
+
+    def ready(self) -> bool:
+        """True when ``values()`` will not wait for the device."""
+        return self._values is not None or all(
+            e is None or e.query() for _, e in self._chunks
+        )
 
     @property
     def on_device(self) -> bool:
@@ -162,6 +171,10 @@ class HostCopy:
 
     def values(self) -> dict[str, Value]:
         """The host readings: floats for 0-d tensors, ``Array`` for n-d ones."""
+        with self._lock:
+            return self._values_locked()
+
+    def _values_locked(self) -> dict[str, Value]:
         if self._values is not None:
             return self._values
         flats = []

@@ -14,6 +14,7 @@ from glasscockpit.server.deps import SettingsDep, StoreDep, require_token
 from glasscockpit.server.errors import NoFrameLog, UnknownRun
 from glasscockpit.server.models import (
     Deleted,
+    DiagnosesOut,
     ErrorOut,
     HistogramsOut,
     LayersOut,
@@ -85,6 +86,16 @@ def get_histograms(
 ) -> dict[str, Any]:
     """The ``last`` stored histogram snapshots of one instrument, oldest first."""
     return views.histograms_view(store, run_id, name, last)
+
+
+@router.get("/{run_id}/diagnoses", response_model=DiagnosesOut)
+def get_diagnoses(run_id: str, store: StoreDep) -> dict[str, Any]:
+    """What is wrong with the run: the diagnosis rules' findings, live.
+
+    Most urgent first (critical, warning, info), then by the step they were made;
+    ``unavailable`` lists the rules whose instruments the run does not track.
+    """
+    return views.diagnoses_view(store, run_id)
 
 
 @router.get("/{run_id}/export.json", response_model=RunExport)
