@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,9 +40,22 @@ def _demo(args: argparse.Namespace) -> int:
 def _sync(args: argparse.Namespace) -> int:
     from glasscockpit.sync import sync_files
 
+    token = args.token
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip() or None
+        except OSError as exc:
+            print(f"glasscockpit sync: cannot read the token: {exc}", file=sys.stderr)
+            return 2
+    elif token and token != os.environ.get("GLASSCOCKPIT_TOKEN"):
+        print(
+            "glasscockpit sync: warning: a token on the command line is visible to "
+            "other users (ps, shell history); use GLASSCOCKPIT_TOKEN or --token-file",
+            file=sys.stderr,
+        )
     try:
         results = sync_files(
-            args.files, args.server, token=args.token, progress=not args.quiet
+            args.files, args.server, token=token, progress=not args.quiet
         )
     except (OSError, ValueError) as exc:
         print(f"glasscockpit sync: {exc}", file=sys.stderr)
@@ -52,8 +66,13 @@ def _sync(args: argparse.Namespace) -> int:
             failed += 1
             print(f"run {r.run}: not uploaded: {r.error}", file=sys.stderr)
         else:
+            renamed = (
+                f" (stored as {r.stored_as}: the id belongs to another run)"
+                if r.stored_as and r.stored_as != r.run
+                else ""
+            )
             print(
-                f"run {r.run}: {r.uploaded} frame(s) uploaded, "
+                f"run {r.run}{renamed}: {r.uploaded} frame(s) uploaded, "
                 f"{r.already_held} already on the server"
             )
     if not results:
@@ -94,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--token",
         default=os.environ.get("GLASSCOCKPIT_TOKEN") or None,
-        help="bearer token (default GLASSCOCKPIT_TOKEN)",
+        help="bearer token (default GLASSCOCKPIT_TOKEN; prefer the variable or "
+        "--token-file: arguments are visible to other users in ps)",
+    )
+    sync.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="read the bearer token from this file (first line)",
     )
     sync.add_argument("--quiet", action="store_true", help="no progress bar")
     sync.set_defaults(func=_sync)

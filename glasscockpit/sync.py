@@ -76,6 +76,9 @@ class RunResult:
     uploaded: int = 0
     already_held: int = 0
     error: str = ""
+    #: The id the server stores the run under: ``run`` with a suffix when that
+    #: id belongs to another run (a reused id; see server/store.py).
+    stored_as: str = ""
 
 
 def read_files(
@@ -111,7 +114,7 @@ def read_files(
     return runs, reports
 
 
-def _recv_ack(ws: ClientConnection, timeout: float) -> int | None:
+def _recv(ws: ClientConnection, timeout: float) -> Ack | None:
     try:
         raw = ws.recv(timeout=timeout)
     except TimeoutError:
@@ -119,7 +122,20 @@ def _recv_ack(ws: ClientConnection, timeout: float) -> int | None:
     msg = decode(raw if isinstance(raw, bytes) else raw.encode())
     if not isinstance(msg, Ack):
         raise SyncError(f"expected an ack from the server, got {type(msg).__name__}")
-    return msg.seq
+    return msg
+
+
+def _recv_ack(ws: ClientConnection, timeout: float) -> int | None:
+    msg = _recv(ws, timeout)
+    return None if msg is None else msg.seq
+
+
+def _first_ack(ws: ClientConnection, timeout: float) -> Ack:
+    """The hello's ack: what the server holds, and under which run id."""
+    msg = _recv(ws, timeout)
+    if msg is None:
+        raise SyncError(f"the server sent no acknowledgement for {timeout:g} s")
+    return msg
 
 
 def upload_run(
@@ -159,7 +175,9 @@ def upload_run(
             max_queue=None,
         ) as ws:
             ws.send(run.hello)
-            held = _wait_ack(ws, None, ack_timeout)
+            first = _first_ack(ws, ack_timeout)
+            result.stored_as = first.run
+            held = first.seq
             todo = sorted(seq for seq in run.frames if seq > held)
             result.already_held = len(run.frames) - len(todo)
             if progress is not None and result.already_held:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import sys
 import time
@@ -15,10 +16,14 @@ from torch import nn
 
 
 def default_run_id() -> str:
-    """``<script name>-<YYYYmmdd-HHMMSS>``, safe as a run id."""
+    """``<script name>-<YYYYmmdd-HHMMSS>-<6 random hex>``, safe as a run id.
+
+    The random part keeps processes started in the same second (a sweep, one
+    container each, all pid 1) apart.
+    """
     stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "run"
     stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-_") or "run"
-    return f"{stem[:80]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{stem[:80]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 def plain(value: Any, depth: int = 0) -> Any:
@@ -48,6 +53,10 @@ def model_meta(
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": time.time(),
+        # Tells this run apart from another one given the same id: the server
+        # resumes a run only for the same instance (reconnects, sync of its spill
+        # file) and stores another instance as a new run with a suffix.
+        "instance": secrets.token_hex(8),
     }
     if optimizer is not None:
         meta["optimizer"] = type(optimizer).__name__

@@ -58,6 +58,8 @@ class TransportStats:
         last_error: the most recent connection error, for humans.
         pending: frames not yet acknowledged (in memory or in the spill backlog).
         spill_path: the spill or recording file, once one exists.
+        run_id: the id the server stores the run under, when it differs from the
+            requested one (that id was taken by another run); "" otherwise.
     """
 
     sent: int = 0
@@ -71,6 +73,7 @@ class TransportStats:
     last_error: str = ""
     pending: int = 0
     spill_path: str | None = None
+    run_id: str = ""
 
 
 @runtime_checkable

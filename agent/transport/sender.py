@@ -126,6 +126,16 @@ class Sender(DeliveryState):
             raise WebSocketException(f"bad ack from server: {exc}") from exc
         if not isinstance(msg, Ack):
             raise WebSocketException(f"expected an ack, got {type(msg).__name__}")
+        if msg.run != self.stats.run_id and msg.run != self.hello.run:
+            # The id was taken by another run: the server stores ours under a new
+            # id (digits-sgd-2) and says so in its acks. Say it once, loudly.
+            self.stats.run_id = msg.run
+            log.warning(
+                "glasscockpit: run id %r was already used by another run; the "
+                "server stores this run as %r",
+                self.hello.run,
+                msg.run,
+            )
         return msg.seq
 
     def _session(self, ws: ClientConnection) -> bool:

@@ -114,3 +114,58 @@ def test_a_suffix_keeps_the_id_within_128_characters():
             open_run(a, long, 1)
             with connect(s.ws + "/v1/agent", compression=None) as b:
                 assert open_run(b, long, 2).run == "r" * 126 + "-2"
+
+
+def test_two_real_agents_with_one_id_both_deliver_and_the_second_knows_its_id(
+    tmp_path, monkeypatch
+):
+    import time
+
+    import torch
+    from torch import nn
+
+    from glasscockpit.agent import Cockpit
+    from glasscockpit.agent.transport.websocket import TransportOptions
+
+    monkeypatch.setenv("GLASSCOCKPIT_SPILL_DIR", str(tmp_path / "spill"))
+    x, y = torch.randn(16, 10), torch.randint(0, 5, (16,))
+
+    def cockpit(server: str) -> Cockpit:
+        model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 5))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        return Cockpit(
+            model,
+            opt,
+            run="digits-sgd",  # the README's fixed id
+            server=server,
+            instruments=["loss", "grad_norm"],
+            budget=None,
+            transport_options=TransportOptions(backoff=(0.05, 0.2)),
+        )
+
+    def train(c: Cockpit, steps: int) -> None:
+        for step in range(steps):
+            c.optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(c.model(x), y)
+            with c.step(step, loss=loss):
+                loss.backward()
+            c.optimizer.step()
+
+    with live_server(free_port()) as s:
+        first = cockpit(s.ws)
+        train(first, 30)
+        second = cockpit(s.ws)  # live at the same time
+        train(second, 20)
+        started = time.monotonic()
+        second.close()
+        first.close()
+        assert time.monotonic() - started < 10  # no hang for the whole timeout
+        assert first.stats.run_id == ""
+        assert second.stats.run_id == "digits-sgd-2"
+        for c, run, steps in ((first, "digits-sgd", 30), (second, "digits-sgd-2", 20)):
+            stored = s.store.get(run)
+            assert stored is not None and stored.status == "finished"
+            assert stored.series[("loss", "total")].view().step == list(range(steps))
+            # Acknowledged means stored: the hello, every step's frame, the bye.
+            assert c.stats.acked == stored.frames
+            assert c.stats.dropped == 0
