@@ -107,6 +107,8 @@ class StepStats:
             also used outside their module, e.g. tied weights).
         grad_scale: the loss scale (``GradScaler``) in the recorded output
             gradients and in ``.grad``, taken off both.
+        local: this process's gradients when ``.grad`` is all-reduced (DDP).
+        global_grad: ``batch_dot`` against the all-reduced ``.grad``.
     """
 
     def __init__(
@@ -116,11 +118,15 @@ class StepStats:
         check: bool = False,
         grad_scale: GradScale | None = None,
         local: LocalGrads | None = None,
+        global_grad: bool = False,
     ) -> None:
         engine.check_model()
         self.engine = engine
         #: This process's gradients when ``.grad`` is all-reduced (DDP).
         self._local = local
+        #: ``batch_dot``'s ``g`` is the all-reduced ``.grad`` (global readings
+        #: under data parallelism); the sum check still uses ``local``.
+        self._global_grad = global_grad
         self._local_factor = 1.0 if grad_scale is None else grad_scale.outputs
         self._grad_factor: Tensor | float = 1.0
         #: Gradient norms at or below this are zero in ``_check_sums``.
@@ -347,7 +353,14 @@ class StepStats:
 
     def _grads_unscaled(self) -> dict[str, Tensor]:
         """``g`` (``grad``: ``.grad`` or this process's) by tracked name, if any."""
-        unscaled = {n: self.grad(p) for n, p in self.engine.params}
+        if self._global_grad:
+            grads = {n: dense_grad(p) for n, p in self.engine.params}
+            unscaled = {
+                n: None if g is None else divide(g.detach(), self._grad_factor)
+                for n, g in grads.items()
+            }
+        else:
+            unscaled = {n: self.grad(p) for n, p in self.engine.params}
         return {n: g for n, g in unscaled.items() if g is not None}
 
     def dot_with(self, direction: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -40,7 +40,10 @@ class _Start:
     step: int
     theta: list[Tensor]  # θ_t per parameter
     basis: Tensor  # [K, D] orthonormal, direction_dtype; spans the predicted update
-    proj: Tensor  # [K, B] per-sample gradients at θ_t projected on the basis
+    #: Per-sample gradients at θ_t projected on the basis, p_n [K]: their sum
+    #: [K], their sum of outer products [K, K] (float64) and the sample count,
+    #: over every process's samples (what the slopes' mean and variance need).
+    proj: tuple[Tensor, Tensor, float]
     value: float  # L_t(θ_t)
     var_value: float  # unbiased variance of the per-sample losses
     #: The predicted update [D] with its coefficients in the basis and its
@@ -62,12 +65,18 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def _var(x: Tensor) -> Tensor:
-    """Unbiased variances along the last axis, float64; NaN for one sample."""
-    x = x.double()
-    if x.shape[-1] > 1:
-        return x.var(-1)
-    return torch.full(x.shape[:-1], math.nan, dtype=torch.float64, device=x.device)
+def _moments(x: Tensor) -> Tensor:
+    """``[Σ x, Σ x²]`` of a vector, float64 (summed over processes as they are)."""
+    x = x.detach().double()
+    return torch.stack([x.sum(), x.square().sum()])
+
+
+def _mean_var(sums: Sequence[float], n: float) -> tuple[float, float]:
+    """Mean and unbiased variance from ``[Σ x, Σ x²]``; NaN variance for n < 2."""
+    mean = sums[0] / n
+    if n < 2:
+        return mean, math.nan
+    return mean, max(sums[1] - n * mean * mean, 0.0) / (n - 1)
 
 
 def _as_params(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
@@ -102,6 +111,14 @@ def _along_grad(step: StepView) -> Tensor:
         device = step.params[0][1].device
         return torch.zeros(step.sample_count(), dtype=torch.float64, device=device)
     return stack64(dots).sum(0)
+
+
+#: Why α cannot use the loss graph: the per-sample losses given are detached.
+_DETACHED = (
+    "alpha's per-sample slopes then come from differentiating the per-sample "
+    "losses, which were passed detached: pass losses= attached to the graph "
+    "(e.g. F.cross_entropy(out, y, reduction='none'), not .detach() or .item())"
+)
 
 
 def _graph_slopes(step: StepView, losses: Tensor, rows: Sequence[Tensor]) -> Tensor:
@@ -180,6 +197,18 @@ class Alpha(Instrument):
         # that size costs more than the pass that fills it (first-touch faults).
         self._spare: list[Tensor] = []  # θ_t of a finished start
         self._d: Tensor | None = None  # θ_{t+1} − θ_t, flat
+        # Between ``local`` and ``reading``: α(t−1)'s end, α(t)'s start.
+        self._ending: tuple[_Start, Tensor, float] | None = None
+        self._begun: tuple[
+            int, list[Tensor], Tensor, list[Tensor], tuple[Tensor, float] | None
+        ] = (
+            -1,
+            [],
+            torch.empty(0),
+            [],
+            None,
+        )
+        self._expects = False
 
     @override
     def is_pending(self) -> bool:
@@ -246,20 +275,26 @@ class Alpha(Instrument):
         return start, coef, tau
 
     def _finish(
-        self, step: StepView, end: tuple[_Start, Tensor, float], slopes1: Tensor
+        self,
+        end: tuple[_Start, Tensor, float],
+        value1: float,
+        sums: dict[str, Tensor],
     ) -> None:
-        """α(t) from its start and this step's losses and slopes along ``u``."""
+        """α(t) from its start and this step's sums: losses, slopes along ``u``."""
         start, coef, tau = end
-        losses = step.sample_losses()
-        slopes0 = (coef.double() / tau) @ start.proj  # [B]
-        loss1 = (losses.mean() if step.loss is None else step.loss).detach()
-        rows = torch.stack([slopes0, slopes1.double(), losses.detach().double()])
-        # One host synchronisation for all of them.
-        value1, s0, s1, _, vs0, vs1, var1 = torch.cat(
-            [loss1.double().reshape(1), rows.mean(1), _var(rows)]
-        ).tolist()
+        p1, p2, n0 = start.proj
+        c = coef.double().to(p1.device) / tau
+        mean0 = float(c @ p1) / n0
+        var0 = (
+            max(float(c @ p2 @ c) - n0 * mean0 * mean0, 0.0) / (n0 - 1)
+            if n0 > 1
+            else math.nan
+        )
+        n1 = float(sums["n"])
+        s1, v1 = _mean_var(sums["slopes"].tolist(), n1)
+        _, var1 = _mean_var(sums["losses"].tolist(), n1)
         self._done[start.step] = fit_alpha(
-            tau, (start.value, value1), (s0, s1), (start.var_value, var1), (vs0, vs1)
+            tau, (start.value, value1), (mean0, s1), (start.var_value, var1), (var0, v1)
         )
 
     @staticmethod
@@ -298,10 +333,15 @@ class Alpha(Instrument):
         ``grad`` (engine only): ``batch_dot`` joins the pass (``_along_grad``).
         """
         if self.phase is Phase.BEFORE_BACKWARD:
+            if not losses.requires_grad:
+                raise EngineError(_DETACHED)
             return _graph_slopes(step, losses, rows)
         try:
             return _engine_slopes(step, rows, grad)
-        except EngineError:
+        except EngineError as exc:
+            if step.mixes is None and not losses.requires_grad:
+                # The other engine differentiates the losses: say what it needs.
+                raise EngineError(f"{exc}; {_DETACHED}") from exc
             if step.mixes is None:
                 # The engine cannot serve this model after all (found at a
                 # step): this α is None with the reason, later ones use the graph.
@@ -311,16 +351,49 @@ class Alpha(Instrument):
     @override
     def advance(self, step: StepView) -> None:
         """Finish step t's α with the batch of this step at θ_{t+1}."""
+        sums = self.advance_local(step)
+        if sums is not None:
+            self.advance_reading(step, sums)
+
+    @override
+    def advance_local(self, step: StepView) -> dict[str, Tensor] | None:
+        """This step's sums for step t's α: losses and slopes along ``u``."""
         end = self._end(step)
+        self._ending = end
         if end is None:
-            return
+            return None
         try:
             losses = step.sample_losses()  # undefined losses: say so before any work
             slopes = self._slopes(step, losses, [self._direction(end)], False)
-            self._finish(step, end, slopes[0])
+            return self._end_sums(losses, slopes[0])
         except Exception:
             self._done[end[0].step] = None  # undefined at t+1: so is α(t)
+            self._ending = None
             raise
+
+    @override
+    def advance_reading(self, step: StepView, sums: dict[str, Tensor]) -> None:
+        end, self._ending = self._ending, None
+        if end is not None:
+            self._finish(end, self._value(step, sums), sums)
+
+    @staticmethod
+    def _end_sums(losses: Tensor, slopes: Tensor | None) -> dict[str, Tensor]:
+        """Sample count and moments of the losses (and of the slopes along ``u``)."""
+        sums = {
+            "n": torch.tensor(float(losses.numel()), dtype=torch.float64),
+            "losses": _moments(losses),
+        }
+        if slopes is not None:
+            sums["slopes"] = _moments(slopes)
+        return sums
+
+    @staticmethod
+    def _value(step: StepView, sums: dict[str, Tensor]) -> float:
+        """The step's loss: the one passed, else the mean of the per-sample losses."""
+        if step.loss is not None:
+            return float(step.loss.detach())
+        return float(sums["losses"][0]) / float(sums["n"])
 
     def _seen(self, step: StepView, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
         """The gradient the optimizer will see (accumulation included)."""
@@ -339,13 +412,20 @@ class Alpha(Instrument):
 
     @override
     def compute(self, step: StepView) -> Reading:
-        """Starts step t's α (finishing t−1's first); the reading comes later.
+        """Starts step t's α (finishing t−1's first); the reading comes later."""
+        sums = self.local(step)
+        return None if sums is None else self.reading(step, sums)
+
+    @override
+    def local(self, step: StepView) -> dict[str, Tensor] | None:
+        """Sums over this step's samples for α(t−1)'s end and α(t)'s start.
 
         Both need per-sample slopes at this step: the finished reading's along
         ``u``, the new start's along its basis; one pass over the engine's
         per-sample gradients serves all of them.
         """
         end = self._end(step)
+        self._ending = end
         try:
             params: list[Tensor] = [p for _, p in step.params]
             step.require(Need.PARAMS)
@@ -360,7 +440,7 @@ class Alpha(Instrument):
             # over ‖g‖, not one more direction for the per-sample pass.
             from_grad = (
                 self.phase is Phase.AFTER_BACKWARD
-                and step.local is None  # DDP: batch_dot's g is not .grad
+                and step.local is None  # per-rank DDP: batch_dot's g is not .grad
                 and gnorm > 0.0
                 and (
                     opt is None
@@ -378,17 +458,26 @@ class Alpha(Instrument):
         except Exception:
             if end is not None:
                 self._done[end[0].step] = None  # undefined at t+1: so is α(t)
+            self._ending = None
             raise
+        sums = self._end_sums(losses, slopes[0] if end is not None else None)
+        proj = (slopes[1:] if end is not None else slopes).double()  # [K, B]
+        sums["p1"], sums["p2"] = proj.sum(1), proj @ proj.T
+        self._begun = (step.step, self._snapshot(params), basis, candidates, last)
+        self._expects = from_grad and opt is not None and last is not None
+        return sums
+
+    @override
+    def reading(self, step: StepView, sums: dict[str, Tensor]) -> Reading:
+        value = self._value(step, sums)
+        end, self._ending = self._ending, None
         if end is not None:
-            self._finish(step, end, slopes[0])
-            slopes = slopes[1:]
-        value0, var0 = torch.stack(
-            [loss.detach().double(), _var(losses.detach())]
-        ).tolist()
-        self._start = _Start(
-            step.step, self._snapshot(params), basis, slopes, value0, var0
-        )
-        if from_grad and opt is not None and last is not None:
+            self._finish(end, value, sums)
+        at, theta, basis, candidates, last = self._begun
+        n = float(sums["n"])
+        _, var0 = _mean_var(sums["losses"].tolist(), n)
+        self._start = _Start(at, theta, basis, (sums["p1"], sums["p2"], n), value, var0)
+        if self._expects and last is not None:
             # SGD: the last candidate is the predicted update (checked at _end).
             self._start.expected = (candidates[-1], *last)
         return None

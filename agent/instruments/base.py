@@ -103,6 +103,10 @@ class Instrument(ABC):
     #: pass over the per-sample gradients also computes what they read
     #: (Alpha's directions and ``batch_dot`` in one pass).
     leads: ClassVar[bool] = False
+    #: Reading fields that add over processes (histogram counts): under data
+    #: parallelism each process computes the reading of its own samples and
+    #: these fields are summed (``agent/lifecycle/data_parallel.py``).
+    summed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, schedule: Schedule | None = None, label: str | None = None
@@ -135,6 +139,30 @@ class Instrument(ABC):
     def compute(self, step: StepView) -> Reading:
         """Return this step's reading, on the training device; runs at ``phase``."""
 
+    # -- readings of sums over samples (exact under data parallelism) ------------
+    def local(self, step: StepView) -> dict[str, Tensor] | None:
+        """Sums over this process's samples that ``reading`` turns into the reading.
+
+        Instruments that override it compute as ``reading(step, local(step))``;
+        under data parallelism the sums are added over processes first (one
+        collective for the whole step) and ``reading`` gets a view whose
+        ``sample_count`` and ``loss`` are the global batch's. None: no reading.
+        """
+        del step
+        return None
+
+    def reading(self, step: StepView, sums: dict[str, Tensor]) -> Reading:
+        """The reading from ``local``'s sums (over every process's samples)."""
+        raise NotImplementedError(f"{type(self).__name__} has no local sums")
+
+    def advance_local(self, step: StepView) -> dict[str, Tensor] | None:
+        """``local`` for ``advance`` (two-step instruments); None: nothing to add."""
+        del step
+        return None
+
+    def advance_reading(self, step: StepView, sums: dict[str, Tensor]) -> None:  # noqa: B027
+        """``advance`` from ``advance_local``'s sums (over every process's)."""
+
     # -- optional hooks of instruments whose reading spans two steps -------------
     def is_pending(self) -> bool:
         """Whether an earlier step's reading waits for data of the coming step.
@@ -153,6 +181,16 @@ class Instrument(ABC):
 
     def finish(self) -> None:  # noqa: B027 - optional hook
         """Runs at ``close()``: settle pending readings (None when undefined)."""
+
+
+def sums_locally(inst: Instrument) -> bool:
+    """Whether ``inst`` computes its reading from ``local`` sums."""
+    return type(inst).local is not Instrument.local
+
+
+def advances_locally(inst: Instrument) -> bool:
+    """Whether ``inst``'s ``advance`` goes through ``advance_local`` sums."""
+    return type(inst).advance_local is not Instrument.advance_local
 
 
 def norms_and_total(named: list[tuple[str, Tensor]]) -> dict[str, Leaf] | None:

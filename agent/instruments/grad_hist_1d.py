@@ -300,6 +300,7 @@ class GradHist1d(Instrument):
     cost = Cost.EXPENSIVE
     kind = Kind.HISTOGRAM
     preset = "economy"
+    summed = ("counts", "nan")
     panel = PanelSpec(
         title="Per-sample gradient elements",
         y_label="count",

@@ -136,6 +136,7 @@ class GradHist2d(Instrument):
     cost = Cost.EXPENSIVE
     kind = Kind.HEATMAP
     preset = "full"
+    summed = ("counts", "nan")
     panel = PanelSpec(
         title="Gradient vs parameter",
         y_label="gradient element",

@@ -41,6 +41,7 @@ class InnerTest(Instrument):
     cost = Cost.MODERATE
     kind = Kind.PER_LAYER
     preset = "economy"
+    _names: list[str]
     panel = PanelSpec(
         title="Inner-product test",
         y_label="θ_inner",
@@ -55,13 +56,24 @@ class InnerTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": θ, name: θ of that parameter}; None if undefined."""
-        b, g2 = step.sample_count(), sq_norms(step)
-        dots = step.batch_dot()
-        names = [n for n in dots if n in g2]
-        if not names:
+        sums = self.local(step)
+        return None if sums is None else self.reading(step, sums)
+
+    @override
+    def local(self, step: StepView) -> dict[str, Tensor] | None:
+        """``Σ_n u_n²`` of the network and of each parameter, ``[1 + L]``."""
+        g2, dots = sq_norms(step), step.batch_dot()
+        self._names = [n for n in dots if n in g2]
+        if not self._names:
             return None
-        u = stack64([dots[n] for n in names])  # [L, B]
+        u = stack64([dots[n] for n in self._names])  # [L, B]
         sq = torch.cat([u.sum(0)[None], u]).square()  # the network's u_n first
-        g2s = torch.stack([g2[n] for n in names])
+        return {"su2": sq.sum(1)}
+
+    @override
+    def reading(self, step: StepView, sums: dict[str, Tensor]) -> Reading:
+        b, g2 = step.sample_count(), sq_norms(step)
+        g2s = torch.stack([g2[n] for n in self._names])
         g2s = torch.cat([g2s.sum()[None], g2s])
-        return split_layers(inner_test(sq.sum(1), sq.mean(1), g2s, b), names)
+        su2 = sums["su2"]
+        return split_layers(inner_test(su2, su2 / b, g2s, b), self._names)

@@ -38,6 +38,7 @@ class NormTest(Instrument):
     cost = Cost.MODERATE
     kind = Kind.PER_LAYER
     preset = "economy"
+    _names: list[str]
     panel = PanelSpec(
         title="Norm test",
         y_label="θ_norm",
@@ -52,12 +53,22 @@ class NormTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": θ, name: θ of that parameter}; None if undefined."""
-        b, g2 = step.sample_count(), sq_norms(step)
-        l2 = step.batch_l2()
-        names = [n for n in l2 if n in g2]
-        if not names:
+        sums = self.local(step)
+        return None if sums is None else self.reading(step, sums)
+
+    @override
+    def local(self, step: StepView) -> dict[str, Tensor] | None:
+        """``Σ_n ‖g_n‖²`` of the network and of each parameter, ``[1 + L]``."""
+        g2, l2 = sq_norms(step), step.batch_l2()
+        self._names = [n for n in l2 if n in g2]
+        if not self._names:
             return None
-        s2 = stack64([l2[n] for n in names]).sum(1)  # [L]
-        g2s = torch.stack([g2[n] for n in names])
-        s2, g2s = torch.cat([s2.sum()[None], s2]), torch.cat([g2s.sum()[None], g2s])
-        return split_layers(norm_test(s2, g2s, b), names)
+        s2 = stack64([l2[n] for n in self._names]).sum(1)  # [L]
+        return {"s2": torch.cat([s2.sum()[None], s2])}
+
+    @override
+    def reading(self, step: StepView, sums: dict[str, Tensor]) -> Reading:
+        b, g2 = step.sample_count(), sq_norms(step)
+        g2s = torch.stack([g2[n] for n in self._names])
+        g2s = torch.cat([g2s.sum()[None], g2s])
+        return split_layers(norm_test(sums["s2"], g2s, b), self._names)

@@ -43,6 +43,7 @@ class OrthoTest(Instrument):
     cost = Cost.MODERATE
     kind = Kind.PER_LAYER
     preset = "economy"
+    _names: list[str]
     panel = PanelSpec(
         title="Orthogonality test",
         y_label="ν",
@@ -57,14 +58,24 @@ class OrthoTest(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total": ν, name: ν of that parameter}; None if undefined."""
-        b, g2 = step.sample_count(), sq_norms(step)
-        l2, dots = step.batch_l2(), step.batch_dot()
-        names = [n for n in l2 if n in dots and n in g2]
-        if not names:
+        sums = self.local(step)
+        return None if sums is None else self.reading(step, sums)
+
+    @override
+    def local(self, step: StepView) -> dict[str, Tensor] | None:
+        """``Σ_n ‖g_n‖²`` and ``Σ_n u_n²``, the network's then each parameter's."""
+        g2, l2, dots = sq_norms(step), step.batch_l2(), step.batch_dot()
+        self._names = [n for n in l2 if n in dots and n in g2]
+        if not self._names:
             return None
-        s2 = stack64([l2[n] for n in names]).sum(1)
-        u = stack64([dots[n] for n in names])  # [L, B]
+        s2 = stack64([l2[n] for n in self._names]).sum(1)
+        u = stack64([dots[n] for n in self._names])  # [L, B]
         su2 = torch.cat([u.sum(0)[None], u]).square().sum(1)  # the network's first
-        g2s = torch.stack([g2[n] for n in names])
-        s2, g2s = torch.cat([s2.sum()[None], s2]), torch.cat([g2s.sum()[None], g2s])
-        return split_layers(ortho_test(s2, su2, g2s, b), names)
+        return {"s2": torch.cat([s2.sum()[None], s2]), "su2": su2}
+
+    @override
+    def reading(self, step: StepView, sums: dict[str, Tensor]) -> Reading:
+        b, g2 = step.sample_count(), sq_norms(step)
+        g2s = torch.stack([g2[n] for n in self._names])
+        g2s = torch.cat([g2s.sum()[None], g2s])
+        return split_layers(ortho_test(sums["s2"], sums["su2"], g2s, b), self._names)

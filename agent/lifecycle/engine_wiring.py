@@ -16,6 +16,7 @@ from glasscockpit.agent.environment.grad_scale import GradScale, current
 from glasscockpit.agent.environment.local_grads import LocalGrads
 from glasscockpit.agent.instruments import Instrument
 from glasscockpit.agent.lifecycle.budget import OverheadBudget
+from glasscockpit.agent.lifecycle.data_parallel import DataParallel
 from glasscockpit.agent.lifecycle.needs import RECORDED, TWICE, Need
 from glasscockpit.agent.lifecycle.step import StepData
 
@@ -36,6 +37,8 @@ class EngineWiring:
     #: ``(step, due)`` planned by ``_prepare`` for the coming step.
     _planned: tuple[int, list[Instrument]] | None
     _local: LocalGrads | None
+    #: Global readings under data parallelism (``data_parallel.py``), or None.
+    _dp: DataParallel | None
 
     def _grad_scale(self) -> GradScale | None:
         """What the step's gradients carry of the loss scale (mixed precision)."""
@@ -135,6 +138,8 @@ class EngineWiring:
                     )
                 with keep_backpack_io():  # an extended model's IO stays
                     ggn = diag_ggn(engine, loss, notes)
+                if self._dp is not None:  # of the global loss
+                    ggn = self._dp.mean(ggn)
             except Exception as exc:  # noqa: BLE001 - the TIC instruments report it
                 ggn = exc
         if self._budget is not None:
@@ -150,6 +155,7 @@ class EngineWiring:
                 check=not self._checked,
                 grad_scale=self._grad_scale(),
                 local=self._local,
+                global_grad=self._dp is not None,
             )
             if self._budget is not None:  # shared by every engine user of the step
                 self._budget.share(time.perf_counter() - start)

@@ -123,7 +123,8 @@ class StepPhases(EngineWiring):
             param_lrs=ctx.param_lrs,
             mixes=ctx.mixes,
             grad_scale=self._grad_scale(),
-            local=self._local,
+            # Global readings (data parallelism) read the all-reduced ``.grad``.
+            local=self._local if self._dp is None else None,
         )
 
     def _guard(
@@ -185,6 +186,8 @@ class StepPhases(EngineWiring):
         errors: dict[str, str],
         applied: Sequence[Tensor] | None = None,
     ) -> dict[str, Reading]:
+        if self._dp is not None and phase is not Phase.AFTER_STEP:
+            return self._dp.run(self, phase, ctx, due, pending, errors)
         results: dict[str, Reading] = {}
         budget = self._budget
         for inst in sorted(due, key=_follows):  # stable: leaders first
@@ -207,6 +210,20 @@ class StepPhases(EngineWiring):
                 self._guard(ctx.step, inst, partial(inst.advance, view), errors, ctx)
                 _attribute(budget, inst.key, start)
         return results
+
+    def _timed(
+        self,
+        ctx: StepContext,
+        inst: Instrument,
+        fn: Callable[[], Any],
+        errors: dict[str, str],
+    ) -> tuple[bool, Any]:
+        """``_guard(fn)``, its time charged to ``inst`` (less shared engine work)."""
+        start = time.perf_counter(), _shared(self._budget)
+        try:
+            return self._guard(ctx.step, inst, fn, errors, ctx)
+        finally:
+            _attribute(self._budget, inst.key, start)
 
     def _run_after_step(self) -> None:
         """Run the AFTER_STEP instruments of the last tracked step, once."""

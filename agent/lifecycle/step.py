@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.engine.errors import dense_grad
 from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
+from glasscockpit.agent.environment.distributed import Group
 from glasscockpit.agent.environment.grad_scale import GradScale, divide
 from glasscockpit.agent.environment.local_grads import LocalGrads
 from glasscockpit.agent.lifecycle.needs import RECORDED, Need
@@ -46,6 +47,14 @@ class StepData:
         self.ggn = ggn
         #: Set when ``ggn`` is an estimate rather than exact (a note for readers).
         self.ggn_note: str | None = None
+        #: The process group whose batches make the step (data parallelism):
+        #: curvature products are of the global loss. None: one process.
+        self.group: Group | None = None
+        #: This process's weight in the global mean loss (its sample count).
+        self.count = 1.0
+        #: Set once the step's sums were added over processes: ``"n"`` (the
+        #: global sample count) and ``"sgs"`` per parameter name (optional).
+        self.reduced: dict[str, Any] | None = None
 
     def stats(self) -> StepStats:
         """The per-sample statistics; raises the engine's error if unavailable."""
@@ -132,17 +141,28 @@ class StepView:
                 "sample_count() needs one of "
                 + ", ".join(sorted(n.name for n in RECORDED))
             )
+        if self.data.reduced is not None:
+            return int(self.data.reduced["n"])
         return self.data.stats().batch_size
+
+    def _samples(self) -> StepStats:
+        """The per-sample statistics, which only exist for this process's samples."""
+        if self.data.reduced is not None:
+            raise RuntimeError(
+                "Per-sample values are this process's: read them in the "
+                "instrument's local(), not in reading() (data parallelism)"
+            )
+        return self.data.stats()
 
     def batch_l2(self) -> dict[str, Tensor]:
         """``‖g_n‖²`` per parameter name, each ``[B]``."""
         self.require(Need.BATCH_L2)
-        return self.data.stats().batch_l2()
+        return self._samples().batch_l2()
 
     def batch_dot(self) -> dict[str, Tensor]:
         """``g_n · g`` per parameter name, ``g`` its ``.grad``, each ``[B]``."""
         self.require(Need.BATCH_DOT)
-        return self.data.stats().batch_dot()
+        return self._samples().batch_dot()
 
     def sample_dots(
         self, directions: Sequence[Mapping[str, Tensor]], grad: bool = False
@@ -158,7 +178,7 @@ class StepView:
                 per-sample gradients (if no instrument asked for it yet).
         """
         self.require(Need.BATCH_DOT)
-        stats = self.data.stats()
+        stats = self._samples()
         uncovered = stats.engine.uncovered
         if uncovered:
             raise EngineError(
@@ -181,6 +201,9 @@ class StepView:
     def sum_grad_squared(self) -> dict[str, Tensor]:
         """``Σ_n g_n²`` per parameter name, each of the parameter's shape."""
         self.require(Need.SUM_GRAD_SQUARED)
+        if self.data.reduced is not None and "sgs" in self.data.reduced:
+            sgs: dict[str, Tensor] = self.data.reduced["sgs"]
+            return sgs
         return self.data.stats().sum_grad_squared()
 
     def batch_grads(
@@ -192,7 +215,7 @@ class StepView:
         drop each tensor after use.
         """
         self.require(Need.BATCH_GRAD)
-        return self.data.stats().batch_grads(max_elements)
+        return self._samples().batch_grads(max_elements)
 
     @overload
     def batch_grads_factored(
@@ -223,7 +246,7 @@ class StepView:
         read-only ``Scaled`` views (``Scaled.built`` copies them).
         """
         self.require(Need.BATCH_GRAD)
-        return self.data.stats().batch_grads_factored(max_elements, sparse, views)
+        return self._samples().batch_grads_factored(max_elements, sparse, views)
 
     def diag_ggn(self) -> dict[str, Tensor]:
         """Exact GGN diagonal of the mean loss per parameter name (its shape)."""
@@ -273,6 +296,9 @@ class StepView:
         BEFORE_BACKWARD only; needs a ``backpack.extend``-ed model and loss module.
         """
         self.require(Need.DIAG_HESSIAN)
+        if self.data.group is not None:
+            # BackPACK's extra backward pass would run DDP's gradient all-reduce.
+            return None
         if "diag_hessian" not in self.cache:
             from glasscockpit.agent.curvature.hessian_products import (
                 backpack_diag_hessian,
@@ -304,9 +330,14 @@ class StepView:
 
         op = self.cache.get("hessian")
         if not isinstance(op, HessianOperator):
-            op = self.cache["hessian"] = HessianOperator(
-                loss, [p for _, p in self.params]
-            )
+            params = [p for _, p in self.params]
+            if self.data.group is not None:
+                from glasscockpit.agent.curvature.data_parallel import GlobalHessian
+
+                op = GlobalHessian(loss, params, self.data.group, self.data.count)
+            else:
+                op = HessianOperator(loss, params)
+            self.cache["hessian"] = op
         return op
 
 

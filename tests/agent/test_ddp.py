@@ -1,6 +1,7 @@
-"""Multi-process DistributedDataParallel: each process's instruments (gloo, CPU).
+"""Multi-process DDP, the opt-in per-rank view: each process's own batch (gloo, CPU).
 
-With several processes ``.grad`` is the all-reduced mean while the per-sample
+With ``Cockpit(..., per_rank=True)`` every process streams its own run. With several
+processes ``.grad`` is the all-reduced mean while the per-sample
 gradients are the process's own; the statistics must describe that process's
 batch (its per-sample gradients and their mean), tested against per-sample
 loops in each process.
@@ -50,7 +51,9 @@ def _worker(rank: int, port: int, out: str) -> None:
             for i in range(len(x))
         ]
         insts = [BY_NAME[n](schedule=always) for n in NAMES]
-        cockpit = Cockpit(model, opt, server=None, instruments=insts, budget=None)
+        cockpit = Cockpit(
+            model, opt, server=None, instruments=insts, budget=None, per_rank=True
+        )
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         with cockpit.step(0, loss=loss):
@@ -90,7 +93,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.all_reduce(local)
         if not torch.allclose(mean, local / WORLD, rtol=1e-5, atol=1e-7):
             failures.append(".grad is not the mean over processes")
-        Path(out, f"{rank}.json").write_text(json.dumps(failures))
+        Path(out, f"{rank}.json").write_text(json.dumps([failures, cockpit.run]))
         dist.barrier()  # nobody leaves while the other still talks to the store
     finally:
         dist.destroy_process_group()
@@ -104,4 +107,6 @@ def _worker(rank: int, port: int, out: str) -> None:
 def test_each_process_reads_its_own_batch(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD)
     for rank in range(WORLD):
-        assert json.loads((tmp_path / f"{rank}.json").read_text()) == []
+        failures, run = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert failures == []
+        assert run.endswith(f".rank{rank}")

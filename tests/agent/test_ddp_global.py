@@ -1,0 +1,210 @@
+"""DDP with several gloo processes gives the readings of one process on the whole batch.
+
+Each process trains a ``DistributedDataParallel`` replica on its slice of a global
+batch; rank 0 also trains an unwrapped copy on the concatenated batch with its own
+``Cockpit``. Every instrument (the ``full`` preset and the ones outside it) must
+read the same at every step. One spawned group serves the MLP, the CNN and the
+transformer.
+
+Tolerance: the models run in float64, so that round-off cannot hide behind the
+formulas' cancellations (GSNR and the early-stopping criterion divide by a
+per-entry variance that is a difference of second moments; where samples agree,
+float32 round-off of the moments is amplified by the GSNR itself, 10⁵ on the
+CNN's last bias). The processes add their shares in another order than one
+process adds the whole batch: readings agree to ``rtol=1e-8`` of the reading's
+largest entry, histogram counts exactly. λ_max is computed with ``rtol=1e-7`` so
+that Lanczos stops at convergence, not at an iteration count that round-off
+could change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from tests.conftest import free_port
+
+STEPS = 3
+PER_RANK = 3  # samples per process
+RTOL = 1e-8
+
+
+def instruments() -> list[Any]:
+    """Every instrument but Time, each on every step."""
+    from glasscockpit.agent import always
+    from glasscockpit.agent.instruments import ALL, HessMaxEV
+
+    out: list[Any] = []
+    for cls in ALL:
+        if cls.name == "time":
+            continue
+        if cls is HessMaxEV:
+            out.append(HessMaxEV(schedule=always, rtol=1e-7, max_iter=200))
+        else:
+            out.append(cls(schedule=always))
+    return out
+
+
+def problems() -> dict[str, Any]:
+    from tests.agent.models import ENCODER
+    from tests.agent.problems import PROBLEMS
+
+    by_name = {p.name: p for p in PROBLEMS}
+    return {"mlp": by_name["mlp"], "cnn": by_name["cnn"], "transformer": ENCODER}
+
+
+def batch(problem: Any, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The problem's model and a global batch of ``n`` samples like its own."""
+    model, x, y = problem.make(0)
+    model.double()
+    if x.is_floating_point():
+        x = x.double()
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, x.shape[0], (n,), generator=g)
+    x = x[idx].clone()
+    if x.is_floating_point():
+        x = x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype)
+    return model, x, y[idx].clone()
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: Any) -> Any:
+    """STEPS tracked steps of SGD with momentum; the Cockpit's readings."""
+    from glasscockpit.agent import Cockpit
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+    cockpit = Cockpit(
+        model,
+        opt,
+        server=None,
+        instruments=instruments(),
+        budget=None,
+        fail_mode="raise",
+        **kw,
+    )
+    for step in range(STEPS):
+        opt.zero_grad()
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        losses = F.cross_entropy(out, y, reduction="none")
+        with cockpit.step(step, loss=loss, losses=losses):
+            loss.backward()
+        opt.step()
+    cockpit.close()
+    return cockpit
+
+
+def compare(got: Any, want: Any, where: str, out: list[str]) -> None:
+    """Readings equal to round-off (module docstring)."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or set(got) != set(want):
+            out.append(f"{where}: keys {sorted(got or {})} != {sorted(want)}")
+            return
+        if "counts" in want:
+            a, b = got["counts"].double(), want["counts"].double()
+            moved = float((a - b).abs().sum()) / 2
+            if moved > 0:
+                out.append(f"{where}.counts: {moved} of {float(b.sum())} moved")
+            rest = {k: v for k, v in want.items() if k != "counts"}
+            for k, v in rest.items():
+                compare(got[k], v, f"{where}.{k}", out)
+            return
+        for k, v in want.items():
+            compare(got[k], v, f"{where}.{k}", out)
+        return
+    if want is None or got is None:
+        if got is not want:
+            out.append(f"{where}: {got!r} != {want!r}")
+        return
+    a = torch.as_tensor(got, dtype=torch.float64)
+    b = torch.as_tensor(want, dtype=torch.float64)
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    if a.shape != b.shape or not torch.allclose(
+        a, b, rtol=RTOL, atol=RTOL * scale + 1e-12, equal_nan=True
+    ):
+        err = float((a - b).abs().max()) if a.shape == b.shape else math.inf
+        out.append(
+            f"{where}: {a.flatten()[:4].tolist()} != {b.flatten()[:4].tolist()} "
+            f"(max abs diff {err:.3g}, scale {scale:.3g})"
+        )
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    report: dict[str, Any] = {"failures": []}
+    try:
+        for name, problem in problems().items():
+            model, x, y = batch(problem, PER_RANK * world)
+            mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+            reference = None
+            if rank == 0:
+                ref_model = problem.make(0)[0].double()
+                reference = train(ref_model, x, y)
+            ddp = nn.parallel.DistributedDataParallel(model)
+            cockpit = train(ddp, x[mine], y[mine])
+            if rank == 0:
+                assert reference is not None
+                got, want = cockpit.readings, reference.readings
+                if sorted(got) != sorted(want):
+                    report["failures"].append(f"{name}: steps {sorted(got)}")
+                for step in want:
+                    for key in want[step]:
+                        compare(
+                            got.get(step, {}).get(key),
+                            want[step][key],
+                            f"{name}[{step}].{key}",
+                            report["failures"],
+                        )
+                report[f"{name}_keys"] = sorted(want[0])
+                report[f"{name}_meta"] = cockpit.hello.meta.get("data_parallel")
+            else:
+                report[f"{name}_sent"] = cockpit.stats.sent
+                report[f"{name}_dropped"] = cockpit.stats.dropped
+            report[f"{name}_traffic"] = vars(cockpit._dp.group.traffic)
+        Path(out, f"{rank}.json").write_text(json.dumps(report, default=str))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # skip the store threads' teardown (see test_ddp.py)
+
+
+def run_group(world: int, tmp_path: Path) -> list[dict[str, Any]]:
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world)
+    return [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(world)]
+
+
+def check(reports: list[dict[str, Any]], world: int) -> None:
+    zero = reports[0]
+    assert zero["failures"] == []
+    for name in problems():
+        # Every instrument of the full preset and beyond actually read.
+        assert len(zero[f"{name}_keys"]) >= 17, zero[f"{name}_keys"]
+        assert zero[f"{name}_meta"]["processes"] == world
+        traffic = zero[f"{name}_traffic"]
+        # One packed all-reduce per tracked step (plus curvature products).
+        assert traffic["packed"] == STEPS, traffic
+        for rank in range(1, world):
+            assert reports[rank][f"{name}_sent"] == 0
+            assert reports[rank][f"{name}_dropped"] > 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_two_processes_read_the_global_batch(tmp_path: Path) -> None:
+    check(run_group(2, tmp_path), 2)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_four_processes_read_the_global_batch(tmp_path: Path) -> None:
+    check(run_group(4, tmp_path), 4)
