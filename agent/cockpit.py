@@ -125,6 +125,11 @@ class Cockpit(StepPhases):
             ``<run>.rank<r>``. Default False: every reading describes the global
             batch (sums over all processes' samples, one all-reduce per tracked
             step) and rank 0 alone streams the run.
+        data_parallel: whether the model is a data-parallel replica whose
+            ``.grad`` the framework all-reduces (DDP). Default: when the model
+            is wrapped in ``DistributedDataParallel`` and the default process
+            group has several processes; pass True for the module inside a
+            wrapper the Cockpit does not see (a trainer's DDP strategy).
         scaler: the ``torch.amp.GradScaler`` of mixed-precision training, if any:
             gradients are read divided by its scale (whether or not
             ``scaler.unscale_`` ran inside the step). Pass the unscaled loss to
@@ -155,6 +160,7 @@ class Cockpit(StepPhases):
         budget: float | None = _UNSET,
         scaler: Any | None = None,
         per_rank: bool = False,
+        data_parallel: bool | None = None,
         config: dict[str, Any] | None = None,
         on_diagnosis: Callable[[Diagnosis], Any] | None = None,
         diagnosis: DiagnosisSettings | None = None,
@@ -222,6 +228,8 @@ class Cockpit(StepPhases):
         #: Under DDP with several processes ``.grad`` is all-reduced; the
         #: per-sample statistics use this process's gradients instead.
         self._local: LocalGrads | None = None
+        if data_parallel is not None:
+            ddp = data_parallel
         if ddp and self.engine is not None and world_size() > 1:
             self._local = LocalGrads([p for _, p in self.params])
         self._dp: DataParallel | None = None

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from glasscockpit.agent.instruments import GradNorm, Loss, NormTest
 from tests.conftest import free_port
 
 STEPS = 3
@@ -138,7 +141,29 @@ def compare(got: Any, want: Any, where: str, out: list[str]) -> None:
         )
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def stream(server: str, rank: int, world: int) -> list[float]:
+    """A short DDP run streamed to ``server``; this process's losses."""
+    from glasscockpit.agent import Cockpit, always
+
+    model, x, y = batch(problems()["mlp"], PER_RANK * world)
+    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    insts = [n(schedule=always) for n in (Loss, GradNorm, NormTest)]
+    cockpit = Cockpit(ddp, opt, run="ddp-job", server=server, instruments=insts)
+    losses = []
+    for step in range(STEPS):
+        opt.zero_grad()
+        loss = F.cross_entropy(ddp(x[mine]), y[mine])
+        with cockpit.step(step, loss=loss):
+            loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    cockpit.close()
+    return losses
+
+
+def _worker(rank: int, world: int, port: int, out: str, server: str | None) -> None:
     torch.set_num_threads(1)
     store = dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
@@ -172,6 +197,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 report[f"{name}_sent"] = cockpit.stats.sent
                 report[f"{name}_dropped"] = cockpit.stats.dropped
             report[f"{name}_traffic"] = vars(cockpit._dp.group.traffic)
+        if server is not None:
+            report["streamed"] = stream(server, rank, world)
         Path(out, f"{rank}.json").write_text(json.dumps(report, default=str))
         dist.barrier()
     finally:
@@ -179,8 +206,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os._exit(0)  # skip the store threads' teardown (see test_ddp.py)
 
 
-def run_group(world: int, tmp_path: Path) -> list[dict[str, Any]]:
-    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world)
+def run_group(
+    world: int, tmp_path: Path, server: str | None = None
+) -> list[dict[str, Any]]:
+    args = (world, free_port(), str(tmp_path), server)
+    mp.spawn(_worker, args=args, nprocs=world)
     return [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(world)]
 
 
@@ -201,7 +231,34 @@ def check(reports: list[dict[str, Any]], world: int) -> None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_two_processes_read_the_global_batch(tmp_path: Path) -> None:
-    check(run_group(2, tmp_path), 2)
+    """Also: a run streamed by both processes is one run of rank 0's frames."""
+    from tests.server.harness import live_server
+
+    with live_server(free_port()) as srv:
+        reports = run_group(2, tmp_path, srv.ws)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _finished(srv):
+            time.sleep(0.05)
+        runs = list(srv.store.runs)
+        with urllib.request.urlopen(f"{srv.http}/v1/runs", timeout=5) as r:
+            listed = [row["run"] for row in json.load(r)]
+        stored = srv.store.get("ddp-job")
+        assert stored is not None
+        steps = stored.series[("loss", "total")].view(None, None)
+        meta = stored.meta
+    check(reports, 2)
+    assert runs == ["ddp-job"] and listed == ["ddp-job"]
+    # The dashboard's loss is the global batch's: the mean of the processes'.
+    local = [r["streamed"] for r in reports]
+    want = [sum(v) / len(v) for v in zip(*local, strict=True)]
+    assert [int(s) for s in steps.step] == list(range(STEPS))
+    assert list(steps.value) == pytest.approx(want, rel=1e-6)
+    assert meta["data_parallel"]["processes"] == 2
+
+
+def _finished(srv: Any) -> bool:
+    run = srv.store.get("ddp-job")
+    return run is not None and srv.store.status(run, 60.0) == "finished"
 
 
 @pytest.mark.slow
