@@ -61,6 +61,21 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       if (!n) { return window.dash_clientside.no_update; }
       const big = n % 2 === 1;
       document.body.classList.toggle('has-big', big);
+      /* The enlarged panel has room for every line's name: a legend at the
+       * right; back in the grid, the card's own choice returns. */
+      const name = window.dash_clientside.callback_context.triggered_id.name;
+      const gd = window.dash_clientside.glasscockpit.graphOf(name);
+      if (gd && window.Plotly && gd.layout) {
+        if (big) {
+          gd._gcLegend = {showlegend: gd.layout.showlegend, legend: gd.layout.legend};
+          window.Plotly.relayout(gd, {showlegend: true,
+            legend: {orientation: 'v', x: 1.02, y: 1, xanchor: 'left', yanchor: 'top',
+                     font: {size: 11}}});
+        } else if (gd._gcLegend) {
+          window.Plotly.relayout(gd, {showlegend: gd._gcLegend.showlegend,
+            legend: gd._gcLegend.legend || {}});
+        }
+      }
       setTimeout(function () { window.dispatchEvent(new Event('resize')); }, 50);
       return big ? 'card card-big' : 'card';
     },

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from glasscockpit.dashboard.panels.style import PALETTE, REF_COLOR, FigureDict, trace
+from glasscockpit.dashboard.panels.style import REF_COLOR, FigureDict, trace
 
 ALPHA_LIMIT = 1.5
 #: The α series axis autoranges within ±this: α of a near-flat fit (μ₁ → 0)
@@ -79,6 +79,7 @@ def add_traces(
                 marker={"color": GREY if single else color},
                 opacity=0.55,
                 legendgroup="dist",
+                showlegend=single,  # runs are told apart by colour, as the lines
                 **common,
             )
         )
@@ -93,7 +94,7 @@ def add_traces(
                 x=recent,
                 y=[0.0] * len(recent),
                 name=f"last 10 % (μ={mean:.2f})",
-                marker={"color": PALETTE[0]},  # the colour of the single run's line
+                marker={"color": colors[0]},  # the colour of the single run's line
                 opacity=0.65,
                 legendgroup="dist",
                 **common,

@@ -26,8 +26,9 @@ from glasscockpit.dashboard.panels.style import (
 )
 from glasscockpit.dashboard.smoothing import ema
 
-#: Most legend entries a panel shows.
-MAX_LEGEND = 12
+#: Most legend entries a card shows (more would squeeze its plot); the
+#: unified hover names every line at a step, and the enlarged panel shows all.
+MAX_LEGEND = 4
 #: Lines whose readings are this many steps apart on average also get markers
 #: (epoch-level metrics would otherwise be a few invisible segments).
 SPARSE_GAP = 10
@@ -105,7 +106,11 @@ def _label(run: str, title: str, key: str, multi_run: bool, multi_member: bool) 
 def _style(
     index: int, run_index: int, key: str, colors: list[str], multi_run: bool
 ) -> dict[str, Any]:
-    """Single run: a colour per line. Several runs: the run's colour, dashed layers."""
+    """A line's colour, width and dash.
+
+    Single run: its colour first, then a colour per line. Several runs: the
+    run's colour; its further lines (members, layers) dashed and thinner.
+    """
     width = 2.2 if key == TOTAL else 1.3
     if multi_run:
         return {
@@ -113,7 +118,10 @@ def _style(
             "width": width,
             "dash": DASHES[index % len(DASHES)],
         }
-    return {"color": PALETTE[index % len(PALETTE)], "width": width}
+    own = colors[run_index]
+    others = [c for c in PALETTE if c != own]
+    color = own if index == 0 else others[(index - 1) % len(others)]
+    return {"color": color, "width": width}
 
 
 def line_figure(
@@ -193,11 +201,12 @@ def line_figure(
         state["recent_window"] = distribution.add_traces(
             fig, panel, runs, values_by_run, run_colors
         )
-    # Past a dozen entries a legend hides the plot; hovering still names lines.
+    # A long legend squeezes the plot: the hover lists every line instead.
     entries = len(series) + (1 if state["bad"] else 0)
-    layout = base_layout(
-        panel, showlegend=1 < entries <= MAX_LEGEND or state["bad"] > 0
-    )
+    if panel.get("distribution") and len(runs) == 1:
+        entries += 2
+    layout = base_layout(panel, showlegend=1 < entries <= MAX_LEGEND)
+    layout["hovermode"] = "x unified"
     fig.update_layout(**layout)
     fig.update_layout(
         yaxis2={

@@ -364,3 +364,46 @@ def test_histograms_pick_a_run_and_log_their_counts(site, pages, output_dir):
     assert page.evaluate(count_axis, title) == "linear"  # the log choice stays
     page.screenshot(path=str(output_dir / "histogram-pick.png"))
     assert page.errors == []
+
+
+def test_legends_leave_room_and_lines_wear_run_colours(site, pages, output_dir):
+    runs = ["full-cockpit", "nan-run", "agent-run"]
+    page = open_page(site, runs, pages)
+    plot_height = card_js("return gd._fullLayout._size.h;")
+    for title in ("Alpha", "Gradient tests", "Mini-batch loss"):
+        wait_points(page, title, 3)
+        # The card's graph is 250 px: a legend may not take more than a row.
+        assert page.evaluate(plot_height, title) > 130, title
+    hover = card_js("return gd._fullLayout.hovermode;")
+    assert page.evaluate(hover, "Mini-batch loss") == "x unified"
+    page.screenshot(path=str(output_dir / "three-runs.png"), full_page=True)
+    # Per layer: no legend in the card, all of them in the enlarged panel.
+    select_runs(page, ["full-cockpit"])
+    page.click("#layers input[value=layers]")
+    lines = card_js("return gd.data.filter(t => t.mode === 'lines').length;")
+    page.wait_for_function(f"({lines})('Gradient norm') > 4", timeout=30_000)
+    card = "xpath=//div[contains(@class,'card')][.//span[text()='Gradient norm']]"
+    page.click(f"{card}//button[text()='⤢']")
+    page.wait_for_selector(".card-big")
+    shown = card_js("return gd._fullLayout.showlegend;")
+    page.wait_for_function(f"({shown})('Gradient norm') === true")
+    page.keyboard.press("Escape")
+    page.wait_for_function(f"({shown})('Gradient norm') === false")
+    page.click("#layers input[value=total]")
+    # One run: its total line wears the run's colour from the run list.
+    swatch = page.evaluate(
+        'getComputedStyle(document.querySelector("#run-list input[value='
+        "'full-cockpit']\").closest('label').querySelector('.swatch'))"
+        ".backgroundColor"
+    )
+    color = page.evaluate(
+        card_js(
+            "const d = document.createElement('div');"
+            "d.style.color = gd.data.find(t => t.mode === 'lines').line.color;"
+            "document.body.appendChild(d); const rgb = getComputedStyle(d).color;"
+            "d.remove(); return rgb;"
+        ),
+        "Mini-batch loss",
+    )
+    assert color == swatch
+    assert page.errors == []
