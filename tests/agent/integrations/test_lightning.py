@@ -1,0 +1,156 @@
+"""The Lightning callback reads like the hand-written loop on the same data and seed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+from torch.utils.data import DataLoader, TensorDataset
+
+from glasscockpit.agent.integrations.lightning import callback_class
+from tests.agent.integrations.loop import (
+    CURVATURE,
+    NAMES,
+    assert_readings_equal,
+    hand_written,
+    instruments,
+    readings_and_errors,
+)
+
+pl = pytest.importorskip("pytorch_lightning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+GlasscockpitCallback = callback_class("pytorch_lightning")
+
+STEPS = 3
+
+
+def loss_fn(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    return losses.mean(), losses
+
+
+class Module(pl.LightningModule):
+    def __init__(self, net: nn.Module, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters({"lr": lr, "width": 16})
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        loss, losses = loss_fn(self.net, *batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return {"loss": loss, "losses": losses}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        out = self.net(x)
+        self.log("val_loss", F.cross_entropy(out, y))
+        self.log("val_acc", (out.argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def data(batches: int, size: int = 8) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batches * size, 10, generator=g)
+    y = torch.randint(0, 3, (batches * size,), generator=g)
+    return list(zip(x.split(size), y.split(size), strict=True))
+
+
+def loader(batches: list[tuple[Tensor, Tensor]]) -> DataLoader[Any]:
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    return DataLoader(TensorDataset(x, y), batch_size=batches[0][0].shape[0])
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+class Plain(nn.Module):
+    """The hand-written loop's model: the same net, under the same names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = net()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def fit(batches, accumulate: int = 1, clip: float | None = None, **trainer: Any):
+    model = net()
+    callback = GlasscockpitCallback(
+        run="pl", server=None, instruments=instruments(), budget=None
+    )
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    t = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=clip,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer,
+    )
+    t.fit(Module(model), loader(batches), loader(batches[:2]))
+    return callback.cockpit, readings_and_errors(callback.cockpit)
+
+
+@pytest.mark.parametrize(
+    ("accumulate", "clip"), [(1, None), (1, 0.01), (2, 0.01)], ids=str
+)
+def test_lightning_reads_like_the_hand_written_loop(accumulate, clip, torch_threads):
+    batches = data(STEPS * accumulate)
+    model = Plain()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    want, want_errors = hand_written(
+        model, opt, batches, loss_fn, accumulate=accumulate, clip=clip
+    )
+    cockpit, (got, errors) = fit(batches, accumulate, clip)
+    assert errors == want_errors == []
+    # Alpha's reading of the last step needs a next one.
+    assert_readings_equal(got, want, range(STEPS - 1))
+    assert_readings_equal(got, want, [STEPS - 1], [n for n in NAMES if n != "alpha"])
+    config = cockpit.hello.meta["config"]
+    assert config["accumulate_grad_batches"] == accumulate
+    assert config["optimizer"] == "SGD"
+    assert config["hparams"] == {"lr": 0.1, "width": 16}
+    # Validation and training metrics became epoch metrics at the last step.
+    logged = got[STEPS]
+    assert set(logged) == {"epoch_loss", "epoch_accuracy"}
+    assert set(logged["epoch_loss"]) == {"valid", "train"}
+    assert 0.0 <= logged["epoch_accuracy"]["valid"] <= 1.0
+
+
+def test_curvature_instruments_say_why_they_read_nothing(torch_threads) -> None:
+    batches = data(2)
+    callback = GlasscockpitCallback(
+        server=None, instruments=instruments(sorted(CURVATURE)), budget=None
+    )
+    t = pl.Trainer(
+        accelerator="cpu", max_steps=2, callbacks=[callback], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    t.fit(Module(net()), loader(batches))
+    readings, errors = readings_and_errors(callback.cockpit)
+    for name in CURVATURE:
+        assert readings[0].get(name) is None
+        assert "loss" in errors[0][name], errors[0][name]
