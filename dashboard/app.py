@@ -31,7 +31,7 @@ from dash import (
 )
 from dash.exceptions import PreventUpdate
 
-from glasscockpit.dashboard import browser, ids, runlist
+from glasscockpit.dashboard import browser, diagnoses, ids, runlist
 from glasscockpit.dashboard.client import DataProvider
 from glasscockpit.dashboard.export import panel_file
 from glasscockpit.dashboard.layout import (
@@ -83,6 +83,9 @@ def create_dash(server: Any, provider: DataProvider, refresh_ms: int = 500) -> D
     _run_callbacks(app, provider)
     _panel_callbacks(app, provider)
     browser.register(app)
+    diagnoses.register(
+        app, provider, ids.TICK, ids.RUN_LIST, ids.TICK_DONE, ids.GRID_STATE
+    )
     return app
 
 

@@ -28,3 +28,6 @@ class DataProvider(Protocol):
 
     def instrument_panels(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Every PanelSpec field (including later, optional ones) per instrument."""
+
+    def diagnoses(self, run_id: str) -> dict[str, Any]:
+        """The run's diagnoses and unavailable rules (REST ``/diagnoses``)."""

@@ -152,6 +152,7 @@ class Diagnoser:
     def report(self) -> dict[str, Any]:
         """JSON-ready: the diagnoses, the rules that could not run, the cost."""
         return {
+            "last_step": self.history.step,
             "diagnoses": [d.as_dict() for d in self.diagnoses],
             "unavailable": self.unavailable(),
             "frames": self.frames,

@@ -182,5 +182,6 @@ class DiagnosesOut(BaseModel):
     run: str
     diagnoses: list[DiagnosisOut]
     unavailable: list[UnavailableRuleOut]
+    last_step: int = Field(description="newest step evaluated (-1: none yet)")
     frames: int = Field(description="readings frames evaluated")
     us_per_frame: float = Field(description="mean rule time per frame, µs")

@@ -42,6 +42,10 @@ class StoreProvider:
         """Histogram snapshots."""
         return views.histograms_view(self.store, run_id, name, last)
 
+    def diagnoses(self, run_id: str) -> dict[str, Any]:
+        """The run's diagnoses, as ``GET /v1/runs/{run}/diagnoses``."""
+        return views.diagnoses_view(self.store, run_id)
+
     def instrument_panels(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Every PanelSpec field of each instrument of one run."""
         return views.panel_specs(self.store, run_id)

@@ -44,7 +44,8 @@ class EdgeOfStability(Rule):
         """Newest λ_max times the learning rate against 2(1 + β)."""
         ev, lr = h.series("hess_max_ev"), h.series("lr")
         n = int(th["window"])
-        if not len(lr) or not len(ev) or (len(ev) < n and ev.count > len(ev)):
+        early = min(2, n)  # the start of a run: a blow-up does not wait for n
+        if not len(lr) or len(ev) < early or (len(ev) < n and ev.count > len(ev)):
             return None
         beta = h.optimizer_default("momentum")
         limit = 2.0 * (1.0 + beta)

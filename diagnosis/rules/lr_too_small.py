@@ -64,7 +64,9 @@ class LrTooSmall(Rule):
             if len(ratios) == n:
                 ev["progress_median"] = median(ratios)
         a = h.series("alpha")
-        if len(a) >= n // 2:
+        # α near −1 means "too short" for gradient steps; Adam's preconditioned
+        # steps sit there when healthy, so only (plain/heavy-ball) SGD reads it.
+        if len(a) >= n // 2 and h.optimizer in ("", "SGD"):
             ev["alpha_median"] = median(a.tail(n // 2))
         slow = ev.get("progress_median", 1.0) < th["progress"]
         short = ev.get("alpha_median", 0.0) <= th["alpha"]

@@ -21,10 +21,11 @@ def lag1(xs: list[float]) -> float:
 class Oscillation(Rule):
     """Period-2 flip-flop or slow swings of the loss, beyond its noise.
 
-    Over the newest ``blocks`` × ``block`` losses (all finite):
+    Over the newest ``blocks`` × ``block`` losses (all finite), with the level
+    the larger of their median and the run's starting level:
 
     * period 2: lag-1 autocorrelation ≤ ``autocorr`` (independent noise has ~0)
-      with a spread (standard deviation) ≥ ``swing`` × the median level;
+      with a spread (standard deviation) ≥ ``swing`` × the level;
     * slow swings: block medians (which average out mini-batch noise) change
       direction ≥ ``flips`` times, each change ≥ ``swing`` × the level and ≥ 2 ×
       the blocks' own median absolute deviation;
@@ -70,7 +71,9 @@ class Oscillation(Rule):
             v == v and abs(v) != float("inf") for v in vals
         ):
             return None
-        level = median(vals)
+        # Swings are measured against the run's starting level: near a loss of 0
+        # any noise is a large fraction of the current level.
+        level = max(median(vals), median(s.head))
         if not level > 0:
             return None
         blocks = [vals[i * b : (i + 1) * b] for i in range(k)]

@@ -13,10 +13,11 @@ class Overfitting(Rule):
     title = "Overfitting: time to stop"
     severity = "warning"
     needs = ("epoch_loss",)
-    thresholds = {"gl": 5.0, "min_epochs": 3.0}
+    thresholds = {"gl": 5.0, "min_epochs": 3.0, "strips": 2.0}
     explanation = (
         "The validation loss logged with cockpit.log(valid_loss=...) is more than "
-        "`gl` % above its best value so far, while the training loss kept falling "
+        "`gl` % above its best value so far and rose at each of the last `strips` "
+        "evaluations, while the training loss kept falling "
         "(the epoch losses diverge). Prechelt's generalisation-loss criterion "
         "GL_α stops training exactly here: the model is fitting noise in the "
         "training set, and the checkpoint of the best validation loss is the one "
@@ -27,7 +28,7 @@ class Overfitting(Rule):
         "Add data or augmentation; add weight decay or dropout.",
         "Use a smaller model.",
     )
-    source = "Prechelt 1998, Early stopping — but when? (GL_α criterion)"
+    source = "Prechelt 1998, Early stopping — but when? (GL_α and UP_s criteria)"
 
     def check(self, h: History, th: Thresholds) -> Finding | None:
         """GL of the newest validation loss, train loss below its value at the best."""
@@ -37,6 +38,12 @@ class Overfitting(Rule):
         gl = 100.0 * (va.last / va.lo - 1.0)
         if not gl > th["gl"]:
             return None
+        k = int(th["strips"])
+        recent = va.tail(k + 1)
+        if len(recent) < k + 1 or not all(
+            b > a for a, b in zip(recent, recent[1:], strict=False)
+        ):
+            return None  # Prechelt's UP_s: rising at `strips` successive evaluations
         ev = {"valid_loss": va.last, "best_valid_loss": va.lo, "gl_percent": gl}
         if len(tr):
             vals = list(va.values)

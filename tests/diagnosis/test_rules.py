@@ -210,16 +210,16 @@ def test_badly_scaled_reads_wire_arrays():
 
 
 def test_overfitting_by_prechelts_generalisation_loss():
-    def frames(last_valid: float) -> list[tuple[int, dict[str, Any]]]:
-        va = [1.0, 0.8, 0.7, last_valid]
-        tr = [1.0, 0.7, 0.5, 0.3]
+    def frames(valid: list[float]) -> list[tuple[int, dict[str, Any]]]:
+        train = [1.0 - 0.1 * i for i in range(len(valid))]
         return [
             (s * 10, {"epoch_loss": {"train": t, "valid": v}})
-            for s, (t, v) in enumerate(zip(tr, va, strict=True))
+            for s, (t, v) in enumerate(zip(train, valid, strict=True))
         ]
 
-    assert run(frames(0.74)) == ["overfitting"]  # GL = 5.7 % > 5
-    assert run(frames(0.73)) == []
+    assert run(frames([1.0, 0.8, 0.7, 0.72, 0.74])) == ["overfitting"]  # GL 5.7 %
+    assert run(frames([1.0, 0.8, 0.7, 0.72, 0.73])) == []  # GL 4.3 %
+    assert run(frames([1.0, 0.8, 0.7, 0.76, 0.75])) == []  # not rising twice (UP_2)
 
 
 def test_early_stopping_eb_and_plateau_and_oscillation():
