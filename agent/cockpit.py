@@ -395,7 +395,7 @@ class Cockpit(StepPhases):
             finally:
                 start = time.perf_counter()
                 if budget is not None:
-                    budget.update()
+                    budget.update(step + 1)
                 self._prepare(step + 1)
                 if budget is not None:
                     budget.charge(time.perf_counter() - start)
@@ -472,7 +472,7 @@ class Cockpit(StepPhases):
         finally:
             if budget is not None:
                 # Between steps: no schedule is being consulted.
-                budget.update()
+                budget.update(step + 1)
             self._prepare(step + 1)
             if budget is not None:
                 budget.charge(time.perf_counter() - start)

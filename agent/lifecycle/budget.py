@@ -18,6 +18,16 @@ water-filling: cheap instruments that fit their equal share run every step, the
 rest split what is left equally; strides are rounded up to 1, 2, 5, 10, 20, ...
 so that similar instruments share tracked steps.
 
+The budget governs from step 0 (``auto.governed``): cheap instruments run
+from the start; every other instrument first runs on one probe step of its own,
+after the plain step is known (from step 2 on), with an ``allowance`` of
+``(cap − 1)`` plain steps for its work, so that no step but the first two runs
+an instrument of unknown cost next to another one. Once measured, instruments
+are placed at offsets of their stride such that the instruments that meet on a
+step add at most ``(cap − 1)`` plain steps where they can; each gets what is
+left of that as its allowance (instruments with a work knob, such as the
+curvature estimators, size their readings to it and state their error).
+
 Times are host times: on a GPU they include what the agent waits for, not
 kernels still queued; a training loop that syncs each step (``loss.item()``)
 makes the interval, and so the budget, exact.
@@ -33,6 +43,12 @@ from dataclasses import dataclass, field
 
 from glasscockpit.agent.lifecycle.schedules import auto
 
+#: A tracked step of default schedules may take this many plain steps.
+DEFAULT_CAP = 3.0
+#: Probe steps are searched this far ahead for one without costly instruments.
+_PROBE_SEARCH = 64
+#: Offsets tried per instrument when spreading costly ones over steps.
+_OFFSETS = 64
 #: A cost is the median of this many recent observations.
 _RECENT = 3
 #: Own time below this (seconds) counts as this, so fixed work is spread.
@@ -95,11 +111,21 @@ class OverheadBudget:
         schedules: the ``auto`` schedules to steer, by instrument key.
     """
 
-    def __init__(self, fraction: float, schedules: Mapping[str, auto]) -> None:
+    def __init__(
+        self,
+        fraction: float,
+        schedules: Mapping[str, auto],
+        cap: float = DEFAULT_CAP,
+    ) -> None:
         if not fraction > 0:
             raise ValueError(f"The overhead budget must be > 0, got {fraction!r}")
+        if not cap > 1:
+            raise ValueError(f"The per-step cap must be > 1 plain step, got {cap!r}")
         self.fraction = fraction
+        self.cap = cap
         self.schedules = dict(schedules)
+        for sched in self.schedules.values():
+            sched.governed = True
         self.costs: dict[str, float] = {}
         self._seen: dict[str, deque[float]] = {}
         self._idle: deque[float] = deque(maxlen=_WINDOW)
@@ -107,6 +133,8 @@ class OverheadBudget:
         self._plain: deque[float] = deque(maxlen=_WINDOW)
         self._now: _Interval | None = None
         self._dirty = False
+        #: Probe steps given so far, per instrument (a lost probe is repeated).
+        self._probes: dict[str, int] = {}
 
     @property
     def plain_step(self) -> float | None:
@@ -181,12 +209,23 @@ class OverheadBudget:
             self.costs[key] = statistics.median(self._seen[key])
         self._dirty = True
 
-    def update(self) -> None:
-        """Recompute the strides; call only where no schedule is being consulted."""
+    def update(self, next_step: int | None = None) -> None:
+        """Recompute strides, offsets, allowances; pick the next probe step.
+
+        Call only where no schedule is being consulted, with the number of the
+        step that comes next (probes are placed from there on).
+        """
         plain = self.plain_step
-        if not self._dirty or plain is None:
+        if plain is None:
             return
-        self._dirty = False
+        if self._dirty:
+            self._dirty = False
+            self._place(plain)
+        if next_step is not None:
+            self._probe(next_step, plain)
+
+    def _place(self, plain: float) -> None:
+        """Strides by water-filling, then offsets and allowances per step load."""
         costs = {k: self.costs[k] for k in self.schedules if k in self.costs}
         idle = statistics.median(self._idle) if self._idle else 0.0
         # Idle costs above the budget (tiny steps) still leave instruments a
@@ -194,3 +233,58 @@ class OverheadBudget:
         spend = max(self.fraction * plain - idle, 0.25 * self.fraction * plain)
         for key, stride in allocate(costs, spend).items():
             self.schedules[key].stride = nice_stride(stride)
+        room = (self.cap - 1.0) * plain
+        placed: list[tuple[str, int, int]] = []  # (key, stride, offset)
+
+        def load(stride: int, offset: int, skip: str = "") -> float:
+            # Two progressions meet iff their offsets agree modulo the gcd.
+            return sum(
+                costs[k]
+                for k, s, o in placed
+                if k != skip and (o - offset) % math.gcd(s, stride) == 0
+            )
+
+        for key in sorted(costs, key=lambda k: -costs[k]):
+            sched = self.schedules[key]
+            stride = sched.stride or 1
+            offset = 0
+            if load(stride, 0) + costs[key] > room:
+                # Least loaded offset (earliest on ties); offset 0 when it fits,
+                # so that instruments share the per-sample pass where they can.
+                tries = range(min(stride, _OFFSETS))
+                offset = min(tries, key=lambda o: (load(stride, o), o))
+            sched.offset = offset
+            placed.append((key, stride, offset))
+        for key, stride, offset in placed:
+            others = load(stride, offset, skip=key)
+            self.schedules[key].allowance = max(room - others, 0.25 * room)
+
+    def _costly(self, step: int, room: float) -> bool:
+        """Whether measured instruments due at ``step`` take up the step's room."""
+        due = 0.0
+        for key, sched in self.schedules.items():
+            if key in self.costs and sched.stride is not None and sched(step):
+                due += self.costs[key]
+        return due > 0.5 * room
+
+    def _probe(self, next_step: int, plain: float) -> None:
+        """Give the next unmeasured instrument a probe step, one at a time."""
+        waiting = [
+            k for k, s in self.schedules.items() if k not in self.costs and not s.cheap
+        ]
+        for key in waiting:
+            probe = self.schedules[key].probe
+            # Still to come, or its interval closes only when the next begins.
+            if probe is not None and probe >= next_step - 1:
+                return
+        room = (self.cap - 1.0) * plain
+        # Fewest probes first: a probe lost to the first tracked interval is
+        # repeated, and a disabled instrument does not hold up the others.
+        for key in sorted(waiting, key=lambda k: self._probes.get(k, 0))[:1]:
+            step = next_step
+            while self._costly(step, room) and step < next_step + _PROBE_SEARCH:
+                step += 1
+            sched = self.schedules[key]
+            sched.probe, sched.allowance = step, room
+            self._probes[key] = self._probes.get(key, 0) + 1
+            return

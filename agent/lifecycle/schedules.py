@@ -57,30 +57,55 @@ class log_spaced:  # noqa: N801
 
 @dataclass
 class auto:  # noqa: N801
-    """The default schedule: ``fallback`` at first, then as often as a budget allows.
+    """The default schedule: as often as a budget allows; ``fallback`` without one.
 
-    A ``Cockpit`` with an overhead budget (``agent/lifecycle/budget.py``) measures
-    what each
-    instrument costs and sets ``stride``: from then on steps that are multiples
-    of it are tracked (strides are 1, 2, 5, 10, 20, ..., so instruments of similar
-    cost land on the same steps and share the per-sample pass). Before the first
-    measurement, below ``warmup`` and outside a budgeted Cockpit, ``fallback``
-    (the instrument's cadence by cost) decides.
+    A ``Cockpit`` with an overhead budget (``agent/lifecycle/budget.py``)
+    ``governs`` it from step 0: a cheap instrument (fallback every step) runs
+    until its cost is measured; any other runs first on one ``probe`` step the
+    budget picks once the plain step is known, alone among the unmeasured, and
+    from then on on steps ``offset, offset + stride, ...`` (strides 1, 2, 5, 10,
+    20, ..., so instruments of similar cost land on the same steps and share
+    the per-sample pass; offsets keep costly ones apart). ``allowance`` is the
+    seconds of its own work a reading may take: instruments with a knob (probes,
+    sampled passes, iterations) choose their work from it and state the
+    estimate's error. Outside a budgeted Cockpit ``fallback`` decides (and
+    below ``warmup`` before the first stride, for an ungoverned schedule).
     """
 
     fallback: Schedule
     warmup: int = 10
     stride: int | None = None
+    offset: int = 0
+    governed: bool = False
+    probe: int | None = None
+    allowance: float | None = None
 
     def __call__(self, step: int) -> bool:
         """Whether ``step`` is tracked."""
+        if self.governed:
+            if step < 0:
+                return False
+            if self.stride is None:
+                return step == self.probe or self.cheap
+            return step % self.stride == self.offset % self.stride
         if self.stride is None or step < self.warmup:
             return bool(self.fallback(step))
         return step >= 0 and step % self.stride == 0
 
+    @property
+    def cheap(self) -> bool:
+        """Whether the fallback tracks every step (a cheap instrument)."""
+        fb = self.fallback
+        return fb is always or (isinstance(fb, every) and fb.n == 1 and fb.start == 0)
+
     def __str__(self) -> str:
         # Sent once in the hello frame: name the rule, not the current stride.
         return f"auto: {describe(self.fallback)}, then within the overhead budget"
+
+
+def allowance(schedule: Schedule) -> float | None:
+    """Seconds of work per reading a budget allows ``schedule``'s instrument."""
+    return schedule.allowance if isinstance(schedule, auto) else None
 
 
 def always(step: int) -> bool:
