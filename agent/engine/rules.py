@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - torch convention
 
+from glasscockpit.agent.engine.conv_stats import conv_dots, ghost_is_cheaper, ghost_l2
 from glasscockpit.agent.engine.scratch import SCRATCH
 
 
@@ -412,6 +413,65 @@ class ConvRule(LayerRule):
             hit = self.choice[key] = best[True] < best[False]
         return hit
 
+    def materialises(self, x: Tensor) -> bool:
+        """Never: norms and dots have cheaper exact forms (``conv_stats``)."""
+        del x
+        return False
+
+    def _in_chunks(
+        self, module: nn.Conv1d | nn.Conv2d, x: Tensor, b: Tensor
+    ) -> Iterator[dict[str, Tensor]]:
+        """``batch_grads`` a few samples at a time (``CONV_CHUNK`` values)."""
+        step = max(1, CONV_CHUNK // module.weight.numel())
+        for s in range(0, x.shape[0], step):
+            yield self.batch_grads(module, x[s : s + step], b[s : s + step])
+
+    def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``‖ĝ_n‖²``: Gram matrices where cheaper, else per-sample gradients."""
+        assert isinstance(module, nn.Conv1d | nn.Conv2d)
+        n, out = x.shape[0], dict[str, Tensor]()
+        b3 = b.reshape(n, b.shape[1], -1)
+        if _has(module, "bias"):
+            out["bias"] = b3.sum(2).square().sum(1)
+        if not _has(module, "weight"):
+            return out
+        if ghost_is_cheaper(module, b):
+            cols = self._unfold(module, x)
+            cols = cols.reshape(n, -1, b3.shape[2])  # [B, in·k, L]
+            out["weight"] = ghost_l2(cols, b3)
+            return out
+        parts = [
+            g["weight"].flatten(1).square().sum(1)
+            for g in self._in_chunks(module, x, b)
+        ]
+        out["weight"] = torch.cat(parts)
+        return out
+
+    def batch_dot(
+        self, module: nn.Module, x: Tensor, b: Tensor, grads: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """``ĝ_n · G``: the convolution of ``x`` with ``G``, times ``b``."""
+        assert isinstance(module, nn.Conv1d | nn.Conv2d)
+        out: dict[str, Tensor] = {}
+        if "weight" in grads and _has(module, "weight"):
+            out["weight"] = conv_dots(module, x, b, [grads["weight"]])[0]
+        if "bias" in grads and _has(module, "bias"):
+            bias = b.reshape(x.shape[0], b.shape[1], -1).sum(2)
+            out["bias"] = bias @ grads["bias"].to(bias.dtype)
+        return out
+
+    def sum_grad_squared(
+        self, module: nn.Module, x: Tensor, b: Tensor
+    ) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n²``: per-sample gradients, a few samples at a time."""
+        assert isinstance(module, nn.Conv1d | nn.Conv2d)
+        total: dict[str, Tensor] = {}
+        for part in self._in_chunks(module, x, b):
+            for k, g in part.items():
+                sq = g.square().sum(0)
+                total[k] = total[k] + sq if k in total else sq
+        return total
+
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Weight ``[B, out, in/groups, *kernel]``, bias ``[B, out]``."""
         assert isinstance(module, nn.Conv1d | nn.Conv2d)
@@ -426,6 +486,8 @@ class ConvRule(LayerRule):
         return out
 
 
+#: Per-sample gradient values a convolution's reductions build at a time.
+CONV_CHUNK = 1 << 22
 #: Unfolded input values ``ConvRule.by_unfold`` copies at a time (4 MiB float32).
 UNFOLD_CHUNK = 1 << 20
 

@@ -231,8 +231,8 @@ class OverheadBudget:
         # Idle costs above the budget (tiny steps) still leave instruments a
         # quarter of it: monitoring that never reads is no monitoring.
         spend = max(self.fraction * plain - idle, 0.25 * self.fraction * plain)
-        for key, stride in allocate(costs, spend).items():
-            self.schedules[key].stride = nice_stride(stride)
+        for key, share in allocate(costs, spend).items():
+            self.schedules[key].stride = nice_stride(share)
         room = (self.cap - 1.0) * plain
         placed: list[tuple[str, int, int]] = []  # (key, stride, offset)
 
