@@ -39,6 +39,7 @@ from glasscockpit.agent.lifecycle.data_parallel import (
     DataParallel,
     SilentTransport,
     per_rank_run,
+    refuse_sharded,
 )
 from glasscockpit.agent.lifecycle.diagnosis import AgentDiagnosis
 from glasscockpit.agent.lifecycle.epoch_log import LOG_KEYS, LOG_SPECS, epoch_values
@@ -232,6 +233,7 @@ class Cockpit(StepPhases):
             ddp = data_parallel
         if ddp and self.engine is not None and world_size() > 1:
             self._local = LocalGrads([p for _, p in self.params])
+        refuse_sharded(self.params)
         self._dp: DataParallel | None = None
         if ddp and world_size() > 1:
             if per_rank:
@@ -316,9 +318,12 @@ class Cockpit(StepPhases):
         auto_schedules = {
             i.key: i.schedule for i in self.instruments if isinstance(i.schedule, auto)
         }
+        # Data parallelism: every process must track the same steps (their
+        # collectives pair up), and each would thin its schedules by its own
+        # timings; the fixed cadences by cost are the same everywhere.
         self._budget: OverheadBudget | None = (
             OverheadBudget(fraction, auto_schedules)
-            if fraction and auto_schedules
+            if fraction and auto_schedules and self._dp is None
             else None
         )
         self._last_time: float | None = None

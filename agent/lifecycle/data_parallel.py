@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from glasscockpit.agent.engine import HookEngine
+from glasscockpit.agent.engine import EngineError, HookEngine
 from glasscockpit.agent.environment.distributed import Group
 from glasscockpit.agent.instruments import Instrument, Reading
 from glasscockpit.agent.instruments.base import Phase, advances_locally, sums_locally
@@ -91,6 +91,22 @@ class SilentTransport:
     def close(self, timeout: float) -> None:
         """Nothing to deliver."""
         del timeout
+
+
+def refuse_sharded(params: Sequence[tuple[str, Tensor]]) -> None:
+    """Raise for parameters sharded over processes (FSDP's ``DTensor``s).
+
+    Their instruments would read one shard's slice of each parameter; gathering
+    them is not implemented (docs/data-parallel.md).
+    """
+    sharded = [n for n, p in params if type(p).__name__ == "DTensor"]
+    if sharded:
+        raise NotImplementedError(
+            f"{len(sharded)} parameters are sharded over processes (FSDP DTensors, "
+            f"e.g. {sharded[0]!r}): glasscockpit reads data-parallel replicas "
+            "(DistributedDataParallel), not sharded parameters yet; see "
+            "docs/data-parallel.md"
+        )
 
 
 def per_rank_run(run: str) -> str:
@@ -162,7 +178,11 @@ class DataParallel:
             if inst.phase is not phase or inst.key in host.disabled:
                 continue
             view = host._view(ctx, inst)
-            if sums_locally(inst):
+            if sums_locally(inst) and phase is Phase.BEFORE_BACKWARD:
+                # Before the backward pass only this process's gradient exists
+                # (α's graph fallback): not the global batch's.
+                host._timed(ctx, inst, _refuse, errors)
+            elif sums_locally(inst):
                 ok, sums = host._timed(ctx, inst, _bind(inst.local, view), errors)
                 if ok and sums is None:
                     results[inst.key] = None
@@ -262,6 +282,14 @@ class DataParallel:
             return dict(data.stats().sum_grad_squared())
         except Exception:  # noqa: BLE001 - the instruments report the engine's error
             return {}
+
+
+def _refuse() -> None:
+    raise EngineError(
+        "undefined under data parallelism: computed before the backward pass from "
+        "this process's gradient (the per-sample engine does not cover every "
+        "parameter of this model)"
+    )
 
 
 def _bind(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:

@@ -163,20 +163,45 @@ def stream(server: str, rank: int, world: int) -> list[float]:
     return losses
 
 
-def _worker(rank: int, world: int, port: int, out: str, server: str | None) -> None:
+def refused_fsdp(world: int) -> str:
+    """What the Cockpit says to an FSDP2 model (``fully_shard``)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from glasscockpit.agent import Cockpit
+
+    model = batch(problems()["mlp"], world)[0]
+    fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+    try:
+        Cockpit(model, server=None, instruments="economy")
+    except NotImplementedError as exc:
+        return str(exc)
+    return "accepted"
+
+
+def _worker(
+    rank: int, world: int, port: int, out: str, server: str | None, backend: str
+) -> None:
     torch.set_num_threads(1)
+    device = torch.device("cpu")
+    if backend == "nccl" or server == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        server = None
     store = dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     report: dict[str, Any] = {"failures": []}
     try:
         for name, problem in problems().items():
             model, x, y = batch(problem, PER_RANK * world)
+            model, x, y = model.to(device), x.to(device), y.to(device)
             mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
             reference = None
             if rank == 0:
-                ref_model = problem.make(0)[0].double()
+                ref_model = problem.make(0)[0].double().to(device)
                 reference = train(ref_model, x, y)
-            ddp = nn.parallel.DistributedDataParallel(model)
+            ids = None if device.type == "cpu" else [device.index]
+            ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
             cockpit = train(ddp, x[mine], y[mine])
             if rank == 0:
                 assert reference is not None
@@ -199,6 +224,7 @@ def _worker(rank: int, world: int, port: int, out: str, server: str | None) -> N
             report[f"{name}_traffic"] = vars(cockpit._dp.group.traffic)
         if server is not None:
             report["streamed"] = stream(server, rank, world)
+            report["fsdp"] = refused_fsdp(world)
         Path(out, f"{rank}.json").write_text(json.dumps(report, default=str))
         dist.barrier()
     finally:
@@ -207,9 +233,10 @@ def _worker(rank: int, world: int, port: int, out: str, server: str | None) -> N
 
 
 def run_group(
-    world: int, tmp_path: Path, server: str | None = None
+    world: int, tmp_path: Path, server: str | None = None, backend: str = "gloo"
 ) -> list[dict[str, Any]]:
-    args = (world, free_port(), str(tmp_path), server)
+    """``world`` processes; ``server="cuda"`` with gloo: CUDA tensors over gloo."""
+    args = (world, free_port(), str(tmp_path), server, backend)
     mp.spawn(_worker, args=args, nprocs=world)
     return [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(world)]
 
@@ -254,6 +281,9 @@ def test_two_processes_read_the_global_batch(tmp_path: Path) -> None:
     assert [int(s) for s in steps.step] == list(range(STEPS))
     assert list(steps.value) == pytest.approx(want, rel=1e-6)
     assert meta["data_parallel"]["processes"] == 2
+    # FSDP's sharded parameters are refused, not read shard by shard.
+    for r in reports:
+        assert "sharded over processes" in r["fsdp"], r["fsdp"]
 
 
 def _finished(srv: Any) -> bool:
@@ -265,3 +295,18 @@ def _finished(srv: Any) -> bool:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_four_processes_read_the_global_batch(tmp_path: Path) -> None:
     check(run_group(4, tmp_path), 4)
+
+
+@pytest.mark.cuda
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nccl_processes_read_the_global_batch(tmp_path: Path) -> None:
+    """NCCL with one GPU per process (2 GPUs); on one GPU, CUDA tensors over gloo.
+
+    NCCL refuses two processes on one device, so a one-GPU machine checks the
+    device path (buffers, all-reduces and readings of CUDA tensors) with gloo.
+    """
+    if torch.cuda.device_count() >= 2:
+        check(run_group(2, tmp_path, backend="nccl"), 2)
+    else:
+        check(run_group(2, tmp_path, server="cuda"), 2)
