@@ -60,6 +60,11 @@ def _native_rnn_kernels() -> Iterator[None]:
         torch._C._set_cudnn_enabled(cudnn)
 
 
+#: What a model's re-run on one sample may raise (a ``ValueError`` from a loss
+#: computed inside the model, e.g. Hugging Face's ``labels=``): that step's
+#: readings are None with the reason, the instruments stay on.
+RERUN_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+
 #: Per-sample gradient values held at once by one chunk of a fallback.
 MAX_ELEMENTS = 1 << 22
 
@@ -140,6 +145,48 @@ class FuncRule(LayerRule):
         """The rule for one call: its arguments are what the re-run needs."""
         return BoundFuncRule(self, call)
 
+    def batched(self, call: Any) -> frozenset[str]:
+        """Keyword arguments of ``call`` split per sample (default: the class's)."""
+        del call
+        return self.batched_kwargs
+
+
+#: Keyword arguments of a model call shared by all samples even when their
+#: leading size equals the batch size (masks over positions, per-head masks).
+SHARED_KWARGS = frozenset(
+    {"attn_mask", "mask", "src_mask", "tgt_mask", "memory_mask", "head_mask"}
+)
+
+
+class ModelRule(FuncRule):
+    """The whole model re-run per sample: keyword tensors with a batch axis split.
+
+    Hugging Face models are called with keywords (``input_ids=``,
+    ``attention_mask=``, ``token_type_ids=``, ``labels=``, ``pixel_values=`` ...,
+    what ``Trainer`` does): each keyword tensor whose leading size is the
+    batch's is that sample's row in the re-run; other keywords (flags, shared
+    masks in ``SHARED_KWARGS``, tensors of another leading size) are passed
+    whole. The engine's probe (``batch_axes``) checks the split: the model run
+    on a few samples cut this way must give their outputs.
+    """
+
+    def batched(self, call: Any) -> frozenset[str]:
+        """Keyword tensors of ``call`` whose leading axis is the batch."""
+        if call.parent is not None:  # a few samples cut from a recorded call
+            return self.batched(call.parent)
+        hit: frozenset[str] | None = call.cache.get("batched_kwargs")
+        if hit is None:
+            n = call.x.shape[0] if call.x.dim() else -1
+            hit = call.cache["batched_kwargs"] = frozenset(
+                k
+                for k, v in call.kwargs.items()
+                if isinstance(v, Tensor)
+                and v.dim() > 0
+                and v.shape[0] == n
+                and k not in SHARED_KWARGS
+            )
+        return hit
+
 
 class BoundFuncRule(LayerRule):
     """A ``FuncRule`` with one call's arguments; reductions run chunk by chunk."""
@@ -171,7 +218,8 @@ class BoundFuncRule(LayerRule):
             return v
 
         arg_t = [place(a, True) for a in args]
-        kw_t = {k: place(v, k in self.rule.batched_kwargs) for k, v in kwargs.items()}
+        split = self.rule.batched(self.call)
+        kw_t = {k: place(v, k in split) for k, v in kwargs.items()}
         params = {k: module.get_parameter(k).detach() for k in self.rule.names}
 
         def fill(v: Any, items: tuple[Tensor, ...]) -> Any:
@@ -214,16 +262,17 @@ class BoundFuncRule(LayerRule):
                             b, *batched
                         )
                     return result
-                except RuntimeError:
+                except RERUN_ERRORS:
                     # Some modules cannot run under vmap at all (RNNs update an
-                    # unbatched hidden state in place): loop over samples instead,
-                    # from now on.
+                    # unbatched hidden state in place, data-dependent checks of
+                    # Hugging Face models): loop over samples, from now on.
                     self.rule.sample_loop = True
             try:
                 with _native_rnn_kernels():  # oneDNN's LSTM has no torch.func vjp
                     rows = [one(b[i], *(t[i] for t in batched)) for i in range(n)]
-            except RuntimeError as exc:
-                # Report, never crash: the instruments say which module and why.
+            except RERUN_ERRORS as exc:
+                # Report, never crash: the instruments say which module and why
+                # (at this step: a later step's batch may re-run).
                 raise EngineError(
                     f"torch.func could not re-run {type(module).__name__} per "
                     f"sample: {str(exc).splitlines()[0][:300]}"
@@ -239,6 +288,7 @@ class BoundFuncRule(LayerRule):
         n = b.shape[0]
         size = max(1, min(n, MAX_ELEMENTS // max(per_sample, 1)))
         args, kwargs = self.call.args, self.call.kwargs
+        split = self.rule.batched(self.call)
         for s in range(0, n, size):
             part = slice(s, s + size)
             yield (
@@ -247,7 +297,7 @@ class BoundFuncRule(LayerRule):
                     module,
                     tuple(_cut(a, part, n) for a in args),
                     {
-                        k: _cut(v, part, n) if k in self.rule.batched_kwargs else v
+                        k: _cut(v, part, n) if k in split else v
                         for k, v in kwargs.items()
                     },
                     b[part],
@@ -348,5 +398,6 @@ __all__ = [
     "AttentionRule",
     "BoundFuncRule",
     "FuncRule",
+    "ModelRule",
     "active_dropout",
 ]

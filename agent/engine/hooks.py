@@ -21,14 +21,21 @@ from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 # Imported for their side effect: they add their rules to ``RULES``.
-from glasscockpit.agent.engine import attention_rule, norm_rules, rnn_rule  # noqa: F401
+from glasscockpit.agent.engine import (  # noqa: F401
+    attention_rule,
+    batch_axes,
+    norm_rules,
+    rnn_rule,
+)
 from glasscockpit.agent.engine.errors import EngineError as EngineError
 from glasscockpit.agent.engine.func_rule import (
     FUNC_RULES,
     REENTRY,
     FuncRule,
+    ModelRule,
     _first_tensor,
 )
+from glasscockpit.agent.engine.norm_rules import EmbeddingRule
 from glasscockpit.agent.engine.rules import LayerRule, supports
 
 
@@ -59,6 +66,18 @@ class Call:
     #: whose captures (``cache``) rules read for those rows.
     parent: Call | None = None
     rows: slice | None = None
+    #: Where the samples were in the module's input and output (moved to the
+    #: front in ``x`` and ``b``; ``batch_axes``), 0 if they were there already.
+    axis: int = 0
+
+    def move_batch_axis(self, axis: int) -> None:
+        """Put the samples, found on ``axis`` of input and output, first."""
+        if axis == 0 or self.axis:
+            return
+        self.axis = axis
+        self.x = self.x.movedim(axis, 0)
+        if self.b is not None:
+            self.b = self.b.movedim(axis, 0)
 
     def set_b(self, grad: Tensor | None) -> None:
         """Store the output gradient; under autocast, ``x`` and it in one dtype."""
@@ -66,6 +85,8 @@ class Call:
             self.b = None
             return
         b = grad.detach()
+        if self.axis:
+            b = b.movedim(self.axis, 0)
         if b.is_floating_point():
             self.eps = max(self.eps, torch.finfo(b.dtype).eps)
         if (
@@ -149,7 +170,7 @@ class HookEngine:
         shared = {pid for pid, count in owners.items() if count > 1}
         # The whole-model fallback: always recorded when armed (a few
         # references), so that ``reassign`` can serve parameters at once.
-        root_rule = FuncRule(label="torch.func (whole model)")
+        root_rule = ModelRule(label="torch.func (whole model)")
         self._root_refusal = root_rule.refuse(model)
         self.root = Layer(model, root_rule, {})
         root_params: list[str] = [name_of[pid] for pid in shared]
@@ -217,22 +238,31 @@ class HookEngine:
         self.earlier_outputs: list[Any] = []
         #: Forward passes of the model in grad mode recorded since ``arm``.
         self.forwards = 0
+        #: Samples in the model input of the forward pass being recorded.
+        self._batch = 0
+        #: ``batch_axes`` decisions per shape signature of the model's input.
+        self.batch_decisions: dict[Any, batch_axes.Decision] = {}
 
     def _not_covered(self, names: list[str], why: str) -> None:
         self.uncovered.extend(n for n in names if n not in self.uncovered)
         self.coverage.update(dict.fromkeys(names, f"not covered: {why}"))
 
     def reassign_unbatched(self) -> None:
-        """Move layers whose recorded input lacks the batch axis to the model fallback.
+        """Find each layer's batch axis; layers without a usable one to the model.
 
-        The model's own input defines the batch; a module called on a tensor
-        without that leading axis (``pos(torch.arange(T))`` broadcast over the
-        batch) gets gradients already summed over samples: only re-running the
-        whole model can split them. (When ``T`` equals the batch size this
-        cannot be seen from shapes.)
+        The model's own input defines the batch; ``batch_axes`` follows it to
+        every covered module (sequence-first inputs are served with the axis
+        moved). A module called on a tensor without the batch axis
+        (``pos(torch.arange(T))`` broadcast over the batch) gets gradients
+        already summed over samples: only re-running the whole model can split
+        them.
+
+        Raises:
+            EngineError: when the samples' axis cannot be known.
         """
         if not self.root.calls:
             return
+        batch_axes.resolve(self)
         n = self.root.calls[0].x.shape[0]
         for layer in self.layers:
             if layer is self.root or not layer.names:
@@ -294,6 +324,11 @@ class HookEngine:
             self._handles.append(
                 self.model.register_forward_hook(eager(self._on_output))
             )
+            self._handles.append(
+                self.model.register_forward_pre_hook(
+                    eager(self._on_input), with_kwargs=True
+                )
+            )
 
     def disarm(self) -> None:
         """Stop recording, drop everything recorded and detach the hooks."""
@@ -348,20 +383,31 @@ class HookEngine:
         inputs: tuple[Any, ...],
         kwargs: dict[str, Any],
         output: Any,
-    ) -> None:
+    ) -> Any:
         if not self.recording or REENTRY.active or not torch.is_grad_enabled():
-            return
-        own = layer.rule.recorded(module, inputs, output)
-        x: Tensor | None
-        out: Tensor | None
-        if own is not None:
-            x, out = own
-        else:
-            x = _first_input(inputs, kwargs)
-            out = output if isinstance(output, Tensor) else _first_tensor(output)
+            return None
+        x, out = self._recorded(layer, module, inputs, kwargs, output)
         if x is None or out is None or not out.requires_grad:
-            return
+            return None
+        n = self._batch
+        broadcast = (
+            isinstance(layer.rule, EmbeddingRule)
+            and n > 1
+            and x.dim() > 0
+            and x.shape[0] == 1
+            and out is output
+            and out.shape[0] == 1
+        )
+        if broadcast:
+            # One row of ids for a batch of n samples (positions broadcast
+            # over the batch, Hugging Face's ``position_ids`` [1, T]): the
+            # output, expanded to the batch (equal values, and ``.grad`` sums
+            # the rows as the broadcast did), receives each sample's gradient.
+            out = output = out.expand(n, *out.shape[1:]).contiguous()
+            x = x.expand(n, *x.shape[1:])
         call = Call(x.detach(), forward=self.forwards)
+        if broadcast:
+            call.cache["broadcast"] = True
         if layer.rule.needs_args:
             # One detached tensor per input tensor: identity is meaningful
             # (attention's self-attention path checks ``query is key``).
@@ -373,6 +419,43 @@ class HookEngine:
         layer.rule.on_forward(call, module, inputs, out)
         layer.rule.on_outputs(call, output)
         layer.calls.append(call)
+        return output if broadcast else None
+
+    def _on_input(
+        self, module: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Note the batch size of the model's input (axis 0 of its first tensor)."""
+        del module
+        if self.recording and not REENTRY.active and torch.is_grad_enabled():
+            x = _first_input(inputs, kwargs)
+            self._batch = x.shape[0] if x is not None and x.dim() else 0
+
+    @staticmethod
+    def _recorded(
+        layer: Layer,
+        module: nn.Module,
+        inputs: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The input and output tensors a call of ``layer`` records."""
+        own = layer.rule.recorded(module, inputs, output)
+        if own is not None:
+            return own
+        x = _first_input(inputs, kwargs)
+        out = output if isinstance(output, Tensor) else _first_tensor(output)
+        return x, out
+
+    def recorded_input(
+        self,
+        layer: Layer,
+        module: nn.Module,
+        inputs: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+    ) -> Tensor | None:
+        """The input tensor a call of ``layer`` records (for ``batch_axes``)."""
+        return self._recorded(layer, module, inputs, kwargs, output)[0]
 
     def _on_output(
         self, module: nn.Module, inputs: tuple[Any, ...], output: Any
@@ -419,13 +502,20 @@ def mixes_samples(model: nn.Module) -> str | None:
     A BatchNorm in train mode normalises with the batch's statistics, so every
     sample's output depends on every other sample (docs/any-model.md).
     """
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            return (
-                f"BatchNorm {name!r} is in train mode: it mixes samples, so "
-                "per-sample gradients are undefined (use eval mode or GroupNorm)"
-            )
-    return None
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
+    ]
+    if not names:
+        return None
+    which = ", ".join(repr(n) for n in names)
+    one = len(names) == 1
+    return (
+        f"BatchNorm {which} {'is' if one else 'are'} in train mode: "
+        f"{'it mixes' if one else 'they mix'} samples, so per-sample "
+        "gradients are undefined (use eval mode or GroupNorm)"
+    )
 
 
 def eager(fn: Any) -> Any:

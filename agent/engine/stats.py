@@ -498,8 +498,14 @@ class StepStats:
                             Scaled(g[s : s + chunk], scale),
                         )
                 continue
-            batched: frozenset[str] = getattr(layer.rule, "batched_kwargs", frozenset())
-            part = [c.part(slice(s, s + chunk), batched) for c in calls]
+            rule = layer.rule
+            part = [
+                c.part(
+                    slice(s, s + chunk),
+                    rule.batched(c) if isinstance(rule, FuncRule) else frozenset(),
+                )
+                for c in calls
+            ]
             grads = self.layer_grads(layer, part, scale)
             for k in list(grads):
                 yield layer.names[k], params[k].detach(), grads.pop(k)

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from typing_extensions import override
 
+from glasscockpit.agent.engine.errors import EngineError
 from glasscockpit.agent.instruments.base import Cost, Instrument, Reading
 from glasscockpit.agent.lifecycle.needs import Need
 from glasscockpit.agent.lifecycle.step import StepView
@@ -31,5 +32,10 @@ class Loss(Instrument):
 
     @override
     def compute(self, step: StepView) -> Reading:
-        """Returns a scalar tensor, or None when no loss was given."""
-        return None if step.loss is None else step.loss.detach()
+        """Returns a scalar tensor; None with the reason when no loss was given."""
+        if step.loss is None:
+            raise EngineError(
+                "no loss was given at this step: pass it as "
+                "cockpit.step(step, loss=loss)"
+            )
+        return step.loss.detach()
