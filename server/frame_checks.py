@@ -27,7 +27,8 @@ class Limits:
 
     max_instruments: int = 256
     max_keys: int = 4096
-    max_array_elements: int = 1_000_000
+    max_series: int = 10_000
+    max_array_elements: int = 65_536
     max_meta_bytes: int = 64 * 2**10
 
 

@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
         Limits(
             max_instruments=settings.max_instruments,
             max_keys=settings.max_keys,
+            max_series=settings.max_series,
             max_array_elements=settings.max_array_elements,
             max_meta_bytes=settings.max_meta_bytes,
         ),
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, dashboard: bool = True) -> Fast
         DiagnosisSettings.parse(
             settings.diagnosis_disable, settings.diagnosis_thresholds
         ),
+        max_memory_bytes=settings.max_memory_bytes,
     )
     metrics: Counter[str] = Counter()
     throttle = AuthThrottle(settings.auth_failures_per_s, settings.auth_failure_burst)

@@ -15,6 +15,10 @@ from glasscockpit.server.history import History
 from glasscockpit.server.series import Series
 
 TOTAL = "total"  # series key of scalar instruments and of per-layer totals
+#: Memory of one histogram snapshot beyond its arrays (the Histogram, its dict),
+#: and of each array beyond its elements (the numpy view and the bytes object).
+SNAPSHOT_OVERHEAD = 400
+ARRAY_OVERHEAD = 200
 
 
 @dataclass
@@ -65,10 +69,18 @@ class Run:
 
     @property
     def nbytes(self) -> int:
-        """Estimated memory held by the run's series and histograms."""
+        """Estimated memory held by the run's series and histograms.
+
+        Counts Python's per-object overhead too (``SERIES_OVERHEAD``,
+        ``SNAPSHOT_OVERHEAD``, ``ARRAY_OVERHEAD``), measured against RSS
+        (docs/operations.md); the arrays' own bytes were all it counted before.
+        """
         total = sum(s.nbytes for s in self.series.values())
         for hist in self.histograms.values():
-            total += sum(a.nbytes for h in hist for a in h.arrays.values())
+            for h in hist:
+                total += SNAPSHOT_OVERHEAD + sum(
+                    ARRAY_OVERHEAD + a.nbytes for a in h.arrays.values()
+                )
         return total
 
 

@@ -22,7 +22,7 @@ buckets add their counts.
 
 Appends are batched: ``append`` only queues the reading, and the queue is folded
 into the buckets with a few numpy operations once it holds ``FOLD_AT`` readings or
-whenever the series is read (``view``, ``len``, ``nbytes``, ``width``). Folding a
+whenever the series is read (``view``, ``len``, ``width``). Folding a
 batch gives exactly the buckets that folding each reading on arrival would: bucket
 ids are the running maximum of ``step >> shift``, and min/max/last merge the same
 way whether a batch is coarsened once at the end or each time it overflows. This
@@ -42,6 +42,11 @@ import numpy as np
 BUCKET_BYTES = 7 * 8
 #: Queued readings that trigger a fold into the buckets (see the module doc).
 FOLD_AT = 256
+#: Memory of a series beyond its buckets, measured (RSS growth over 4,000 series
+#: of 10 readings, docs/operations.md): the Series, its column object, ten
+#: ``array`` headers and their smallest buffers, the run's two dict entries and the
+#: key. ``array`` buffers also grow ahead of their contents by about 1/8.
+SERIES_OVERHEAD = 3_300
 
 
 @dataclass
@@ -156,9 +161,12 @@ class Series:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the columns (without ``array``'s growth slack)."""
-        self._fold()
-        return len(self._c) * BUCKET_BYTES
+        """Estimated memory of the series: overhead, buckets and queued readings.
+
+        Does not fold (the store sums it over every series once a second).
+        """
+        held = len(self._c) * BUCKET_BYTES + len(self._steps) * 24
+        return SERIES_OVERHEAD + held * 9 // 8
 
     @property
     def width(self) -> int:

@@ -31,8 +31,14 @@ class Settings(BaseSettings):
     max_instruments: Annotated[int, Field(ge=1)] = 256
     #: Keys (e.g. parameter names) per per-layer instrument.
     max_keys: Annotated[int, Field(ge=1)] = 4096
-    #: Elements per array (histogram counts, edges, heatmaps).
-    max_array_elements: Annotated[int, Field(ge=1)] = 1_000_000
+    #: Series per run (every key of every instrument); more are refused (1008).
+    max_series: Annotated[int, Field(ge=1)] = 10_000
+    #: Elements per array (histogram counts, edges, heatmaps: 256 x 256).
+    max_array_elements: Annotated[int, Field(ge=1)] = 65_536
+    #: The store's estimated memory (docs/operations.md): over it, finished and
+    #: disconnected runs are evicted, then growth is refused with 1013 (None: no
+    #: budget). The default leaves room for the process itself in a 2 GiB container.
+    max_memory_bytes: Annotated[int, Field(ge=2**20)] | None = 2**30
     #: Size of a run's metadata, in bytes of its JSON form.
     max_meta_bytes: Annotated[int, Field(ge=2)] = 64 * 2**10
     #: Agent connections open at once, in total and per client address; one more

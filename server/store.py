@@ -38,11 +38,13 @@ from glasscockpit.server.frame_checks import (
 )
 from glasscockpit.server.framelog import FrameLogs, LogWriteError
 from glasscockpit.server.history import History
+from glasscockpit.server.memory import MemoryBudget
 from glasscockpit.server.run import TOTAL, Histogram, Run, instance_of
 from glasscockpit.server.series import Series
 
 log = logging.getLogger("glasscockpit.server")
 _NO_SERIES: dict[str, Series] = {}  # read-only stand-in for an instrument's series
+_NO_ARRAYS = frozenset({float, type(None)})  # reading types that hold no array
 
 
 class RunStore:
@@ -56,6 +58,7 @@ class RunStore:
         limits: Limits | None = None,
         logs: FrameLogs | None = None,
         diagnosis: DiagnosisSettings | None = None,
+        max_memory_bytes: int | None = None,
     ):
         if max_runs < 1:
             raise ValueError(f"max_runs must be >= 1, got {max_runs}")
@@ -64,6 +67,7 @@ class RunStore:
         self.max_runs = max_runs
         self.limits = limits or Limits()
         self.logs = logs
+        self.budget = MemoryBudget(max_memory_bytes)
         #: Diagnosis rules turned off and thresholds changed (checked here).
         self.diagnosis = diagnosis or DiagnosisSettings()
         Diagnoser(settings=self.diagnosis)
@@ -219,22 +223,44 @@ class RunStore:
         # Fast paths (C-level set checks) for the usual frame: nothing new.
         if not (names.issuperset(frame.values) and names.issuperset(frame.errors)):
             self._check_names(run, set(frame.values) | set(frame.errors))
+        added = 0  # new series
+        arrays = False
+        by_name = run.by_name
         for name, value in frame.values.items():
-            if isinstance(value, dict):
-                known = run.by_name.get(name)
+            if value.__class__ is float:
+                if TOTAL not in by_name.get(name, _NO_SERIES):
+                    added += 1
+            elif isinstance(value, dict):
+                known = by_name.get(name)
                 if known is not None and known.keys() >= value.keys():
+                    arrays = arrays or not _NO_ARRAYS.issuperset(
+                        map(type, value.values())
+                    )
                     continue  # no new series: the key count cannot grow
                 new = sum(1 for k in value if (name, k) not in run.series)
+                arrays = arrays or any(isinstance(v, Array) for v in value.values())
                 if run.key_count[name] + new > self.limits.max_keys:
                     raise LimitExceeded(
                         f"Instrument {name!r} of run {run.run_id!r} would have "
                         f"{run.key_count[name] + new} keys; the limit is "
                         f"{self.limits.max_keys} (GLASSCOCKPIT_MAX_KEYS)"
                     )
+                added += new
+            elif isinstance(value, Array):
+                arrays = True
+        if added and len(run.series) + added > self.limits.max_series:
+            raise LimitExceeded(
+                f"Run {run.run_id!r} would have {len(run.series) + added} series; "
+                f"the limit is {self.limits.max_series} (GLASSCOCKPIT_MAX_SERIES)"
+            )
+        # Re-estimated once a second on any frame, so finished runs are evicted as
+        # the live ones fill their series; refused only if this frame would grow.
+        self.budget.check(self, run.run_id, grows=bool(added or arrays))
 
     def _make_room(self, run_id: str) -> None:
         if len(self.runs) >= self.max_runs:
             self._evict_one(run_id)
+        self.budget.check(self, run_id, grows=True)
 
     def _diagnose(self, run: Run, frame: Readings) -> None:
         """Evaluate the diagnosis rules on a stored frame (live, replay and sync)."""
@@ -248,16 +274,22 @@ class RunStore:
         self.runs[run_id] = run
         return run
 
-    def _evict_one(self, for_run: str) -> None:
-        done = [r for r in self.runs.values() if r.status != "live"]
-        idle = [r for r in self.runs.values() if r.status == "live" and not r.connected]
+    def _evict_one(self, for_run: str, why: str = "GLASSCOCKPIT_MAX_RUNS") -> int:
+        """Evict the finished, else disconnected run with the oldest last frame.
+
+        Returns its estimated memory; raises ``LimitExceeded`` (1013) when every
+        other run is live and connected.
+        """
+        others = [r for r in self.runs.values() if r.run_id != for_run]
+        done = [r for r in others if r.status != "live"]
+        idle = [r for r in others if r.status == "live" and not r.connected]
         pool = done or idle
         if not pool:
             # 1013 "try again later": the agent backs off and retries, and gets in
             # as soon as any run finishes or disconnects.
             raise LimitExceeded(
-                f"Cannot store run {for_run!r}: all {self.max_runs} stored runs are "
-                "live and connected (GLASSCOCKPIT_MAX_RUNS)",
+                f"Cannot store run {for_run!r}: all {len(self.runs)} stored runs are "
+                f"live and connected ({why})",
                 1013,
             )
         victim = min(pool, key=lambda r: r.last_frame_time)
@@ -268,13 +300,14 @@ class RunStore:
         self.evicted_count += 1
         log.warning(
             "glasscockpit: evicted run %r (%s, last frame %.0f s ago) to make room "
-            "for %r: GLASSCOCKPIT_MAX_RUNS=%d",
+            "for %r: %s",
             victim.run_id,
             victim.status,
             time.time() - victim.last_frame_time,
             for_run,
-            self.max_runs,
+            why,
         )
+        return victim.nbytes
 
     def _add_readings(self, run: Run, frame: Readings) -> None:
         # One loop without helper calls per reading: ingest runs this for every

@@ -14,7 +14,8 @@ from glasscockpit.protocol import Bye, Hello, InstrumentSpec, Kind, PanelSpec, R
 from glasscockpit.server import views
 from glasscockpit.server.errors import LimitExceeded
 from glasscockpit.server.history import History
-from glasscockpit.server.series import BUCKET_BYTES, FOLD_AT, Series
+from glasscockpit.server.run import ARRAY_OVERHEAD, SNAPSHOT_OVERHEAD
+from glasscockpit.server.series import BUCKET_BYTES, FOLD_AT, SERIES_OVERHEAD, Series
 from glasscockpit.server.store import TOTAL, Limits, RunStore
 from tests.server.strategies import (
     reading_values,
@@ -59,7 +60,7 @@ def test_series_invariants(readings, capacity):
     view = series.view()
     assert series.count == len(readings)
     assert len(series) == len(view.step) <= capacity
-    assert series.nbytes <= (capacity + 1) * BUCKET_BYTES
+    assert series.nbytes <= SERIES_OVERHEAD + (capacity + 1) * BUCKET_BYTES * 9 // 8
     if not readings:
         assert view.step == []
         return
@@ -364,8 +365,11 @@ def test_memory_stays_bounded_with_steps_and_runs():
             store.ingest(Readings(run_id, seq, seq, float(seq), values))  # type: ignore[arg-type]
         store.ingest(Bye(run_id, 401))
         sizes.append(store.nbytes())
-    # 4 series x (32 + 1) buckets + 8 snapshots x 33 floats, per run, 5 runs at most.
-    bound = 5 * (4 * 33 * BUCKET_BYTES + 8 * 33 * 4)
+    # 4 series x (32 + 1) buckets + 8 snapshots x 33 floats, per run, 5 runs at most,
+    # with the measured per-object overheads.
+    series = SERIES_OVERHEAD + (33 * BUCKET_BYTES + FOLD_AT * 24) * 9 // 8
+    snapshot = SNAPSHOT_OVERHEAD + 2 * ARRAY_OVERHEAD + 33 * 4
+    bound = 5 * (4 * series + 8 * snapshot)
     assert max(sizes) <= bound
     assert sizes[-1] == sizes[5]  # flat once max_runs is reached
     assert len(store.runs) == 5
