@@ -73,6 +73,8 @@ class Rule:
         remedies: the usual fixes, most likely first.
         source: the published criterion the rule implements.
         panels: instruments whose panels hold the evidence (default ``needs``).
+        layered: instruments whose per-layer series ``check`` reads; the history
+            keeps only the "total" of the others (it is fed every frame).
     """
 
     name: ClassVar[str]
@@ -84,6 +86,8 @@ class Rule:
     remedies: ClassVar[tuple[str, ...]] = ()
     source: ClassVar[str] = ""
     panels: ClassVar[tuple[str, ...]] = ()
+    #: Instruments whose per-layer keys ``check`` reads (others keep "total" only).
+    layered: ClassVar[tuple[str, ...]] = ()
 
     def applies(self, h: History) -> str | None:
         """None when the rule can judge this run, else why not (e.g. "Adam").

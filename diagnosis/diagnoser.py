@@ -47,7 +47,9 @@ class Diagnoser:
         self.settings.check(all_rules)
         self.rules = [r for r in all_rules if self.settings.is_on(r)]
         self._th = {r.name: self.settings.for_rule(r) for r in self.rules}
-        self.history = History()
+        self.history = History(
+            {"epoch_loss", *(n for r in self.rules for n in r.layered)}
+        )
         self.on_diagnosis = on_diagnosis
         self._by_key: dict[tuple[str, str], Diagnosis] = {}
         #: Diagnoses in the order they were first made.

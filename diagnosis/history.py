@@ -141,7 +141,9 @@ def _is_number(v: Any) -> bool:
 class History:
     """Everything the rules may read about one run, bounded in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, layered: Iterable[str] | None = None) -> None:
+        #: Instruments whose per-layer keys are kept (None: all of them).
+        self.layered = None if layered is None else frozenset(layered)
         self._series: dict[str, dict[str, Window]] = {}
         self._snapshots: dict[str, Snapshot] = {}
         #: Instruments the run declared (hello) or sent.
@@ -169,12 +171,12 @@ class History:
                 self._window(name, TOTAL).add(step, float(value))
             elif isinstance(value, Mapping):
                 arrays: dict[str, Any] = {}
+                every_key = self.layered is None or name in self.layered
                 for key, v in value.items():
-                    if v is None:
-                        continue
-                    if _is_number(v):
-                        self._window(name, key).add(step, float(v))
-                    else:
+                    if type(v) is float or (v is not None and _is_number(v)):
+                        if every_key or key == TOTAL:
+                            self._window(name, key).add(step, float(v))
+                    elif v is not None:
                         arrays[key] = v
                 if arrays:
                     self._snapshots[name] = Snapshot(step, arrays)

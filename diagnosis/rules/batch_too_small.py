@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from glasscockpit.diagnosis.base import Finding, Rule, Thresholds
-from glasscockpit.diagnosis.history import History, improving, median
+from glasscockpit.diagnosis.history import History, median
 
 
 class BatchTooSmall(Rule):
@@ -12,10 +12,12 @@ class BatchTooSmall(Rule):
     The statistic is θ² = s²/(B‖g‖²) with the batch gradient g, whose squared
     norm carries the noise s²/B itself: θ ≥ 1 means the unbiased estimate of the
     true gradient's squared norm, ‖g‖² − s²/B, is not positive, i.e. the batch
-    shows no signal above its own noise. Evaluated while the loss is still
-    above ``progress`` × its start level: near the end of training the
-    gradient's signal always sinks into its noise, which calls for stopping or
-    annealing rather than for a bigger batch.
+    shows no signal above its own noise. Reported only when, after
+    ``min_steps`` loss readings, the median of the newest ``loss_window`` is
+    not ``gain`` below the start level: a run that progresses averages the
+    noise over its steps, and late in training the gradient's signal always
+    sinks into its noise, which calls for stopping or annealing rather than
+    for a bigger batch.
     """
 
     name = "batch_too_small"
@@ -27,7 +29,7 @@ class BatchTooSmall(Rule):
         "theta": 1.0,
         "target_theta": 0.5,
         "window": 5.0,
-        "progress": 0.5,
+        "min_steps": 50.0,
         "loss_window": 20.0,
         "gain": 0.05,
     }
@@ -37,8 +39,8 @@ class BatchTooSmall(Rule):
         "and orthogonality tests (Bollapragada et al. 2018) ask the same of its "
         "component along and across the gradient. Each statistic is the smallest "
         "tolerance at which its test passes. Here they have stayed above their "
-        "tolerances for `window` readings while the loss was still far from its "
-        "floor and was not falling by `gain` over `loss_window` steps (a norm "
+        "tolerances for `window` readings while, after `min_steps` steps, the loss "
+        "has not fallen by `gain` below its starting level (a norm "
         "test of 1 or more means the batch gradient is no longer "
         "than its own noise predicts): the batch is too small to give a "
         "trustworthy descent direction, "
@@ -70,11 +72,13 @@ class BatchTooSmall(Rule):
             if len(s) >= n:
                 ev[name] = median(s.tail(n))
         loss = h.series("loss")
-        start, now = median(loss.head), median(loss.tail(n))
-        if start > 0 and now < th["progress"] * start:
-            return None  # late training: noise dominance is expected
-        if improving(h, int(th["loss_window"]), th["gain"]):
-            return None  # SGD averages the noise over steps: it still progresses
+        if loss.count < th["min_steps"]:
+            return None
+        start, now = median(loss.head), median(loss.tail(int(th["loss_window"])))
+        if not now >= (1.0 - th["gain"]) * start:
+            # The run has made progress: SGD averages the noise over steps, and
+            # late in training noise dominance is expected, not a batch problem.
+            return None
         # Byrd et al.'s rule: grow B until the test passes at the target tolerance.
         factor = (stat / th["target_theta"]) ** 2
         ev["batch_factor"] = factor

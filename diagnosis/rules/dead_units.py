@@ -17,6 +17,7 @@ class DeadUnits(Rule):
     title = "Dead units"
     severity = "warning"
     needs = ("grad_norm",)
+    layered = ("grad_norm",)
     thresholds = {"window": 5.0, "min_dead": 1.0}
     explanation = (
         "Some parameter tensors get an exactly-zero gradient at every step while "
@@ -44,7 +45,8 @@ class DeadUnits(Rule):
         dead = [
             k
             for k in keys
-            if len(h.series("grad_norm", k)) >= n
+            if h.series("grad_norm", k).last == 0.0  # cheap test first
+            and len(h.series("grad_norm", k)) >= n
             and share(h.series("grad_norm", k).tail(n), lambda v: v == 0.0) == 1.0
         ]
         if not keys or len(dead) < th["min_dead"]:

@@ -14,7 +14,7 @@ class EarlyStoppingEB(Rule):
     severity = "info"
     needs = ("early_stopping",)
     panels = ("early_stopping", "loss")
-    thresholds = {"eb": 0.0, "window": 10.0, "share": 0.8}
+    thresholds = {"eb": 0.0, "window": 20.0, "share": 0.8}
     explanation = (
         "The evidence-based criterion EB = 1 − (B/D) Σ_j g_j² / σ̂_j² compares each "
         "gradient entry with its per-sample variance; above 0 the mini-batch "

@@ -18,6 +18,7 @@ class ExplodingGradients(Rule):
     title = "Exploding gradients"
     severity = "warning"
     needs = ("grad_norm",)
+    layered = ("grad_norm",)
     thresholds = {
         "growth": 10.0,
         "recent": 5.0,
@@ -47,7 +48,9 @@ class ExplodingGradients(Rule):
     def check(self, h: History, th: Thresholds) -> Finding | None:
         """Non-finite total/layer norms first, then growth of the total norm."""
         total = h.series("grad_norm")
-        for key in ("total", *h.keys("grad_norm")):
+        # ‖g‖ is the root of the layers' squares: a non-finite layer shows in it.
+        keys = [] if math.isfinite(total.last) else [*h.keys("grad_norm"), "total"]
+        for key in keys:
             s = h.series("grad_norm", key) if key != "total" else total
             if s.last_step == total.last_step and not math.isfinite(s.last):
                 return Finding(

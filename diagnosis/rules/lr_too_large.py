@@ -12,7 +12,9 @@ class LrTooLarge(Rule):
     """Median α of the newest ``window`` readings > ``alpha`` and the loss rising.
 
     Early in a run fewer readings count (at least ``min_readings``): a blow-up
-    does not wait for α's schedule.
+    does not wait for α's schedule. The loss counts as rising when the median of
+    the newest ``loss_window`` losses exceeds the reference (``loss_trend``) by
+    ``rise`` × the starting level.
     """
 
     name = "lr_too_large"
@@ -24,7 +26,7 @@ class LrTooLarge(Rule):
         "window": 3.0,
         "min_readings": 2.0,
         "loss_window": 10.0,
-        "rise": 0.01,
+        "rise": 0.03,
     }
     explanation = (
         "α places each step on a parabola fitted to the loss along it: −1 is the "
@@ -52,7 +54,10 @@ class LrTooLarge(Rule):
         if not med > th["alpha"]:
             return None
         recent, ref = loss_trend(h, int(th["loss_window"]))
-        if not (recent > ref * (1.0 + th["rise"]) or math.isnan(recent)):
+        # A rise is counted against the starting level: near a loss of 0 a few
+        # per cent of the current level is noise.
+        start = median(h.series("loss").head)
+        if not (recent > ref + th["rise"] * max(start, ref) or math.isnan(recent)):
             return None
         return Finding(
             max(a.last_step, h.series("loss").last_step),

@@ -54,8 +54,8 @@ class LrTooSmall(Rule):
             return None  # a schedule annealed the rate: small steps expected
         ev: dict[str, float] = {}
         if len(upd) >= n:
-            by_step_g = dict(zip(grad.steps, grad.values, strict=True))
-            by_step_l = dict(zip(loss.steps, loss.values, strict=True))
+            by_step_g = dict(zip(grad.tail_steps(2 * n), grad.tail(2 * n), strict=True))
+            by_step_l = dict(zip(loss.tail_steps(2 * n), loss.tail(2 * n), strict=True))
             ratios = [
                 by_step_g[s] * d / by_step_l[s]
                 for s, d in zip(upd.tail_steps(n), upd.tail(n), strict=True)

@@ -13,6 +13,7 @@ class Overfitting(Rule):
     title = "Overfitting: time to stop"
     severity = "warning"
     needs = ("epoch_loss",)
+    layered = ("epoch_loss",)
     thresholds = {"gl": 5.0, "min_epochs": 3.0, "strips": 2.0}
     explanation = (
         "The validation loss logged with cockpit.log(valid_loss=...) is more than "

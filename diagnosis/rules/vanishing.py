@@ -20,6 +20,7 @@ class VanishingGradients(Rule):
     title = "Vanishing gradients"
     severity = "warning"
     needs = ("grad_norm",)
+    layered = ("grad_norm",)
     thresholds = {"orders": 3.0, "window": 5.0}
     explanation = (
         "The gradient of the first weight tensor is more than `orders` orders of "
