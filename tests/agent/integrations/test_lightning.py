@@ -16,6 +16,7 @@ from tests.agent.integrations.loop import (
     CURVATURE,
     NAMES,
     assert_readings_equal,
+    epoch_metrics,
     hand_written,
     instruments,
     readings_and_errors,
@@ -133,7 +134,7 @@ def test_lightning_reads_like_the_hand_written_loop(accumulate, clip, torch_thre
     assert config["optimizer"] == "SGD"
     assert config["hparams"] == {"lr": 0.1, "width": 16}
     # Validation and training metrics became epoch metrics at the last step.
-    logged = got[STEPS]
+    logged = epoch_metrics(cockpit)
     assert set(logged) == {"epoch_loss", "epoch_accuracy"}
     assert set(logged["epoch_loss"]) == {"valid", "train"}
     assert 0.0 <= logged["epoch_accuracy"]["valid"] <= 1.0

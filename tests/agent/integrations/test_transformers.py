@@ -1,0 +1,170 @@
+"""The Hugging Face Trainer callback reads like the hand-written loop.
+
+A tiny BERT classifier from a config (no download); the hand-written loop replays
+the batches the Trainer fed the model, from the same initial weights, with the
+Trainer's optimizer, schedule and clipping (``max_grad_norm=1.0``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+
+from tests.agent.integrations.loop import (
+    assert_readings_equal,
+    epoch_metrics,
+    hand_written,
+    instruments,
+    readings_and_errors,
+)
+
+transformers = pytest.importorskip("transformers")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+STEPS = 3
+BATCH = 4
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=3,
+    )
+    return transformers.BertForSequenceClassification(config)
+
+
+class Data(torch.utils.data.Dataset[dict[str, Tensor]]):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.ids = torch.randint(1, 40, (n, 8), generator=g)
+        self.labels = torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def train(tmp_path, accumulate: int = 1, **args: Any):
+    from glasscockpit.agent.integrations.transformers import GlasscockpitCallback
+
+    net = model()
+    start = copy.deepcopy(net)
+    seen: list[dict[str, Tensor]] = []
+
+    def record(module, a, kwargs) -> None:
+        if module.training and torch.is_grad_enabled():
+            seen.append(
+                {k: v.clone() for k, v in kwargs.items() if k != "num_items_in_batch"}
+            )
+
+    net.register_forward_pre_hook(record, with_kwargs=True)
+    callback = GlasscockpitCallback(
+        run="hf", server=None, instruments=instruments(), budget=None
+    )
+    targs = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=accumulate,
+        max_steps=STEPS,
+        learning_rate=1e-2,
+        seed=0,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        use_cpu=True,
+        eval_strategy="steps",
+        eval_steps=STEPS,
+        **args,
+    )
+    data = Data(BATCH * STEPS * accumulate)
+    trainer = transformers.Trainer(
+        model=net,
+        args=targs,
+        train_dataset=data,
+        eval_dataset=Data(BATCH),
+        callbacks=[callback],
+        compute_metrics=accuracy,
+    )
+    trainer.train()
+    return start, seen, trainer, callback.cockpit
+
+
+def accuracy(pred: Any) -> dict[str, float]:
+    return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+
+def loss_fn(
+    model: nn.Module, batch: dict[str, Tensor], _: Any
+) -> tuple[Tensor, Tensor]:
+    out = model(**batch)
+    losses = F.cross_entropy(out.logits, batch["labels"], reduction="none")
+    return out.loss, losses
+
+
+def replay(start, seen, trainer, accumulate: int, clip: float | None):
+    # The Trainer's two groups: with and without weight decay (both 0 here).
+    decay = set(trainer.get_decay_parameter_names(start))
+    named = list(start.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if n in decay]},
+        {"params": [p for n, p in named if n not in decay]},
+    ]
+    opt = torch.optim.AdamW(
+        groups,
+        lr=trainer.args.learning_rate,
+        betas=(trainer.args.adam_beta1, trainer.args.adam_beta2),
+        eps=trainer.args.adam_epsilon,
+        weight_decay=0.0,
+    )
+    schedule = transformers.get_linear_schedule_with_warmup(opt, 0, STEPS)
+    batches = [(b, None) for b in seen]
+    return hand_written(
+        start, opt, batches, loss_fn, accumulate=accumulate, clip=clip,
+        scheduler=schedule, mean=not trainer.model_accepts_loss_kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_trainer_reads_like_the_hand_written_loop(tmp_path, accumulate, torch_threads):
+    start, seen, trainer, cockpit = train(tmp_path, accumulate)
+    assert len(seen) == STEPS * accumulate
+    # BERT takes ``num_items_in_batch``: the Trainer sums the micro-batches'
+    # mean losses (and logs the sum), and the replay does the same.
+    want, want_errors = replay(start, seen, trainer, accumulate, clip=1.0)
+    got, errors = readings_and_errors(cockpit)
+    assert errors == want_errors
+    assert_readings_equal(got, want, [0], rtol=1e-5)
+    # Later steps follow the two runs' round-off (the attention's key bias has a
+    # gradient of round-off only): the network's totals.
+    assert_readings_equal(got, want, range(1, STEPS - 1), rtol=1e-4, totals=True)
+    # The Trainer logs the unclipped norm; grad_norm reads it too.
+    logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+    assert float(got[0]["grad_norm"]["total"]) == pytest.approx(logged[0], rel=1e-5)
+    config = cockpit.hello.meta["config"]
+    assert config["max_grad_norm"] == 1.0
+    assert config["gradient_accumulation_steps"] == accumulate
+    assert config["optimizer"] == "AdamW"
+    assert config["model_config"]["hidden_size"] == 16
+    # The Trainer's logged losses and the evaluation's accuracy.
+    epoch = epoch_metrics(cockpit)
+    assert "valid" in epoch["epoch_loss"] and "train" in epoch["epoch_loss"]
+    assert 0.0 <= epoch["epoch_accuracy"]["valid"] <= 1.0
