@@ -43,11 +43,13 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from bench.ingest import SPECS, agent_frames, free_port, throughput
+from bench.ingest import SPECS, agent_frames, export_tree, free_port, throughput
 from bench.ingest import server as bench_server
 from glasscockpit.protocol import Bye, Hello, decode, encode
 
 WINDOW = 64
+#: The servers' stderr, kept for a failure's message.
+LOGS = Path(tempfile.gettempdir()) / "glasscockpit-faults"
 
 
 @dataclass
@@ -100,8 +102,10 @@ class Client:
                             break
                         await ws.send(data)
                 finally:
-                    await asyncio.wait([reader])  # its error (if any) is read below
-                reader.result()
+                    await asyncio.wait([reader])
+                    failed = reader.exception()  # retrieved either way
+                if failed is not None:
+                    raise failed
         except (WebSocketException, OSError) as exc:
             rcvd = getattr(exc, "rcvd", None)
             if rcvd is not None:
@@ -125,6 +129,12 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> None:
+        # A fresh port each time: another process may take the old one meanwhile
+        # (the clients reconnect to ``self.url``, as an agent would to a new host).
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = f"ws://127.0.0.1:{self.port}/v1/agent"
+        self.log = LOGS / f"server-{self.port}.log"
         env = {
             **os.environ,
             "GLASSCOCKPIT_DATA_DIR": str(self.data),
@@ -144,7 +154,7 @@ class Server:
             env=env,
             preexec_fn=prepare,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
         )
         if wait:
             self.wait_ready()
@@ -158,8 +168,9 @@ class Server:
             except OSError:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
+                    err = self.log.read_text()
                     raise RuntimeError(
-                        f"the server exited with {self.proc.returncode}"
+                        f"the server exited with {self.proc.returncode}: {err[-2000:]}"
                     ) from None
                 if time.monotonic() > deadline:
                     raise RuntimeError("the server did not start") from None
@@ -335,17 +346,70 @@ def torn_tail(args: argparse.Namespace, rng: random.Random) -> list[dict[str, An
 def fsync_rate(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Ingest with GLASSCOCKPIT_FSYNC off and on (group commit), same load."""
     rows = []
-    for fsync in ("false", "true"):
-        with tempfile.TemporaryDirectory(prefix="faults-fsync-") as tmp:
-            frames = agent_frames(args.agents, 500, False, f"fs{fsync}")
-            env = {"data_dir": tmp, "fsync": fsync, "max_runs": "1000"}
-            env |= {"rate_frames_per_s": "1e9", "rate_burst": "1000000000"}
-            with bench_server(None, **env) as (_proc, base):
-                url = base.replace("http", "ws") + "/v1/agent"
-                r = asyncio.run(throughput(url, frames, 300, 32))
-            r["fsync"] = fsync
-            print(json.dumps(r), flush=True)
-            rows.append(r)
+    with tempfile.TemporaryDirectory(prefix="faults-tree-") as trees:
+        servers: list[tuple[str, Path | None, str]] = [
+            ("this", None, "false"),
+            ("this", None, "true"),
+        ]
+        if args.baseline:
+            tree = export_tree(args.baseline, Path(trees))
+            servers.append((args.baseline, tree, "true"))
+        for label, tree, fsync in servers:
+            with tempfile.TemporaryDirectory(prefix="faults-fsync-") as tmp:
+                frames = agent_frames(args.agents, 300, False, f"fs{len(rows)}")
+                env = {"data_dir": tmp, "fsync": fsync, "max_runs": "1000"}
+                env |= {"rate_frames_per_s": "1e9", "rate_burst": "1000000000"}
+                with bench_server(tree, **env) as (_proc, base):
+                    url = base.replace("http", "ws") + "/v1/agent"
+                    r = asyncio.run(throughput(url, frames, 300, 32))
+                r |= {"fsync": fsync, "server": label}
+                print(json.dumps(r), flush=True)
+                rows.append(r)
+    return rows
+
+
+def memory_truth() -> list[dict[str, Any]]:
+    """RSS growth of the server against its own estimate (/v1/metrics)."""
+    from bench.ingest import metrics, rss_bytes
+    from glasscockpit.protocol import Array, Readings
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="faults-mem-") as tmp:
+        server = Server(Path(tmp))
+        server.start()
+        assert server.proc is not None
+        base_rss = rss_bytes(server.proc.pid)
+        hist = {"counts": Array("<f4", (64,), bytes(256))}
+        shapes = [(50, 10), (500, 300), (200, 3000)]  # (keys, steps) per run
+        for keys, steps in shapes:
+            names = [f"layer{k}.weight" for k in range(keys)]
+            for r in range(4):
+                run = f"mem-{keys}-{steps}-{r}"
+                frames = [
+                    encode(
+                        Readings(
+                            run,
+                            seq,
+                            seq - 1,
+                            float(seq),
+                            {"g": dict.fromkeys(names, float(seq)), "h": hist},
+                        )
+                    )
+                    for seq in range(1, steps + 1)
+                ]
+                asyncio.run(stream_all(server, [Client(run, frames)]))
+            m = metrics(server.base)
+            grown = rss_bytes(server.proc.pid) - base_rss
+            entry = {
+                "after": f"+4 runs of {keys} keys x {steps} steps",
+                "series": m["series"],
+                "rss_growth_mb": round(grown / 2**20, 1),
+                "estimate_mb": round(m["memory_bytes"] / 2**20, 1),
+                "estimate_over_rss": round(m["memory_bytes"] / grown, 2),
+            }
+            print(json.dumps(entry), flush=True)
+            rows.append(entry)
+        server.kill()
     return rows
 
 
@@ -390,10 +454,16 @@ def main() -> int:
     parser.add_argument("--kill-within", type=float, default=1.5, help="seconds")
     parser.add_argument("--agents", type=int, default=16, help="fsync phase")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--only", choices=[*SCENARIOS, "fsync"], action="append")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also time fsync=true on this commit"
+    )
+    parser.add_argument(
+        "--only", choices=[*SCENARIOS, "fsync", "memory"], action="append"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    LOGS.mkdir(exist_ok=True)
     rows: list[dict[str, Any]] = []
     for name, scenario in SCENARIOS.items():
         if not args.only or name in args.only:
@@ -404,10 +474,12 @@ def main() -> int:
     results["rows"] = rows
     if not args.only or "fsync" in args.only:
         results["fsync"] = fsync_rate(args)
+    if not args.only or "memory" in args.only:
+        results["memory"] = memory_truth()
     print(table(rows))
     for r in results.get("fsync", []):
         print(
-            f"fsync={r['fsync']}: {r['frames_per_s']} frames/s, ack p50 "
+            f"{r['server']}, fsync={r['fsync']}: {r['frames_per_s']} frames/s, ack p50 "
             f"{r['ack_p50_ms']} ms, p99 {r['ack_p99_ms']} ms"
         )
     if args.json:
