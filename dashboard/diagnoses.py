@@ -114,10 +114,11 @@ def run_row(run: str, report: dict[str, Any], last_step: int) -> html.Div:
                 className="diagnosis-needs",
             )
         )
+    attrs: dict[str, Any] = {"data-run": run}
     return html.Div(
         [html.Span(run, className="diagnosis-run"), *body],
         className="diagnosis-row",
-        **{"data-run": run},
+        **attrs,
     )
 
 
@@ -177,7 +178,7 @@ def register(
         new = marks(reports)
         return rows, new if new != old else no_update, seen
 
-    app.clientside_callback(
+    app.clientside_callback(  # type: ignore[no-untyped-call]
         "function (m, d, g) { return window.glasscockpitMarks(m, g); }",
         Output(MARKS_DONE, "data"),
         Input(MARKS, "data"),
