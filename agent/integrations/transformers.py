@@ -72,7 +72,7 @@ CONFIG_KEYS = (
 def _base() -> type:
     try:
         module = importlib.import_module("transformers")
-    except ImportError as exc:  # pragma: no cover - the message is the point
+    except ImportError as exc:
         raise ImportError(
             "glasscockpit's Trainer callback needs transformers "
             "(pip install 'glasscockpit[integrations]')"
