@@ -77,6 +77,15 @@ def page(
             "there by hand (the machines running the commands above have no GPU): "
             "[benchmarks-gpu.md](benchmarks-gpu.md).",
         ]
+    if (ROOT / "docs" / "benchmarks-ddp.md").exists():
+        parts += [
+            "",
+            "## Data parallel",
+            "",
+            "The extra all-reduce of global readings under DDP (message size per "
+            "tracked step, gloo on this machine, a cluster on paper), by "
+            "`python -m bench.ddp`: [benchmarks-ddp.md](benchmarks-ddp.md).",
+        ]
     return "\n".join(parts) + "\n"
 
 
