@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
-EXTRAS := agent,server,demo,dev,parity,bench,models
+EXTRAS := agent,server,demo,dev,parity,bench,models,integrations
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: help demo test test-all test-gpu lint imports fmt types system-deps install bench clean
