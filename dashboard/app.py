@@ -35,6 +35,7 @@ from glasscockpit.dashboard import browser, diagnoses, ids, runlist
 from glasscockpit.dashboard.client import DataProvider
 from glasscockpit.dashboard.export import panel_file
 from glasscockpit.dashboard.layout import (
+    COLUMNS,
     card,
     grid,
     page,
@@ -42,6 +43,7 @@ from glasscockpit.dashboard.layout import (
 )
 from glasscockpit.dashboard.live import RunData, status_line, update_panel
 from glasscockpit.dashboard.model import LINE_KINDS, ViewOptions, build_panels
+from glasscockpit.dashboard.panels import SNAPSHOT_KINDS
 from glasscockpit.dashboard.panels.style import base_layout, run_colors
 from glasscockpit.dashboard.run_filter import filter_runs
 
@@ -168,6 +170,7 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         Output(ids.GRID, "children"),
         Output(ids.GRID_STATE, "data"),
         Output(ids.RUN_META, "children"),
+        Output(ids.GRID, "style"),
         Input(ids.RUN_LIST, "value"),
         State(ids.RUN_COLORS, "data"),
         State(ids.GRID_STATE, "data"),
@@ -177,7 +180,7 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         selected: list[str] | None,
         colors: dict[str, str] | None,
         drawn: dict[str, Any] | None,
-    ) -> tuple[Any, Any, Any]:
+    ) -> tuple[Any, Any, Any, Any]:
         if not selected or selected == (drawn or {}).get("runs"):
             # A rebuilt run list fires this with the runs already drawn.
             raise PreventUpdate
@@ -196,10 +199,10 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         for panel in panels:
             having: list[str] | None = None
             log_y = bool(panel["log_y"])
-            if panel["kind"] not in LINE_KINDS:  # counts: log, one run at a time
+            if panel["kind"] not in LINE_KINDS:  # one run at a time
                 name = panel["members"][0]["name"]
                 having = [r for r in runs if name in _names(details[r])]
-                log_y = True
+                log_y = log_y or panel["kind"] in SNAPSHOT_KINDS  # counts: log
             groups.setdefault(panel["group"] or "other", []).append(
                 card(panel, placeholder(panel), log_y, gen, having)
             )
@@ -215,7 +218,10 @@ def _run_callbacks(app: Dash, provider: DataProvider) -> None:
         # The drawn runs, readable from the page (tests wait for it).
         attrs: dict[str, Any] = {"data-runs": " ".join(runs), "hidden": True}
         marker = html.Div(className="grid-runs", **attrs)
-        return [marker, *grid(groups)], state, meta
+        # The cockpit view's columns: Cockpit's groups, then one for the rest.
+        columns = sum(g in groups for g in COLUMNS) + (set(groups) > set(COLUMNS))
+        style = {"--cols": str(max(columns, 1))}
+        return [marker, *grid(groups)], state, meta, style
 
 
 def _names(detail: dict[str, Any]) -> set[str]:

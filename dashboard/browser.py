@@ -22,6 +22,11 @@ def register(app: Dash) -> None:
         Input(ids.LAYERS, "value"),
     )
     app.clientside_callback(  # type: ignore[no-untyped-call]
+        ClientsideFunction("glasscockpit", "view"),
+        Output(ids.GRID, "className"),
+        Input(ids.VIEW, "value"),
+    )
+    app.clientside_callback(  # type: ignore[no-untyped-call]
         ClientsideFunction("glasscockpit", "tickDone"),
         Output(ids.TICK_DONE, "data"),
         Input(ids.CURSOR, "data"),

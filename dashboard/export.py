@@ -10,7 +10,13 @@ from typing import Any
 
 from glasscockpit.dashboard.client import DataProvider
 from glasscockpit.dashboard.live import RunData
-from glasscockpit.dashboard.model import LINE_KINDS, ViewOptions, panel_series, to_float
+from glasscockpit.dashboard.model import (
+    LINE_KINDS,
+    PLANE,
+    ViewOptions,
+    panel_series,
+    to_float,
+)
 
 
 def export_rows(
@@ -53,7 +59,7 @@ def panel_file(
 ) -> dict[str, Any]:
     """``dcc.Download`` data: the panel's stored points as CSV or JSON."""
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in panel["id"])
-    if panel["kind"] in LINE_KINDS:
+    if panel["kind"] in LINE_KINDS or panel["kind"] == PLANE:
         rows = export_rows(provider, panel, runs, ViewOptions.parse(0, "step", layers))
         if fmt == "json":
             return {"content": json.dumps(rows), "filename": f"{stem}.json"}

@@ -18,6 +18,7 @@ GRAPH_HEIGHT = "250px"
 LOG_AXES = {
     "histogram": ("xaxis2", "logarithmic count axis"),
     "heatmap": ("xaxis2 yaxis2", "logarithmic marginal counts"),
+    "test_plane": ("xaxis yaxis", "logarithmic axes"),
 }
 #: Metadata fields holding a Unix time, shown as local time.
 TIME_KEYS = frozenset({"started", "created", "finished"})
@@ -128,6 +129,17 @@ def controls() -> html.Div:
                     {"label": "wall time", "value": "wall"},
                 ],
                 value="step",
+                inline=True,
+                className="ctl-radio",
+            ),
+            html.Label("view", className="ctl-label"),
+            dcc.RadioItems(
+                id=ids.VIEW,
+                options=[
+                    {"label": "cockpit", "value": "cockpit"},
+                    {"label": "grid", "value": "grid"},
+                ],
+                value="cockpit",
                 inline=True,
                 className="ctl-radio",
             ),

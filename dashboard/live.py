@@ -19,12 +19,15 @@ from dash import no_update
 from glasscockpit.dashboard.client import DataProvider
 from glasscockpit.dashboard.model import (
     LINE_KINDS,
+    PLANE,
+    PLANE_MEMBERS,
     ViewOptions,
     panel_series,
     sid,
 )
 from glasscockpit.dashboard.panels import histogram_figure, line_extend, line_figure
-from glasscockpit.dashboard.panels.line import Series
+from glasscockpit.dashboard.panels.line import Series, empty_series
+from glasscockpit.dashboard.panels.plane import TRAIL, plane_figure
 
 #: Points per panel from the downsampled store, shared by the overlaid runs
 #: (TensorBoard draws 1000 per line; browser rendering, not the server, is the
@@ -181,6 +184,8 @@ def update_panel(
 
     ``pick`` is the run a histogram panel's run picker names.
     """
+    if panel["kind"] == PLANE:
+        return _update_plane(rd, panel, entry, pick, log_y)
     if panel["kind"] not in LINE_KINDS:
         return _update_snapshot(rd, panel, entry, pick, log_y)
     ids = panel_series(panel, rd.runs, rd.keys, opts.layers)
@@ -224,6 +229,34 @@ def _update_snapshot(
     if entry is not None and new == entry:
         return no_update, no_update, entry
     return fig, no_update, new
+
+
+def _update_plane(
+    rd: RunData,
+    panel: dict[str, Any],
+    entry: dict[str, Any] | None,
+    pick: str | None,
+    log_y: bool,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Redrawn (a few hundred points) when either test has a newer reading."""
+    having = [r for r in rd.runs if set(PLANE_MEMBERS) <= set(rd.keys.get(r, {}))]
+    run = pick if pick in having else (having[0] if having else None)
+    last = rd.details[run].get("last_step") if run else None
+    sig = f"{panel['id']}|{run}|{int(log_y)}"
+    if entry is not None and entry.get("sig") == sig and entry.get("last") == last:
+        return no_update, no_update, entry
+    cols: list[Series] = []
+    for name in PLANE_MEMBERS:
+        key = "total" if "total" in rd.keys.get(run or "", {}).get(name, []) else ""
+        keys = rd.keys.get(run or "", {}).get(name, [])
+        key = key or (keys[0] if keys else "total")
+        try:
+            cols.append(rd.provider.series(run, name, key, TRAIL, None) if run else {})
+        except LookupError:
+            cols.append({})
+    ortho, inner = (c if c.get("step") is not None else empty_series() for c in cols)
+    fig, state = plane_figure(panel, ortho, inner, log_y)
+    return fig, no_update, {"sig": sig, "run": run, "last": last, **state}
 
 
 def status_line(

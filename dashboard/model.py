@@ -98,7 +98,48 @@ def build_panels(
                 merged["members"].append(member)
                 if panel["help"] and panel["help"] not in merged["help"]:
                     merged["help"] = f"{merged['help']} {panel['help']}".strip()
-    return list(panels.values())
+    out = list(panels.values())
+    for run in runs:  # Cockpit's test plane, beside the tests it pairs
+        detail = details.get(run)
+        names = {i["name"] for i in detail["instruments"]} if detail else set()
+        plane = plane_panel(names)
+        if plane is not None:
+            at = next(
+                (i for i, p in enumerate(out) if PLANE_MEMBERS[1] in _names(p)),
+                len(out) - 1,
+            )
+            out.insert(at + 1, plane)
+            break
+    return out
+
+
+def _names(panel: dict[str, Any]) -> list[str]:
+    return [m["name"] for m in panel["members"]]
+
+
+#: The synthetic panel kind of Cockpit's gradient test plane, and the
+#: instruments it pairs by step: (x, y).
+PLANE = "test_plane"
+PLANE_MEMBERS = ("ortho_test", "inner_test")
+
+
+def plane_panel(names: set[str]) -> dict[str, Any] | None:
+    """The gradient test plane's panel when a run has both tests, else None."""
+    if not set(PLANE_MEMBERS) <= names:
+        return None
+    return {
+        **PANEL_DEFAULTS,
+        "id": "plane:gradient-tests",
+        "kind": PLANE,
+        "title": "Gradient test plane",
+        "group": "gradients",
+        "help": "x: orthogonality test ν, y: inner-product test θ of each step "
+        "(colour: iteration; cross: the newest). Inside the green square both "
+        "tests accept the batch size; points beyond it call for a larger batch.",
+        "y_label": "inner-product θ",
+        "x_label": "orthogonality ν",
+        "members": [{"name": n, "title": n, "schedule": ""} for n in PLANE_MEMBERS],
+    }
 
 
 def series_keys(keys: list[str], layers: bool) -> list[str]:

@@ -31,6 +31,13 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       });
       return {n: n, ids: out, traces: traces, t: Date.now()};
     },
+    /* The cockpit view (every panel on one screen) or the long grid: only
+     * CSS changes (assets/cockpit.css); plots then fit their new boxes. */
+    view: function (value) {
+      document.body.classList.toggle('view-cockpit', value !== 'grid');
+      setTimeout(function () { window.dispatchEvent(new Event('resize')); }, 30);
+      return value === 'grid' ? 'grid-groups' : 'grid-groups view-cockpit';
+    },
     tickDone: function () {
       window.dash_clientside.glasscockpit.pending = 0;
       return window.dash_clientside.no_update;

@@ -148,8 +148,14 @@ def layout(fig: FigureDict, panel: dict[str, Any]) -> None:
             "showgrid": False,
             "title": {"text": "density", "standoff": 2},
         },
-        legend={"x": 0.66, "y": 1, "xanchor": "left", "yanchor": "top"},
-        margin={"r": 44},
+        legend={
+            "x": 0.66,
+            "y": 1,
+            "xanchor": "left",
+            "yanchor": "top",
+            "orientation": "v",
+        },
+        margin={"r": 44, "b": 40},
     )
     if alpha:
         fig.update_layout(

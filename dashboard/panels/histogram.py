@@ -133,6 +133,7 @@ def histogram_figure(
             },
             yaxis={"title": {"text": value_label}},
             bargap=0.05,
+            margin={"b": 40},
         )
     return fig.to_dict(), {"step": _step(last)}
 
@@ -195,6 +196,7 @@ def heatmap_figure(
         xaxis2={"domain": [0.81, 1], "type": scale, "showticklabels": False},
         yaxis2={"domain": [0.8, 1], "type": scale, "showticklabels": False},
         bargap=0.02,
+        margin={"b": 40},
     )
     return fig.to_dict()
 

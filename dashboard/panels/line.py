@@ -173,7 +173,8 @@ def line_figure(
         else:
             mode = "lines+markers" if sparse(data.get(s)) else "lines"
             raw |= {"mode": mode, "line": line, "opacity": 0.3 if weight else 1}
-        if weight:
+        dist = bool(panel.get("distribution"))  # its legend names the histograms
+        if weight or dist:
             raw["showlegend"] = False
         fig.add_trace(trace("scatter", **raw))
         if weight:
@@ -187,6 +188,7 @@ def line_figure(
                     name=label,
                     line=line,
                     legendgroup=s,
+                    showlegend=not dist,
                 )
             )
         bad_by_run[run] += [(x, h, f"{label}: {t}") for x, h, t in bad]
@@ -203,8 +205,8 @@ def line_figure(
         )
     # A long legend squeezes the plot: the hover lists every line instead.
     entries = len(series) + (1 if state["bad"] else 0)
-    if panel.get("distribution") and len(runs) == 1:
-        entries += 2
+    if panel.get("distribution"):
+        entries = 2 if len(runs) == 1 else 0
     layout = base_layout(panel, showlegend=1 < entries <= MAX_LEGEND)
     layout["hovermode"] = "x unified"
     fig.update_layout(**layout)
@@ -215,12 +217,7 @@ def line_figure(
             "visible": False,
             "fixedrange": True,
         },
-        legend={"orientation": "h", "y": -0.2, "x": 0, "yanchor": "top"}
-        if multi_run
-        else {},
     )
-    if multi_run:
-        fig.update_layout(margin={"b": 70}, xaxis={"title": {"text": ""}})
     if opts.x_axis == "wall":  # date ticks speak for themselves: no title
         fig.update_layout(xaxis={"type": "date", "title": {"text": ""}, "nticks": 5})
     fig.update_layout(yaxis={"type": "log" if log_y else "linear"})

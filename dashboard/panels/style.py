@@ -55,12 +55,28 @@ def run_colors(runs_oldest_first: list[str]) -> dict[str, str]:
 def base_layout(panel: dict[str, Any], showlegend: bool) -> dict[str, Any]:
     """Compact margins, axis titles, legend only when there are several traces."""
     return {
-        "margin": {"l": 56, "r": 12, "t": 8, "b": 40},
+        # No "step" title under line panels (as TensorBoard): cockpit-view
+        # cards are small; figures with other x axes title them and add room.
+        "margin": {"l": 56, "r": 12, "t": 8, "b": 24},
         "autosize": True,
-        "xaxis": {"title": {"text": "step", "standoff": 4}},
-        "yaxis": {"title": {"text": panel.get("y_label", ""), "standoff": 4}},
+        "xaxis": {"title": {"text": "", "standoff": 4}},
+        # At most 5 labels: cockpit-view cards are ~100 px tall.
+        "yaxis": {
+            "title": {"text": panel.get("y_label", ""), "standoff": 4},
+            "nticks": 5,
+        },
         "showlegend": showlegend,
-        "legend": {"font": {"size": 10}, "bgcolor": "rgba(255,255,255,0.6)"},
+        # Inside the plot, top left, as Cockpit's: a legend outside would
+        # take the plot's room in small cards.
+        "legend": {
+            "font": {"size": 10},
+            "bgcolor": "rgba(255,255,255,0.6)",
+            "orientation": "v",
+            "x": 0,
+            "y": 1,
+            "xanchor": "left",
+            "yanchor": "top",
+        },
         "template": "plotly_white",
         "font": {"size": 11},
         "hovermode": "closest",
