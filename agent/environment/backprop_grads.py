@@ -46,8 +46,9 @@ class BackpropGrads:
         self.stop()
         self._seen = {}
         for p in self.params:
+            hook = partial(self._keep, id(p))
             self._handles.append(
-                p.register_post_accumulate_grad_hook(partial(self._keep, id(p)))
+                p.register_post_accumulate_grad_hook(hook)  # type: ignore[no-untyped-call]
             )
 
     def _keep(self, key: int, p: Tensor) -> None:
@@ -74,10 +75,10 @@ class BackpropGrads:
         """
         self._edited = []
         edited = [
-            (p, seen)
+            (p, kept)
             for p in self.params
-            if (seen := self._seen.get(id(p))) is not None
-            and (p.grad is not seen[1] or p.grad._version != seen[2])
+            if (kept := self._seen.get(id(p))) is not None
+            and (p.grad is not kept[1] or p.grad._version != kept[2])
         ]
         seen, self._seen = self._seen, {}
         if not self.copying:
@@ -87,9 +88,9 @@ class BackpropGrads:
             return None
         if not edited and seen:
             self.copying = False  # this loop leaves .grad alone: no more copies
-        for p, (kept, _, _) in edited:
+        for p, (copy, _, _) in edited:
             self._edited.append((p, p.grad))
-            p.grad = kept
+            p.grad = copy
         return None
 
     @property
