@@ -26,6 +26,8 @@ The passes must run before the user's ``loss.backward()`` frees the graph.
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,6 +83,8 @@ _REDUCE = frozenset(
 MAX_PASSES = 4096
 #: Beyond ``MAX_PASSES``: sampled passes of the Monte-Carlo GGN diagonal.
 MC_DRAWS = 16
+#: At most this many sampled passes when a time allowance chooses their number.
+MC_DRAWS_MAX = 64
 _NLL = ("NllLossBackward0", "NllLoss2DBackward0")
 _MSE = "MseLossBackward0"
 #: Losses of one output element each (mean/sum over elements): their Hessian
@@ -621,14 +625,20 @@ def _loss_of_outputs(loss: Tensor, outputs: list[Tensor]) -> tuple[_Loss, Tensor
 
 
 def diag_ggn(
-    engine: HookEngine, loss: Tensor, notes: list[str] | None = None
+    engine: HookEngine,
+    loss: Tensor,
+    notes: list[str] | None = None,
+    seconds: float | None = None,
 ) -> dict[str, Tensor]:
     """GGN diagonal of ``loss`` per tracked parameter name (parameter shapes).
 
-    Exact when it takes at most ``MAX_PASSES`` backward passes; otherwise the
-    Monte-Carlo estimate from ``MC_DRAWS`` sampled passes (a private generator
-    per engine and device, seed 0), and a note saying so is appended to
-    ``notes``.
+    Exact when it takes at most ``MAX_PASSES`` backward passes and, given a time
+    allowance ``seconds``, when those passes fit in it (the first pass is timed
+    before committing to them); otherwise the Monte-Carlo estimate from sampled
+    passes: ``MC_DRAWS`` of them, or as many as fit in ``seconds`` (2 to
+    ``MC_DRAWS_MAX``). A private generator per engine and device (seed 0) draws
+    them, and a note appended to ``notes`` says so with the standard error of
+    the estimate's trace (from the spread of the draws' traces).
     """
     output = engine.output
     if output is None or not engine.recorded:
@@ -648,20 +658,83 @@ def diag_ggn(
             for layer in engine.layers
             for k, name in layer.names.items()
         }
-    passes = spec.passes()
-    draws = 0
+    gen = engine.generators.get(output.device)
+    if gen is None:
+        gen = torch.Generator(output.device).manual_seed(0)
+        engine.generators[output.device] = gen
     if spec.count > MAX_PASSES:
-        gen = engine.generators.get(output.device)
-        if gen is None:
-            gen = torch.Generator(output.device).manual_seed(0)
-            engine.generators[output.device] = gen
+        why = f"the exact one needs {spec.count} > MAX_PASSES = {MAX_PASSES}"
         draws = MC_DRAWS
-        passes = spec.sampled(draws, gen)
-        if notes is not None:
-            notes.append(
-                f"estimate: Monte-Carlo GGN diagonal from {draws} sampled passes "
-                f"(the exact one needs {spec.count} > MAX_PASSES = {MAX_PASSES})"
-            )
+        if seconds is not None:
+            first = time.perf_counter()
+            one = _reduce(engine, spec, spec.sampled(1, gen), True)
+            taken = time.perf_counter() - first
+            draws = max(2, min(MC_DRAWS_MAX, int(seconds / max(taken, 1e-9))))
+            return _sampled(engine, spec, gen, draws, notes, why, [one])
+        return _sampled(engine, spec, gen, draws, notes, why, [])
+    if seconds is None or spec.count <= 2:
+        return _exact(engine, spec)
+    first = time.perf_counter()
+    one = _reduce(engine, spec, spec.sampled(1, gen), True)
+    taken = time.perf_counter() - first
+    if spec.count * taken <= seconds:
+        return _exact(engine, spec)
+    draws = max(2, min(MC_DRAWS_MAX, int(seconds / max(taken, 1e-9))))
+    why = (
+        f"the exact one needs {spec.count} passes, {spec.count * taken:.3g} s "
+        f"against the allowance of {seconds:.3g} s"
+    )
+    return _sampled(engine, spec, gen, draws, notes, why, [one])
+
+
+def _exact(engine: HookEngine, spec: _Loss) -> dict[str, Tensor]:
+    """The exact diagonal: every pass of ``spec``, the weights in the factors."""
+    return _reduce(engine, spec, spec.passes(), False)[0]
+
+
+def _sampled(
+    engine: HookEngine,
+    spec: _Loss,
+    gen: torch.Generator,
+    draws: int,
+    notes: list[str] | None,
+    why: str,
+    done: list[tuple[dict[str, Tensor], Tensor]],
+) -> dict[str, Tensor]:
+    """Mean of ``draws`` one-pass estimates (``done`` ones given), and its note."""
+    parts = [
+        *done,
+        *(
+            _reduce(engine, spec, spec.sampled(1, gen), True)
+            for _ in range(draws - len(done))
+        ),
+    ]
+    traces = torch.stack([t for _, t in parts])
+    out = {
+        k: functools.reduce(torch.add, (d[k] for d, _ in parts)) / draws
+        for k in parts[0][0]
+    }
+    mean = float(traces.mean())
+    if notes is not None:
+        error = "no error estimate from one draw"
+        if draws > 1:
+            se = float(traces.std() / math.sqrt(draws))
+            rel = f" ({se / abs(mean):.1%})" if mean else ""
+            error = f"standard error over the draws {se:.2g}{rel}"
+        notes.append(
+            f"estimate: Monte-Carlo GGN diagonal from {draws} sampled passes "
+            f"({why}); its trace {mean:.4g}, {error}"
+        )
+    return {k: v.detach() for k, v in out.items()}
+
+
+def _reduce(
+    engine: HookEngine,
+    spec: _Loss,
+    passes: Iterator[Tensor],
+    trace: bool,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """``Σ_passes Σ_n ĝ_n²`` per parameter name, and its trace (with ``trace``)."""
     engine.reassign_unbatched()
     samples = {
         c.x.shape[0] for layer in engine.layers if layer.names for c in layer.calls
@@ -739,6 +812,9 @@ def diag_ggn(
             name = layer.names[k]
             out[name] = out[name] + v if name in out else v
     engine.clear_grads()
-    if not draws:  # every weight of the loss is inside the factors
-        return {k: v.detach() for k, v in out.items()}
-    return {k: v.detach() / draws for k, v in out.items()}
+    total = (
+        torch.stack([v.detach().double().sum() for v in out.values()]).sum()
+        if trace and out
+        else torch.zeros((), dtype=torch.float64)
+    )
+    return {k: v.detach() for k, v in out.items()}, total

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -162,14 +163,23 @@ def hutchinson(
     op: HessianOperator,
     probes: int,
     generators: dict[torch.device, torch.Generator],
+    seconds: float | None = None,
 ) -> TraceEstimate:
     """Hutchinson's estimate ``mean_k v_kᵀHv_k`` with Rademacher probes.
 
     Unbiased per parameter block too, since E[vvᵀ] = I restricted to a block is
     the identity of that block. The standard error is std_k / √k over probes.
+    With ``seconds``, probes stop (after at least two, for the error) when the
+    next one would not end within that time: the number of probes is chosen
+    before seeing any of their values, so the mean stays unbiased.
     """
     rows = []
-    for _ in range(probes):
+    start = time.perf_counter()
+    for k in range(probes):
+        if seconds is not None and k >= 2:
+            taken = time.perf_counter() - start
+            if taken * (k + 1) / k > seconds:
+                break
         v = rademacher(op.params, generators)
         hv = op.matvec(v)
         rows.append(
@@ -179,8 +189,22 @@ def hutchinson(
         )
     samples = torch.stack(rows)  # [k, L]
     totals = samples.sum(dim=1)  # [k]
-    stderr = totals.std() / math.sqrt(probes) if probes > 1 else None
-    return TraceEstimate(samples.mean(dim=0), totals.mean(), stderr, probes)
+    used = len(rows)
+    stderr = totals.std() / math.sqrt(used) if used > 1 else None
+    return TraceEstimate(samples.mean(dim=0), totals.mean(), stderr, used)
+
+
+#: Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
+_T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t95(dof: int) -> float:
+    """Half-width factor of a two-sided 95 % t-interval (1.96 beyond 30 dof)."""
+    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
 
 
 # -- BackPACK: keep its module IO, and its exact Hessian diagonal ----------------------

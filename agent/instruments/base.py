@@ -103,6 +103,9 @@ class Instrument(ABC):
     #: pass over the per-sample gradients also computes what they read
     #: (Alpha's directions and ``batch_dot`` in one pass).
     leads: ClassVar[bool] = False
+    #: A note on the last reading, sent with it: which estimator, and its error
+    #: (set by ``compute``; None for exact readings).
+    note: str | None = None
     #: Reading fields that add over processes (histogram counts): under data
     #: parallelism each process computes the reading of its own samples and
     #: these fields are summed (``agent/lifecycle/data_parallel.py``).

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 from typing_extensions import override
 
-from glasscockpit.agent.curvature.hessian_products import hutchinson
+from glasscockpit.agent.curvature.hessian_products import (
+    TraceEstimate,
+    hutchinson,
+    t95,
+)
 from glasscockpit.agent.engine import EngineError
 from glasscockpit.agent.engine.piecewise import not_piecewise_linear
 from glasscockpit.agent.instruments.base import Cost, Instrument, Phase, Reading
 from glasscockpit.agent.lifecycle.needs import Need
-from glasscockpit.agent.lifecycle.schedules import Schedule
+from glasscockpit.agent.lifecycle.schedules import Schedule, allowance
 from glasscockpit.agent.lifecycle.step import StepView
 from glasscockpit.protocol import Kind, PanelSpec
 
@@ -37,7 +42,9 @@ class HessTrace(Instrument):
     Args:
         method: "auto", "exact" (the GGN diagonal or BackPACK, or fail) or
             "hutchinson".
-        probes: Hessian-vector products per Hutchinson reading (default 20).
+        probes: Hessian-vector products per Hutchinson reading (default 20; on
+            a default schedule fewer, at least 2, where the budget's allowance
+            runs out; the note says how many and the 95 % interval).
         seed: seed of the private generator.
     """
 
@@ -108,6 +115,8 @@ class HessTrace(Instrument):
     @override
     def compute(self, step: StepView) -> Reading:
         """Returns {"total", "stderr", name per parameter}; float64 scalars."""
+        start = time.perf_counter()
+        self.note = None
         names = [name for name, _ in step.params]
         exact = self._from_ggn(step)
         if exact is not None:
@@ -133,6 +142,23 @@ class HessTrace(Instrument):
             if p.device not in self._generators:
                 gen = torch.Generator(p.device).manual_seed(self.seed)
                 self._generators[p.device] = gen
-        est = hutchinson(op, self.probes, self._generators)
+        seconds = allowance(self.schedule)
+        if seconds is not None:  # what building the operator took comes off
+            seconds = max(seconds - (time.perf_counter() - start), 0.0)
+        est = hutchinson(op, self.probes, self._generators, seconds)
+        self.note = _note(est)
         per_param = dict(zip(names, est.per_param, strict=True))
         return {"total": est.total, "stderr": est.stderr, **per_param}
+
+
+def _note(est: TraceEstimate) -> str:
+    """Which estimator, how many probes, and the 95 % interval of the total."""
+    head = f"estimate: Hutchinson trace from {est.probes} Rademacher probes"
+    if est.stderr is None:
+        return head + ", no error estimate from one probe"
+    se = float(est.stderr)
+    half = t95(est.probes - 1) * se
+    return (
+        f"{head}; standard error {se:.3g}, 95 % interval ± {half:.3g} "
+        f"(Student's t, {est.probes - 1} degrees of freedom)"
+    )

@@ -18,6 +18,7 @@ from glasscockpit.agent.instruments import Instrument
 from glasscockpit.agent.lifecycle.budget import OverheadBudget
 from glasscockpit.agent.lifecycle.data_parallel import DataParallel
 from glasscockpit.agent.lifecycle.needs import RECORDED, TWICE, Need
+from glasscockpit.agent.lifecycle.schedules import allowance
 from glasscockpit.agent.lifecycle.step import StepData
 
 
@@ -97,7 +98,7 @@ class EngineWiring:
 
     def _note(self, inst: Instrument, data: StepData) -> str | None:
         """Notes on a reading: partial coverage, an estimated GGN diagonal."""
-        notes = [self._partial(inst)]
+        notes = [self._partial(inst), inst.note]
         if Need.DIAG_GGN in inst.needs and isinstance(data.ggn, dict):
             notes.append(data.ggn_note)
         text = "; ".join(n for n in notes if n)
@@ -136,8 +137,17 @@ class EngineWiring:
                     raise EngineError(
                         "Curvature instruments need cockpit.step(loss=...)"
                     )
+                # A budget's allowance bounds the passes: the smallest of the
+                # step's curvature users (None: exact up to MAX_PASSES).
+                allowed = [
+                    a
+                    for i in due
+                    if Need.DIAG_GGN in i.needs
+                    and (a := allowance(i.schedule)) is not None
+                ]
+                seconds = min(allowed) if allowed else None
                 with keep_backpack_io():  # an extended model's IO stays
-                    ggn = diag_ggn(engine, loss, notes)
+                    ggn = diag_ggn(engine, loss, notes, seconds)
                 if self._dp is not None:  # of the global loss
                     ggn = self._dp.mean(ggn)
             except Exception as exc:  # noqa: BLE001 - the TIC instruments report it
