@@ -12,10 +12,15 @@ epoch; the trainer's settings, the optimizer, the schedule, the batch size, the
 seed and ``self.hparams`` become the run's ``config``.
 
 Reads: the economy preset whole, and every gradient instrument of the other
-presets, under ``precision="bf16-mixed"`` / ``"16-mixed"`` (its ``GradScaler``),
-gradient accumulation (equal micro-batches) and ``gradient_clip_val``. Alpha needs
+presets, under ``precision="bf16-mixed"`` (tested) or ``"16-mixed"`` (its
+``GradScaler``; GPU only, untested here), gradient accumulation (equal
+micro-batches) and ``gradient_clip_val``. Alpha needs
 per-sample losses: return ``{"loss": loss, "losses": per_sample_losses}`` from
 ``training_step`` (Alpha reads None with the reason otherwise).
+
+Under Lightning's DDP strategy the callback passes ``data_parallel=True`` (global
+readings, rank 0 streams the run; see the README's Data parallel); FSDP and
+DeepSpeed are not supported.
 
 Cannot read: the curvature instruments (``tic_*``, ``hess_*``), which
 differentiate the loss before the backward pass (None with the reason; use
@@ -34,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from functools import wraps
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from glasscockpit.agent.cockpit import Cockpit
 from glasscockpit.agent.instruments import Instrument
@@ -97,12 +102,17 @@ class _Hooks:
             return
         optimizers = list(getattr(trainer, "optimizers", []) or [])
         precision = getattr(trainer, "precision_plugin", None)
+        options = dict(self.options)
+        wrapped = getattr(getattr(trainer, "strategy", None), "model", None)
+        if isinstance(wrapped, nn.parallel.DistributedDataParallel):
+            # The callback sees the module inside the strategy's DDP wrapper.
+            options.setdefault("data_parallel", True)
         self.cockpit = Cockpit(
             pl_module,
             optimizers[0] if optimizers else None,
             scaler=getattr(precision, "scaler", None),
             config={**_config(trainer, pl_module), **self.extra_config},
-            **self.options,
+            **options,
         )
         self.driver = StepDriver(self.cockpit)
         self._wrap(pl_module)

@@ -11,8 +11,14 @@ cross-entropies whose mean is that loss.
 
 Reads: the economy preset whole (loss, gradient norm and tests, histograms,
 Alpha, distance, update size, learning rate), the ``business``/``full``
-gradient instruments, GSNR, CABS; under mixed precision (bf16; fp16 through
-Accelerate's ``GradScaler``) and gradient accumulation (equal micro-batches).
+gradient instruments, GSNR, CABS; with gradient accumulation (equal
+micro-batches; for models that take ``num_items_in_batch`` the Trainer sums the
+micro-batches' losses, and so does the ``loss`` reading) and mixed precision
+(bf16 autocast; fp16 through the optimizer's ``GradScaler``, untested on CPU).
+
+When the Trainer runs DDP over several processes the callback passes
+``data_parallel=True`` (global readings, rank 0 streams the run); FSDP and
+DeepSpeed are not supported.
 
 Cannot read: the curvature instruments (``tic_*``, ``hess_*``), which
 differentiate the loss before the backward pass, where the Trainer has no hook
@@ -134,12 +140,16 @@ class _Hooks:
         """Build the Cockpit on the Trainer's model and optimizer."""
         model: nn.Module = kwargs["model"]
         scaler = getattr(kwargs.get("optimizer"), "scaler", None)
+        options = dict(self.options)
+        if _ddp(args):
+            # The callback sees the model inside the Trainer's DDP wrapper.
+            options.setdefault("data_parallel", True)
         self.cockpit = Cockpit(
             model,
             kwargs.get("optimizer"),
             scaler=scaler,
             config={**self._config(args, kwargs), **self.extra_config},
-            **self.options,
+            **options,
         )
         self.driver = StepDriver(self.cockpit)
         self._hook = model.register_forward_hook(self._forward, with_kwargs=True)
@@ -244,6 +254,16 @@ class _Hooks:
                 if isinstance(v, int | float | str | bool)
             }
         return config
+
+
+def _ddp(args: Any) -> bool:
+    """Whether the Trainer runs DistributedDataParallel over several processes."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if dist.get_world_size() < 2 or getattr(args, "deepspeed", None):
+        return False
+    return not getattr(args, "fsdp", None)
 
 
 def __getattr__(name: str) -> Any:

@@ -155,3 +155,20 @@ def test_curvature_instruments_say_why_they_read_nothing(torch_threads) -> None:
     for name in CURVATURE:
         assert readings[0].get(name) is None
         assert "loss" in errors[0][name], errors[0][name]
+
+
+def test_bf16_mixed_reads_like_autocast(torch_threads) -> None:
+    names = ["loss", "grad_norm", "norm_test", "inner_test", "grad_hist_1d"]
+
+    def autocast_loss(model: nn.Module, x: Tensor, y: Tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(model, x, y)
+
+    batches = data(STEPS)
+    model = Plain()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    want, _ = hand_written(model, opt, batches, autocast_loss, names=names)
+    cockpit, (got, errors) = fit(batches, precision="bf16-mixed")
+    assert errors == []
+    assert cockpit.hello.meta["config"]["precision"] == "bf16-mixed"
+    assert_readings_equal(got, want, range(STEPS), names)
