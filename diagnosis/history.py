@@ -255,3 +255,23 @@ def improving(h: History, n: int, gain: float) -> bool:
     """Whether the loss fell by more than ``gain`` (a fraction) over ``loss_trend``."""
     recent, before = loss_trend(h, n)
     return math.isfinite(recent) and recent < (1.0 - gain) * before
+
+
+def first_order_progress(h: History, n: int) -> float | None:
+    """Median over the newest ``n`` steps of ‖g‖·‖d‖ / L (None if unknown).
+
+    ‖g‖·‖d‖ bounds how much the update ``d`` can change the loss to first order,
+    so the ratio bounds the relative loss change per step. Steps with a zero
+    gradient or a non-positive loss are left out (and then too few may remain).
+    """
+    upd, grad, loss = h.series("update_size"), h.series("grad_norm"), h.series("loss")
+    if len(upd) < n:
+        return None
+    g = dict(zip(grad.tail_steps(2 * n), grad.tail(2 * n), strict=True))
+    loss_at = dict(zip(loss.tail_steps(2 * n), loss.tail(2 * n), strict=True))
+    ratios = [
+        g[s] * d / loss_at[s]
+        for s, d in zip(upd.tail_steps(n), upd.tail(n), strict=True)
+        if g.get(s, 0.0) > 0 and loss_at.get(s, 0.0) > 0
+    ]
+    return median(ratios) if len(ratios) == n else None

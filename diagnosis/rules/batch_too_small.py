@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from glasscockpit.diagnosis.base import Finding, Rule, Thresholds
-from glasscockpit.diagnosis.history import History, median
+from glasscockpit.diagnosis.history import History, first_order_progress, median
 
 
 class BatchTooSmall(Rule):
@@ -17,7 +17,9 @@ class BatchTooSmall(Rule):
     not ``gain`` below the start level: a run that progresses averages the
     noise over its steps, and late in training the gradient's signal always
     sinks into its noise, which calls for stopping or annealing rather than
-    for a bigger batch.
+    for a bigger batch. Not reported either when the steps are too short to
+    move the loss at all (first-order progress below ``short_steps``, the
+    learning-rate-too-small case): then the noise is not what stalls the run.
     """
 
     name = "batch_too_small"
@@ -29,7 +31,8 @@ class BatchTooSmall(Rule):
         "theta": 1.0,
         "target_theta": 0.5,
         "window": 5.0,
-        "min_steps": 50.0,
+        "min_steps": 100.0,
+        "short_steps": 1e-4,
         "loss_window": 20.0,
         "gain": 0.05,
     }
@@ -79,6 +82,9 @@ class BatchTooSmall(Rule):
             # The run has made progress: SGD averages the noise over steps, and
             # late in training noise dominance is expected, not a batch problem.
             return None
+        progress = first_order_progress(h, int(th["window"]))
+        if progress is not None and progress < th["short_steps"]:
+            return None  # steps too short to move the loss: lr_too_small's case
         # Byrd et al.'s rule: grow B until the test passes at the target tolerance.
         factor = (stat / th["target_theta"]) ** 2
         ev["batch_factor"] = factor

@@ -26,7 +26,7 @@ class LrTooLarge(Rule):
         "window": 3.0,
         "min_readings": 2.0,
         "loss_window": 10.0,
-        "rise": 0.03,
+        "rise": 0.1,
     }
     explanation = (
         "α places each step on a parabola fitted to the loss along it: −1 is the "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from glasscockpit.diagnosis.base import Finding, Rule, Thresholds
-from glasscockpit.diagnosis.history import History, median
+from glasscockpit.diagnosis.history import History, first_order_progress, median
 
 
 class LrTooSmall(Rule):
@@ -44,25 +44,14 @@ class LrTooSmall(Rule):
     def check(self, h: History, th: Thresholds) -> Finding | None:
         """Relative first-order progress (or α) over the window."""
         n = int(th["window"])
-        upd, grad, loss = (
-            h.series("update_size"),
-            h.series("grad_norm"),
-            h.series("loss"),
-        )
+        upd = h.series("update_size")
         lr = h.series("lr")
         if len(lr) and lr.last < th["annealed"] * lr.hi:
             return None  # a schedule annealed the rate: small steps expected
         ev: dict[str, float] = {}
-        if len(upd) >= n:
-            by_step_g = dict(zip(grad.tail_steps(2 * n), grad.tail(2 * n), strict=True))
-            by_step_l = dict(zip(loss.tail_steps(2 * n), loss.tail(2 * n), strict=True))
-            ratios = [
-                by_step_g[s] * d / by_step_l[s]
-                for s, d in zip(upd.tail_steps(n), upd.tail(n), strict=True)
-                if by_step_g.get(s, 0.0) > 0 and by_step_l.get(s, 0.0) > 0
-            ]
-            if len(ratios) == n:
-                ev["progress_median"] = median(ratios)
+        progress = first_order_progress(h, n)
+        if progress is not None:
+            ev["progress_median"] = progress
         a = h.series("alpha")
         # α near −1 means "too short" for gradient steps; Adam's preconditioned
         # steps sit there when healthy, so only (plain/heavy-ball) SGD reads it.

@@ -183,20 +183,33 @@ def test_edge_of_stability_with_momentum_and_only_for_sgd():
 
 
 def test_batch_too_small_suggests_a_batch_size():
-    frames = [(s, {"loss": 1.0, "norm_test": {"total": 1.2}}) for s in range(60)]
+    frames = [(s, {"loss": 1.0, "norm_test": {"total": 1.2}}) for s in range(110)]
     d = Diagnoser()
     d.declare(["loss", "norm_test"], {"batch_size": 8})
     feed(d, frames)
     [diag] = d.diagnoses
     assert diag.rule == "batch_too_small"
     assert diag.evidence["suggested_batch_size"] == round(8 * (1.2 / 0.5) ** 2)
-    below = [(s, {"loss": 1.0, "norm_test": {"total": 0.95}}) for s in range(60)]
+    below = [(s, {"loss": 1.0, "norm_test": {"total": 0.95}}) for s in range(110)]
     assert run(below) == []
     learning = [
         (s, {"loss": 1.0 if s < 30 else 0.8, "norm_test": {"total": 1.2}})
-        for s in range(60)
+        for s in range(110)
     ]
     assert run(learning) == []  # noise dominates, but the run progresses
+    crawling = [
+        (
+            s,
+            {
+                "loss": 1.0,
+                "norm_test": {"total": 1.2},
+                "grad_norm": {"total": 1.0},
+                "update_size": {"total": 1e-5},
+            },
+        )
+        for s in range(110)
+    ]
+    assert "batch_too_small" not in run(crawling)  # lr_too_small's case
 
 
 def histogram(edge: float) -> dict[str, Any]:
