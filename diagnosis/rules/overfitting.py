@@ -31,6 +31,12 @@ class Overfitting(Rule):
     )
     source = "Prechelt 1998, Early stopping — but when? (GL_α and UP_s criteria)"
 
+    def applies(self, h: History) -> str | None:
+        """Needs validation losses, which only ``cockpit.log`` sends."""
+        if not len(h.series("epoch_loss", "valid")):
+            return "needs cockpit.log(step, train_loss=..., valid_loss=...)"
+        return None
+
     def check(self, h: History, th: Thresholds) -> Finding | None:
         """GL of the newest validation loss, train loss below its value at the best."""
         va, tr = h.series("epoch_loss", "valid"), h.series("epoch_loss", "train")

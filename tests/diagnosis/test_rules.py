@@ -262,6 +262,11 @@ def test_unavailable_rules_say_which_instrument_they_need():
     assert needs["lr_too_large"] == ["alpha"]
     assert needs["edge_of_stability"] == ["hess_max_ev", "lr"]
     assert "divergence" not in needs
+    reasons = {u["rule"]: u["reason"] for u in d.unavailable()}
+    assert reasons["overfitting"] == "needs instrument(s) epoch_loss"
+    d.declare(["loss", "epoch_loss"], {})
+    reasons = {u["rule"]: u["reason"] for u in d.unavailable()}
+    assert "valid_loss" in reasons["overfitting"]
 
 
 def test_settings_disable_rules_and_change_thresholds():
