@@ -92,13 +92,21 @@ class StepDriver:
         """Whether a step is open."""
         return self._step is not None
 
-    def begin(self, step: int) -> None:
-        """Enter ``cockpit.step(step)``, before the step's first forward pass."""
+    def begin(
+        self, step: int, loss: Tensor | None = None, losses: Tensor | None = None
+    ) -> None:
+        """Enter ``cockpit.step(step)``.
+
+        Before the step's first forward pass (no ``loss``), or between the forward
+        and the backward pass of a step of one micro-batch, with its ``loss``
+        graph: the instruments that differentiate it (curvature) then work too.
+        """
         if self._step is not None:
             self.end()
         self._losses, self._per_sample, self._sizes = [], [], []
         self.reduce = "mean"
-        cm = self.cockpit.step(step)
+        size = None if losses is None else int(losses.shape[0])
+        cm = self.cockpit.step(step, loss=loss, batch_size=size, losses=losses)
         cm.__enter__()
         self._step = cm
 

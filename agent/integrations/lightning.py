@@ -2,8 +2,9 @@
 
 ``GlasscockpitCallback`` opens ``cockpit.step`` on the first
 ``on_train_batch_start`` of each optimizer step (before the forward pass,
-micro-batches of ``accumulate_grad_batches`` included), hands it each
-micro-batch's loss on ``on_before_backward`` and leaves it on
+micro-batches of ``accumulate_grad_batches`` included; without accumulation on
+``on_before_backward``, see below), hands it each micro-batch's loss on
+``on_before_backward`` and leaves it on
 ``on_before_optimizer_step``, before Lightning's gradient clipping (and were a
 ``.grad`` edited earlier, the instruments would still read the gradient as
 backpropagated). Metrics logged with ``self.log`` (``val_loss``, ``val_acc``,
@@ -22,10 +23,14 @@ Under Lightning's DDP strategy the callback passes ``data_parallel=True`` (globa
 readings, rank 0 streams the run; see the README's Data parallel); FSDP and
 DeepSpeed are not supported.
 
-Cannot read: the curvature instruments (``tic_*``, ``hess_*``), which
-differentiate the loss before the backward pass (None with the reason; use
-``Cockpit`` in a ``LightningModule.backward`` override for them); manual
-optimization (``automatic_optimization = False``: use ``Cockpit`` directly).
+Without gradient accumulation the step opens on ``on_before_backward`` with the
+loss graph, so the curvature instruments work too (Hessian trace and λ_max;
+TIC when ``training_step`` calls the module itself, ``self(x)``, whose output
+the GGN passes start from). With accumulation it opens before the first forward
+pass and they read None with the reason.
+
+Cannot read: manual optimization (``automatic_optimization = False``: use
+``Cockpit`` directly).
 """
 
 # The frameworks call every hook with its full signature.
@@ -94,6 +99,12 @@ class _Hooks:
         self.driver: StepDriver | None = None
         self._module: Any = None
         self._losses: Tensor | None = None
+        #: ``training_step``'s own loss: Lightning backpropagates it divided by
+        #: ``accumulate_grad_batches`` (1), which the GGN passes cannot see past.
+        self._loss: Tensor | None = None
+        #: Without accumulation the step opens at the backward, with the loss
+        #: graph (curvature instruments work); this is its number until then.
+        self._late: int | None = None
 
     # -- fit -----------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -120,8 +131,17 @@ class _Hooks:
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Open the step before its first micro-batch's forward pass."""
-        if self.driver is not None and not self.driver.open:
+        """Open the step before its first micro-batch's forward pass.
+
+        Without gradient accumulation the step opens on ``on_before_backward``
+        instead, with the loss graph (the forward pass of a due step is
+        recorded all the same: steps are consecutive).
+        """
+        if self.driver is None or self.driver.open:
+            return
+        if getattr(trainer, "accumulate_grad_batches", 1) == 1:
+            self._late = int(trainer.global_step)
+        else:
             self.driver.begin(int(trainer.global_step))
             # Lightning divides each micro-batch's loss by accumulate_grad_batches:
             # the parts add up to the step's loss.
@@ -130,7 +150,13 @@ class _Hooks:
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Tensor) -> None:
         """Hand over the micro-batch's loss (and per-sample losses, if returned)."""
         losses, self._losses = self._losses, None
-        if self.driver is not None:
+        own, self._loss = self._loss, None
+        late, self._late = self._late, None
+        if self.driver is None:
+            return
+        if late is not None:
+            self.driver.begin(late, loss if own is None else own, losses)
+        else:
             size = None if losses is None else int(losses.shape[0])
             self.driver.add(loss, losses, size)
 
@@ -199,6 +225,8 @@ class _Hooks:
                 engine.forwards += 1
             if isinstance(out, Mapping) and isinstance(out.get("losses"), Tensor):
                 self._losses = out["losses"].detach()
+            loss = out.get("loss") if isinstance(out, Mapping) else out
+            self._loss = loss if isinstance(loss, Tensor) else None
             return out
 
         pl_module.training_step = training_step

@@ -89,11 +89,13 @@ def hand_written(
         optimizer.zero_grad()
         window = batches[step * accumulate : (step + 1) * accumulate]
         parts = [loss_fn(model, x, y) for x, y in window]
-        loss = torch.stack([p[0] for p in parts]).sum() / k
+        # One micro-batch: its own loss tensor, as a loop without accumulation.
+        one = len(parts) == 1
+        loss = parts[0][0] if one else torch.stack([p[0] for p in parts]).sum() / k
         losses = torch.cat([p[1] for p in parts])
         with cockpit.step(step, loss=loss, losses=losses):
             for part, _ in parts:
-                (part / k).backward()
+                (part if one else part / k).backward()
             if clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader, TensorDataset
 
+from glasscockpit.agent.instruments import PRESETS
 from glasscockpit.agent.integrations.lightning import callback_class
 from tests.agent.integrations.loop import (
     CURVATURE,
@@ -38,16 +39,19 @@ def loss_fn(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Module(pl.LightningModule):
-    def __init__(self, net: nn.Module, lr: float = 0.1) -> None:
+    def __init__(self, net: nn.Module, via_forward: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters({"lr": lr, "width": 16})
+        self.save_hyperparameters({"lr": 0.1, "width": 16})
         self.net = net
+        #: ``self(x)`` in training_step, else ``self.net(x)`` (the module's own
+        #: forward never runs: the callback tells the engine of micro-batches).
+        self.via_forward = via_forward
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        loss, losses = loss_fn(self.net, *batch)
+        loss, losses = loss_fn(self if self.via_forward else self.net, *batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True)
         return {"loss": loss, "losses": losses}
 
@@ -90,10 +94,17 @@ class Plain(nn.Module):
         return self.net(x)
 
 
-def fit(batches, accumulate: int = 1, clip: float | None = None, **trainer: Any):
+def fit(
+    batches,
+    accumulate: int = 1,
+    clip: float | None = None,
+    names=NAMES,
+    via_forward: bool = False,
+    **trainer: Any,
+):
     model = net()
     callback = GlasscockpitCallback(
-        run="pl", server=None, instruments=instruments(), budget=None
+        run="pl", server=None, instruments=instruments(names), budget=None
     )
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     t = pl.Trainer(
@@ -110,7 +121,7 @@ def fit(batches, accumulate: int = 1, clip: float | None = None, **trainer: Any)
         num_sanity_val_steps=0,
         **trainer,
     )
-    t.fit(Module(model), loader(batches), loader(batches[:2]))
+    t.fit(Module(model, via_forward), loader(batches), loader(batches[:2]))
     return callback.cockpit, readings_and_errors(callback.cockpit)
 
 
@@ -140,18 +151,21 @@ def test_lightning_reads_like_the_hand_written_loop(accumulate, clip, torch_thre
     assert 0.0 <= logged["epoch_accuracy"]["valid"] <= 1.0
 
 
-def test_curvature_instruments_say_why_they_read_nothing(torch_threads) -> None:
-    batches = data(2)
-    callback = GlasscockpitCallback(
-        server=None, instruments=instruments(sorted(CURVATURE)), budget=None
-    )
-    t = pl.Trainer(
-        accelerator="cpu", max_steps=2, callbacks=[callback], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    )  # fmt: skip
-    t.fit(Module(net()), loader(batches))
-    readings, errors = readings_and_errors(callback.cockpit)
+def test_without_accumulation_curvature_reads_like_the_loop(torch_threads) -> None:
+    # The step opens at the backward with the loss graph; TIC's GGN passes
+    # start at the module's output (training_step calls self(x)).
+    names = [c.name for c in PRESETS["full"]]
+    batches = data(STEPS)
+    model = Plain()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    want, want_errors = hand_written(model, opt, batches, loss_fn, names=names)
+    _, (got, errors) = fit(batches, names=names, via_forward=True)
+    assert errors == want_errors  # notes on the estimates
+    assert_readings_equal(got, want, range(STEPS - 1), sorted(CURVATURE))
+
+
+def test_with_accumulation_curvature_says_why_it_reads_nothing(torch_threads):
+    _, (readings, errors) = fit(data(4), 2, names=sorted(CURVATURE))
     for name in CURVATURE:
         assert readings[0].get(name) is None
         assert "loss" in errors[0][name], errors[0][name]
