@@ -102,15 +102,25 @@ def resolve(engine: HookEngine) -> None:
     moved: dict[str, list[str]] = {}
     for index, axis in decision.axes.items():
         layer = engine.layers[index]
-        if not layer.names:
+        tied = _tied(engine, layer)
+        if not layer.names and not tied:
             continue
         if isinstance(axis, str):
-            moved.setdefault(axis, []).extend(layer.names.values())
+            moved.setdefault(axis, []).extend([*layer.names.values(), *tied])
             continue
         for c in layer.calls:
             c.move_batch_axis(axis)
     for why, names in moved.items():
         engine.reassign(names, why)
+
+
+def _tied(engine: HookEngine, layer: Layer) -> list[str]:
+    """Tracked names of the ties ``layer`` takes part in."""
+    return [
+        name
+        for name, uses in engine.ties.items()
+        if any(used is layer for used, _ in uses)
+    ]
 
 
 def _signature(call: Call) -> tuple[Any, ...]:
@@ -131,7 +141,7 @@ def _probe(engine: HookEngine, call: Call, n: int) -> Decision:
     layers = [
         (i, layer)
         for i, layer in enumerate(engine.layers)
-        if layer is not engine.root and layer.names
+        if layer is not engine.root and (layer.names or _tied(engine, layer))
     ]
     declared = [
         (name, m, axis)

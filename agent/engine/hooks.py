@@ -173,7 +173,11 @@ class HookEngine:
         root_rule = ModelRule(label="torch.func (whole model)")
         self._root_refusal = root_rule.refuse(model)
         self.root = Layer(model, root_rule, {})
-        root_params: list[str] = [name_of[pid] for pid in shared]
+        #: Tied tensors served by their modules' rules, summed (``tie_rule``):
+        #: tracked name -> ``(layer, local name)`` of each module using it.
+        self.ties: dict[str, list[tuple[Layer, str]]] = {}
+        tie_ids = self._tie_ids(shared) if self._root_refusal is not None else set()
+        root_params: list[str] = [name_of[pid] for pid in shared - tie_ids]
         # Parameters their own module cannot serve, with the reason: the whole-
         # model fallback serves them if it can (else they are not covered).
         refused: list[tuple[list[str], str]] = []
@@ -190,9 +194,14 @@ class HookEngine:
                 for k, p in module.named_parameters(recurse=recurse)
                 if id(p) in name_of and id(p) not in shared
             ]
+            tied = [
+                (k, p)
+                for k, p in module.named_parameters(recurse=False)
+                if id(p) in tie_ids
+            ]
             if recurse:
                 claimed.update(id(m) for m in module.modules())
-            if not direct:
+            if not direct and not tied:
                 continue
             if rule is None and module is model:
                 root_params.extend(name_of[id(p)] for _, p in direct)
@@ -216,10 +225,19 @@ class HookEngine:
             if isinstance(rule, FuncRule):
                 rule.names = [k for k, _ in direct]
             layer = Layer(module, rule, {k: name_of[id(p)] for k, p in direct})
+            for k, p in tied:
+                self.ties.setdefault(name_of[id(p)], []).append((layer, k))
             self.coverage.update(dict.fromkeys(layer.names.values(), _label(rule)))
             self.layers.append(layer)
             self._hooks.append((module, partial(self._on_forward, layer)))
         self.layers.append(self.root)
+        for name, uses in self.ties.items():
+            self.coverage[name] = (
+                "tied: "
+                + " + ".join(_label(layer.rule) for layer, _ in uses)
+                + ", per-sample gradients summed (the whole-model re-run: "
+                + f"{self._root_refusal})"
+            )
         self._hooks.append((model, partial(self._on_forward, self.root)))
         self.reassign(root_params, "owned by the model itself or shared (tied)")
         for names, why in refused:
@@ -243,7 +261,26 @@ class HookEngine:
         #: ``batch_axes`` decisions per shape signature of the model's input.
         self.batch_decisions: dict[Any, batch_axes.Decision] = {}
 
+    def _tie_ids(self, shared: set[int]) -> set[int]:
+        """Shared tensors whose every owner has a rule: served as ties."""
+        owners: dict[int, list[nn.Module]] = {}
+        for module in self.model.modules():
+            for _, p in module.named_parameters(recurse=False):
+                if id(p) in shared:
+                    owners.setdefault(id(p), []).append(module)
+        out = set()
+        for pid, modules in owners.items():
+            rules = [supports(m) for m in modules]
+            if all(
+                r is not None and not r.claims_subtree and not isinstance(r, FuncRule)
+                for r in rules
+            ):
+                out.add(pid)
+        return out
+
     def _not_covered(self, names: list[str], why: str) -> None:
+        for n in names:
+            self.ties.pop(n, None)
         self.uncovered.extend(n for n in names if n not in self.uncovered)
         self.coverage.update(dict.fromkeys(names, f"not covered: {why}"))
 
@@ -291,6 +328,8 @@ class HookEngine:
         """
         if not names:
             return
+        for n in names:
+            self.ties.pop(n, None)
         for layer in self.layers:
             for k in [k for k, n in layer.names.items() if n in names]:
                 del layer.names[k]

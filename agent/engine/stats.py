@@ -24,6 +24,7 @@ from glasscockpit.agent.engine.hooks import Call, EngineError, HookEngine, Layer
 from glasscockpit.agent.engine.norm_rules import EmbeddingRule
 from glasscockpit.agent.engine.rules import LayerRule, LinearRule
 from glasscockpit.agent.engine.scratch import SCRATCH
+from glasscockpit.agent.engine.tie_rule import tied_layers
 from glasscockpit.agent.environment.grad_scale import GradScale, divide
 from glasscockpit.agent.environment.local_grads import LocalGrads, world_size
 
@@ -199,6 +200,7 @@ class StepStats:
                 if c.b is not None:
                     by_forward.setdefault(c.forward, []).append(c)
             self.layers.extend((layer, by_forward[f]) for f in sorted(by_forward))
+        self.layers.extend(tied_layers(self.engine.ties, set(self.engine.uncovered)))
         if not self.layers:
             raise EngineError(
                 "No covered module was called in a backward pass of this step"
