@@ -2,8 +2,9 @@
 
 ``GlasscockpitCallback`` opens ``cockpit.step`` on ``on_step_begin`` (before the
 forward passes of the optimizer step, micro-batches of gradient accumulation
-included) and leaves it on ``on_pre_optimizer_step``, after the Trainer's
-gradient clipping: the instruments read the gradient as backpropagated (the
+included; without accumulation after the forward pass, see below) and leaves it
+on ``on_pre_optimizer_step``, after the Trainer's gradient clipping: the
+instruments read the gradient as backpropagated (the
 norm the Trainer logs as ``grad_norm``), not the clipped one. A forward hook on
 the model reads each micro-batch's ``outputs.loss`` and, for single-label
 classification (``logits`` [B, C], integer ``labels`` [B]), the per-sample
@@ -20,10 +21,13 @@ When the Trainer runs DDP over several processes the callback passes
 ``data_parallel=True`` (global readings, rank 0 streams the run); FSDP and
 DeepSpeed are not supported.
 
-Cannot read: the curvature instruments (``tic_*``, ``hess_*``), which
-differentiate the loss before the backward pass, where the Trainer has no hook
-(they read None with the reason; subclass ``Trainer.training_step`` and use
-``Cockpit`` directly for them); per-sample losses of other heads (token-level
+Without gradient accumulation the step opens at the end of the model's forward
+pass, with ``outputs.loss`` and its graph: the curvature instruments work too
+(Hessian trace, λ_max; TIC where the GGN passes see through the model's loss,
+which a loss divided by ``num_items_in_batch`` is not yet). With accumulation the
+step opens before the first forward pass and they read None with the reason.
+
+Cannot read: per-sample losses of other heads (token-level
 language modelling, regression, label smoothing, ``compute_loss_func``) unless
 given as ``losses=fn(outputs, inputs)`` (Alpha reads None without them);
 the loss when the model returns none (a ``compute_loss_func``) unless
@@ -132,6 +136,8 @@ class _Hooks:
         self.cockpit: Cockpit | None = None
         self.driver: StepDriver | None = None
         self._hook: Any = None
+        #: The number of a step without accumulation until its forward pass ends.
+        self._late: int | None = None
 
     # -- Trainer events ------------------------------------------------------------
     def on_train_begin(
@@ -155,8 +161,18 @@ class _Hooks:
         self._hook = model.register_forward_hook(self._forward, with_kwargs=True)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        """Open the step before its first forward pass."""
-        if self.driver is not None:
+        """Open the step before its first forward pass.
+
+        Without gradient accumulation it opens at the end of the forward pass
+        instead, with the loss graph (the forward pass of a due step is recorded
+        all the same: steps are consecutive).
+        """
+        if self.driver is None:
+            return
+        self.driver.end()
+        if getattr(args, "gradient_accumulation_steps", 1) == 1:
+            self._late = int(state.global_step)
+        else:
             self.driver.begin(int(state.global_step))
 
     def on_pre_optimizer_step(
@@ -204,15 +220,14 @@ class _Hooks:
         outputs: Any,
     ) -> None:
         driver = self.driver
-        if driver is None or not driver.open:
+        if driver is None or not (driver.open or self._late is not None):
             return
         if not module.training or not torch.is_grad_enabled():
             return  # evaluation inside a step is no micro-batch
         loss = _field(outputs, "loss")
         losses = None
         if self.losses_fn is not None:
-            with torch.no_grad():
-                losses = self.losses_fn(outputs, kwargs)
+            losses = self.losses_fn(outputs, kwargs)
             if (
                 isinstance(loss, Tensor)
                 and losses is not None
@@ -221,6 +236,10 @@ class _Hooks:
                 losses = None  # another loss than their mean: not its samples
         if not isinstance(loss, Tensor):
             loss = None if losses is None else losses.mean()
+        late, self._late = self._late, None
+        if late is not None:
+            driver.begin(late, loss, losses)
+            return
         # The Trainer passes ``num_items_in_batch`` only to models that then
         # normalise over the whole step: their micro-batch losses add up.
         if "num_items_in_batch" in kwargs:
