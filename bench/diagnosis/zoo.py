@@ -181,7 +181,7 @@ def run_case(case: Case) -> Result:
                     train_loss=float(F.cross_entropy(model(x_all), y_all)),
                     valid_loss=float(F.cross_entropy(model(xv), data.y_valid)),
                 )
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             bad_since = step if bad_since is None else bad_since
             if step - bad_since >= 5:
                 break  # what a user would do: the run is lost
