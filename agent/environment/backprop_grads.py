@@ -10,8 +10,9 @@ for the body of tracked steps only.
 Copies cost a gradient's memory, so they are kept only while the loop is seen to
 edit ``.grad``: a tracked step whose body left every ``.grad`` as backpropagated
 (same tensor, same version counter) switches to keeping references. Should a
-later step edit ``.grad`` after all, that step reads the edited gradient (with a
-note) and copies are kept from then on.
+later step change ``.grad`` in place after all, that step reads the changed
+gradient (with a note) and copies are kept from then on; a ``.grad`` replaced by
+another tensor leaves the backpropagated one intact, which is read.
 """
 
 from __future__ import annotations
@@ -82,15 +83,16 @@ class BackpropGrads:
         ]
         seen, self._seen = self._seen, {}
         if not self.copying:
-            if edited:
-                self.copying = True
+            if any(kept[1]._version != kept[2] for _, kept in edited):
+                self.copying = True  # changed in place: the gradient is lost
                 return MISSED
-            return None
-        if not edited and seen:
+            # ``.grad`` replaced (``p.grad = p.grad * c``): the backpropagated
+            # tensor itself is intact and is read instead.
+        elif not edited and seen:
             self.copying = False  # this loop leaves .grad alone: no more copies
-        for p, (copy, _, _) in edited:
+        for p, (kept, _, _) in edited:
             self._edited.append((p, p.grad))
-            p.grad = copy
+            p.grad = kept
         return None
 
     @property

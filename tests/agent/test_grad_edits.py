@@ -163,3 +163,31 @@ def test_a_wrapped_optimizer_is_read_through(torch_threads) -> None:
     assert cockpit.readings[0]["lr"]["total"] == pytest.approx(0.1)
     assert float(cockpit.readings[0]["update_size"]["total"]) > 0
     assert cockpit.hello.meta["optimizer"] == "SGD"
+
+
+def test_a_replaced_grad_is_read_as_backpropagated_without_a_copy(torch_threads):
+    # After unedited steps no copy is kept; a .grad replaced by another tensor
+    # (not changed in place) leaves the backpropagated one to read.
+    def run(replace: bool) -> tuple[dict[int, dict[str, Any]], list[Any]]:
+        model, x, y = PROBLEMS["mlp"].make()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        cockpit = Cockpit(
+            model, opt, server=None, instruments=["grad_norm"], budget=None
+        )
+        for step in range(3):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            with cockpit.step(step, loss=loss):
+                loss.backward()
+                if replace and step == 2:
+                    for p in model.parameters():
+                        p.grad = p.grad * 0.0
+            opt.step()
+        cockpit.close()
+        return cockpit.readings, cockpit.transport.frames  # type: ignore[attr-defined]
+
+    want, _ = run(False)
+    got, frames = run(True)
+    assert not [f for f in frames if isinstance(f, Readings) and f.errors]
+    assert float(got[2]["grad_norm"]["total"]) == float(want[2]["grad_norm"]["total"])
+    assert float(got[2]["grad_norm"]["total"]) > 0
