@@ -14,11 +14,13 @@ class Overfitting(Rule):
     severity = "warning"
     needs = ("epoch_loss",)
     layered = ("epoch_loss",)
-    thresholds = {"gl": 5.0, "min_epochs": 3.0, "strips": 2.0}
+    thresholds = {"gl": 5.0, "min_epochs": 3.0, "strips": 2.0, "min_rise": 0.01}
     explanation = (
         "The validation loss logged with cockpit.log(valid_loss=...) is more than "
         "`gl` % above its best value so far and rose at each of the last `strips` "
-        "evaluations, while the training loss kept falling "
+        "evaluations (and by at least `min_rise` of the first validation loss: "
+        "near a loss of 0 a relative rise is noise), while the training loss "
+        "kept falling "
         "(the epoch losses diverge). Prechelt's generalisation-loss criterion "
         "GL_α stops training exactly here: the model is fitting noise in the "
         "training set, and the checkpoint of the best validation loss is the one "
@@ -45,6 +47,8 @@ class Overfitting(Rule):
         gl = 100.0 * (va.last / va.lo - 1.0)
         if not gl > th["gl"]:
             return None
+        if va.last - va.lo < th["min_rise"] * va.head[0]:
+            return None  # near a loss of 0, a few per cent of it is noise
         k = int(th["strips"])
         recent = va.tail(k + 1)
         if len(recent) < k + 1 or not all(
