@@ -90,9 +90,9 @@ class BackpropGrads:
             # tensor itself is intact and is read instead.
         elif not edited and seen:
             self.copying = False  # this loop leaves .grad alone: no more copies
-        for p, (kept, _, _) in edited:
+        for p, (backpropagated, _, _) in edited:
             self._edited.append((p, p.grad))
-            p.grad = kept
+            p.grad = backpropagated
         return None
 
     @property
