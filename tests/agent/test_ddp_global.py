@@ -142,14 +142,20 @@ def compare(got: Any, want: Any, where: str, out: list[str]) -> None:
 
 
 def stream(server: str, rank: int, world: int) -> list[float]:
-    """A short DDP run streamed to ``server``; this process's losses."""
+    """A short float32 DDP run streamed to ``server``; this process's losses.
+
+    The default schedules (the overhead budget is off under DDP) and λ_max too:
+    float32 models, the cadences by cost and Hessian products over gloo.
+    """
     from glasscockpit.agent import Cockpit, always
+    from glasscockpit.agent.instruments import HessMaxEV
 
     model, x, y = batch(problems()["mlp"], PER_RANK * world)
+    model, x = model.float(), x.float()
     mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    insts = [n(schedule=always) for n in (Loss, GradNorm, NormTest)]
+    insts = [Loss(schedule=always), GradNorm(), NormTest(), HessMaxEV()]
     cockpit = Cockpit(ddp, opt, run="ddp-job", server=server, instruments=insts)
     losses = []
     for step in range(STEPS):
