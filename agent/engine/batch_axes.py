@@ -51,7 +51,7 @@ def mixes_samples(model: nn.Module) -> str | None:
 #: first) is served with that axis moved to the front.
 MOVABLE = (LinearRule, LayerNormRule, EmbeddingRule)
 
-#: Shape signatures whose decisions are kept (new sequence lengths add entries).
+#: Layout signatures whose decisions are kept (``_signature``).
 MAX_SIGNATURES = 64
 
 
@@ -124,15 +124,23 @@ def _tied(engine: HookEngine, layer: Layer) -> list[str]:
 
 
 def _signature(call: Call) -> tuple[Any, ...]:
-    """Shapes (and keyword names) of the model call's tensors."""
-    parts: list[Any] = [
-        tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__ for a in call.args
-    ]
-    parts += [
-        (k, tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__)
-        for k, v in call.kwargs.items()
-    ]
-    return tuple(parts)
+    """The layout of the model call's tensors: ranks, and which axes have ``B``.
+
+    Not the sizes themselves: a new sequence length (dynamic padding) changes
+    no decision unless it makes an axis as long as the batch (``T = B``), the
+    case shapes cannot tell apart; that is a new signature, probed again.
+    """
+    n = call.x.shape[0]
+
+    def layout(v: Any) -> Any:
+        if not isinstance(v, Tensor):
+            return type(v).__name__
+        return (v.dim(), tuple(i for i, s in enumerate(v.shape) if s in (1, n)))
+
+    return (
+        tuple(layout(a) for a in call.args),
+        tuple((k, layout(v)) for k, v in call.kwargs.items()),
+    )
 
 
 def _probe(engine: HookEngine, call: Call, n: int) -> Decision:

@@ -582,9 +582,27 @@ def _detach(value: Any, seen: dict[int, Tensor]) -> Any:
     return seen[id(value)]
 
 
+#: Keywords that carry a model's samples (Hugging Face's names), looked for
+#: before the others in a call without positional tensors: ``position_ids``
+#: ``[1, T]`` or a shared mask may come first.
+INPUT_KEYWORDS = (
+    "input_ids",
+    "inputs_embeds",
+    "pixel_values",
+    "input_values",
+    "input_features",
+)
+
+
 def _first_input(inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
     """The tensor whose leading axis is the batch: first positional, else keyword."""
-    for v in (*inputs, *kwargs.values()):
+    for v in inputs:
+        if isinstance(v, Tensor):
+            return v
+    for k in INPUT_KEYWORDS:
+        if isinstance(kwargs.get(k), Tensor):
+            return kwargs[k]  # type: ignore[no-any-return]
+    for v in kwargs.values():
         if isinstance(v, Tensor):
             return v
     return None

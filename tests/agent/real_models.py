@@ -70,6 +70,8 @@ class Case:
     slow: bool = False
     #: Relative tolerance of the scalar readings (float32 through deep nets).
     rtol: float = 1e-4
+    #: Batch tensors shared by all samples (passed whole to each sample).
+    shared: tuple[str, ...] = ()
 
     def make(self, seed: int = 0) -> tuple[nn.Module, dict[str, Tensor]]:
         """Fresh model and batch, identical for equal seeds."""
@@ -81,12 +83,12 @@ class Case:
         out = {}
         for k, v in batch.items():
             axis = self.batch_axis.get(k, 0)
-            out[k] = v.narrow(axis, i, 1)
+            out[k] = v if k in self.shared else v.narrow(axis, i, 1)
         return out
 
     def size(self, batch: dict[str, Tensor]) -> int:
         """The number of samples."""
-        k, v = next(iter(batch.items()))
+        k, v = next((k, v) for k, v in batch.items() if k not in self.shared)
         return v.shape[self.batch_axis.get(k, 0)]
 
     def __str__(self) -> str:
@@ -138,8 +140,14 @@ def _hf(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return loss
 
 
-def gpt2(dropout: float = 0.0, batch: int = 3, seq: int = 6) -> Callable[[], Any]:
-    """A 2-layer GPT-2 LM (d 16), tied head, causal LM loss via ``labels``."""
+def gpt2(
+    dropout: float = 0.0, batch: int = 3, seq: int = 6, positions: bool = False
+) -> Callable[[], Any]:
+    """A 2-layer GPT-2 LM (d 16), tied head, causal LM loss via ``labels``.
+
+    With ``positions``, ``position_ids`` ``[1, T]`` (shared by the samples) is
+    passed first, before ``input_ids``.
+    """
 
     def build() -> tuple[nn.Module, dict[str, Tensor]]:
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -157,7 +165,9 @@ def gpt2(dropout: float = 0.0, batch: int = 3, seq: int = 6) -> Callable[[], Any
         model = GPT2LMHeadModel(cfg)
         ids = torch.randint(0, 23, (batch, seq))
         ids[:, 1] = ids[:, 3]  # repeated tokens
+        shared = {"position_ids": torch.arange(seq)[None]} if positions else {}
         return model, {
+            **shared,
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
             "labels": ids.clone(),
@@ -166,8 +176,13 @@ def gpt2(dropout: float = 0.0, batch: int = 3, seq: int = 6) -> Callable[[], Any
     return build
 
 
-def bert(dropout: float = 0.0, batch: int = 3, seq: int = 6) -> Callable[[], Any]:
-    """A 2-layer BERT classifier (d 16), token types, labels in the call."""
+def bert(
+    dropout: float = 0.0, batch: int = 3, seq: int = 6, padded: bool = False
+) -> Callable[[], Any]:
+    """A 2-layer BERT classifier (d 16), token types, labels in the call.
+
+    With ``padded``, two sequences end in padding (``attention_mask`` zeros).
+    """
 
     def build() -> tuple[nn.Module, dict[str, Tensor]]:
         from transformers import BertConfig, BertForSequenceClassification
@@ -187,9 +202,13 @@ def bert(dropout: float = 0.0, batch: int = 3, seq: int = 6) -> Callable[[], Any
         ids = torch.randint(0, 23, (batch, seq))
         types = torch.zeros_like(ids)
         types[:, seq // 2 :] = 1
+        mask = torch.ones_like(ids)
+        if padded:
+            mask[0, 4:] = 0
+            mask[2, 3:] = 0
         return model, {
             "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
+            "attention_mask": mask,
             "token_type_ids": types,
             "labels": torch.randint(0, 3, (batch,)),
         }
@@ -321,7 +340,11 @@ def convnext(batch: int = 3) -> Callable[[], Any]:
 
 
 GPT2 = Case("gpt2", gpt2(), _hf)
+GPT2_POSITIONS = Case(
+    "gpt2_shared_positions", gpt2(positions=True), _hf, shared=("position_ids",)
+)
 BERT = Case("bert", bert(), _hf)
+BERT_PADDED = Case("bert_padded", bert(padded=True), _hf)
 ENCODER_SEQ_FIRST = Case("encoder_seq_first", encoder(False), _call)
 ENCODER_BATCH_FIRST = Case("encoder_batch_first", encoder(True), _call)
 LSTM = Case("lstm", lstm(), _call)
@@ -340,7 +363,9 @@ CASES = (
     RESNET_BN_EVAL,
     RESNET_BN_TRAIN,
     GPT2,
+    GPT2_POSITIONS,
     BERT,
+    BERT_PADDED,
     VIT,
     CONVNEXT,
     LSTM,
