@@ -169,3 +169,12 @@ def test_two_real_agents_with_one_id_both_deliver_and_the_second_knows_its_id(
             # Acknowledged means stored: the hello, every step's frame, the bye.
             assert c.stats.acked == stored.frames
             assert c.stats.dropped == 0
+
+
+def test_default_run_ids_of_one_second_differ():
+    from glasscockpit.agent.lifecycle.meta import default_run_id
+    from glasscockpit.protocol import check_run_id
+
+    ids = {default_run_id() for _ in range(50)}  # one second, one script
+    assert len(ids) == 50
+    assert all(check_run_id(i) == i for i in ids)
