@@ -85,9 +85,7 @@ def create_dash(server: Any, provider: DataProvider, refresh_ms: int = 500) -> D
     _run_callbacks(app, provider)
     _panel_callbacks(app, provider)
     browser.register(app)
-    diagnoses.register(
-        app, provider, ids.TICK, ids.RUN_LIST, ids.TICK_DONE, ids.GRID_STATE
-    )
+    diagnoses.register(app, provider, ids.RUN_LIST, ids.TICK_DONE, ids.GRID_STATE)
     return app
 
 

@@ -23,6 +23,10 @@ MARKS = "diagnoses-marks"
 MARKS_DONE = "diagnoses-marks-done"
 #: What the strip shows now (this page's), so that an unchanged tick draws nothing.
 SEEN = "diagnoses-seen"
+CLOCK = "diagnoses-clock"
+#: How often the strip asks for news: a diagnosis shows within about this much
+#: plus one request after its frame is stored.
+CLOCK_MS = 250
 #: Marker steps per diagnosis and panel (the first and newest are kept).
 MAX_MARKS = 20
 
@@ -35,6 +39,8 @@ def strip() -> html.Div:
             dcc.Store(id=MARKS, data={}),
             dcc.Store(id=MARKS_DONE, data=0),
             dcc.Store(id=SEEN, data=None),
+            # Its own, faster clock: an unchanged strip costs one small request.
+            dcc.Interval(id=CLOCK, interval=CLOCK_MS),
         ]
     )
 
@@ -138,14 +144,13 @@ def marks(reports: dict[str, dict[str, Any]]) -> dict[str, list[list[Any]]]:
 
 
 def register(
-    app: Dash, provider: DataProvider, tick: str, runs: str, done: str, grid: str
+    app: Dash, provider: DataProvider, runs: str, done: str, grid: str
 ) -> None:
-    """The strip's callbacks: refresh every ``tick``; marks after each ``done``.
+    """The strip's callbacks: refresh on its own clock; marks after each ``done``.
 
     Args:
         app: the Dash app.
         provider: where the diagnoses come from (``DataProvider.diagnoses``).
-        tick: id of the refresh interval.
         runs: id of the run checklist.
         done: id of the store the panel tick bumps once figures are drawn.
         grid: id of the store with the drawn panels (``panels``: id → members).
@@ -155,7 +160,7 @@ def register(
         Output(STRIP, "children"),
         Output(MARKS, "data"),
         Output(SEEN, "data"),
-        Input(tick, "n_intervals"),
+        Input(CLOCK, "n_intervals"),
         Input(runs, "value"),
         State(MARKS, "data"),
         State(SEEN, "data"),
