@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from glasscockpit.agent.engine.errors import EngineError
-from glasscockpit.agent.engine.func_rule import REENTRY, ModelRule
+from glasscockpit.agent.engine.func_rule import REENTRY, ModelRule, _first_tensor
 from glasscockpit.agent.engine.norm_rules import EmbeddingRule, LayerNormRule
 from glasscockpit.agent.engine.rules import LinearRule
 
@@ -63,6 +63,13 @@ class Decision:
     error: str | None = None
     #: Per layer (by index in ``engine.layers``): its batch axis, or why none.
     axes: dict[int, int | str] = field(default_factory=dict)
+    #: The slices did not change the model's output rows: no decision.
+    inconclusive: bool = False
+
+
+#: What one slice showed: layer input shapes, declared modules' first input
+#: shapes, and the model output's rows.
+Seen = tuple[dict[int, list[tuple[int, ...]]], dict[str, tuple[int, ...]], int | None]
 
 
 def declared_axis(module: nn.Module) -> int | None:
@@ -99,6 +106,8 @@ def resolve(engine: HookEngine) -> None:
         engine.batch_decisions[key] = decision
     if decision.error is not None:
         raise EngineError(decision.error)
+    if decision.inconclusive:
+        return
     moved: dict[str, list[str]] = {}
     for index, axis in decision.axes.items():
         layer = engine.layers[index]
@@ -156,17 +165,21 @@ def _probe(engine: HookEngine, call: Call, n: int) -> Decision:
         for name, m in engine.model.named_modules()
         if (axis := declared_axis(m)) is not None
     ]
-    seen: list[tuple[dict[int, list[tuple[int, ...]]], dict[str, tuple[int, ...]]]] = []
+    seen: list[Seen] = []
     try:
         for m in sizes:
-            seen.append(_run(engine, call, m, layers, declared))
+            seen.append(_run(engine, call, n, m, layers, declared))
     except Exception as exc:  # noqa: BLE001 - reported as the reason
         return Decision(
             error="cannot tell which axis of each layer's input holds the samples: "
             f"the model failed on {sizes[0]} of the batch's samples "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         )
-    (small, small_decl), (large, large_decl) = seen
+    (small, small_decl, small_rows), (large, large_decl, large_rows) = seen
+    if small == large and small_decl == large_decl and small_rows == large_rows:
+        # The cut did not reach the samples (they came in a structure the
+        # cut does not know): nothing learnt, the recorded shapes decide.
+        return Decision(inconclusive=True)
     for name, module, axis in declared:
         if name not in small_decl or name not in large_decl:
             continue
@@ -250,17 +263,36 @@ def _layer_axis(
     return axis
 
 
+def _cut(value: Any, n: int, m: int) -> Any:
+    """``value`` with every tensor of leading size ``n`` cut to ``m`` rows.
+
+    Into dicts, lists and tuples too (a batch passed as a dict).
+    """
+    if isinstance(value, Tensor):
+        return value[:m] if value.dim() and value.shape[0] == n else value
+    if isinstance(value, dict):
+        return {k: _cut(v, n, m) for k, v in value.items()}
+    if isinstance(value, list | tuple) and type(value) in (list, tuple):
+        return type(value)(_cut(v, n, m) for v in value)
+    return value
+
+
 def _run(
     engine: HookEngine,
     call: Call,
+    n: int,
     m: int,
     layers: list[tuple[int, Layer]],
     declared: list[tuple[str, nn.Module, int]],
-) -> tuple[dict[int, list[tuple[int, ...]]], dict[str, tuple[int, ...]]]:
-    """Input shapes each layer records, and declared modules get, on ``m`` samples."""
+) -> Seen:
+    """What layers record and declared modules get on ``m`` samples."""
     rule = engine.root.rule
     split = rule.batched(call) if isinstance(rule, ModelRule) else frozenset()
-    part = call.part(slice(0, m), split)
+    args = tuple(_cut(a, n, m) for a in call.args)
+    kwargs = {
+        k: _cut(v, n, m) if k in split or not isinstance(v, Tensor) else v
+        for k, v in call.kwargs.items()
+    }
     shapes: dict[int, list[tuple[int, ...]]] = {}
     firsts: dict[str, tuple[int, ...]] = {}
     handles = []
@@ -295,11 +327,11 @@ def _run(
         with _quiet(engine.model):
             # ``forward``, not ``__call__``: the model's own hooks (the engine's,
             # a Trainer integration's) must not see this pass.
-            engine.model.forward(*part.args, **part.kwargs)
+            out = _first_tensor(engine.model.forward(*args, **kwargs))
     finally:
         for h in handles:
             h.remove()
-    return shapes, firsts
+    return shapes, firsts, out.shape[0] if out is not None and out.dim() else None
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - torch convention
@@ -120,3 +121,40 @@ def test_loss_without_loss_reads_none_with_the_reason() -> None:
     assert cockpit.readings[0]["loss"] is None
     assert "loss=" in errors_of(cockpit)[0]["loss"]
     assert not cockpit.disabled
+
+
+class DictInput(nn.Module):
+    """A model taking its batch as one dict (the probe cuts into it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        h = torch.tanh(self.lin(batch["x"]))  # [B, T, 4], T == B
+        return self.head(h.mean(1))
+
+
+def test_a_batch_in_a_dict_is_followed(torch_threads: None) -> None:
+    torch.manual_seed(0)
+    model = DictInput()
+    x, y = torch.randn(4, 4, 4), torch.randint(0, 3, (4,))
+    cockpit = Cockpit(
+        model, None, server=None, instruments=[BY_NAME["norm_test"](schedule=always)]
+    )
+    loss = F.cross_entropy(model({"x": x}), y)
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    per = []
+    for i in range(4):
+        model.zero_grad()
+        F.cross_entropy(model({"x": x[i : i + 1]}), y[i : i + 1]).backward()
+        per.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    g = torch.stack(per).double()
+    mean = g.mean(0)
+    want = (((g - mean) ** 2).sum() / 3 / (4 * mean @ mean)).sqrt()
+    assert cockpit.readings[0]["norm_test"]["total"] == pytest.approx(
+        float(want), rel=1e-4
+    )
