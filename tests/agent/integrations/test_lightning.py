@@ -186,3 +186,32 @@ def test_bf16_mixed_reads_like_autocast(torch_threads) -> None:
     assert errors == []
     assert cockpit.hello.meta["config"]["precision"] == "bf16-mixed"
     assert_readings_equal(got, want, range(STEPS), names)
+
+
+def test_a_lightning_run_reaches_a_live_server_with_its_config(torch_threads):
+    """Real uvicorn + websocket: the run, its config and its epoch metrics."""
+    import json
+    import urllib.request
+
+    from tests.conftest import free_port
+    from tests.server.harness import live_server
+
+    with live_server(free_port()) as server:
+        callback = GlasscockpitCallback(run="pl-live", server=server.ws)
+        t = pl.Trainer(
+            accelerator="cpu", max_epochs=1, callbacks=[callback], logger=False,
+            enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0,
+        )  # fmt: skip
+        batches = data(STEPS)
+        t.fit(Module(net()), loader(batches), loader(batches[:1]))
+        assert callback.cockpit.stats.dropped == 0
+        with urllib.request.urlopen(f"{server.http}/v1/runs/pl-live", timeout=5) as r:
+            run = json.loads(r.read())
+        assert run["meta"]["config"]["hparams"] == {"lr": 0.1, "width": 16}
+        assert run["status"] == "finished"
+        base = f"{server.http}/v1/runs/pl-live/series"
+        with urllib.request.urlopen(f"{base}/grad_norm", timeout=5) as r:
+            assert json.loads(r.read())["step"] == list(range(STEPS))
+        with urllib.request.urlopen(f"{base}/epoch_loss?key=valid", timeout=5) as r:
+            assert json.loads(r.read())["step"] == [STEPS]
