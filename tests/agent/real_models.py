@@ -257,28 +257,40 @@ def encoder(batch_first: bool, batch: int = 4, seq: int = 4) -> Callable[[], Any
 
 
 class LSTMClassifier(nn.Module):
-    """Embedding, ``nn.LSTM`` (sequence-first by default), last state, head."""
+    """Embedding, ``nn.LSTM`` (sequence-first by default), last state, head.
 
-    def __init__(self, batch_first: bool = False) -> None:
+    With ``bidirectional``, an ``nn.GRU`` both ways (no rule of its own: the
+    general fallback), its two final states concatenated.
+    """
+
+    def __init__(self, batch_first: bool = False, bidirectional: bool = False):
         super().__init__()
         self.batch_first = batch_first
         self.tok = nn.Embedding(13, 6)
-        self.lstm = nn.LSTM(6, 8, batch_first=batch_first)
-        self.head = nn.Linear(8, 3)
+        self.rnn: nn.RNNBase = (
+            nn.GRU(6, 8, batch_first=batch_first, bidirectional=True)
+            if bidirectional
+            else nn.LSTM(6, 8, batch_first=batch_first)
+        )
+        self.head = nn.Linear(16 if bidirectional else 8, 3)
 
     def forward(self, ids: Tensor) -> Tensor:
         h = self.tok(ids)  # [B, T, d]
         if not self.batch_first:
             h = h.transpose(0, 1)
-        _, (h_n, _) = self.lstm(h)
-        return self.head(h_n[-1])
+        _, state = self.rnn(h)
+        h_n = state[0] if isinstance(state, tuple) else state
+        last = torch.cat([h_n[-2], h_n[-1]], 1) if h_n.shape[0] == 2 else h_n[-1]
+        return self.head(last)
 
 
-def lstm(batch: int = 4, seq: int = 4) -> Callable[[], Any]:
+def lstm(
+    batch: int = 4, seq: int = 4, bidirectional: bool = False
+) -> Callable[[], Any]:
     """``LSTMClassifier`` in the default layout, ``T == B``."""
 
     def build() -> tuple[nn.Module, dict[str, Tensor]]:
-        return LSTMClassifier(), {
+        return LSTMClassifier(bidirectional=bidirectional), {
             "x": torch.randint(0, 13, (batch, seq)),
             "y": torch.randint(0, 3, (batch,)),
         }
@@ -348,6 +360,7 @@ BERT_PADDED = Case("bert_padded", bert(padded=True), _hf)
 ENCODER_SEQ_FIRST = Case("encoder_seq_first", encoder(False), _call)
 ENCODER_BATCH_FIRST = Case("encoder_batch_first", encoder(True), _call)
 LSTM = Case("lstm", lstm(), _call)
+GRU_BIDIRECTIONAL = Case("gru_bidirectional", lstm(bidirectional=True), _call)
 RESNET_GN = Case("resnet18_gn", resnet18("gn"), _call, slow=True)
 # 20 layers of float32 round-off in the per-sample gradients of both sides,
 # amplified by the inner test's variance (1.5e-4 on layer2.0.bn1.weight).
@@ -369,6 +382,7 @@ CASES = (
     VIT,
     CONVNEXT,
     LSTM,
+    GRU_BIDIRECTIONAL,
     ENCODER_SEQ_FIRST,
     ENCODER_BATCH_FIRST,
 )
