@@ -89,6 +89,7 @@ def lanczos_top(
     start: Tensor,
     rtol: float = 1e-4,
     max_iter: int = 64,
+    seconds: float | None = None,
 ) -> TopEigen:
     """Largest algebraic eigenvalue of a symmetric operator by Lanczos.
 
@@ -102,6 +103,8 @@ def lanczos_top(
         start: start vector [D] (need not be normalised, must be non-zero).
         rtol: relative residual tolerance.
         max_iter: at most this many products.
+        seconds: also stop (after two products) when the next product would
+            not end within this time; ``residual`` then bounds the error.
     """
     n = start.numel()
     q = start / start.norm()
@@ -109,7 +112,11 @@ def lanczos_top(
     alphas: list[float] = []
     betas: list[float] = []
     value, resid, ritz, converged = float("nan"), float("inf"), q, False
+    began = time.perf_counter()
     for k in range(min(max_iter, n)):
+        limit = math.inf if seconds is None or k < 2 else seconds
+        if (time.perf_counter() - began) * (k + 1) / max(k, 1) > limit:
+            break
         basis.append(q)
         w = matvec(q)
         alpha = float(torch.dot(q.double(), w.double()))

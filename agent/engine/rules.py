@@ -276,6 +276,8 @@ class ConvRule(LayerRule):
         self._caching = False
         #: Per layer shape: True for the grouped weight-gradient kernel.
         self.choice: dict[tuple[Any, ...], bool] = {}
+        #: Recorded inputs of calls whose norms come from Gram matrices.
+        self._ghost: dict[int, weakref.ref[Tensor]] = {}
 
     @contextlib.contextmanager
     def caching(self) -> Iterator[None]:
@@ -413,10 +415,25 @@ class ConvRule(LayerRule):
             hit = self.choice[key] = best[True] < best[False]
         return hit
 
+    def on_forward(
+        self, call: Any, module: nn.Module, inputs: tuple[Any, ...], out: Tensor
+    ) -> None:
+        """Note whether this call's norms are cheaper from Gram matrices."""
+        del inputs
+        assert isinstance(module, nn.Conv1d | nn.Conv2d)
+        if ghost_is_cheaper(module, out):
+            key = id(call.x)
+            ref = weakref.ref(call.x, lambda _: self._ghost.pop(key, None))
+            self._ghost[key] = ref
+
     def materialises(self, x: Tensor) -> bool:
-        """Never: norms and dots have cheaper exact forms (``conv_stats``)."""
-        del x
-        return False
+        """Not where Gram matrices give the norms (``conv_stats``): deep layers.
+
+        Elsewhere the per-sample gradients, built once, serve norms, dots and
+        histograms alike.
+        """
+        hit = self._ghost.get(id(x))
+        return hit is None or hit() is not x
 
     def _in_chunks(
         self, module: nn.Conv1d | nn.Conv2d, x: Tensor, b: Tensor

@@ -99,6 +99,24 @@ class Scaled:
         return self.values * self.scale
 
 
+@dataclass(frozen=True)
+class Sampled:
+    """Per-sample gradients of some of the batch's samples, each standing for more.
+
+    ``batch_grads_factored(sample=...)`` yields these for layers whose B·D
+    values exceed its limit: ``m`` consecutive samples from a uniformly random
+    start, wrapping around, so every sample is in with probability ``m / B``
+    and counts weighted by ``weight = B / m`` are unbiased.
+
+    Attributes:
+        values: the per-sample gradients of the chosen samples (or a chunk).
+        weight: ``B / m``.
+    """
+
+    values: Tensor | Scaled
+    weight: float
+
+
 class StepStats:
     """Lazily computed, shared by every instrument of one step.
 
@@ -480,9 +498,16 @@ class StepStats:
                 yield name, theta, g.built() if isinstance(g, Scaled) else g
 
     def _layer_batch_grads(
-        self, layer: Layer, calls: list[Call], max_elements: int | None
+        self,
+        layer: Layer,
+        calls: list[Call],
+        max_elements: int | None,
+        spans: Sequence[tuple[int, int]] = (),
     ) -> Iterator[tuple[str, Tensor, Tensor | Scaled]]:
-        """``batch_grads`` of one layer, kept values as ``Scaled`` views."""
+        """``batch_grads`` of one layer, kept values as ``Scaled`` views.
+
+        ``spans``: sample ranges ``[start, end)`` to build (default: all).
+        """
         scale = float(self.batch_size)
         params = self._params(layer)
         per_sample = sum(params[k].numel() for k in layer.names)
@@ -490,20 +515,25 @@ class StepStats:
         if max_elements is not None:
             chunk = max(1, min(self.group_size, max_elements // per_sample))
         kept = self._grads.get((id(layer), calls[0].forward))
-        for s in range(0, self.group_size, chunk):
+        starts = [
+            (s, min(s + chunk, end))
+            for begin, end in (spans or [(0, self.group_size)])
+            for s in range(begin, end, chunk)
+        ]
+        for s, e in starts:
             if kept is not None:
                 for k, g in kept.items():
                     if k in layer.names:
                         yield (
                             layer.names[k],
                             params[k].detach(),
-                            Scaled(g[s : s + chunk], scale),
+                            Scaled(g[s:e], scale),
                         )
                 continue
             rule = layer.rule
             part = [
                 c.part(
-                    slice(s, s + chunk),
+                    slice(s, e),
                     rule.batched(c) if isinstance(rule, FuncRule) else frozenset(),
                 )
                 for c in calls
@@ -513,8 +543,13 @@ class StepStats:
                 yield layer.names[k], params[k].detach(), grads.pop(k)
 
     def batch_grads_factored(
-        self, max_elements: int | None = None, sparse: bool = False, views: bool = False
-    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled]]:
+        self,
+        max_elements: int | None = None,
+        sparse: bool = False,
+        views: bool = False,
+        sample: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled | Sampled]]:
         """``batch_grads``, but rank-one weights come as ``Outer`` factors.
 
         The weight of an ``nn.Linear`` called once on a 2-D input has per-sample
@@ -523,9 +558,33 @@ class StepStats:
         With ``sparse``, an ``nn.Embedding`` called once comes as ``Sparse``
         rows: B·T·E values at most instead of B·V·E. With ``views``, per-sample
         gradients kept for other statistics come as ``Scaled`` (not copied).
+        With ``sample``, a layer built from more than that many values (B·D,
+        one forward pass) comes as ``Sampled`` gradients of ``m = sample // D``
+        samples (at least one), drawn with ``generator``.
         """
         scale = float(self.batch_size)
         for layer, calls in self.layers:
+            per_sample = sum(layer.module.get_parameter(k).numel() for k in layer.names)
+            if (
+                sample is not None
+                and self.group_size == self.batch_size
+                and self.group_size * per_sample > sample
+                and not (type(layer.rule) is LinearRule and calls[0].x.dim() == 2)
+                and not isinstance(layer.rule, EmbeddingRule)
+            ):
+                n = self.group_size
+                m = max(1, min(n, sample // max(per_sample, 1)))
+                start = int(torch.randint(n, (1,), generator=generator))
+                spans = [(start, min(start + m, n))]
+                if start + m > n:  # wrap around: every sample equally likely
+                    spans.append((0, start + m - n))
+                for name, theta, g in self._layer_batch_grads(
+                    layer, calls, max_elements, spans
+                ):
+                    if isinstance(g, Scaled) and not views:
+                        g = g.built()
+                    yield name, theta, Sampled(g, n / m)
+                continue
             c = calls[0]
             if (
                 sparse

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
+from glasscockpit.agent.engine.stats import Outer, Sampled, Scaled, Sparse
 from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
 from glasscockpit.agent.lifecycle.needs import Need
 from glasscockpit.agent.lifecycle.schedules import Schedule
@@ -293,6 +293,13 @@ class GradHist1d(Instrument):
         bins: number of bins (Cockpit: 100).
         range: ``(low, high)`` of the bins (Cockpit: ``(-2, 2)``).
         chunk: per-sample values binned at a time (small enough to stay in cache).
+        sample: per layer, at most about this many per-sample values are built
+            (convolutions and other layers without a closed form; 2-D Linear
+            and embedding layers are counted exactly): beyond it, the values of
+            a random run of ``m`` of the ``B`` samples, counted ``B / m`` times
+            each (unbiased), and the reading's note names the sampled layers.
+            None counts every value.
+        seed: seed of the private generator of the sampled samples.
     """
 
     name = "grad_hist_1d"
@@ -318,8 +325,12 @@ class GradHist1d(Instrument):
         bins: int = 100,
         range: tuple[float, float] = (-2.0, 2.0),  # noqa: A002 - numpy's name
         chunk: int = 2**18,
+        sample: int | None = 2**22,
+        seed: int = 0,
     ) -> None:
         super().__init__(schedule, label)
+        self.sample = sample
+        self._generator = torch.Generator().manual_seed(seed)
         if bins < 1 or not range[0] < range[1]:
             raise ValueError(f"Need bins >= 1 and low < high, got {bins}, {range}")
         self.bins, self.range = bins, (float(range[0]), float(range[1]))
@@ -384,8 +395,31 @@ class GradHist1d(Instrument):
             fresh = values.built() if isinstance(values, Scaled) else values
             count_into(counts, histc_bins(fresh, lo, hi, n))
 
-        grads = step.batch_grads_factored(self.chunk, sparse=True, views=True)
-        for _, _, g in grads:
+        grads = step.batch_grads_factored(
+            self.chunk,
+            sparse=True,
+            views=True,
+            sample=self.sample,
+            generator=self._generator,
+        )
+        sampled: dict[str, float] = {}
+        weighted: Tensor | None = None
+        self.note = None
+        for name, _, g in grads:
+            if isinstance(g, Sampled):
+                # Counted apart, then weighted: B / m per value.
+                sampled[name] = g.weight
+                part = g.values
+                if weighted is None:
+                    dev = (
+                        part.values.device if isinstance(part, Scaled) else part.device
+                    )
+                    weighted = torch.zeros(n + 1, dtype=torch.float64, device=dev)
+                own = torch.zeros(n + 1, dtype=torch.int64, device=weighted.device)
+                raw = part.built() if isinstance(part, Scaled) else part
+                count_into(own, histc_bins(raw, lo, hi, n))
+                weighted += own.double() * g.weight
+                continue
             dev = (
                 g.u.device
                 if isinstance(g, Outer)
@@ -406,15 +440,26 @@ class GradHist1d(Instrument):
                 continue
             for part in g.chunks(self.chunk) if isinstance(g, Outer) else [g]:
                 count(part)
+        if counts is None and weighted is not None:
+            counts = torch.zeros(n + 1, dtype=torch.int64, device=weighted.device)
         if counts is None:
             return None
+        if sampled:
+            names = sorted(sampled)
+            self.note = (
+                f"estimate: per-sample gradients of {len(names)} layer tensors "
+                f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}) from a "
+                "random run of samples, each counted B/m times "
+                f"(B/m up to {max(sampled.values()):.3g}; unbiased counts)"
+            )
         if outers:
             counts[:n] += outer_counts(outers, self._rule, self._thresholds(), n)
         if any(spans):
             counts[:n] += torch.tensor(spans, device=counts.device)
         edges = torch.linspace(lo, hi, n + 1, dtype=torch.float64)
+        total = counts.double() if weighted is None else counts.double() + weighted
         return {
-            "counts": counts[:n].double(),
+            "counts": total[:n],
             "edges": edges,  # on the host: no copy to the device and back
-            "nan": counts[n].double(),
+            "nan": total[n],
         }

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from glasscockpit.agent.lifecycle.schedules import auto
+from glasscockpit.agent.lifecycle.schedules import auto, every
 
 #: A tracked step of default schedules may take this many plain steps.
 DEFAULT_CAP = 3.0
@@ -268,23 +268,47 @@ class OverheadBudget:
         return due > 0.5 * room
 
     def _probe(self, next_step: int, plain: float) -> None:
-        """Give the next unmeasured instrument a probe step, one at a time."""
-        waiting = [
-            k for k, s in self.schedules.items() if k not in self.costs and not s.cheap
-        ]
-        for key in waiting:
-            probe = self.schedules[key].probe
-            # Still to come, or its interval closes only when the next begins.
-            if probe is not None and probe >= next_step - 1:
-                return
-        room = (self.cap - 1.0) * plain
-        # Fewest probes first: a probe lost to the first tracked interval is
-        # repeated, and a disabled instrument does not hold up the others.
-        for key in sorted(waiting, key=lambda k: self._probes.get(k, 0))[:1]:
-            step = next_step
-            while self._costly(step, room) and step < next_step + _PROBE_SEARCH:
-                step += 1
-            sched = self.schedules[key]
-            sched.probe, sched.allowance = step, room
-            self._probes[key] = self._probes.get(key, 0) + 1
+        """Give unmeasured instruments a probe step: the next step, if free.
+
+        The moderate ones (fallback every n > 1 steps: the per-sample tests,
+        which share one engine pass) together, then the costly ones one at a
+        time, fewest probes first: a probe lost to the first tracked interval
+        is repeated, and a disabled instrument does not hold up the others.
+        """
+        waiting: list[str] = []
+        for key, sched in self.schedules.items():
+            if key in self.costs or sched.cheap:
+                continue
+            if sched.probe is not None and sched.probe >= next_step:
+                return  # the coming steps' probes are given
+            # A probe's interval closes when the next step begins: not yet seen.
+            if sched.probe is None or sched.probe < next_step - 1:
+                waiting.append(key)
+        if not waiting:
             return
+        room = (self.cap - 1.0) * plain
+        step = next_step
+        while self._costly(step, room) and step < next_step + _PROBE_SEARCH:
+            step += 1
+        moderate = [k for k in waiting if _rank(self.schedules[k]) == 1]
+        fewest = min(self._probes.get(k, 0) for k in waiting)
+        if moderate and all(self._probes.get(k, 0) == fewest for k in moderate):
+            chosen = moderate
+        else:
+            chosen = [
+                min(
+                    waiting,
+                    key=lambda k: (self._probes.get(k, 0), _rank(self.schedules[k])),
+                )
+            ]
+        for key in chosen:
+            sched = self.schedules[key]
+            sched.probe, sched.allowance = step, room / len(chosen)
+            self._probes[key] = self._probes.get(key, 0) + 1
+
+
+def _rank(sched: auto) -> int:
+    """0: cheap (every step), 1: moderate (every n > 1), 2: costly (other)."""
+    if sched.cheap:
+        return 0
+    return 1 if isinstance(sched.fallback, every) else 2

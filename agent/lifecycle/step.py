@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from glasscockpit.agent.engine import EngineError, StepStats
 from glasscockpit.agent.engine.errors import dense_grad
-from glasscockpit.agent.engine.stats import Outer, Scaled, Sparse
+from glasscockpit.agent.engine.stats import Outer, Sampled, Scaled, Sparse
 from glasscockpit.agent.environment.distributed import Group
 from glasscockpit.agent.environment.grad_scale import GradScale, divide
 from glasscockpit.agent.environment.local_grads import LocalGrads
@@ -228,8 +228,14 @@ class StepView:
 
     @overload
     def batch_grads_factored(
-        self, max_elements: int | None = None, *, sparse: bool, views: bool = False
-    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled]]: ...
+        self,
+        max_elements: int | None = None,
+        *,
+        sparse: bool,
+        views: bool = False,
+        sample: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled | Sampled]]: ...
 
     def batch_grads_factored(
         self,
@@ -237,16 +243,22 @@ class StepView:
         *,
         sparse: bool = False,
         views: bool = False,
-    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled]]:
+        sample: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[str, Tensor, Tensor | Outer | Sparse | Scaled | Sampled]]:
         """``batch_grads``, with rank-one weights as ``Outer`` factors (unbuilt).
 
         ``Outer.chunks`` builds them where a consumer needs the values. With
         ``sparse``, embedding weights come as their nonzero rows (``Sparse``);
         with ``views``, per-sample gradients kept for other statistics as
-        read-only ``Scaled`` views (``Scaled.built`` copies them).
+        read-only ``Scaled`` views (``Scaled.built`` copies them); with
+        ``sample``, layers of more values than that as ``Sampled`` gradients of
+        some samples (``StepStats.batch_grads_factored``).
         """
         self.require(Need.BATCH_GRAD)
-        return self._samples().batch_grads_factored(max_elements, sparse, views)
+        return self._samples().batch_grads_factored(
+            max_elements, sparse, views, sample, generator
+        )
 
     def diag_ggn(self) -> dict[str, Tensor]:
         """Exact GGN diagonal of the mean loss per parameter name (its shape)."""

@@ -39,8 +39,16 @@ def run_step(
     """Readings of ``instruments`` at step 0 (``fail_mode="raise"``)."""
     model, x, y = make_on_device(problem, seed)
     opt = make_optimizer(model, optimizer, lr)
+    # The fixed cadences track every instrument at step 0; an overhead budget
+    # would first measure costs (agent/lifecycle/budget.py).
     cockpit = Cockpit(
-        model, opt, server=None, run="t", instruments=instruments, fail_mode="raise"
+        model,
+        opt,
+        server=None,
+        run="t",
+        instruments=instruments,
+        fail_mode="raise",
+        budget=None,
     )
     opt.zero_grad()
     out = model(x)

@@ -259,8 +259,15 @@ def train(
         if scheduler and opt is not None
         else None
     )
+    # Fixed cadences: every instrument tracks step 0 (no budget measuring first).
     cockpit = Cockpit(
-        model, opt, server=None, run="ref", instruments=instruments, fail_mode="raise"
+        model,
+        opt,
+        server=None,
+        run="ref",
+        instruments=instruments,
+        fail_mode="raise",
+        budget=None,
     )
     trace = Trace()
     # References run on a twin without the cockpit's hooks: extra forward and

@@ -10,7 +10,7 @@ import torch
 from backpack.extensions import BatchGrad
 from torch import nn
 
-from glasscockpit.agent import Cockpit, every
+from glasscockpit.agent import Cockpit, always, every
 from glasscockpit.agent.curvature.hessian_products import HessianOperator, lanczos_top
 from glasscockpit.agent.instruments import Alpha, HessMaxEV, HessTrace
 from tests.agent.harness import one_step
@@ -64,7 +64,12 @@ class _Quadratic(nn.Module):
 def test_hess_max_ev_is_largest_algebraic_not_largest_magnitude():
     model = _Quadratic()
     cockpit = Cockpit(
-        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+        model,
+        None,
+        server=None,
+        budget=None,
+        instruments=[HessMaxEV(schedule=always)],
+        fail_mode="raise",
     )
     loss = model()
     with cockpit.step(0, loss=loss):
@@ -77,7 +82,12 @@ def test_hess_max_ev_negative_spectrum_keeps_sign():
     model = _Quadratic()
     model.a = -model.a.abs().diag().diag() - torch.eye(6)  # eigenvalues all < 0
     cockpit = Cockpit(
-        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+        model,
+        None,
+        server=None,
+        budget=None,
+        instruments=[HessMaxEV(schedule=always)],
+        fail_mode="raise",
     )
     loss = model()
     with cockpit.step(0, loss=loss):
@@ -165,6 +175,7 @@ def test_curvature_leaves_global_rng_and_user_gradients_untouched(torch_threads)
         model,
         None,
         server=None,
+        budget=None,
         instruments=[HessMaxEV(), HessTrace(probes=4)],
         fail_mode="raise",
     )
@@ -189,6 +200,7 @@ def test_untracked_steps_differentiate_nothing_extra(torch_threads):
         model,
         None,
         server=None,
+        budget=None,
         instruments=[HessMaxEV(schedule=every(2)), HessTrace(schedule=every(2))],
     )
     calls = []
@@ -298,7 +310,12 @@ def test_hess_max_ev_default_tolerance_on_issue_models(name, torch_threads):
     ref = lanczos_top(op.flat_matvec, torch.randn(op.numel, generator=g), 1e-9, 300)
     assert ref.converged
     cockpit = Cockpit(
-        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+        model,
+        None,
+        server=None,
+        budget=None,
+        instruments=[HessMaxEV()],
+        fail_mode="raise",
     )
     with cockpit.step(0, loss=loss):
         loss.backward()
@@ -323,7 +340,12 @@ def test_entry_passes_keep_backpack_io_for_later_backpack_passes(torch_threads):
     model = backpack.extend(problem.make_model())
     loss_module = backpack.extend(problem.loss_module())
     cockpit = Cockpit(
-        model, None, server=None, instruments=[HessMaxEV()], fail_mode="raise"
+        model,
+        None,
+        server=None,
+        budget=None,
+        instruments=[HessMaxEV()],
+        fail_mode="raise",
     )
     x, y = problem.make_batch(0)
     loss = loss_module(model(x), y)
@@ -349,7 +371,9 @@ def _tic_totals(
 
     names = ("tic_diag", "tic_trace")
     insts = [BY_NAME[n](schedule=every(1)) for n in names]
-    cockpit = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
+    cockpit = Cockpit(
+        model, None, server=None, budget=None, instruments=insts, fail_mode="raise"
+    )
     loss = loss_of()  # the forward pass after the Cockpit: recorded
     with cockpit.step(0, loss=loss):
         loss.backward()
@@ -499,7 +523,9 @@ def test_ggn_of_weighted_and_elementwise_losses_is_exact(kind, torch_threads):
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
     x, y = torch.randn(7, 5), torch.tensor([0, 1, 2, 1, 0, 2, 1])
     insts = [HessTrace(schedule=every(1)), BY_NAME["tic_diag"](schedule=every(1))]
-    cockpit = Cockpit(model, None, server=None, instruments=insts, fail_mode="raise")
+    cockpit = Cockpit(
+        model, None, server=None, budget=None, instruments=insts, fail_mode="raise"
+    )
     loss = loss_fn(model(x), y)
     with cockpit.step(0, loss=loss):
         loss.backward()
@@ -573,7 +599,7 @@ def test_tic_masks_zero_weights_like_ignore_index(torch_threads):
         if ignore:
             y[weights == 0] = -100
         inst = BY_NAME["tic_trace"](schedule=every(1))
-        cockpit = Cockpit(model, None, server=None, instruments=[inst])
+        cockpit = Cockpit(model, None, server=None, budget=None, instruments=[inst])
         none = nn.functional.cross_entropy(model(x), y, reduction="none")
         loss = (none * weights).sum() / 4 if not ignore else none.sum() / 4
         with cockpit.step(0, loss=loss):
@@ -652,7 +678,7 @@ def test_a_model_ending_in_log_softmax_reads_like_cross_entropy(torch_threads):
         x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
         insts = [HessTrace(schedule=every(1)), BY_NAME["tic_diag"](schedule=every(1))]
         cockpit = Cockpit(
-            model, None, server=None, instruments=insts, fail_mode="raise"
+            model, None, server=None, budget=None, instruments=insts, fail_mode="raise"
         )
         out = model(x)
         loss = (

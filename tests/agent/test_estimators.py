@@ -148,3 +148,43 @@ def test_hess_trace_on_a_budget_reads_its_estimator_and_interval() -> None:
     cockpit.close()
     frame = next(f for f in cockpit.transport.frames if isinstance(f, Readings))  # type: ignore[attr-defined]
     assert "from 20 Rademacher probes" in frame.errors["hess_trace"]
+
+
+def test_hess_max_ev_on_a_budget_stops_early_and_states_its_residual() -> None:
+    from glasscockpit.agent.instruments import HessMaxEV
+
+    model, x, y = _problem()
+    sched = auto(log_spaced())
+    sched.governed, sched.stride, sched.allowance = True, 1, 0.0
+    inst = HessMaxEV(schedule=sched, rtol=1e-12)
+    cockpit = Cockpit(model, None, server=None, run="t", instruments=[inst])
+    loss = F.cross_entropy(model(x), y)
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    cockpit.close()
+    frame = next(f for f in cockpit.transport.frames if isinstance(f, Readings))  # type: ignore[attr-defined]
+    assert inst.last_matvecs == 2
+    note = frame.errors["hess_max_ev"]
+    assert note.startswith("estimate: Lanczos stopped by the overhead budget after 2")
+    # The stated residual bounds the distance to an eigenvalue of the Hessian.
+    resid = float(re.search(r"within (\S+)·", note)[1])  # type: ignore[index]
+    params = list(model.parameters())
+    flat = torch.cat([p.reshape(-1) for p in params])
+
+    def loss_of(v: torch.Tensor) -> torch.Tensor:
+        parts, i = [], 0
+        for p in params:
+            parts.append(v[i : i + p.numel()].reshape(p.shape))
+            i += p.numel()
+        out = torch.func.functional_call(
+            model,
+            dict(zip([n for n, _ in model.named_parameters()], parts, strict=True)),
+            (x,),
+        )
+        return F.cross_entropy(out, y)
+
+    hess = torch.autograd.functional.hessian(loss_of, flat.detach())
+    evals = torch.linalg.eigvalsh(hess)
+    value = cockpit.readings[0]["hess_max_ev"]
+    gap = float((evals - value).abs().min())
+    assert gap <= resid * abs(value) * 1.01 + 1e-12

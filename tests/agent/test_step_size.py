@@ -69,7 +69,12 @@ def test_distance_starts_where_the_cockpit_was_attached(torch_threads):
     theta0 = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cockpit = Cockpit(
-        model, opt, server=None, instruments=[Distance()], fail_mode="raise"
+        model,
+        opt,
+        server=None,
+        budget=None,
+        instruments=[Distance()],
+        fail_mode="raise",
     )
     for step in (5, 6):
         theta = [p.detach().clone() for p in model.parameters()]
@@ -107,7 +112,12 @@ def test_update_size_is_read_right_after_optimizer_step(torch_threads):
     model = problem.make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cockpit = Cockpit(
-        model, opt, server=None, instruments=[UpdateSize()], fail_mode="raise"
+        model,
+        opt,
+        server=None,
+        budget=None,
+        instruments=[UpdateSize()],
+        fail_mode="raise",
     )
     x, y = problem.make_batch(0)
     loss = problem.sample_losses(model(x), y).mean()
@@ -420,7 +430,7 @@ def _seeded_eval(build):
 def test_alpha_uses_per_layer_contractions_when_the_engine_covers_all():
     problem = PROBLEMS[2]  # the CNN
     alpha = Alpha()
-    Cockpit(problem.make_model(), None, server=None, instruments=[alpha])
+    Cockpit(problem.make_model(), None, server=None, budget=None, instruments=[alpha])
     assert alpha.phase is Phase.AFTER_BACKWARD and Need.BATCH_DOT in alpha.needs
 
 
@@ -446,7 +456,7 @@ def test_alpha_switches_to_the_graph_when_a_loss_term_hides_samples(torch_thread
     model = problem.make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     alpha = Alpha(schedule=every(1))
-    cockpit = Cockpit(model, opt, server=None, instruments=[alpha])
+    cockpit = Cockpit(model, opt, server=None, budget=None, instruments=[alpha])
     for step in range(3):
         opt.zero_grad()
         x, y = problem.make_batch(step)
@@ -467,7 +477,9 @@ def test_alpha_is_undefined_for_a_single_sample(torch_threads):
     problem = PROBLEMS[1]
     model = problem.make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    cockpit = Cockpit(model, opt, server=None, instruments=[Alpha(schedule=every(1))])
+    cockpit = Cockpit(
+        model, opt, server=None, budget=None, instruments=[Alpha(schedule=every(1))]
+    )
     for step in range(2):
         opt.zero_grad()
         x, y = problem.make_batch(step)
@@ -483,7 +495,7 @@ def test_alpha_without_per_sample_losses_fails_with_instructions():
     problem = PROBLEMS[0]
     model = problem.make_model()
     cockpit = Cockpit(
-        model, None, server=None, instruments=[Alpha()], fail_mode="raise"
+        model, None, server=None, budget=None, instruments=[Alpha()], fail_mode="raise"
     )
     x, y = problem.make_batch(0)
     loss = problem.sample_losses(model(x), y).mean()
@@ -500,7 +512,9 @@ def test_alpha_leaves_rng_gradients_and_optimizer_state_untouched(torch_threads)
     for instruments in ([], [Alpha(schedule=every(1))]):
         model = problem.make_model()
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        cockpit = Cockpit(model, opt, server=None, instruments=instruments or ["loss"])
+        cockpit = Cockpit(
+            model, opt, server=None, budget=None, instruments=instruments or ["loss"]
+        )
         torch.manual_seed(5)
         grads = []
         for step in range(3):
