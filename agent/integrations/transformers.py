@@ -15,7 +15,7 @@ Alpha, distance, update size, learning rate), the ``business``/``full``
 gradient instruments, GSNR, CABS; with gradient accumulation (equal
 micro-batches; for models that take ``num_items_in_batch`` the Trainer sums the
 micro-batches' losses, and so does the ``loss`` reading) and mixed precision
-(bf16 autocast; fp16 through the optimizer's ``GradScaler``, untested on CPU).
+(bf16 autocast, tested; fp16 through the optimizer's ``GradScaler``, untested on CPU).
 
 When the Trainer runs DDP over several processes the callback passes
 ``data_parallel=True`` (global readings, rank 0 streams the run); FSDP and

@@ -177,3 +177,31 @@ def test_trainer_reads_like_the_hand_written_loop(tmp_path, accumulate, torch_th
     epoch = epoch_metrics(cockpit)
     assert "valid" in epoch["epoch_loss"] and "train" in epoch["epoch_loss"]
     assert 0.0 <= epoch["epoch_accuracy"]["valid"] <= 1.0
+
+
+def test_bf16_reads_like_the_autocast_replay(tmp_path, torch_threads) -> None:
+    names = ["loss", "grad_norm", "norm_test", "inner_test", "grad_hist_1d", "alpha"]
+    start, seen, trainer, cockpit = train(tmp_path, 1, names, bf16=True)
+    assert cockpit.hello.meta["config"]["bf16"] is True
+
+    def autocast_loss(model, batch, _):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(model, batch, _)
+
+    decay = set(trainer.get_decay_parameter_names(start))
+    named = list(start.named_parameters())
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named if n in decay]},
+            {"params": [p for n, p in named if n not in decay]},
+        ],
+        lr=trainer.args.learning_rate,
+        weight_decay=0.0,
+    )
+    want, want_errors = hand_written(
+        start, opt, [(b, None) for b in seen], autocast_loss, clip=1.0, names=names,
+        scheduler=transformers.get_linear_schedule_with_warmup(opt, 0, STEPS),
+    )  # fmt: skip
+    got, errors = readings_and_errors(cockpit)
+    assert errors == want_errors == []
+    assert_readings_equal(got, want, [0], names, rtol=1e-5)
