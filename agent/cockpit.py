@@ -378,7 +378,12 @@ class Cockpit(StepPhases):
         Per-sample instruments need the step's forward pass recorded: the engine is
         armed at the end of step ``t`` when step ``t + 1`` is due, so number steps
         consecutively, or open this context before the forward pass (then pass no
-        ``loss`` here; curvature instruments need it, and the forward, before entry).
+        ``loss`` here, hand it over with ``set_loss``; curvature instruments need
+        it, and the forward, before entry).
+
+        The instruments read the gradient as backpropagated: clipping or other
+        changes of ``.grad`` inside the context, after the backward pass, are not
+        seen (``agent/environment/backprop_grads.py``).
 
         Args:
             step: the global step counter.
