@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmark in one go: agent overhead (MLP, CNN, transformer) and the agent
+# GPU benchmark in one go: agent overhead (MLP, CNN, transformer), real models
+# (ResNet-18, GPT-2, ViT, conv CNN: bench/real_overhead.py) and the agent
 # scaling sweep on a CUDA device, results under OUT.
 #
 #   bench/gpu.sh OUT [--device cuda] [--quick]
@@ -28,7 +29,7 @@ py=${PYTHON:-python}
 
 if [ "${GPU_BENCH_NO_INSTALL:-0}" != 1 ]; then
   # Pinning torch to the installed version keeps the CUDA build that is there.
-  "$py" -m pip install -q -e '.[agent,parity,bench]' \
+  "$py" -m pip install -q -e '.[agent,parity,bench,models]' \
     "torch==$("$py" -c 'import torch; print(torch.__version__)')"
 fi
 
@@ -58,6 +59,15 @@ fi
 
 "$py" -m bench.agent_overhead --device "$device" "${overhead[@]}" \
   --json "$out/agent_overhead.json" | tee "$out/agent_overhead.md"
+# Models nobody here wrote (issue 18): ResNet-18 (GroupNorm), GPT-2, ViT-tiny, the
+# conv-heavy CNN; needs the `models` extra (torchvision, timm, transformers).
+if [ "$quick" = 1 ]; then
+  real=(--models convnet --repeats 1 --steps 4)
+else
+  real=(--models convnet,gpt2,vit,resnet18 --repeats 3 --steps 30)
+fi
+"$py" -m bench.real_overhead --device "$device" "${real[@]}" \
+  --json "$out/real_overhead.json" | tee "$out/real_overhead.md"
 "$py" -m bench.scaling --device "$device" --no-server "${scaling[@]}" \
   --json "$out/scaling.json" --plots "$out"
 echo "results in $out"

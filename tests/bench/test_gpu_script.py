@@ -47,3 +47,6 @@ def test_gpu_script_dry_run_on_cpu(tmp_path: Path) -> None:
     assert "server" not in scaling
     assert (tmp_path / "scaling-agent.png").stat().st_size > 1000
     assert "device cpu" in (tmp_path / "machine.txt").read_text()
+    real = json.loads((tmp_path / "real_overhead.json").read_text())
+    assert real["convnet"]["ratio"]["economy (every step)"] > 0
+    assert len(real["convnet"]["first_steps"]["ratios"]) == 4
