@@ -233,7 +233,9 @@ class DataParallel:
             (t.device for p in parts for t in p.sums.values()),
             torch.device("cpu") if ctx.loss is None else ctx.loss.device,
         )
-        count = torch.tensor(self._count, dtype=torch.float64, device=device)
+        count = torch.tensor(
+            _samples(ctx, self._count), dtype=torch.float64, device=device
+        )
         weighted = count * (
             0.0 if ctx.loss is None else ctx.loss.detach().double().reshape(())
         )
@@ -282,6 +284,24 @@ class DataParallel:
             return dict(data.stats().sum_grad_squared())
         except Exception:  # noqa: BLE001 - the instruments report the engine's error
             return {}
+
+
+def _samples(ctx: Step, fallback: float) -> float:
+    """This process's samples at the step, as one process's ``sample_count`` has it.
+
+    The engine's count where it recorded the step, else ``batch_size=`` or the
+    per-sample losses (which a step opened before the forward pass receives
+    later, through ``set_loss``), else what ``begin`` found.
+    """
+    try:
+        return float(ctx.data.stats().batch_size)
+    except Exception:  # noqa: BLE001 - no engine at this step
+        pass
+    if ctx.batch_size:
+        return float(ctx.batch_size)
+    if ctx.losses is not None:
+        return float(ctx.losses.numel())
+    return fallback
 
 
 def _refuse() -> None:

@@ -34,7 +34,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from glasscockpit.agent.instruments import GradNorm, Loss, NormTest
+from glasscockpit.agent import Cockpit, always
+from glasscockpit.agent.instruments import BY_NAME, GradNorm, Loss, NormTest
 from tests.conftest import free_port
 
 STEPS = 3
@@ -169,6 +170,66 @@ def stream(server: str, rank: int, world: int) -> list[float]:
     return losses
 
 
+def through_accelerate(rank: int, world: int) -> list[str]:
+    """Accelerate's DDP with two micro-batches per step, against one process.
+
+    ``attach`` and ``micro_batch`` of ``agent/integrations/accelerate.py`` on each
+    process's share; rank 0 compares with one process stepping on the whole
+    batch (the same samples and gradient, another grouping). Curvature is left
+    out: ``micro_batch`` opens the step after the forward pass.
+    """
+    accelerate = pytest.importorskip("accelerate")
+    from glasscockpit.agent.integrations.accelerate import attach, micro_batch
+
+    names = ["loss", "grad_norm", "norm_test", "inner_test", "ortho_test"]
+    names += ["grad_hist_1d", "mean_gsnr", "alpha", "distance", "update_size"]
+    insts = [BY_NAME[n](schedule=always) for n in names]
+    model, x, y = batch(problems()["mlp"], 2 * PER_RANK * world)
+    # Micro-batch m of this process: block m·world + rank of PER_RANK samples.
+    parts = [
+        slice((m * world + rank) * PER_RANK, (m * world + rank + 1) * PER_RANK)
+        for m in range(2)
+    ]
+    out = []
+    acc = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=2)
+    ddp, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.05))
+    cockpit = attach(acc, ddp, opt, server=None, instruments=insts, budget=None)
+    for _ in range(STEPS):
+        for part in parts:
+            with acc.accumulate(ddp):
+                losses = F.cross_entropy(ddp(x[part]), y[part], reduction="none")
+                with micro_batch(cockpit, acc, losses.mean(), losses):
+                    acc.backward(losses.mean())
+                opt.step()
+                opt.zero_grad()
+    cockpit.close()
+    if rank == 0:
+        ref_model = problems()["mlp"].make(0)[0].double()
+        ref = Cockpit(
+            ref_model, torch.optim.SGD(ref_model.parameters(), lr=0.05),
+            server=None, instruments=[BY_NAME[n](schedule=always) for n in names],
+            budget=None,
+        )  # fmt: skip
+        for step in range(STEPS):
+            ref.optimizer.zero_grad()  # type: ignore[union-attr]
+            losses = F.cross_entropy(ref_model(x), y, reduction="none")
+            with ref.step(step, loss=losses.mean(), losses=losses):
+                losses.mean().backward()
+            ref.optimizer.step()  # type: ignore[union-attr]
+        ref.close()
+        got, want = cockpit.readings, ref.readings
+        for step in want:
+            for key in want[step]:
+                where = f"accelerate[{step}].{key}"
+                a, b = got.get(step, {}).get(key), want[step][key]
+                if key == "loss":  # the driver means micro-batch losses in float32
+                    if not math.isclose(a, b, rel_tol=1e-6):
+                        out.append(f"{where}: {a} != {b}")
+                    continue
+                compare(a, b, where, out)
+    return out
+
+
 def refused_fsdp(world: int) -> str:
     """What the Cockpit says to an FSDP2 model (``fully_shard``)."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -194,6 +255,11 @@ def _worker(
         device = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
         server = None
+    # What a launcher sets (Accelerate reads it, and uses the group below).
+    os.environ.update(
+        WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
     store = dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     report: dict[str, Any] = {"failures": []}
@@ -231,6 +297,7 @@ def _worker(
         if server is not None:
             report["streamed"] = stream(server, rank, world)
             report["fsdp"] = refused_fsdp(world)
+            report["failures"] += through_accelerate(rank, world)
         Path(out, f"{rank}.json").write_text(json.dumps(report, default=str))
         dist.barrier()
     finally:
