@@ -226,16 +226,21 @@ class RunStore:
         added = 0  # new series
         arrays = False
         by_name = run.by_name
-        for name, value in frame.values.items():
-            if value.__class__ is float:
-                if TOTAL not in by_name.get(name, _NO_SERIES):
-                    added += 1
-            elif isinstance(value, dict):
+        values = frame.values
+        if not by_name.keys() >= values.keys():  # the usual frame skips this
+            added = sum(
+                1
+                for n, v in values.items()
+                if v.__class__ is float and n not in by_name
+            )
+        for name, value in values.items():
+            if isinstance(value, dict):
                 known = by_name.get(name)
                 if known is not None and known.keys() >= value.keys():
-                    arrays = arrays or not _NO_ARRAYS.issuperset(
+                    if not arrays and not _NO_ARRAYS.issuperset(
                         map(type, value.values())
-                    )
+                    ):
+                        arrays = True
                     continue  # no new series: the key count cannot grow
                 new = sum(1 for k in value if (name, k) not in run.series)
                 arrays = arrays or any(isinstance(v, Array) for v in value.values())
@@ -246,7 +251,7 @@ class RunStore:
                         f"{self.limits.max_keys} (GLASSCOCKPIT_MAX_KEYS)"
                     )
                 added += new
-            elif isinstance(value, Array):
+            elif value.__class__ is Array:
                 arrays = True
         if added and len(run.series) + added > self.limits.max_series:
             raise LimitExceeded(
