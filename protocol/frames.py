@@ -173,6 +173,9 @@ class Ack:
     The ack of a hello carries the highest ``seq`` the server holds for the run
     (0 if none), so a reconnecting agent knows what to resend; servers that ack a
     hello with 0 are still correct, the agent then resends what it still holds.
+    Its ``run`` is the id the server stores the run under: the hello's own, or
+    that id with a suffix (``digits-sgd-2``) when it belongs to another run
+    instance. The agent keeps sending frames with the id it asked for.
     """
 
     run: str
