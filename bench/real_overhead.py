@@ -61,6 +61,42 @@ def make(
     return step
 
 
+def cockpit_step(name: str, spec: str) -> Step | None:
+    """The original Cockpit's configuration, every step (BackPACK models only).
+
+    It runs in this process after glasscockpit's rows, so under the same glibc
+    heap thresholds (``agent/environment/heap.py``): its best allocator setting.
+    """
+    try:
+        import backpack
+        import cockpit
+        from cockpit.utils.configuration import configuration
+        from cockpit.utils.schedules import linear
+    except ImportError:
+        return None
+    model, data = build(name)
+    model = backpack.extend(model)
+    lossfunc = backpack.extend(torch.nn.CrossEntropyLoss())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ck = cockpit.Cockpit(model.parameters(), quantities=configuration(spec, linear(1)))
+
+    def step(i: int) -> None:
+        x, y = data[i % len(data)]
+        opt.zero_grad()
+        out = model(x)
+        loss = lossfunc(out, y)
+        losses = torch.nn.functional.cross_entropy(out, y, reduction="none")
+        info = {"batch_size": x.shape[0], "individual_losses": losses}
+        with ck(i, info={**info, "loss": loss, "optimizer": opt}):
+            loss.backward(create_graph=ck.create_graph(i))
+        opt.step()
+        ck.output.clear()
+        for q in ck.quantities:
+            q.output.clear()
+
+    return step
+
+
 def first_steps(name: str, steps: int, device: str = "cpu") -> dict[str, object]:
     """``full`` with default schedules from step 0: each step over plain steps."""
     plain = make(name, "plain", False, device=device)
@@ -116,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
                 name, "economy", True, "grad_hist_1d", d
             ),
         }
+        if name == "convnet" and d == "cpu":  # BackPACK: Sequential CNN only
+            ck = cockpit_step(name, "economy")
+            if ck is not None:
+                rows["Cockpit economy (every step)"] = ck
         steps = {k: (fn, [0]) for k, fn in rows.items()}
         ratio: dict[str, float] = {}
         ms = interleave(steps, args.repeats, args.block_s, d, ratio)

@@ -33,6 +33,14 @@ BENCHES = [
         "benchmarks-agent.md",
     ),
     Bench(
+        "real_overhead",
+        "Agent overhead on ResNet-18, GPT-2, ViT and a conv-heavy CNN (issue 18)",
+        ["--models", "convnet,gpt2,vit,resnet18", "--repeats", "3", "--steps", "30"],
+        ["--models", "convnet,gpt2", "--repeats", "1", "--steps", "12"],
+        0.3,
+        "benchmarks-agent.md",
+    ),
+    Bench(
         "transport",
         "Transport: step time against healthy, dead and broken servers (issue 4)",
         ["--rounds", "3"],

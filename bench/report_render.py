@@ -321,7 +321,36 @@ def render_scaling(d: dict[str, Any]) -> str:
     return out
 
 
+def render_real(d: dict[str, Any]) -> str:
+    """``bench.real_overhead``: paired ratios, and full's worst early step."""
+    rows = []
+    for model, r in d.items():
+        first = r["first_steps"]
+        rows.append(
+            [
+                model,
+                f"{r['ms']['plain']:.1f}",
+                f"{r['ratio']['economy (every step)']:.2f}×",
+                f"{r['ratio']['economy without grad_hist_1d (every step)']:.2f}×",
+                f"{first['max_after_2']:.2f}× (step {first['worst_step']})",
+                f"{r['ratio']['Cockpit economy (every step)']:.2f}×"
+                if "Cockpit economy (every step)" in r["ratio"]
+                else "",
+            ]
+        )
+    head = [
+        "model",
+        "plain ms/step",
+        "economy, every step",
+        "economy without grad_hist_1d",
+        "full, default schedules: worst step after the first two",
+        "original Cockpit economy, every step",
+    ]
+    return table(head, rows)
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
+    "real_overhead": render_real,
     "agent_overhead": render_agent,
     "transport": render_transport,
     "ingest": render_server,

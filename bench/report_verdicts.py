@@ -80,6 +80,39 @@ def targets(res: dict[str, dict[str, Any]]) -> list[list[str]]:
             "economy (every step)",
             2.5,
         )
+    real = data("real_overhead")
+    if real:
+        limits = {"resnet18": 4.0, "gpt2": 3.0, "vit": 3.0, "convnet": 1.5}
+        for model, limit in limits.items():
+            r = real.get(model)
+            if r is None:
+                continue
+            eco = r["ratio"]["economy (every step)"]
+            rest = r["ratio"]["economy without grad_hist_1d (every step)"]
+            got = f"{eco:.2f}×; without `grad_hist_1d` {rest:.2f}×"
+            ck = r["ratio"].get("Cockpit economy (every step)")
+            if ck is not None:
+                got += f"; original Cockpit {ck:.2f}× (its added cost ÷ ours: "
+                got += f"{(ck - 1) / max(eco - 1, 1e-9):.1f})"
+            rows.append(
+                [
+                    "18",
+                    f"economy every step ≤ {limit:g}× plain, {model}",
+                    got,
+                    verdict(eco <= limit),
+                ]
+            )
+        for model, r in real.items():
+            worst = r["first_steps"]["max_after_2"]
+            rows.append(
+                [
+                    "18",
+                    f"full, default schedules: no step after the first two above "
+                    f"3× plain, {model}",
+                    f"{worst:.2f}× (step {r['first_steps']['worst_step']})",
+                    verdict(worst <= 3.0),
+                ]
+            )
     t = data("transport")
     if t:
         for c in ("live", "offline", "silent", "slow", "stalled"):
