@@ -215,3 +215,23 @@ def test_a_lightning_run_reaches_a_live_server_with_its_config(torch_threads):
             assert json.loads(r.read())["step"] == list(range(STEPS))
         with urllib.request.urlopen(f"{base}/epoch_loss?key=valid", timeout=5) as r:
             assert json.loads(r.read())["step"] == [STEPS]
+
+
+def test_cockpit_reads_through_a_lightning_optimizer(torch_threads) -> None:
+    from glasscockpit.agent import Cockpit
+
+    model = Plain()
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+    wrapped = pl.core.optimizer.LightningOptimizer(inner)
+    cockpit = Cockpit(
+        model, wrapped, server=None, instruments=["lr", "update_size"], budget=None
+    )
+    # Lightning's wrapper is an initialised copy of the optimizer sharing its
+    # groups, state and hooks: either is the one the step updates.
+    assert cockpit.optimizer.param_groups is inner.param_groups
+    loss = loss_fn(model, *data(1)[0])[0]
+    with cockpit.step(0, loss=loss):
+        loss.backward()
+    inner.step()  # Lightning steps the inner optimizer: the after-step hook runs
+    assert float(cockpit.readings[0]["update_size"]["total"]) > 0  # before close
+    cockpit.close()
