@@ -27,7 +27,7 @@ from glasscockpit.agent.curvature.hessian_products import (
 )
 from glasscockpit.agent.engine import HookEngine, mixes_samples
 from glasscockpit.agent.environment.backprop_grads import BackpropGrads
-from glasscockpit.agent.environment.distributed import Group
+from glasscockpit.agent.environment.distributed import AllReducedGrads, Group
 from glasscockpit.agent.environment.grad_scale import GradScale
 from glasscockpit.agent.environment.heap import keep_heap
 from glasscockpit.agent.environment.local_grads import LocalGrads, world_size
@@ -242,7 +242,9 @@ class Cockpit(StepPhases):
                 self._dp = DataParallel(Group())
         #: ``.grad`` at the end of the backward pass, for loops that edit it
         #: inside the step (clipping); ``_local`` keeps it under DDP.
-        self._backprop = BackpropGrads([p for _, p in self.params])
+        self._backprop = (BackpropGrads if self._dp is None else AllReducedGrads)(
+            [p for _, p in self.params]
+        )
         #: The open tracked step (``set_loss`` hands it the loss).
         self._open: StepContext | None = None
         complete = self.engine is not None and not self.engine.uncovered
@@ -444,12 +446,14 @@ class Cockpit(StepPhases):
                 )
                 body = time.perf_counter()
                 budget.charge(body - start)
-            capture = self._local is None and any(
+            # Per-rank DDP reads ``_local``; global readings the all-reduced
+            # ``.grad`` as backpropagated (``AllReducedGrads``).
+            capture = (self._local is None or self._dp is not None) and any(
                 i.needs & READS_GRAD for i in (*due, *pending)
             )
             if self._local is not None:
                 self._local.start()  # the body's backward passes
-            elif capture:
+            if capture:
                 self._backprop.start()
             self._open = ctx
             try:

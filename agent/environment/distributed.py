@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from glasscockpit.agent.environment.backprop_grads import BackpropGrads
 
 
 def group_size() -> int:
@@ -98,3 +100,37 @@ class Group:
             for p, t in zip(parts, order, strict=True)
         ]
         return [out[unique[id(t)]] for t in tensors]
+
+
+class AllReducedGrads(BackpropGrads):
+    """``BackpropGrads`` under DDP: ``.grad`` once DDP's all-reduce wrote it.
+
+    DDP averages the gradients over processes in a callback at the end of the
+    backward pass, after every parameter's post-accumulate-grad hook ran. The
+    first hook of a backward pass queues a callback that queues another: the
+    second runs after DDP's (the engine runs callbacks in order, including
+    those queued while they run) and keeps every ``.grad`` then, so gradient
+    clipping inside ``cockpit.step`` is seen as an edit, as with one process.
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter]) -> None:
+        super().__init__(params)
+        self._queued = False
+
+    def start(self) -> None:
+        """Forget the last body (and a callback a failed backward never ran)."""
+        self._queued = False
+        super().start()
+
+    def _keep(self, key: int, p: Tensor) -> None:
+        del key, p
+        if self._queued:
+            return
+        self._queued = True
+        engine = torch.autograd.Variable._execution_engine
+        engine.queue_callback(lambda: engine.queue_callback(self._keep_all))
+
+    def _keep_all(self) -> None:
+        self._queued = False
+        for p in self.params:
+            super()._keep(id(p), p)

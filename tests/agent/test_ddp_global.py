@@ -173,6 +173,9 @@ def stream(server: str, rank: int, world: int) -> list[float]:
 def through_accelerate(rank: int, world: int) -> list[str]:
     """Accelerate's DDP with two micro-batches per step, against one process.
 
+    Gradients are clipped inside the step: the instruments read them as
+    backpropagated (and all-reduced), on every process as on one.
+
     ``attach`` and ``micro_batch`` of ``agent/integrations/accelerate.py`` on each
     process's share; rank 0 compares with one process stepping on the whole
     batch (the same samples and gradient, another grouping). Curvature is left
@@ -200,6 +203,8 @@ def through_accelerate(rank: int, world: int) -> list[str]:
                 losses = F.cross_entropy(ddp(x[part]), y[part], reduction="none")
                 with micro_batch(cockpit, acc, losses.mean(), losses):
                     acc.backward(losses.mean())
+                    if acc.sync_gradients:  # inside the step: not seen
+                        acc.clip_grad_norm_(ddp.parameters(), 0.01)
                 opt.step()
                 opt.zero_grad()
     cockpit.close()
@@ -215,6 +220,7 @@ def through_accelerate(rank: int, world: int) -> list[str]:
             losses = F.cross_entropy(ref_model(x), y, reduction="none")
             with ref.step(step, loss=losses.mean(), losses=losses):
                 losses.mean().backward()
+                nn.utils.clip_grad_norm_(ref_model.parameters(), 0.01)
             ref.optimizer.step()  # type: ignore[union-attr]
         ref.close()
         got, want = cockpit.readings, ref.readings
