@@ -240,6 +240,13 @@ class Cockpit(StepPhases):
                 self.run = check_run_id(per_rank_run(self.run))
             else:
                 self._dp = DataParallel(Group())
+        elif world_size() > 1 and data_parallel is None:
+            log.warning(
+                "glasscockpit: %d processes, but the model is not wrapped in "
+                "DistributedDataParallel: each process reads its own batch; pass "
+                "data_parallel=True if a trainer all-reduces its gradients",
+                world_size(),
+            )
         #: ``.grad`` at the end of the backward pass, for loops that edit it
         #: inside the step (clipping); ``_local`` keeps it under DDP.
         self._backprop = (BackpropGrads if self._dp is None else AllReducedGrads)(

@@ -213,7 +213,7 @@ def through_accelerate(rank: int, world: int) -> list[str]:
         ref = Cockpit(
             ref_model, torch.optim.SGD(ref_model.parameters(), lr=0.05),
             server=None, instruments=[BY_NAME[n](schedule=always) for n in names],
-            budget=None,
+            budget=None, data_parallel=False,
         )  # fmt: skip
         for step in range(STEPS):
             ref.optimizer.zero_grad()  # type: ignore[union-attr]
@@ -277,7 +277,7 @@ def _worker(
             reference = None
             if rank == 0:
                 ref_model = problem.make(0)[0].double().to(device)
-                reference = train(ref_model, x, y)
+                reference = train(ref_model, x, y, data_parallel=False)
             ids = None if device.type == "cpu" else [device.index]
             ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
             cockpit = train(ddp, x[mine], y[mine])
