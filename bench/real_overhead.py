@@ -29,6 +29,7 @@ from bench.agent_overhead import Step, interleave, sync
 from bench.real_models import build, losses_of
 from glasscockpit.agent import Cockpit, always
 from glasscockpit.agent.instruments import PRESETS
+from glasscockpit.protocol import Readings
 
 
 def make(
@@ -54,10 +55,14 @@ def make(
         else:
             with cockpit.step(i, loss=loss, losses=losses):
                 loss.backward()
-            cockpit.transport.drain()  # type: ignore[attr-defined]
+            for frame in cockpit.transport.drain():  # type: ignore[attr-defined]
+                if isinstance(frame, Readings):
+                    seen.setdefault(frame.step, set()).update(frame.values)
         opt.step()
 
+    seen: dict[int, set[str]] = {}
     step.cockpit = cockpit  # type: ignore[attr-defined]
+    step.seen = seen  # type: ignore[attr-defined]
     return step
 
 
@@ -121,12 +126,17 @@ def first_steps(name: str, steps: int, device: str = "cpu") -> dict[str, object]
         times.append((t2 - t1) * 1e3)
     later = ratios[2:]
     cockpit = full.cockpit  # type: ignore[attr-defined]
+    # Which costly instruments read at each step (the cheap ones every step).
+    cheap = {"loss", "grad_norm", "lr", "time", "distance", "update_size"}
+    seen = full.seen  # type: ignore[attr-defined]
+    keys = [sorted(seen.get(i, set()) - cheap) for i in range(steps)]
     return {
         "ratios": ratios,
         "ms": times,
         "max_after_2": max(later) if later else None,
         "worst_step": 2 + later.index(max(later)) if later else None,
         "disabled": dict(cockpit.disabled),
+        "tracked": keys,
     }
 
 
@@ -176,6 +186,14 @@ def main(argv: list[str] | None = None) -> None:
             "\nfull, default schedules, steps 0-"
             f"{len(ratios) - 1} × plain: " + ", ".join(f"{r:.1f}" for r in ratios)
         )
+        tracked = first["tracked"]
+        assert isinstance(tracked, list)
+        probes = [
+            f"{i}: {' '.join(k)} ({ratios[i]:.1f}×)"
+            for i, k in enumerate(tracked)
+            if k and i < 16
+        ]
+        print("\ncostly instruments read at steps " + "; ".join(probes))
         results[name] = {"ms": ms, "ratio": ratio, "first_steps": first}
     if args.json:
         with open(args.json, "w") as f:

@@ -443,6 +443,31 @@ class ConvRule(LayerRule):
         for s in range(0, x.shape[0], step):
             yield self.batch_grads(module, x[s : s + step], b[s : s + step])
 
+    def grad_sum(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """``Σ_n ĝ_n``: the convolution's own weight-gradient kernel, once."""
+        assert isinstance(module, nn.Conv1d | nn.Conv2d)
+        pad = module.padding
+        assert not isinstance(pad, str)  # accepts() refused strings
+        _, weight, bias = torch.ops.aten.convolution_backward(
+            b,
+            x,
+            module.weight,
+            [module.out_channels] if _has(module, "bias") else None,
+            list(module.stride),
+            list(pad),
+            list(module.dilation),
+            False,
+            [0] * len(module.stride),
+            module.groups,
+            [False, _has(module, "weight"), _has(module, "bias")],
+        )
+        out: dict[str, Tensor] = {}
+        if _has(module, "weight"):
+            out["weight"] = weight
+        if _has(module, "bias"):
+            out["bias"] = bias
+        return out
+
     def batch_l2(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """``‖ĝ_n‖²``: Gram matrices where cheaper, else per-sample gradients."""
         assert isinstance(module, nn.Conv1d | nn.Conv2d)

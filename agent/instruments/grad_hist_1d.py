@@ -325,7 +325,7 @@ class GradHist1d(Instrument):
         bins: int = 100,
         range: tuple[float, float] = (-2.0, 2.0),  # noqa: A002 - numpy's name
         chunk: int = 2**18,
-        sample: int | None = 2**22,
+        sample: int | None = 2**20,
         seed: int = 0,
     ) -> None:
         super().__init__(schedule, label)

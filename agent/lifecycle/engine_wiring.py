@@ -145,7 +145,9 @@ class EngineWiring:
                     if Need.DIAG_GGN in i.needs
                     and (a := allowance(i.schedule)) is not None
                 ]
-                seconds = min(allowed) if allowed else None
+                # Half of it: the rest of the reading (the per-sample pass for
+                # TIC's numerator) comes out of the same allowance.
+                seconds = min(allowed) / 2 if allowed else None
                 with keep_backpack_io():  # an extended model's IO stays
                     ggn = diag_ggn(engine, loss, notes, seconds)
                 if self._dp is not None:  # of the global loss

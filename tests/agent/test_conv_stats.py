@@ -40,7 +40,8 @@ def test_norms_dots_and_squares_match_per_sample_autograd(case: str) -> None:
     l2 = CONV.batch_l2(conv, x, b)
     dot = CONV.batch_dot(conv, x, b, direction)
     sgs = CONV.sum_grad_squared(conv, x, b)
-    assert set(l2) == set(dot) == set(sgs) == set(params)
+    total = CONV.grad_sum(conv, x, b)
+    assert set(l2) == set(dot) == set(sgs) == set(total) == set(params)
     for k, g in want.items():
         flat = g.flatten(1)
         # float64: a different summation order only.
@@ -49,6 +50,7 @@ def test_norms_dots_and_squares_match_per_sample_autograd(case: str) -> None:
             dot[k], flat @ direction[k].reshape(-1), rtol=1e-10, atol=1e-12
         )
         torch.testing.assert_close(sgs[k], g.square().sum(0), rtol=1e-10, atol=0)
+        torch.testing.assert_close(total[k], g.sum(0), rtol=1e-10, atol=1e-12)
 
 
 def test_per_sample_path_is_chunked_over_samples(monkeypatch) -> None:
