@@ -5,7 +5,7 @@
   classes, batch 32 at 3×32×32.
 * ``gpt2``: Hugging Face GPT-2, 2 layers, d 64, 4 heads, T 16, vocabulary 96,
   batch 4, token-mean cross-entropy of the shifted logits as ``labels=`` does.
-* ``vit``: timm ViT-tiny, 2 blocks, 32 px, patch 4, 10 classes, batch 32.
+* ``vit``: timm ViT-tiny (patch 16), 2 blocks, 32 px, 10 classes, batch 32.
 * ``convnet``: the conv-heavy CNN of issue 18, conv(3→16)-pool-conv(16→32)-pool-
   linear(2048→10), ReLU, batch 64 at 3×32×32 (98 % of its time in the convolutions).
 
@@ -140,7 +140,6 @@ def build(name: str) -> tuple[nn.Module, list[tuple[Tensor, Tensor]]]:
             "vit_tiny_patch16_224",
             pretrained=False,
             img_size=32,
-            patch_size=4,
             depth=2,
             num_classes=10,
         )
