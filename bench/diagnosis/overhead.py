@@ -98,6 +98,7 @@ def agent_overhead(steps: int = 300, repeats: int = 3) -> list[str]:
     return [
         f"| agent | diagnoser per frame fed (economy preset, MLP, {steps} steps, "
         f"median of {repeats}) | {med(inside):.0f} |",
-        f"| agent | training step, rules on / off (default budget) | "
+        f"| agent | µs per training step (not per frame), rules on / off, default "
+        f"budget (its timed agent phases include the rules) | "
         f"{1e3 * med(on):.0f} / {1e3 * med(off):.0f} |",
     ]
