@@ -27,6 +27,9 @@ pass, with ``outputs.loss`` and its graph: the curvature instruments work too
 which a loss divided by ``num_items_in_batch`` is not yet). With accumulation the
 step opens before the first forward pass and they read None with the reason.
 
+Alpha reads None on steps whose clipping binds under AdamW (the update leaves
+the directions it is fitted in; ``agent/instruments/alpha.py``).
+
 Cannot read: per-sample losses of other heads (token-level
 language modelling, regression, label smoothing, ``compute_loss_func``) unless
 given as ``losses=fn(outputs, inputs)`` (Alpha reads None without them);
@@ -40,6 +43,7 @@ the loss when the model returns none (a ``compute_loss_func``) unless
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -50,6 +54,8 @@ from torch.nn import functional as F  # noqa: N812 - torch convention
 from glasscockpit.agent.cockpit import Cockpit
 from glasscockpit.agent.instruments import Instrument
 from glasscockpit.agent.integrations.driver import StepDriver, forward_metrics
+
+log = logging.getLogger("glasscockpit.agent")
 
 #: ``(outputs, inputs) -> per-sample losses [B]`` of one micro-batch.
 LossesFn = Callable[[Any, Mapping[str, Any]], Tensor | None]
@@ -138,6 +144,7 @@ class _Hooks:
         self._hook: Any = None
         #: The number of a step without accumulation until its forward pass ends.
         self._late: int | None = None
+        self._warned = False
 
     # -- Trainer events ------------------------------------------------------------
     def on_train_begin(
@@ -233,7 +240,18 @@ class _Hooks:
                 and losses is not None
                 and not torch.allclose(losses.mean(), loss.detach().float(), 1e-4)
             ):
-                losses = None  # another loss than their mean: not its samples
+                # Another loss than their mean: not its samples' (Alpha would
+                # relate the gradient to the wrong losses).
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "glasscockpit: the per-sample losses average to %.6g, the "
+                        "model's loss is %.6g: left out (Alpha reads None); pass "
+                        "losses=fn(outputs, inputs) whose mean is the loss",
+                        float(losses.mean()),
+                        float(loss),
+                    )
+                losses = None
         if not isinstance(loss, Tensor):
             loss = None if losses is None else losses.mean()
         late, self._late = self._late, None

@@ -88,6 +88,7 @@ def train(tmp_path, accumulate: int = 1, names=NAMES, **args: Any):
         gradient_accumulation_steps=accumulate,
         max_steps=STEPS,
         learning_rate=1e-2,
+        max_grad_norm=0.0,  # AdamW + clipping: alpha undefined
         seed=0,
         report_to=[],
         save_strategy="no",
@@ -205,3 +206,63 @@ def test_bf16_reads_like_the_autocast_replay(tmp_path, torch_threads) -> None:
     got, errors = readings_and_errors(cockpit)
     assert errors == want_errors == []
     assert_readings_equal(got, want, [0], names, rtol=1e-5)
+
+
+class Tokens(torch.utils.data.Dataset[dict[str, Tensor]]):
+    def __init__(self, n: int) -> None:
+        self.ids = torch.randint(
+            1, 40, (n, 8), generator=torch.Generator().manual_seed(2)
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def token_losses(outputs: Any, inputs: Any) -> Tensor:
+    """Per-sequence sums of the shifted token losses over the tokens per sequence.
+
+    The Trainer divides the token losses' sum by ``num_items_in_batch``, the
+    count of labels before the shift (8 per sequence, of which 7 are predicted):
+    these average to the model's loss.
+    """
+    logits, labels = outputs.logits[:, :-1], inputs["labels"][:, 1:]
+    per = F.cross_entropy(logits.transpose(1, 2).float(), labels, reduction="none")
+    return per.sum(1) / inputs["labels"].shape[1]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_alpha_of_a_language_model_needs_its_per_sample_losses(
+    tmp_path, given, torch_threads
+):
+    from glasscockpit.agent.integrations.transformers import GlasscockpitCallback
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    extra = {"losses": token_losses} if given else {}
+    callback = GlasscockpitCallback(
+        server=None, instruments=instruments(["alpha", "loss"]), budget=None, **extra
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=BATCH, max_steps=STEPS,
+        learning_rate=1e-2, max_grad_norm=0.0,  # AdamW + clipping: alpha undefined
+        report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True,
+    )  # fmt: skip
+    transformers.Trainer(
+        model=transformers.GPT2LMHeadModel(config),
+        args=args,
+        train_dataset=Tokens(BATCH * STEPS),
+        callbacks=[callback],
+    ).train()
+    readings, errors = readings_and_errors(callback.cockpit)
+    assert readings[0]["loss"] is not None
+    if given:
+        assert readings[0]["alpha"] is not None
+    else:
+        assert readings[0].get("alpha") is None
+        assert "per-sample losses" in errors[0]["alpha"]
