@@ -60,3 +60,4 @@ def require_token(request: Request) -> None:
 StoreDep = Annotated[RunStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 MetricsDep = Annotated[Counter[str], Depends(get_metrics)]
+GateDep = Annotated[ConnectionGate, Depends(get_gate)]

@@ -136,7 +136,14 @@ class MetricsOut(BaseModel):
     runs_by_status: dict[str, int]
     series: int
     points: int = Field(description="buckets stored over all series")
-    memory_bytes: int = Field(description="estimated bytes of series and histograms")
+    memory_bytes: int = Field(
+        description="estimated bytes of series and histograms, their Python objects "
+        "included (docs/operations.md)"
+    )
+    memory_limit_bytes: int | None = Field(
+        None, description="GLASSCOCKPIT_MAX_MEMORY_BYTES (null: no budget)"
+    )
+    connections_open: int = Field(0, description="agent websockets open now")
     runs_evicted: int
     evicted_runs: list[str] = Field(description="the last 100 evicted run ids")
     log_bytes: int | None = Field(

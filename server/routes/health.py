@@ -7,7 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from glasscockpit.server import views
-from glasscockpit.server.deps import MetricsDep, SettingsDep, StoreDep, require_token
+from glasscockpit.server.deps import (
+    GateDep,
+    MetricsDep,
+    SettingsDep,
+    StoreDep,
+    require_token,
+)
 from glasscockpit.server.models import ErrorOut, MetricsOut
 
 router = APIRouter(tags=["health"])
@@ -26,7 +32,10 @@ def healthz() -> dict[str, str]:
     responses={401: {"model": ErrorOut, "description": "Missing or wrong token"}},
 )
 def metrics(
-    store: StoreDep, counters: MetricsDep, settings: SettingsDep
+    store: StoreDep, counters: MetricsDep, settings: SettingsDep, gate: GateDep
 ) -> dict[str, Any]:
     """Frames in, frames rejected by reason, runs, evictions, estimated memory."""
-    return views.metrics_view(store, dict(counters), settings.stale_after_s)
+    out = views.metrics_view(store, dict(counters), settings.stale_after_s)
+    out["memory_limit_bytes"] = store.budget.limit
+    out["connections_open"] = sum(gate.open.values())
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from glasscockpit.protocol import Array, Bye, Hello, Readings
@@ -101,6 +102,9 @@ def test_connections_are_capped_per_client_and_in_total():
         with live_server(free_port(), **{setting: 2}) as s:
             url = s.ws + "/v1/agent"
             a, b = opened(url, "a"), opened(url, "b")
+            metrics = httpx.get(s.http + "/v1/metrics").json()
+            assert metrics["connections_open"] == 2
+            assert metrics["memory_limit_bytes"] == 2**30
             with pytest.raises(ConnectionClosed) as closed:
                 opened(url, "c")
             assert closed.value.rcvd is not None
