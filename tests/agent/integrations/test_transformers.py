@@ -88,7 +88,6 @@ def train(tmp_path, accumulate: int = 1, names=NAMES, **args: Any):
         gradient_accumulation_steps=accumulate,
         max_steps=STEPS,
         learning_rate=1e-2,
-        max_grad_norm=0.0,  # AdamW + clipping: alpha undefined
         seed=0,
         report_to=[],
         save_strategy="no",
