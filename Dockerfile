@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY glasscockpit ./glasscockpit
 COPY protocol ./protocol
+COPY diagnosis ./diagnosis
 COPY agent ./agent
 COPY server ./server
 COPY dashboard ./dashboard
