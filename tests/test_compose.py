@@ -47,3 +47,17 @@ def test_compose_command_is_a_valid_cli_call():
     assert argv[0] == "glasscockpit"
     args = build_parser().parse_args(argv[1:])
     assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 8050)
+
+
+def test_image_copies_every_source_folder():
+    # The image installs the distribution from copied folders: a folder that
+    # pyproject maps but the Dockerfile does not copy breaks `pip install .`.
+    import tomllib
+
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"][
+        "setuptools"
+    ]["package-dir"]
+    tops = {folder.split("/")[0] for folder in mapping.values()}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    missing = sorted(t for t in tops if f"COPY {t} ./{t}" not in dockerfile)
+    assert not missing, f"Dockerfile does not copy {missing}"
