@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from glasscockpit.agent.engine.stats import Outer
+from glasscockpit.agent.engine.stats import Outer, Sampled, Scaled, Sparse
 from glasscockpit.agent.instruments.base import Cost, Instrument, Reading, count_into
 from glasscockpit.agent.instruments.grad_hist_1d import Rule, outer_fast
 from glasscockpit.agent.lifecycle.needs import Need
@@ -129,6 +129,10 @@ class GradHist2d(Instrument):
         bins: ``(gradient bins, parameter bins)`` (Cockpit: ``(40, 50)``).
         range: ``((g low, g high), (θ low, θ high))`` (Cockpit: ``((-1, 1), (-2, 2))``).
         chunk: per-sample values binned at a time (small enough to stay in cache).
+        sample: per layer, at most about this many per-sample values are built,
+            as in ``GradHist1d`` (a random run of samples, counted B/m times, the
+            note names the layers); None counts every value.
+        seed: seed of the private generator of the sampled samples.
     """
 
     name = "grad_hist_2d"
@@ -156,9 +160,13 @@ class GradHist2d(Instrument):
             (-2.0, 2.0),
         ),
         chunk: int = 2**18,
+        sample: int | None = 2**20,
+        seed: int = 0,
     ) -> None:
         super().__init__(schedule, label)
         self.bins, self.range, self.chunk = bins, range, chunk
+        self.sample = sample
+        self._generator = torch.Generator().manual_seed(seed)
         (ng, _), ((glo, ghi), _) = bins, range
         self._rule: Rule = functools.partial(centre_bins, n=ng, lo=glo, hi=ghi, nan=ng)
 
@@ -170,8 +178,14 @@ class GradHist2d(Instrument):
         """
         (ng, nt), ((glo, ghi), (tlo, thi)) = self.bins, self.range
         counts: Tensor | None = None
+        weighted: Tensor | None = None
+        sampled: dict[str, float] = {}
         theta_bins: tuple[str, Tensor] | None = None
-        for name, theta, g in step.batch_grads_factored(self.chunk):
+        self.note = None
+        grads = step.batch_grads_factored(
+            self.chunk, sparse=False, sample=self.sample, generator=self._generator
+        )
+        for name, theta, g in grads:
             # A NaN in g or θ puts the pair at flat index ≥ ng·nt.
             if counts is None:
                 counts = torch.zeros(
@@ -181,6 +195,15 @@ class GradHist2d(Instrument):
                 tb = centre_bins(theta.clone(), nt, tlo, thi, nan=ng * nt)
                 theta_bins = name, tb
             tb = theta_bins[1]
+            if isinstance(g, Sampled):  # some samples, each counted B/m times
+                sampled[name] = g.weight
+                own = torch.zeros_like(counts)
+                values = g.values.built() if isinstance(g.values, Scaled) else g.values
+                count_into(own, torch.add(tb, self._rule(values), alpha=nt))
+                part_w = own.double() * g.weight
+                weighted = part_w if weighted is None else weighted + part_w
+                continue
+            assert not isinstance(g, Sparse | Scaled)  # not asked for
             if isinstance(g, Outer) and outer_fast(g):
                 rows = max(1, self.chunk // g.v.shape[1])
                 counts += outer_counts_2d(g, self._rule, tb, self.bins, rows)
@@ -189,10 +212,19 @@ class GradHist2d(Instrument):
                 count_into(counts, torch.add(tb, self._rule(part), alpha=nt))
         if counts is None:
             return None
+        total = counts.double() if weighted is None else counts.double() + weighted
+        if sampled:
+            names = sorted(sampled)
+            self.note = (
+                f"estimate: per-sample gradients of {len(names)} layer tensors "
+                f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}) from a "
+                "random run of samples, each counted B/m times "
+                f"(B/m up to {max(sampled.values()):.3g}; unbiased counts)"
+            )
         dev = counts.device
         return {
-            "nan": counts[ng * nt :].sum().double(),
-            "counts": counts[: ng * nt].double().reshape(ng, nt),
+            "nan": total[ng * nt :].sum(),
+            "counts": total[: ng * nt].reshape(ng, nt),
             "y_edges": torch.linspace(
                 glo, ghi, ng + 1, dtype=torch.float64, device=dev
             ),
