@@ -26,6 +26,7 @@ def register(app: Dash) -> None:
         Output(ids.GRID, "className"),
         Input(ids.VIEW, "value"),
     )
+    _url_state(app)
     app.clientside_callback(  # type: ignore[no-untyped-call]
         ClientsideFunction("glasscockpit", "tickDone"),
         Output(ids.TICK_DONE, "data"),
@@ -50,5 +51,28 @@ def register(app: Dash) -> None:
         ClientsideFunction("glasscockpit", "png"),
         Output(ids.panel_button(MATCH, "png"), "title"),  # type: ignore[arg-type]
         Input(ids.panel_button(MATCH, "png"), "n_clicks"),  # type: ignore[arg-type]
+        prevent_initial_call=True,
+    )
+
+
+def _url_state(app: Dash) -> None:
+    """The view's state in the URL (assets/urlstate.js): read once, kept current."""
+    controls = (ids.SMOOTHING, ids.X_AXIS, ids.LAYERS, ids.VIEW, ids.RUN_FILTER)
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        ClientsideFunction("glasscockpit_url", "urlRead"),
+        *(Output(c, "value", allow_duplicate=True) for c in controls),
+        Input(ids.URL_INIT, "data"),
+        prevent_initial_call="initial_duplicate",
+    )
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        ClientsideFunction("glasscockpit_url", "urlWrite"),
+        Output(ids.URL_WRITTEN, "data"),
+        Input(ids.RUN_LIST, "value"),
+        *(Input(c, "value") for c in (ids.RUN_FILTER, *controls[:4])),
+    )
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        ClientsideFunction("glasscockpit_url", "urlRuns"),
+        Output(ids.RUN_LIST, "value", allow_duplicate=True),
+        Input(ids.RUN_ORDER, "data"),
         prevent_initial_call=True,
     )

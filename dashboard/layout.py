@@ -96,6 +96,8 @@ def page(refresh_ms: int) -> html.Div:
             dcc.Store(id=ids.VISIBLE, data={}),
             dcc.Store(id=ids.RUN_COLORS, data={}),
             dcc.Store(id=ids.RUN_ORDER, data=[]),
+            dcc.Store(id=ids.URL_INIT, data=0),
+            dcc.Store(id=ids.URL_WRITTEN, data=""),
             dcc.Download(id=ids.DOWNLOAD),
         ],
         className="page",

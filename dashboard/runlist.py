@@ -121,13 +121,16 @@ def status_text(run: dict[str, Any], now: float) -> str:
     return f"{run['run']}: {text} · last frame {ago} · {_step(run)}"
 
 
-def picker(component_id: dict[str, str], runs: list[str]) -> dcc.Dropdown:
-    """A small run picker (a histogram panel shows one run at a time)."""
-    return dcc.Dropdown(
+def picker(component_id: dict[str, str], runs: list[str]) -> dcc.RadioItems:
+    """A small run picker (a histogram panel shows one run at a time).
+
+    Radio buttons, not a ``dcc.Dropdown``: Dash 4.4's dropdown inside a card
+    ignored mouse clicks on its options (keyboard worked).
+    """
+    return dcc.RadioItems(
         id=component_id,
         options=[{"label": r, "value": r} for r in runs],
         value=runs[0],
-        clearable=False,
-        searchable=False,
+        inline=True,
         className="card-run",
     )

@@ -54,7 +54,7 @@ def test_every_panel_on_one_screen(site, width, height, output_dir):
     page = open_cockpit(site, width, height)
     try:
         page.wait_for_function(
-            f"document.querySelectorAll('.card').length === {FULL_PANELS + 1}",
+            f"document.querySelectorAll('.card').length === {FULL_PANELS}",
             timeout=30_000,
         )
         page.wait_for_function(

@@ -33,8 +33,9 @@ from tests.e2e.test_live import make_cockpit
 
 pytestmark = pytest.mark.e2e
 
-#: Panels of the full-Cockpit run: 21 instruments, 3 cards merge 7 into 3.
-FULL_PANELS = len(cf.SPECS) - 4
+#: Panels of the full-Cockpit run: 21 instruments, 3 cards merge 7 into 3, and
+#: the gradient test plane pairs two of them.
+FULL_PANELS = len(cf.SPECS) - 4 + 1
 
 
 def train(cockpit: Any, stop: threading.Event) -> None:
@@ -152,7 +153,7 @@ def select_runs(page: Any, runs: list[str]) -> None:
         "return g && g.getAttribute('data-runs').split(' ').sort().join(' ') "
         "=== [...names].sort().join(' '); }",
         arg=runs,
-        timeout=30_000,
+        timeout=60_000,  # every panel of up to 3 runs, on a loaded 2-core machine
     )
 
 
@@ -356,8 +357,7 @@ def test_histograms_pick_a_run_and_log_their_counts(site, pages, output_dir):
         == "gradient element"
     )
     # Pick the other run: its snapshots replace the first run's.
-    page.click(f"{card}//*[contains(@class,'card-run')]")
-    page.click(".dash-dropdown-option:has(input[value='nan-run'])")
+    page.click(f"{card}//*[contains(@class,'card-run')]//input[@value='nan-run']")
     page.wait_for_function(f"({steps})('{title}') < 60", timeout=30_000)
     status = page.inner_text(f"{card}//div[contains(@class,'card-status')]")
     assert "showing nan-run" in status
