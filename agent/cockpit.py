@@ -583,8 +583,9 @@ class Cockpit(StepPhases):
     def __enter__(self) -> Cockpit:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # An exception leaving the block ended the training: the run failed.
+        self.close("failed" if exc_type is not None else "finished")
 
     def _last_diagnoses(self) -> None:
         """Feed the last frames and call back with what they showed (never raises)."""

@@ -41,6 +41,7 @@
       el.setAttribute('data-shown', epoch);
     });
   }
-  new MutationObserver(localTimes).observe(document.documentElement,
-    {childList: true, subtree: true});
+  /* A slow poll, not a MutationObserver: live plots mutate the DOM many times
+   * a second, and run details change rarely. */
+  setInterval(localTimes, 400);
 })();

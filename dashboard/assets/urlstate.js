@@ -58,7 +58,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
     if (name) { q.set('big', name); } else { q.delete('big'); }
     window.history.replaceState(null, '', '?' + q.toString());
   }
-  new MutationObserver(function () {
+  /* Polled (live plots mutate the DOM many times a second; this is cheap). */
+  setInterval(function () {
     const gc = (window.dash_clientside || {}).glasscockpit || {};
     const big = document.querySelector('.card-big');
     const name = big ? big.getAttribute('data-panel') : null;
@@ -76,6 +77,5 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       gc.shownBig = name;
       setBig(name);
     }
-  }).observe(document.documentElement, {subtree: true, childList: true,
-    attributes: true, attributeFilter: ['class']});
+  }, 250);
 })();

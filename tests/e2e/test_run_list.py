@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -40,7 +39,6 @@ def test_a_run_started_while_the_page_is_open_appears(output_dir):
     """Serve, start A, open the page, start B: B shows, filter works, A ends."""
     with server_process(free_port()) as base, browser() as b:
         a = make_cockpit(base, "run-a")
-        stop_a = threading.Event()
         train(a, 3)
         page = b.new_page(viewport={"width": 1600, "height": 1000})
         errors = _watch(page)
@@ -73,7 +71,6 @@ def test_a_run_started_while_the_page_is_open_appears(output_dir):
             page.wait_for_selector("#run-list input[value='run-c']", timeout=15_000)
             assert _badge(page, "run-a") == "live"
             a.close()
-            stop_a.set()
             page.wait_for_function(
                 "() => { const i = document.querySelector("
                 "\"#run-list input[value='run-a']\");"
@@ -85,4 +82,28 @@ def test_a_run_started_while_the_page_is_open_appears(output_dir):
         finally:
             a.close()
             b_run.close()
+        assert errors == []
+
+
+def test_a_run_that_raised_inside_its_cockpit_shows_failed():
+    with server_process(free_port()) as base, browser() as b:
+        with (
+            pytest.raises(RuntimeError, match="diverged"),
+            make_cockpit(base, "raised") as cockpit,
+        ):
+            train(cockpit, 3)
+            raise RuntimeError("diverged")
+        with make_cockpit(base, "clean") as cockpit:
+            train(cockpit, 3)
+        page = b.new_page(viewport={"width": 1600, "height": 1000})
+        errors = _watch(page)
+        page.goto(base + "/")
+        page.wait_for_selector("#run-list input[value='clean']", timeout=30_000)
+        page.wait_for_function(
+            "() => { const i = document.querySelector("
+            "\"#run-list input[value='raised']\");"
+            "return i && i.closest('label').innerText.includes('failed'); }",
+            timeout=15_000,
+        )
+        assert "finished" in _badge(page, "clean")
         assert errors == []
