@@ -244,7 +244,9 @@ class OverheadBudget:
                 if k != skip and (o - offset) % math.gcd(s, stride) == 0
             )
 
-        for key in sorted(costs, key=lambda k: -costs[k]):
+        # Cheapest first: they share offset 0 (and the per-sample pass); costly
+        # ones then move to the least loaded offsets where the room runs out.
+        for key in sorted(costs, key=lambda k: costs[k]):
             sched = self.schedules[key]
             stride = sched.stride or 1
             offset = 0
