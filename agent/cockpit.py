@@ -592,7 +592,7 @@ class Cockpit(StepPhases):
         if self._diagnosis is None:
             return
         try:
-            self._diagnosis.poll(wait=True)
+            self._diagnosis.close()  # evaluates every queued frame first
             self._diagnosis.deliver()
         except Exception:  # noqa: BLE001 - close() never raises
             log.exception("glasscockpit: the last diagnoses failed")

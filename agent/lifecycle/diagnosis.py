@@ -2,18 +2,20 @@
 
 Every frame the Cockpit sends is also shown to a ``Diagnoser``
 (``glasscockpit.diagnosis``): the hello declares the run, and each readings frame
-is fed once its values are on the host. Readings are copied from the device
-asynchronously, so a frame is fed as soon as its copy is complete (on the CPU at
-once; on CUDA by the next ``cockpit.step`` at the latest), without making the
-training thread wait for the device. New diagnoses go to the user's
-``on_diagnosis`` callback in the training thread: raising from it stops
-training, as from any other code of the loop.
+is queued for a worker thread, which turns it into host values (waiting for the
+device there, never on the training thread) and evaluates the rules. New
+diagnoses go to the user's ``on_diagnosis`` callback on the training thread,
+with the next frame the Cockpit sends (so one tracked step after the evidence,
+at most a few): raising from it stops training, as from any other code of the
+loop.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections import deque
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,9 +23,11 @@ from glasscockpit.agent.transport.host_copy import DeferredReadings
 from glasscockpit.diagnosis import Diagnoser, Diagnosis, DiagnosisSettings, Rule
 from glasscockpit.protocol import Bye, Hello, Readings
 
+log = logging.getLogger("glasscockpit.agent")
 #: Environment variables with the same meaning as on the server.
 ENV_DISABLE = "GLASSCOCKPIT_DIAGNOSIS_DISABLE"
 ENV_THRESHOLDS = "GLASSCOCKPIT_DIAGNOSIS_THRESHOLDS"
+_STOP = object()
 
 
 def settings_from(spec: DiagnosisSettings | None) -> DiagnosisSettings:
@@ -36,7 +40,7 @@ def settings_from(spec: DiagnosisSettings | None) -> DiagnosisSettings:
 
 
 class AgentDiagnosis:
-    """Feeds the frames a Cockpit sends to its diagnoser, in order."""
+    """Feeds the frames a Cockpit sends to its diagnoser, in order, off-thread."""
 
     def __init__(
         self,
@@ -46,36 +50,62 @@ class AgentDiagnosis:
     ) -> None:
         self.diagnoser = Diagnoser(rules, settings_from(settings))
         self.on_diagnosis = on_diagnosis
-        self._pending: deque[DeferredReadings | Readings] = deque()
+        self._queue: queue.Queue[Any] = queue.Queue()
         self._new: list[Diagnosis] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def observe(self, frame: Hello | Readings | Bye | DeferredReadings) -> None:
         """Queue a frame the Cockpit sends (cheap; nothing waits)."""
         if isinstance(frame, Hello):
             self.diagnoser.declare([i.name for i in frame.instruments], frame.meta)
         elif isinstance(frame, Readings | DeferredReadings):
-            self._pending.append(frame)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="glasscockpit-diagnosis", daemon=True
+                )
+                self._thread.start()
+            self._queue.put(frame)
+
+    def _work(self) -> None:
+        while True:
+            frame = self._queue.get()
+            try:
+                if frame is _STOP:
+                    return
+                if isinstance(frame, DeferredReadings):
+                    frame = frame.resolve()
+                new = self.diagnoser.feed(frame.step, frame.values)
+                if new:
+                    with self._lock:
+                        self._new += new
+            except Exception:  # noqa: BLE001 - a diagnosis bug never breaks training
+                log.exception("glasscockpit: diagnosis failed")
+            finally:
+                self._queue.task_done()
 
     def poll(self, wait: bool = False) -> None:
-        """Feed every queued frame whose values are on the host, in order.
+        """With ``wait`` (at ``close()``): let the worker finish the queued frames."""
+        if wait and self._thread is not None:
+            self._queue.join()
 
-        With ``wait`` (at ``close()``) waits for the device copies instead.
-        """
-        while self._pending:
-            frame = self._pending[0]
-            if isinstance(frame, DeferredReadings):
-                if not (wait or frame.copy.ready()):
-                    break
-                frame = frame.resolve()
-            self._pending.popleft()
-            self._new += self.diagnoser.feed(frame.step, frame.values)
+    def close(self) -> None:
+        """Stop the worker once it has evaluated every queued frame."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
 
     def deliver(self) -> None:
         """Call ``on_diagnosis`` with the diagnoses made since the last call.
 
-        Exceptions from the callback propagate: that is how it stops training.
+        Runs on the training thread. Exceptions from the callback propagate:
+        that is how it stops training.
         """
-        new, self._new = self._new, []
+        if not self._new:
+            return
+        with self._lock:
+            new, self._new = self._new, []
         if self.on_diagnosis is not None:
             for d in new:
                 self.on_diagnosis(d)
