@@ -32,9 +32,11 @@ from glasscockpit.dashboard.panels.plane import TRAIL, plane_figure
 #: Points per panel from the downsampled store, shared by the overlaid runs
 #: (TensorBoard draws 1000 per line; browser rendering, not the server, is the
 #: limit, see docs/benchmarks-dashboard.md).
-PANEL_POINTS = 3000
+PANEL_POINTS = 1500
 #: At most this many points per line, at least this few.
-MAX_POINTS, MIN_POINTS = 1000, 100
+#: (A cockpit-view card is ~300 px wide: 500 points per line is more than its
+#: pixels, and Plotly's redraw per live update scales with the points.)
+MAX_POINTS, MIN_POINTS = 500, 100
 #: A panel is redrawn from the store once its lines grew this many times their
 #: budget through live extends (bounds browser work without frequent redraws).
 REBASE = 4
