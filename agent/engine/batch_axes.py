@@ -31,7 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from glasscockpit.agent.engine.errors import EngineError
-from glasscockpit.agent.engine.func_rule import REENTRY, ModelRule, _first_tensor
+from glasscockpit.agent.engine.func_rule import (
+    REENTRY,
+    ModelRule,
+    _first_tensor,
+    backpack_io_kept,
+)
 from glasscockpit.agent.engine.norm_rules import EmbeddingRule, LayerNormRule
 from glasscockpit.agent.engine.rules import LinearRule
 
@@ -193,13 +198,11 @@ def _probe(engine: HookEngine, call: Call, n: int) -> Decision:
             )
     decision = Decision()
     for index, layer in layers:
+        full = [c for c in layer.calls if c.forward == call.forward]
+        if not full and index not in small and index not in large:
+            continue  # not called by this forward pass: nothing to decide
         decision.axes[index] = _layer_axis(
-            layer,
-            small.get(index, []),
-            large.get(index, []),
-            [c for c in layer.calls if c.forward == call.forward],
-            n,
-            sizes[1],
+            layer, small.get(index, []), large.get(index, []), full, n, sizes[1]
         )
     return decision
 
@@ -327,7 +330,13 @@ def _run(
         with _quiet(engine.model):
             # ``forward``, not ``__call__``: the model's own hooks (the engine's,
             # a Trainer integration's) must not see this pass.
-            out = _first_tensor(engine.model.forward(*args, **kwargs))
+            raw = engine.model.forward(*args, **kwargs)
+        for index, layer in layers:
+            if layer.module is engine.model:  # a model that is one layer: no hook ran
+                x = engine.recorded_input(layer, layer.module, args, kwargs, raw)
+                if x is not None:
+                    shapes.setdefault(index, []).append(tuple(x.shape))
+        out = _first_tensor(raw)
     finally:
         for h in handles:
             h.remove()
@@ -347,7 +356,11 @@ def _quiet(model: nn.Module) -> Iterator[None]:
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     REENTRY.active = True
     try:
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        with (
+            torch.random.fork_rng(devices=devices),
+            torch.enable_grad(),
+            backpack_io_kept(),
+        ):
             yield
     finally:
         REENTRY.active = False

@@ -242,6 +242,8 @@ class BoundFuncRule(LayerRule):
             return grads
 
         REENTRY.active = True
+        kept = contextlib.ExitStack()
+        kept.enter_context(backpack_io_kept())
         try:
             if not self.rule.sample_loop:
                 try:
@@ -280,6 +282,7 @@ class BoundFuncRule(LayerRule):
             return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
         finally:
             REENTRY.active = False
+            kept.close()
 
     def _chunks(
         self, module: nn.Module, b: Tensor
@@ -401,3 +404,17 @@ __all__ = [
     "ModelRule",
     "active_dropout",
 ]
+
+
+def backpack_io_kept() -> contextlib.AbstractContextManager[Any]:
+    """Keep BackPACK's stored inputs/outputs of a ``backpack.extend``-ed model.
+
+    Its forward hooks save each module's input and output for its own backward
+    pass (DiagHessian for HessTrace and TIC); our re-runs of modules (per-sample
+    slices, vmapped tensors without storage) would replace the recorded pass's.
+    """
+    try:
+        from backpack import disable
+    except ImportError:  # pragma: no cover - BackPACK is in the agent extra
+        return contextlib.nullcontext()
+    return disable()
