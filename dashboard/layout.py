@@ -128,6 +128,7 @@ def controls() -> html.Div:
                 id=ids.X_AXIS,
                 options=[
                     {"label": "step", "value": "step"},
+                    {"label": "relative", "value": "relative"},
                     {"label": "wall time", "value": "wall"},
                 ],
                 value="step",

@@ -66,6 +66,10 @@ class RunData:
             for run, d in self.details.items()
         }
 
+    def starts(self) -> dict[str, float]:
+        """When each run began (its first frame reached the server), Unix s."""
+        return {r: float(d.get("created") or 0.0) for r, d in self.details.items()}
+
     def errors(self, names: list[str]) -> list[str]:
         """Why instruments of this panel failed on the agent, per run."""
         multi = len(self.runs) > 1
@@ -136,7 +140,9 @@ def full_line(
     """(figure, cursor entry) of a line panel from everything stored."""
     ids = panel_series(panel, rd.runs, rd.keys, opts.layers)
     data = rd.series(ids, None)
-    fig, state = line_figure(panel, ids, data, rd.runs, colors, opts, log_y)
+    fig, state = line_figure(
+        panel, ids, data, rd.runs, colors, opts, log_y, rd.starts()
+    )
     entry = {
         "sig": signature(panel, ids, opts),
         "steps": _last_steps(data, {}),
@@ -200,7 +206,9 @@ def update_panel(
         fig, new = full_line(rd, panel, colors, opts, log_y)
         return fig, no_update, new
     data = rd.series(ids, entry["steps"], entry.get("stride"))
-    payload, state = line_extend(panel, ids, data, rd.runs, opts, entry["state"])
+    payload, state = line_extend(
+        panel, ids, data, rd.runs, opts, entry["state"], rd.starts()
+    )
     if payload is None:
         return no_update, no_update, entry
     return (

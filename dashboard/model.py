@@ -33,7 +33,7 @@ class ViewOptions:
     """The global controls: smoothing weight, x axis, total or per-layer lines."""
 
     smoothing: float = 0.6
-    x_axis: str = "step"  # step | wall
+    x_axis: str = "step"  # step | wall | relative (seconds since the run began)
     layers: bool = False
 
     @classmethod
@@ -45,7 +45,7 @@ class ViewOptions:
             w = 0.0
         return cls(
             smoothing=min(max(w, 0.0), 0.99),
-            x_axis="wall" if x_axis == "wall" else "step",
+            x_axis=x_axis if x_axis in ("wall", "relative") else "step",
             layers=layers == "layers",
         )
 

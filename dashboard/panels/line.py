@@ -73,14 +73,18 @@ def trace_plan(
 
 
 def split(
-    data: Series, opts: ViewOptions
+    data: Series, opts: ViewOptions, start: float = 0.0
 ) -> tuple[list[Any], list[float | None], list[tuple[Any, float, str]]]:
-    """(x, finite y or None, [(x, marker height, label)] for NaN/Inf readings)."""
-    xs = (
-        [w * 1000.0 for w in data["wall_time"]]
-        if opts.x_axis == "wall"
-        else list(data["step"])
-    )
+    """(x, finite y or None, [(x, marker height, label)] for NaN/Inf readings).
+
+    ``start``: the run's start (Unix s), the origin of the relative time axis.
+    """
+    if opts.x_axis == "wall":
+        xs: list[Any] = [w * 1000.0 for w in data["wall_time"]]
+    elif opts.x_axis == "relative":
+        xs = [round(w - start, 3) for w in data["wall_time"]]
+    else:
+        xs = list(data["step"])
     ys: list[float | None] = []
     bad: list[tuple[Any, float, str]] = []
     for x, raw in zip(xs, data["value"], strict=True):
@@ -132,6 +136,7 @@ def line_figure(
     colors: dict[str, str],
     opts: ViewOptions,
     log_y: bool,
+    starts: dict[str, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The whole panel and the state live updates continue from.
 
@@ -143,6 +148,7 @@ def line_figure(
         colors: Colour of each run.
         opts: Smoothing, x axis and per-layer choice.
         log_y: Logarithmic value axis.
+        starts: Start time of each run (the relative time axis's origin).
 
     Returns:
         The figure and ``{"ema": {sid: [acc, n]}, "points", "bad", "nonpos"}``.
@@ -159,7 +165,9 @@ def line_figure(
     per_run_index: dict[str, int] = {}
     for run, name, key in series:
         s = sid(run, name, key)
-        xs, ys, bad = split(data.get(s, empty_series()), opts)
+        xs, ys, bad = split(
+            data.get(s, empty_series()), opts, (starts or {}).get(run, 0.0)
+        )
         n = per_run_index.get(run, 0)
         per_run_index[run] = n + 1
         label = _label(run, titles.get(name, name), key, multi_run, multi_member)
@@ -220,6 +228,8 @@ def line_figure(
     )
     if opts.x_axis == "wall":  # date ticks speak for themselves: no title
         fig.update_layout(xaxis={"type": "date", "title": {"text": ""}, "nticks": 5})
+    elif opts.x_axis == "relative":
+        fig.update_layout(xaxis={"ticksuffix": " s", "nticks": 5})
     fig.update_layout(yaxis={"type": "log" if log_y else "linear"})
     _guides(fig, panel)
     if panel.get("distribution"):
@@ -300,6 +310,7 @@ def line_extend(
     runs: list[str],
     opts: ViewOptions,
     state: dict[str, Any],
+    starts: dict[str, float] | None = None,
 ) -> tuple[list[Any] | None, dict[str, Any]]:
     """``extendData`` for points newer than the last update, and the new state.
 
@@ -316,7 +327,7 @@ def line_extend(
         s = sid(run, name, key)
         if s not in new or not new[s]["step"]:
             continue
-        xs, ys, bad = split(new[s], opts)
+        xs, ys, bad = split(new[s], opts, (starts or {}).get(run, 0.0))
         added = max(added, len(xs))
         i = plan["raw"][s]
         xs_out[i], ys_out[i] = xs, ys

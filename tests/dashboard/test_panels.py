@@ -445,3 +445,12 @@ def test_histogram_axis_titles_from_the_agent_specs():
     assert labels(two_d) == ("parameter value", "gradient element")
     custom = {**one_d, "x_label": "activation"}
     assert labels(custom)[1] == "activation"
+
+
+def test_relative_time_axis_counts_seconds_from_the_run_start():
+    from glasscockpit.dashboard.panels.line import split
+
+    data = {"step": [0, 1], "wall_time": [1000.5, 1002.0], "value": [1.0, 2.0]}
+    opts = ViewOptions.parse(0, "relative", "total")
+    assert opts.x_axis == "relative"
+    assert split(data, opts, 1000.0)[0] == [0.5, 2.0]

@@ -56,5 +56,13 @@ def test_constant_lr_and_every_logged_metric(output_dir):
                 card_js("return gd.data.map(t => t.name || '');"), title
             )
             assert want <= set(names), (title, names)
+        # Relative time: seconds since the run began, a third x axis.
+        page.click("#x-axis input[value=relative]")
+        xs = card_js(
+            "return gd.layout.xaxis.ticksuffix === ' s' ? gd.data[0].x : null;"
+        )
+        page.wait_for_function(f"({xs})('Mini-batch loss') !== null")
+        rel = page.evaluate(xs, "Mini-batch loss")
+        assert 0 <= rel[0] <= rel[-1] < 120, rel
         page.screenshot(path=str(output_dir / "const-lr.png"), full_page=True)
         assert errors == []
