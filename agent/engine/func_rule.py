@@ -417,4 +417,5 @@ def backpack_io_kept() -> contextlib.AbstractContextManager[Any]:
         from backpack import disable
     except ImportError:  # pragma: no cover - BackPACK is in the agent extra
         return contextlib.nullcontext()
-    return disable()
+    kept: contextlib.AbstractContextManager[Any] = disable()
+    return kept
