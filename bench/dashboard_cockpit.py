@@ -192,7 +192,7 @@ def first_screen(steps: int) -> dict[str, Any]:
 
 
 def screenshots(folder: str, steps: int = 800) -> None:
-    """The cockpit view of one finished full run at both sizes, as PNGs."""
+    """The cockpit view of one finished full run, both sizes and themes, as PNGs."""
     port = free_port()
     store = start(port)
     rng = np.random.default_rng(11)
@@ -201,13 +201,16 @@ def screenshots(folder: str, steps: int = 800) -> None:
     for s in range(steps):
         store.ingest(cf.readings("resnet-sgd", s, rng, wall_time=wall + s * 0.05))
     with browser() as b:
-        for w, h in ((1600, 1000), (1366, 768)):
-            page = b.new_page(viewport={"width": w, "height": h})
-            page.goto(f"http://127.0.0.1:{port}/?view=cockpit&run=resnet-sgd")
-            page.wait_for_function(ALL_DRAWN_JS, arg=1, timeout=120_000)
-            page.wait_for_timeout(1500)
-            page.screenshot(path=f"{folder}/cockpit-{w}x{h}-light.png")
-            page.close()
+        for scheme in ("light", "dark"):
+            for w, h in ((1600, 1000), (1366, 768)):
+                page = b.new_page(
+                    viewport={"width": w, "height": h}, color_scheme=scheme
+                )
+                page.goto(f"http://127.0.0.1:{port}/?view=cockpit&run=resnet-sgd")
+                page.wait_for_function(ALL_DRAWN_JS, arg=1, timeout=120_000)
+                page.wait_for_timeout(1500)
+                page.screenshot(path=f"{folder}/cockpit-{w}x{h}-{scheme}.png")
+                page.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,7 +44,7 @@ from glasscockpit.dashboard.layout import (
 from glasscockpit.dashboard.live import RunData, status_line, update_panel
 from glasscockpit.dashboard.model import LINE_KINDS, ViewOptions, build_panels
 from glasscockpit.dashboard.panels import SNAPSHOT_KINDS
-from glasscockpit.dashboard.panels.style import base_layout, run_colors
+from glasscockpit.dashboard.panels.style import base_layout, run_colors, themed
 from glasscockpit.dashboard.run_filter import filter_runs
 
 _generation = itertools.count(1)
@@ -242,6 +242,7 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
         State(ids.panel_log(ALL), "data"),  # type: ignore[arg-type]
         State(ids.panel_run(ALL), "value"),  # type: ignore[arg-type]
         State(ids.panel_run(ALL), "id"),  # type: ignore[arg-type]
+        State(ids.THEME, "data"),
         prevent_initial_call=True,
     )
     @offload
@@ -256,6 +257,7 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
         logs: list[bool],
         picked: list[str | None],
         picker_ids: list[dict[str, str]],
+        theme: str | None,
     ) -> Any:
         picks = {p["name"]: v for p, v in zip(picker_ids, picked, strict=True)}
         grid_state = grid_state or {}
@@ -267,8 +269,8 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
         cursor = cursor or {}
         entries: dict[str, Any] = (
             dict(cursor.get("panels", {}))
-            if cursor.get("gen") == grid_state["gen"]
-            else {}
+            if cursor.get("gen") == grid_state["gen"] and cursor.get("theme") == theme
+            else {}  # a new grid, or the system theme changed: redraw all
         )
         on_screen = set((visible or {}).get("ids", []))
         drawn = (visible or {}).get("traces", {})
@@ -313,9 +315,10 @@ def _panel_callbacks(app: Dash, provider: DataProvider) -> None:
                 statuses.append(
                     html.Span(text, className="warn" if "⚠" in text else "", title=text)
                 )
-            figures.append(fig)
+            figures.append(themed(fig, theme or "light"))
             extends.append(ext)
-        return figures, extends, statuses, {"gen": grid_state["gen"], "panels": entries}
+        cursor_out = {"gen": grid_state["gen"], "panels": entries, "theme": theme}
+        return figures, extends, statuses, cursor_out
 
     @app.callback(
         Output(ids.DOWNLOAD, "data"),

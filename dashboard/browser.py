@@ -28,6 +28,11 @@ def register(app: Dash) -> None:
     )
     _url_state(app)
     app.clientside_callback(  # type: ignore[no-untyped-call]
+        ClientsideFunction("glasscockpit", "theme"),
+        Output(ids.THEME, "data"),
+        Input(ids.URL_INIT, "data"),
+    )
+    app.clientside_callback(  # type: ignore[no-untyped-call]
         ClientsideFunction("glasscockpit", "tickDone"),
         Output(ids.TICK_DONE, "data"),
         Input(ids.CURSOR, "data"),

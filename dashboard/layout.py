@@ -97,6 +97,7 @@ def page(refresh_ms: int) -> html.Div:
             dcc.Store(id=ids.RUN_COLORS, data={}),
             dcc.Store(id=ids.RUN_ORDER, data=[]),
             dcc.Store(id=ids.URL_INIT, data=0),
+            dcc.Store(id=ids.THEME, data="light"),
             dcc.Store(id=ids.URL_WRITTEN, data=""),
             dcc.Download(id=ids.DOWNLOAD),
         ],

@@ -38,6 +38,18 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       setTimeout(function () { window.dispatchEvent(new Event('resize')); }, 30);
       return value === 'grid' ? 'grid-groups' : 'grid-groups view-cockpit';
     },
+    /* The system's colour scheme, now and whenever it changes (the figures are
+     * then redrawn in it; the page's colours follow by CSS). */
+    theme: function () {
+      const mq = window.matchMedia('(prefers-color-scheme: dark)');
+      if (!mq._gcWatched) {
+        mq._gcWatched = true;
+        mq.addEventListener('change', function (e) {
+          window.dash_clientside.set_props('theme', {data: e.matches ? 'dark' : 'light'});
+        });
+      }
+      return mq.matches ? 'dark' : 'light';
+    },
     tickDone: function () {
       window.dash_clientside.glasscockpit.pending = 0;
       return window.dash_clientside.no_update;

@@ -18,6 +18,8 @@ from glasscockpit.dashboard.panels.style import FigureDict, base_layout, trace
 TRAIL = 300
 ACCEPT_COLOR = "rgba(34, 197, 94, 0.16)"
 ACCEPT_LINE = "rgba(22, 163, 74, 0.8)"
+#: The newest reading's cross: readable on the light and the dark theme.
+NEWEST = "#ea580c"
 
 
 def pairs(
@@ -91,8 +93,8 @@ def plane_figure(
             marker={
                 "symbol": "cross-thin-open",
                 "size": 18,
-                "color": "#111827",
-                "line": {"width": 3, "color": "#111827"},
+                "color": NEWEST,
+                "line": {"width": 3, "color": NEWEST},
             },
             hovertemplate=f"newest, step {steps[-1] if steps else '–'}"
             "<br>ν %{x:.3g}<br>θ %{y:.3g}<extra></extra>",

@@ -131,3 +131,25 @@ class FigureDict:
 def trace(kind: str, **props: Any) -> dict[str, Any]:
     """One trace as a dict, e.g. ``trace("scatter", x=[...], y=[...])``."""
     return {"type": kind, **{k: v for k, v in props.items() if v is not None}}
+
+
+#: Layout overrides of the dark theme (the page follows the system setting).
+DARK = {
+    "template": "plotly_dark",
+    "paper_bgcolor": "#111827",
+    "plot_bgcolor": "#111827",
+    "font": {"color": "#e5e7eb"},
+    "legend": {"bgcolor": "rgba(17,24,39,0.7)"},
+}
+
+
+def themed(figure: Any, theme: str) -> Any:
+    """``figure`` (a figure dict) in the dark theme when ``theme`` is "dark"."""
+    if theme != "dark" or not isinstance(figure, dict) or "layout" not in figure:
+        return figure
+    merge(figure["layout"], DARK)
+    for name, axis in figure["layout"].items():
+        if (name.startswith(("xaxis", "yaxis"))) and isinstance(axis, dict):
+            axis.setdefault("gridcolor", "#374151")
+            axis.setdefault("zerolinecolor", "#4b5563")
+    return figure

@@ -116,3 +116,24 @@ def test_gradient_test_plane(site, output_dir):
         assert page.errors == []
     finally:
         page.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_theme_follows_the_system(site, scheme, output_dir):
+    page = site["browser"].new_page(
+        viewport={"width": 1600, "height": 1000}, color_scheme=scheme
+    )
+    try:
+        page.goto(site["base"] + "/")
+        select_runs(page, ["full-cockpit"])
+        bg = card_js("return gd._fullLayout.paper_bgcolor;")
+        want = "#111827" if scheme == "dark" else "#fff"
+        page.wait_for_function(
+            f"({bg})('Mini-batch loss') === '{want}'", timeout=30_000
+        )
+        body = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert (body == "rgb(11, 18, 32)") == (scheme == "dark"), body
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(output_dir / f"cockpit-{scheme}.png"))
+    finally:
+        page.close()
