@@ -256,6 +256,8 @@ class OverheadBudget:
                 tries = range(min(stride, _OFFSETS))
                 offset = min(tries, key=lambda o: (load(stride, o), o))
             sched.offset = offset
+            if sched.probe is not None:  # the probe was this stride's reading
+                sched.after = max(sched.after, sched.probe + stride)
             placed.append((key, stride, offset))
         for key, stride, offset in placed:
             others = load(stride, offset, skip=key)

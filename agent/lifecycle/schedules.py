@@ -79,6 +79,8 @@ class auto:  # noqa: N801
     governed: bool = False
     probe: int | None = None
     allowance: float | None = None
+    #: Governed: no regular reading before this step (one stride after the probe).
+    after: int = 0
 
     def __call__(self, step: int) -> bool:
         """Whether ``step`` is tracked."""
@@ -87,6 +89,8 @@ class auto:  # noqa: N801
                 return False
             if self.stride is None:
                 return step == self.probe or self.cheap
+            if step < self.after:
+                return step == self.probe
             return step % self.stride == self.offset % self.stride
         if self.stride is None or step < self.warmup:
             return bool(self.fallback(step))

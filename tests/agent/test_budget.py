@@ -210,3 +210,19 @@ def test_bad_budget_in_the_environment_is_a_clear_error(monkeypatch, raw):
     monkeypatch.setenv("GLASSCOCKPIT_BUDGET", raw)
     with pytest.raises(ValueError, match="GLASSCOCKPIT_BUDGET"):
         AgentConfig.from_env()
+
+
+def test_no_regular_reading_within_a_stride_of_the_probe():
+    a, b = auto(log_spaced()), auto(log_spaced())
+    budget = OverheadBudget(1.0, {"a": a, "b": b}, cap=3.0)
+    budget._plain.extend([0.01] * 3)
+    a.probe = 4
+    budget.costs.update({"a": 0.5, "b": 0.5})
+    budget._dirty = True
+    budget.update(5)
+    assert a.stride is not None and a.stride > 4
+    steps = [s for s in range(3 * a.stride) if a(s)]
+    # The probe, then the offset's progression from one stride after it on.
+    assert steps[0] == 4
+    assert all(s >= 4 + a.stride for s in steps[1:])
+    assert all(s % a.stride == a.offset for s in steps[1:])
