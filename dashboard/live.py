@@ -67,8 +67,17 @@ class RunData:
         }
 
     def starts(self) -> dict[str, float]:
-        """When each run began (its first frame reached the server), Unix s."""
-        return {r: float(d.get("created") or 0.0) for r, d in self.details.items()}
+        """When each run began, in Unix seconds.
+
+        The agent's start time (``meta.started``, taken before the first step),
+        else when the run's first frame reached the server.
+        """
+        out: dict[str, float] = {}
+        for run, d in self.details.items():
+            started = (d.get("meta") or {}).get("started")
+            ok = isinstance(started, int | float) and not isinstance(started, bool)
+            out[run] = float(started if ok else d.get("created") or 0.0)
+        return out
 
     def errors(self, names: list[str]) -> list[str]:
         """Why instruments of this panel failed on the agent, per run."""
