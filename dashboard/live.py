@@ -76,7 +76,7 @@ class RunData:
         for run, d in self.details.items():
             started = (d.get("meta") or {}).get("started")
             ok = isinstance(started, int | float) and not isinstance(started, bool)
-            out[run] = float(started if ok else d.get("created") or 0.0)
+            out[run] = float(started) if ok else float(d.get("created") or 0.0)
         return out
 
     def errors(self, names: list[str]) -> list[str]:
