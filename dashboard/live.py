@@ -75,8 +75,10 @@ class RunData:
         out: dict[str, float] = {}
         for run, d in self.details.items():
             started = (d.get("meta") or {}).get("started")
-            ok = isinstance(started, int | float) and not isinstance(started, bool)
-            out[run] = float(started) if ok else float(d.get("created") or 0.0)
+            if isinstance(started, int | float) and not isinstance(started, bool):
+                out[run] = float(started)
+            else:
+                out[run] = float(d.get("created") or 0.0)
         return out
 
     def errors(self, names: list[str]) -> list[str]:
