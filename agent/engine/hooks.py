@@ -24,6 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from glasscockpit.agent.engine import (  # noqa: F401
     attention_rule,
     batch_axes,
+    foreign_rules,
     norm_rules,
     rnn_rule,
 )

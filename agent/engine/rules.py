@@ -17,7 +17,7 @@ import contextlib
 import math
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -546,7 +546,17 @@ RULES: dict[type[nn.Module], LayerRule] = {
 }
 
 
+#: Rules for classes not in ``RULES``: other libraries' layers, found without
+#: importing them, and subclasses known to keep their base's math
+#: (``foreign_rules``). Each returns the rule for a module, or None.
+MATCHERS: list[Callable[[nn.Module], LayerRule | None]] = []
+
+
 def supports(module: nn.Module) -> LayerRule | None:
     """The rule for this module, or None when no rule covers it."""
     rule = RULES.get(type(module))
+    for match in MATCHERS:
+        if rule is not None:
+            break
+        rule = match(module)
     return rule if rule is not None and rule.accepts(module) else None
