@@ -23,7 +23,9 @@ from glasscockpit.agent.instruments import BY_NAME
 from glasscockpit.protocol import Readings
 from tests.agent.real_models import (
     CASES,
+    GPT2,
     RESNET_BN_TRAIN,
+    VIT,
     Case,
     _hf,
     bert,
@@ -120,6 +122,26 @@ def test_every_reading_matches_the_per_sample_loop(case: Case) -> None:
         if name in ("mean_gsnr", "early_stopping"):
             rtol = max(rtol, 4 * 1.2e-7 * variance_conditioning(data))
         assert_reading(got, want, f"{case}: {name}", rtol)
+
+
+@pytest.mark.parametrize(
+    ("case", "module", "label"),
+    [
+        (GPT2, ".c_attn.", "conv1d-rule (transposed linear)"),
+        (GPT2, ".mlp.c_proj.", "conv1d-rule (transposed linear)"),
+        (VIT, ".norm1.", "layernorm-rule"),
+    ],
+    ids=["gpt2-attn", "gpt2-mlp", "vit-norm"],
+)
+def test_library_layers_are_served_by_exact_rules(
+    case: Case, module: str, label: str
+) -> None:
+    # Hugging Face's Conv1D and timm's LayerNorm: per-layer rules, not the
+    # torch.func fallback (the readings above are then the rules' readings).
+    cockpit, _ = readings(case)
+    assert cockpit.engine is not None
+    served = {n: e for n, e in cockpit.engine.coverage.items() if module in n}
+    assert served and set(served.values()) == {label}, served
 
 
 def _round_off(data: Data) -> list[str]:
