@@ -8,6 +8,7 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ def model_meta(
     model: nn.Module, optimizer: torch.optim.Optimizer | None
 ) -> dict[str, Any]:
     """Model, optimizer and host facts shown with the run on the dashboard."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     meta: dict[str, Any] = {
         "model": type(model).__name__,
         "model_summary": str(model)[:4000],
@@ -57,6 +59,11 @@ def model_meta(
         # resumes a run only for the same instance (reconnects, sync of its spill
         # file) and stores another instance as a new run with a suffix.
         "instance": secrets.token_hex(8),
+        # Read by the diagnosis rules: shapes give a layer's fan-in (the input
+        # scale from the first layer's gradients), the initial norm makes the
+        # update size relative (‖Δθ‖/‖θ‖).
+        "parameter_shapes": {n: list(p.shape) for n, p in _sized(named)[:500]},
+        "parameter_norm": _norm([p for _, p in _sized(named)]),
     }
     if optimizer is not None:
         meta["optimizer"] = type(optimizer).__name__
@@ -66,3 +73,23 @@ def model_meta(
             if isinstance(v, int | float | str | bool)
         }
     return meta
+
+
+def _sized(
+    named: list[tuple[str, nn.Parameter]],
+) -> list[tuple[str, nn.Parameter]]:
+    """Parameters with data (not lazy modules' placeholders, not on "meta")."""
+    lazy = nn.parameter.UninitializedParameter
+    return [(n, p) for n, p in named if not isinstance(p, lazy) and not p.is_meta]
+
+
+def _norm(params: Sequence[torch.Tensor]) -> float:
+    """‖θ‖₂ over all tensors (one device sync)."""
+    if not params:
+        return 0.0
+    with torch.no_grad():
+        dev = params[0].device  # model-parallel tensors meet on one device
+        norms = torch.stack(
+            [torch.linalg.vector_norm(p.float()).to(dev) for p in params]
+        )
+        return float(torch.linalg.vector_norm(norms).cpu())

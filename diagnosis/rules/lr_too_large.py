@@ -1,4 +1,4 @@
-"""Learning rate too large: α persistently above 1 while the loss rises."""
+"""Learning rate too large: α above 1 with a rising loss, or huge relative steps."""
 
 from __future__ import annotations
 
@@ -15,18 +15,28 @@ class LrTooLarge(Rule):
     does not wait for α's schedule. The loss counts as rising when the median of
     the newest ``loss_window`` losses exceeds the reference (``loss_trend``) by
     ``rise`` × the starting level.
+
+    Or, whatever the loss does: the median relative update of the newest
+    ``update_window`` update-size readings ≥ ``relative_update``. The relative update
+    is ‖Δθ_t‖/‖θ_t‖ ≥ ‖Δθ_t‖/(‖θ_0‖ + ‖θ_t − θ_0‖) (triangle inequality), so
+    the lower bound is read from the update size, the distance and the initial
+    norm in the run's metadata (``parameter_norm``). It holds for any optimizer,
+    Adam's included, whose α and edge of stability say little.
     """
 
     name = "lr_too_large"
     title = "Learning rate too large"
     severity = "warning"
     needs = ("alpha", "loss")
+    panels = ("alpha", "loss", "update_size", "distance")
     thresholds = {
         "alpha": 1.0,
         "window": 3.0,
         "min_readings": 2.0,
         "loss_window": 10.0,
         "rise": 0.1,
+        "relative_update": 0.1,
+        "update_window": 5.0,
     }
     explanation = (
         "α places each step on a parabola fitted to the loss along it: −1 is the "
@@ -35,17 +45,56 @@ class LrTooLarge(Rule):
         "above `alpha` means the steps land beyond the far side of the valley: "
         "each one increases the loss along its own direction. Together with a "
         "rising loss this is the Cockpit paper's signature of a learning rate "
-        "that is too large; the run is bouncing out of the valley, not into it."
+        "that is too large; the run is bouncing out of the valley, not into it. "
+        "Independently, the size of a step relative to the weights it changes, "
+        "‖Δθ‖/‖θ‖, is about 1e-3 in well-tuned training (a widely used rule of "
+        "thumb); a step that changes the weights by `relative_update` (10 %) or "
+        "more, step after step, rewrites the network every few steps: the rate "
+        "is orders of magnitude too large even when the loss still falls (Adam "
+        "on an easy task recovers, but only after its first steps have thrown "
+        "the weights far away and killed units)."
     )
     remedies = (
         "Lower the learning rate (a factor of 3-10), or add warm-up.",
         "Clip the gradient norm.",
         "With a schedule: check that it does not raise the rate here.",
     )
-    source = "Schneider, Dangel & Hennig 2021 (Cockpit), the α gauge"
+    source = (
+        "Schneider, Dangel & Hennig 2021 (Cockpit), the α gauge; the update-to-"
+        "weight ratio ‖Δθ‖/‖θ‖ ≈ 1e-3 rule of thumb (Karpathy, CS231n)"
+    )
 
     def check(self, h: History, th: Thresholds) -> Finding | None:
-        """α median above the threshold over the window, loss above its reference."""
+        """α above 1 with a rising loss, else the relative update size."""
+        return self._alpha(h, th) or self._relative(h, th)
+
+    def _relative(self, h: History, th: Thresholds) -> Finding | None:
+        norm0 = h.meta.get("parameter_norm")
+        n = int(th["update_window"])
+        upd, dist = h.series("update_size"), h.series("distance")
+        if not (isinstance(norm0, int | float) and norm0 > 0) or len(upd) < n:
+            return None
+        moved = dict(zip(dist.tail_steps(2 * n), dist.tail(2 * n), strict=True))
+        rel = [
+            u / (norm0 + moved[s])
+            for s, u in zip(upd.tail_steps(n), upd.tail(n), strict=True)
+            if s in moved
+        ]
+        if len(rel) < n:
+            return None  # distance not tracked at these steps: no bound
+        med = median(rel)
+        if not med >= th["relative_update"]:
+            return None
+        return Finding(
+            upd.last_step,
+            {"relative_update": med, "parameter_norm_init": float(norm0)},
+            summary=f"each step changes the weights by ≥ {med:.1%} of their norm "
+            f"(median of {n}; ≥ {th['relative_update']:.0%} is too large, ~0.1 % "
+            "is usual)",
+            since=upd.tail_steps(n)[0],
+        )
+
+    def _alpha(self, h: History, th: Thresholds) -> Finding | None:
         a = h.series("alpha")
         n = int(th["window"])
         if len(a) < n and not (len(a) == a.count >= th["min_readings"]):

@@ -334,3 +334,56 @@ def test_callback_gets_each_new_diagnosis_once():
     d.declare(["loss"], {})
     feed(d, [(s, {"loss": math.nan}) for s in range(3)])
     assert seen == ["divergence"]
+
+
+def test_lr_too_large_on_the_relative_update_even_while_the_loss_falls():
+    # ‖θ₀‖ = 10; the bound is ‖Δθ‖/(‖θ₀‖ + ‖θ − θ₀‖) = u / (10 + 10) here.
+    meta = {"parameter_norm": 10.0}
+
+    def frames(update: float) -> list[tuple[int, dict[str, Any]]]:
+        return [
+            (
+                s,
+                {
+                    "loss": 1.0 - 0.01 * s,
+                    "update_size": {"total": update},
+                    "distance": {"total": 10.0},
+                    "alpha": 0.0,  # in its band: only the update size speaks
+                },
+            )
+            for s in range(5)
+        ]
+
+    assert run(frames(2.01), meta) == ["lr_too_large"]
+    assert run(frames(1.99), meta) == []
+    assert run(frames(2.01)) == []  # no initial norm sent: no bound, no diagnosis
+    # Without distance readings the bound is unknown.
+    no_distance = [
+        (s, {k: v for k, v in f.items() if k != "distance"}) for s, f in frames(50.0)
+    ]
+    assert run(no_distance, meta) == []
+
+
+def test_badly_scaled_reads_the_input_scale_off_the_first_layer():
+    # ‖∂W‖/‖∂b‖ = ‖x‖, so over √fan-in (16) the inputs' RMS; the position
+    # embedding before the layer has no bias and is not the input layer.
+    meta = {
+        "parameter_shapes": {
+            "pos": [6, 32],
+            "proj.weight": [32, 16],
+            "proj.bias": [32],
+            "head.weight": [4, 32],
+            "head.bias": [4],
+        }
+    }
+
+    def frames(rms: float) -> list[tuple[int, dict[str, Any]]]:
+        layers = {"pos": 1.0, "proj.weight": 0.5 * rms * 4.0, "proj.bias": 0.5}
+        # Read when a histogram arrives; it has nothing in its edge bins.
+        hist = (5, {"grad_hist_1d": histogram(0.0)})
+        return [*(grads(s, 1.0, **layers) for s in range(5)), hist]
+
+    assert run(frames(10.5), meta) == ["badly_scaled"]
+    assert run(frames(9.5), meta) == []
+    # No shapes sent: the input layer is unknown.
+    assert "badly_scaled" not in run(frames(1000.0))
