@@ -38,6 +38,7 @@ from torch.autograd.graph import GradientEdge
 from glasscockpit.agent.engine.hooks import EngineError, HookEngine
 from glasscockpit.agent.engine.rules import CONV
 from glasscockpit.agent.engine.stats import StepStats
+from glasscockpit.agent.engine.tie_rule import tied_layers
 
 #: Identity nodes of full backward hooks (``backpack.extend``-ed modules, also
 #: the loss module): passed through without being called.
@@ -803,6 +804,13 @@ def _reduce(
                         continue
                     name = layer.names[k]
                     out[name] = out[name] + v if name in out else v
+            # Tied tensors: their uses' per-sample gradients summed, then squared.
+            for tie, calls in tied_layers(engine.ties, set(engine.uncovered)):
+                for c in calls:  # one per forward pass
+                    rule = tie.rule.bind(c)
+                    for k, v in rule.sum_grad_squared(tie.module, c.x, c.x).items():
+                        name = tie.names[k]
+                        out[name] = out[name] + v if name in out else v
     for i, (x, sq) in b_sq.items():
         layer = engine.layers[i]
         sgs = layer.rule.sum_grad_squared_from_b_squared(layer.module, x, sq)

@@ -177,7 +177,9 @@ class HookEngine:
         #: Tied tensors served by their modules' rules, summed (``tie_rule``):
         #: tracked name -> ``(layer, local name)`` of each module using it.
         self.ties: dict[str, list[tuple[Layer, str]]] = {}
-        tie_ids = self._tie_ids(shared) if self._root_refusal is not None else set()
+        # Ties whose every use has an exact rule: the uses' per-sample gradients,
+        # summed, are exact and far cheaper than re-running the whole model.
+        tie_ids = self._tie_ids(shared)
         root_params: list[str] = [name_of[pid] for pid in shared - tie_ids]
         # Parameters their own module cannot serve, with the reason: the whole-
         # model fallback serves them if it can (else they are not covered).
@@ -236,8 +238,7 @@ class HookEngine:
             self.coverage[name] = (
                 "tied: "
                 + " + ".join(_label(layer.rule) for layer, _ in uses)
-                + ", per-sample gradients summed (the whole-model re-run: "
-                + f"{self._root_refusal})"
+                + ", per-sample gradients summed"
             )
         self._hooks.append((model, partial(self._on_forward, self.root)))
         self.reassign(root_params, "owned by the model itself or shared (tied)")

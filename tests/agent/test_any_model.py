@@ -237,9 +237,10 @@ def test_coverage_names_the_engine_of_every_parameter() -> None:
     assert cov["layer.norm1.weight"] == "layernorm-rule"
     assert cov["layer.linear1.weight"] == cov["head.bias"] == "linear-rule"
     cov = engine_of(CAUSAL_LM).coverage
-    # Raw position parameter and the tied embedding/head: whole-model re-run.
+    # Raw position parameter: whole-model re-run; the embedding tied to the
+    # head: the two rules' per-sample gradients, summed.
     assert cov["pos"].startswith("torch.func (whole model)")
-    assert cov["tok.weight"].startswith("torch.func (whole model)")
+    assert cov["tok.weight"].startswith("tied: embedding-rule + linear-rule")
     cov = engine_of(CUSTOM).coverage
     assert cov["1.w"] == cov["1.gate"] == "torch.func (Gated)"
     assert cov["2.weight"] == "groupnorm-rule"
