@@ -24,7 +24,7 @@ class BadlyScaled(Rule):
     √fan-in (W's size over b's, from the run's ``parameter_shapes``) it is the
     RMS of the layer's input elements; on a batch gradient it is a weighted
     average of the same. The input layer is the first weight tensor (≥ 2 dims)
-    with a bias in the order of the model's parameters.
+    in the order of the model's parameters; it must have a bias.
     """
 
     name = "badly_scaled"
@@ -115,19 +115,25 @@ class BadlyScaled(Rule):
 
 
 def input_layer(h: History) -> tuple[str, int] | None:
-    """(name prefix, fan-in) of the first weight with a bias, from the metadata."""
+    """(name prefix, fan-in) of the input layer, from the metadata, or None.
+
+    The input layer is the first weight (a name ending in "weight", ≥ 2 dims)
+    in the model's parameter order; without a bias it gives no reading (a
+    later layer is no stand-in: ResNet's first conv has no bias, and its fc
+    reads pooled features, not the data).
+    """
     shapes = h.meta.get("parameter_shapes")
     if not isinstance(shapes, dict):
         return None
     for name, shape in shapes.items():
         if not (isinstance(name, str) and name.endswith("weight")):
             continue
+        if not (isinstance(shape, list) and len(shape) >= 2):
+            continue  # norm layers' weights are vectors
         prefix = name[: -len("weight")]
         bias = shapes.get(prefix + "bias")
-        if not (isinstance(shape, list) and len(shape) >= 2 and bias):
-            continue
+        if not isinstance(bias, list):
+            return None
         size, out = math.prod(shape), math.prod(bias)
-        if out > 0 and size % out == 0:
-            return prefix, size // out
-        return None
+        return (prefix, size // out) if out > 0 and size % out == 0 else None
     return None

@@ -387,3 +387,20 @@ def test_badly_scaled_reads_the_input_scale_off_the_first_layer():
     assert run(frames(9.5), meta) == []
     # No shapes sent: the input layer is unknown.
     assert "badly_scaled" not in run(frames(1000.0))
+    # A first layer without bias gives no reading; the head is no stand-in.
+    resnet = {
+        "parameter_shapes": {
+            "conv1.weight": [64, 3, 7, 7],
+            "bn1.weight": [64],
+            "bn1.bias": [64],
+            "fc.weight": [10, 512],
+            "fc.bias": [10],
+        }
+    }
+    head = [
+        grads(s, 1.0, **{"conv1.weight": 1.0, "fc.weight": 1e4, "fc.bias": 1.0})
+        for s in range(5)
+    ]
+    assert "badly_scaled" not in run(
+        [*head, (5, {"grad_hist_1d": histogram(0.0)})], resnet
+    )
