@@ -16,12 +16,14 @@ class LrTooLarge(Rule):
     the newest ``loss_window`` losses exceeds the reference (``loss_trend``) by
     ``rise`` × the starting level.
 
-    Or, whatever the loss does: the median relative update of the newest
-    ``update_window`` update-size readings ≥ ``relative_update``. The relative update
-    is ‖Δθ_t‖/‖θ_t‖ ≥ ‖Δθ_t‖/(‖θ_0‖ + ‖θ_t − θ_0‖) (triangle inequality), so
-    the lower bound is read from the update size, the distance and the initial
-    norm in the run's metadata (``parameter_norm``). It holds for any optimizer,
-    Adam's included, whose α and edge of stability say little.
+    Or: the median relative update of the newest ``update_window``
+    update-size readings ≥ ``relative_update`` while the median of as many
+    newest losses is above the first loss (the untrained model's) by ``rise``.
+    The relative update is ‖Δθ_t‖/‖θ_t‖ ≥ ‖Δθ_t‖/(‖θ_0‖ + ‖θ_t − θ_0‖)
+    (triangle inequality), so the lower bound is read from the update size,
+    the distance and the initial norm in the run's metadata
+    (``parameter_norm``). It holds for any optimizer, Adam's included, whose α
+    and edge of stability say little.
     """
 
     name = "lr_too_large"
@@ -49,10 +51,11 @@ class LrTooLarge(Rule):
         "Independently, the size of a step relative to the weights it changes, "
         "‖Δθ‖/‖θ‖, is about 1e-3 in well-tuned training (a widely used rule of "
         "thumb); a step that changes the weights by `relative_update` (10 %) or "
-        "more, step after step, rewrites the network every few steps: the rate "
-        "is orders of magnitude too large even when the loss still falls (Adam "
-        "on an easy task recovers, but only after its first steps have thrown "
-        "the weights far away and killed units)."
+        "more, step after step, rewrites the network every few steps; when the "
+        "loss is then above the untrained model's, the steps are too large, "
+        "whatever the optimizer (Adam on an easy task may recover, but only "
+        "after its first steps have thrown the weights far away and killed "
+        "units)."
     )
     remedies = (
         "Lower the learning rate (a factor of 3-10), or add warm-up.",
@@ -85,12 +88,25 @@ class LrTooLarge(Rule):
         med = median(rel)
         if not med >= th["relative_update"]:
             return None
+        # Large steps that still lower the loss are aggressive, not broken (Adam
+        # at 1e-2 on a small MLP moves its weights ~7 % per step and learns);
+        # steps that leave the model worse than untrained are too large.
+        loss = h.series("loss")
+        first = loss.head[0] if loss.head else math.nan
+        recent = median(loss.tail(n))
+        if not recent > (1.0 + th["rise"]) * first:
+            return None
         return Finding(
             upd.last_step,
-            {"relative_update": med, "parameter_norm_init": float(norm0)},
+            {
+                "relative_update": med,
+                "parameter_norm_init": float(norm0),
+                "loss_recent": recent,
+                "loss_first": first,
+            },
             summary=f"each step changes the weights by ≥ {med:.1%} of their norm "
-            f"(median of {n}; ≥ {th['relative_update']:.0%} is too large, ~0.1 % "
-            "is usual)",
+            f"(median of {n}; ~0.1 % is usual) and the loss is above the "
+            f"untrained model's ({first:.3g} → {recent:.3g})",
             since=upd.tail_steps(n)[0],
         )
 

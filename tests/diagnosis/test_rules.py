@@ -336,16 +336,16 @@ def test_callback_gets_each_new_diagnosis_once():
     assert seen == ["divergence"]
 
 
-def test_lr_too_large_on_the_relative_update_even_while_the_loss_falls():
+def test_lr_too_large_on_the_relative_update_and_a_loss_above_the_untrained():
     # ‖θ₀‖ = 10; the bound is ‖Δθ‖/(‖θ₀‖ + ‖θ − θ₀‖) = u / (10 + 10) here.
     meta = {"parameter_norm": 10.0}
 
-    def frames(update: float) -> list[tuple[int, dict[str, Any]]]:
+    def frames(update: float, loss: float = 1.2) -> list[tuple[int, dict[str, Any]]]:
         return [
             (
                 s,
                 {
-                    "loss": 1.0 - 0.01 * s,
+                    "loss": 1.0 if s == 0 else loss,
                     "update_size": {"total": update},
                     "distance": {"total": 10.0},
                     "alpha": 0.0,  # in its band: only the update size speaks
@@ -356,6 +356,8 @@ def test_lr_too_large_on_the_relative_update_even_while_the_loss_falls():
 
     assert run(frames(2.01), meta) == ["lr_too_large"]
     assert run(frames(1.99), meta) == []
+    # Large steps while the loss stays below 1.1 × the untrained loss: aggressive.
+    assert run(frames(2.01, loss=1.09), meta) == []
     assert run(frames(2.01)) == []  # no initial norm sent: no bound, no diagnosis
     # Without distance readings the bound is unknown.
     no_distance = [
