@@ -132,7 +132,9 @@ def open_page(site: dict[str, Any], runs: list[str], opened: list[Any]) -> Any:
     opened.append(page)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(site["base"] + "/")
+    # The long grid: these tests are about panels, not the cockpit view's fit
+    # (test_cockpit_view.py), and its visibility gate keeps three live runs light.
+    page.goto(site["base"] + "/?view=grid")
     page.wait_for_selector("#run-list input", timeout=30_000)
     select_runs(page, runs)
     page.errors = errors
@@ -348,7 +350,7 @@ def test_histograms_pick_a_run_and_log_their_counts(site, pages, output_dir):
     )
     # The log button says what the count axis is, and switches it.
     count_axis = card_js("return gd.layout.xaxis2.type;")
-    assert page.evaluate(count_axis, title) == "log"
+    page.wait_for_function(f"({count_axis})('{title}') === 'log'")
     assert "btn-on" in page.get_attribute(f"{card}//button[text()='log']", "class")
     page.click(f"{card}//button[text()='log']")
     page.wait_for_function(f"({count_axis})('{title}') === 'linear'")
