@@ -401,9 +401,13 @@ def test_large_spill_backlog_is_read_back_in_order(tmp_path):
     )
     # 3 MB of ordinary frames and one frame larger than a read-back slice (1 MiB).
     small = Array("<f8", (256,), bytes(range(256)) * 8)
-    big = Array("<f8", (200_000,), bytes(1_600_000))  # 1.6 MB, within server limits
+    # 1.6 MB in four arrays: each within the server's 65,536 elements per array.
+    part = Array("<f8", (50_000,), bytes(400_000))
+    big = {f"h{i}": part for i in range(1, 4)}
     for seq in range(1, 1501):
-        values = {"loss": float(seq), "h": big if seq == 700 else small}
+        values = {"loss": float(seq), "h": part if seq == 700 else small}
+        if seq == 700:
+            values.update(big)
         transport.send(Readings("backlog", seq, seq - 1, 0.0, values))
         if seq % 200 == 0:
             time.sleep(0.02)  # let the packer keep up, as a training loop would
