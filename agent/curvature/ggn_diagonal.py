@@ -86,6 +86,9 @@ MAX_PASSES = 4096
 MC_DRAWS = 16
 #: At most this many sampled passes when a time allowance chooses their number.
 MC_DRAWS_MAX = 64
+#: At least this many: fewer give an estimate too rough to read. An exact
+#: diagonal of at most twice as many passes is taken whatever the allowance.
+MC_DRAWS_MIN = 8
 _NLL = ("NllLossBackward0", "NllLoss2DBackward0")
 _MSE = "MseLossBackward0"
 #: Losses of one output element each (mean/sum over elements): their Hessian
@@ -636,10 +639,11 @@ def diag_ggn(
     Exact when it takes at most ``MAX_PASSES`` backward passes and, given a time
     allowance ``seconds``, when those passes fit in it (the first pass is timed
     before committing to them); otherwise the Monte-Carlo estimate from sampled
-    passes: ``MC_DRAWS`` of them, or as many as fit in ``seconds`` (2 to
-    ``MC_DRAWS_MAX``). A private generator per engine and device (seed 0) draws
-    them, and a note appended to ``notes`` says so with the standard error of
-    the estimate's trace (from the spread of the draws' traces).
+    passes: ``MC_DRAWS`` of them, or as many as fit in ``seconds``
+    (``MC_DRAWS_MIN`` to ``MC_DRAWS_MAX``). A private generator per engine and
+    device (seed 0) draws them, and a note appended to ``notes`` says so with
+    the standard error of the estimate's trace (from the spread of the draws'
+    traces).
     """
     output = engine.output
     if output is None or not engine.recorded:
@@ -670,17 +674,19 @@ def diag_ggn(
             first = time.perf_counter()
             one = _reduce(engine, spec, spec.sampled(1, gen), True)
             taken = time.perf_counter() - first
-            draws = max(2, min(MC_DRAWS_MAX, int(seconds / max(taken, 1e-9))))
+            draws = max(
+                MC_DRAWS_MIN, min(MC_DRAWS_MAX, int(seconds / max(taken, 1e-9)))
+            )
             return _sampled(engine, spec, gen, draws, notes, why, [one])
         return _sampled(engine, spec, gen, draws, notes, why, [])
-    if seconds is None or spec.count <= 2:
+    if seconds is None or spec.count <= 2 * MC_DRAWS_MIN:
         return _exact(engine, spec)
     first = time.perf_counter()
     one = _reduce(engine, spec, spec.sampled(1, gen), True)
     taken = time.perf_counter() - first
     if spec.count * taken <= seconds:
         return _exact(engine, spec)
-    draws = max(2, min(MC_DRAWS_MAX, int(seconds / max(taken, 1e-9))))
+    draws = max(MC_DRAWS_MIN, min(MC_DRAWS_MAX, int(seconds / max(taken, 1e-9))))
     why = (
         f"the exact one needs {spec.count} passes, {spec.count * taken:.3g} s "
         f"against the allowance of {seconds:.3g} s"

@@ -90,6 +90,7 @@ def lanczos_top(
     rtol: float = 1e-4,
     max_iter: int = 64,
     seconds: float | None = None,
+    readable_rtol: float = 0.1,
 ) -> TopEigen:
     """Largest algebraic eigenvalue of a symmetric operator by Lanczos.
 
@@ -103,8 +104,12 @@ def lanczos_top(
         start: start vector [D] (need not be normalised, must be non-zero).
         rtol: relative residual tolerance.
         max_iter: at most this many products.
-        seconds: also stop (after two products) when the next product would
-            not end within this time; ``residual`` then bounds the error.
+        seconds: also stop when the next product would not end within this
+            time, once the residual is at most ``readable_rtol`` (a reading
+            that far from every eigenvalue says nothing: the time limit yields
+            to it, and the budget widens the stride instead); ``residual``
+            then bounds the error.
+        readable_rtol: the relative residual a time-limited reading reaches.
     """
     n = start.numel()
     q = start / start.norm()
@@ -114,7 +119,8 @@ def lanczos_top(
     value, resid, ritz, converged = float("nan"), float("inf"), q, False
     began = time.perf_counter()
     for k in range(min(max_iter, n)):
-        limit = math.inf if seconds is None or k < 2 else seconds
+        readable = k >= 2 and resid <= readable_rtol
+        limit = seconds if seconds is not None and readable else math.inf
         if (time.perf_counter() - began) * (k + 1) / max(k, 1) > limit:
             break
         basis.append(q)
@@ -166,6 +172,11 @@ def rademacher(
     return out
 
 
+#: Probes a time-limited Hutchinson reading takes at least: its standard error
+#: from fewer is too rough to state (the t quantile of 2 probes is 12.7).
+MIN_PROBES = 8
+
+
 def hutchinson(
     op: HessianOperator,
     probes: int,
@@ -176,14 +187,15 @@ def hutchinson(
 
     Unbiased per parameter block too, since E[vvᵀ] = I restricted to a block is
     the identity of that block. The standard error is std_k / √k over probes.
-    With ``seconds``, probes stop (after at least two, for the error) when the
-    next one would not end within that time: the number of probes is chosen
-    before seeing any of their values, so the mean stays unbiased.
+    With ``seconds``, probes stop (after at least ``MIN_PROBES``, so that the
+    stated error is itself a usable estimate) when the next one would not end
+    within that time: the number of probes is chosen before seeing any of
+    their values, so the mean stays unbiased.
     """
     rows = []
     start = time.perf_counter()
     for k in range(probes):
-        if seconds is not None and k >= 2:
+        if seconds is not None and k >= MIN_PROBES:
             taken = time.perf_counter() - start
             if taken * (k + 1) / k > seconds:
                 break

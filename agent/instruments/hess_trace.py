@@ -43,7 +43,7 @@ class HessTrace(Instrument):
         method: "auto", "exact" (the GGN diagonal or BackPACK, or fail) or
             "hutchinson".
         probes: Hessian-vector products per Hutchinson reading (default 20; on
-            a default schedule fewer, at least 2, where the budget's allowance
+            a default schedule fewer, at least 8, where the budget's allowance
             runs out; the note says how many and the 95 % interval).
         seed: seed of the private generator.
     """

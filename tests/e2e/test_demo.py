@@ -44,7 +44,9 @@ def test_demo_streams_every_full_instrument_without_errors():
         runs = get_json(base + "/v1/runs")
         assert len(runs) == 1 and runs[0]["status"] == "finished"
         run = get_json(base + f"/v1/runs/{runs[0]['run']}")
-    assert run["errors"] == {}, run["errors"]
+    # Notes that say which estimator a budgeted reading used are not errors.
+    errors = {k: v for k, v in run["errors"].items() if not v.startswith("estimate:")}
+    assert errors == {}, run["errors"]
     assert "undefined" not in out.stderr and "disabled" not in out.stderr, out.stderr
     names = {i["name"] for i in run["instruments"]}
     for name in (
