@@ -442,6 +442,26 @@ class StepStats:
                     for i, v in zip(which, scaled, strict=True):
                         self._place(outs[i], layer.names[k], calls, v)
                 continue
+            if (
+                not layer.rule.needs_args  # re-runs and ties chunk on their own
+                and layer.rule.materialises(calls[0].x)
+                and sum(map(bool, locals_)) > 1
+            ):
+                # The rule would build the per-sample gradients once per direction:
+                # build them once (a few samples at a time) for all directions.
+                vals = self._by_samples(
+                    layer,
+                    calls[0],
+                    functools.partial(_dots_of, locals_),
+                    over_samples=False,
+                )
+                for key, v in vals.items():
+                    i, k = key.split(":", 1)
+                    if k in layer.names:
+                        self._place(
+                            outs[int(i)], layer.names[k], calls, v * self.batch_size
+                        )
+                continue
             for i, local in enumerate(locals_):
                 if not local:
                     continue
@@ -742,6 +762,22 @@ def _dot(
     direction: dict[str, Tensor], rule: LayerRule, module: nn.Module, call: Call
 ) -> dict[str, Tensor]:
     return rule.batch_dot(module, call.x, _b(call), direction)
+
+
+def _dots_of(
+    directions: list[dict[str, Tensor]],
+    rule: LayerRule,
+    module: nn.Module,
+    call: Call,
+) -> dict[str, Tensor]:
+    """``"i:k"`` -> ``ĝ_n · directions[i][k]``, per-sample gradients built once."""
+    out: dict[str, Tensor] = {}
+    for k, g in rule.batch_grads(module, call.x, _b(call)).items():
+        flat = g.flatten(1)
+        for i, d in enumerate(directions):
+            if k in d:
+                out[f"{i}:{k}"] = flat @ d[k].reshape(-1).to(flat.dtype)
+    return out
 
 
 _ALL_REDUCED = (

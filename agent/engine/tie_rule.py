@@ -139,7 +139,7 @@ TIED = TiedRule()
 def tied_layers(
     ties: dict[str, list[tuple[Layer, str]]], skip: set[str]
 ) -> list[tuple[Layer, list[Call]]]:
-    """One synthetic layer per tie and forward pass its modules were called in.
+    """One synthetic layer per tie, with one entry per forward pass that used it.
 
     Args:
         ties: tracked name -> ``(layer, local name)`` of every module using it.
@@ -170,6 +170,7 @@ def tied_layers(
             call.cache["parts"] = [p for p in parts if p[2]]
             call.cache["local"] = local
             tie.calls.append(call)
-        if tie.calls:
-            out.append((tie, list(tie.calls)))
+        # One entry per forward pass, like the engine's layers: micro-batches
+        # of gradient accumulation are different samples, never summed.
+        out.extend((tie, [c]) for c in tie.calls)
     return out
