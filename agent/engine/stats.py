@@ -456,10 +456,10 @@ class StepStats:
                     over_samples=False,
                 )
                 for key, v in vals.items():
-                    i, k = key.split(":", 1)
+                    index, k = key.split(":", 1)
                     if k in layer.names:
                         self._place(
-                            outs[int(i)], layer.names[k], calls, v * self.batch_size
+                            outs[int(index)], layer.names[k], calls, v * self.batch_size
                         )
                 continue
             for i, local in enumerate(locals_):
