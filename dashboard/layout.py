@@ -136,6 +136,13 @@ def controls() -> html.Div:
                 inline=True,
                 className="ctl-radio",
             ),
+            dcc.Checklist(
+                id=ids.SYNC_X,
+                options=[{"label": "sync zoom", "value": "sync"}],
+                value=[],
+                inline=True,
+                className="ctl-radio",
+            ),
             html.Label("view", className="ctl-label"),
             dcc.RadioItems(
                 id=ids.VIEW,

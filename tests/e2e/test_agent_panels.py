@@ -66,3 +66,29 @@ def test_constant_lr_and_every_logged_metric(output_dir):
         assert 0 <= rel[0] <= rel[-1] < 120, rel
         page.screenshot(path=str(output_dir / "const-lr.png"), full_page=True)
         assert errors == []
+
+
+def test_sync_zoom_follows_one_panel(output_dir):
+    with server_process(free_port()) as base, browser() as b:
+        cockpit = make_cockpit(base, "zoom")
+        train(cockpit, 60)
+        cockpit.close()
+        page = b.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(base + "/")
+        select_runs(page, ["zoom"])
+        for title in ("Mini-batch loss", "Gradient norm"):
+            page.wait_for_function(
+                card_js("return gd.data.length > 0 && gd._gcSync === true;"),
+                arg=title,
+                timeout=30_000,
+            )
+        zoom = card_js("window.Plotly.relayout(gd, {'xaxis.range': [10, 30]});")
+        grad_range = card_js("return gd._fullLayout.xaxis.range;")
+        page.evaluate(zoom, "Mini-batch loss")  # sync off: the other stays
+        page.wait_for_timeout(300)
+        assert page.evaluate(grad_range, "Gradient norm") != [10, 30]
+        page.click("#sync-x input[value=sync]")
+        page.evaluate(zoom, "Mini-batch loss")
+        page.wait_for_function(
+            f"JSON.stringify(({grad_range})('Gradient norm')) === '[10,30]'"
+        )
