@@ -11,6 +11,7 @@ a browser-side callback adds the lines to the figures after every tick.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
@@ -165,7 +166,14 @@ def register(
         State(MARKS, "data"),
         State(SEEN, "data"),
     )
-    def refresh(_n: int | None, selected: list[str] | None, old: Any, last: Any) -> Any:
+    async def refresh(
+        _n: int | None, selected: list[str] | None, old: Any, last: Any
+    ) -> Any:
+        # In a worker thread: Dash's FastAPI backend runs synchronous callbacks
+        # on the event loop, where a slow one stalls every agent's ingest.
+        return await asyncio.to_thread(_refresh, selected, old, last)
+
+    def _refresh(selected: list[str] | None, old: Any, last: Any) -> Any:
         reports: dict[str, dict[str, Any]] = {}
         for run in selected or []:
             try:
