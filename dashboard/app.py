@@ -31,7 +31,7 @@ from dash import (
 )
 from dash.exceptions import PreventUpdate
 
-from glasscockpit.dashboard import browser, diagnoses, ids, runlist
+from glasscockpit.dashboard import browser, diagnoses, ids, run_table, runlist
 from glasscockpit.dashboard.client import DataProvider
 from glasscockpit.dashboard.export import panel_file
 from glasscockpit.dashboard.layout import (
@@ -85,6 +85,7 @@ def create_dash(server: Any, provider: DataProvider, refresh_ms: int = 500) -> D
     _run_callbacks(app, provider)
     _panel_callbacks(app, provider)
     browser.register(app)
+    run_table.register(app, provider)
     diagnoses.register(app, provider, ids.RUN_LIST, ids.TICK_DONE, ids.GRID_STATE)
     return app
 

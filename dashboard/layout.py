@@ -7,7 +7,7 @@ from typing import Any
 
 from dash import dcc, html
 
-from glasscockpit.dashboard import diagnoses, ids, runlist
+from glasscockpit.dashboard import diagnoses, ids, run_table, runlist
 from glasscockpit.dashboard.panels.style import GROUP_COLORS
 
 #: Cockpit's three columns, drawn side by side; other groups follow full width.
@@ -72,6 +72,7 @@ def page(refresh_ms: int) -> html.Div:
                     ),
                     html.Main(
                         [
+                            run_table.section(),
                             html.Div(id=ids.WARNINGS, className="warnings"),
                             diagnoses.strip(),
                             html.Div(
