@@ -32,6 +32,7 @@ FIXED = (
     ("batch_size", "batch size"),
     ("parameters", "parameters"),
 )
+HEADERS = dict(FIXED)
 #: Columns that describe a run's setup, compared side by side with its config.
 SETUP = ("optimizer", "lr", "batch_size", "parameters")
 CONFIG = "config."
@@ -119,7 +120,10 @@ def columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def compare(rows: list[dict[str, Any]]) -> list[tuple[str, list[Any], bool]]:
-    """(key, value per row, whether they differ) for the setup and config keys.
+    """(name, value per row, whether they differ) for the setup and config keys.
+
+    Setup rows carry their column header ("learning rate"), config rows their
+    key as the script named it ("lr").
 
     A key a run lacks reads as None, so it differs from a run that has it.
     """
@@ -129,7 +133,7 @@ def compare(rows: list[dict[str, Any]]) -> list[tuple[str, list[Any], bool]]:
         values = [r.get(key) for r in rows]
         if all(v is None for v in values):
             continue
-        name = key[len(CONFIG) :] if key.startswith(CONFIG) else key
+        name = key[len(CONFIG) :] if key.startswith(CONFIG) else HEADERS[key]
         out.append((name, values, len({json.dumps(v) for v in values}) > 1))
     return out
 

@@ -88,7 +88,8 @@ def test_compare_marks_differing_keys_and_missing_ones():
     assert out["seed"] == ([1, 1], False)
     assert out["only_a"] == (["x", None], True)
     assert out["optimizer"] == (["SGD", "SGD"], False)
-    assert "batch_size" not in out  # neither run has one
+    assert out["learning rate"] == ([0.1, 0.3], True)
+    assert "batch size" not in out  # neither run has one
 
 
 def test_compare_table_highlights_differences():
