@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
-from dash import Dash, Input, Output, State, dash_table, html, no_update
+from dash import Dash, Input, Output, State, html, no_update
+from dash.dash_table.DataTable import DataTable
 from dash.exceptions import PreventUpdate
 
 from glasscockpit.dashboard import ids
@@ -167,10 +168,10 @@ def all_rows(provider: DataProvider) -> list[dict[str, Any]]:
 
 def section() -> html.Div:
     """The collapsible run table above the grid (hidden until opened)."""
-    table = dash_table.DataTable(
+    table = DataTable(
         id=ids.RUN_TABLE,
         data=[],
-        columns=columns([]),
+        columns=cast(Any, columns([])),  # Dash's TypedDict, same keys
         sort_action="native",
         filter_action="native",
         row_selectable="multi",
