@@ -55,6 +55,7 @@ def page(refresh_ms: int) -> html.Div:
                                         className="btn",
                                         title="show only the newest run",
                                     ),
+                                    run_table.toggle_button(),
                                 ],
                                 className="runs-head",
                             ),

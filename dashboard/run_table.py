@@ -167,7 +167,7 @@ def all_rows(provider: DataProvider) -> list[dict[str, Any]]:
 
 
 def section() -> html.Div:
-    """The collapsible run table above the grid (hidden until opened)."""
+    """The run table above the grid, hidden (no height) until opened."""
     table = DataTable(
         id=ids.RUN_TABLE,
         data=[],
@@ -182,20 +182,21 @@ def section() -> html.Div:
         style_header={"fontWeight": "600"},
     )
     return html.Div(
-        [
-            html.Button(
-                "run table ▸",
-                id=ids.RUN_TABLE_TOGGLE,
-                className="btn",
-                title="every run with its setup and config; sort, filter, select",
-            ),
-            html.Div(
-                [table, html.Div(id=ids.RUN_COMPARE, className="run-compare")],
-                id=ids.RUN_TABLE_BODY,
-                hidden=True,
-            ),
-        ],
+        [table, html.Div(id=ids.RUN_COMPARE, className="run-compare")],
+        id=ids.RUN_TABLE_BODY,
         className="run-table",
+        hidden=True,
+    )
+
+
+def toggle_button() -> html.Button:
+    """Opens and closes the table (in the run list's head: no height over the grid)."""
+    return html.Button(
+        "table",
+        id=ids.RUN_TABLE_TOGGLE,
+        className="btn",
+        title="run table: every run with its setup and config; sort, filter, "
+        "select, compare",
     )
 
 
@@ -209,7 +210,7 @@ def register(app: Dash, provider: DataProvider) -> None:
     )
     def toggle(clicks: int | None) -> tuple[bool, str]:
         shown = bool((clicks or 0) % 2)
-        return not shown, "run table ▾" if shown else "run table ▸"
+        return not shown, "table ▾" if shown else "table"
 
     @app.callback(
         Output(ids.RUN_TABLE, "data"),
