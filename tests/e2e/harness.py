@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -45,6 +47,14 @@ def server_process(port: int, **env: str) -> Iterator[str]:
     proc = subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    # Drain the server's output: a full pipe (64 KiB of access logs) blocks the
+    # server's event loop in its next log write. The tail is kept for errors.
+    tail: deque[bytes] = deque(maxlen=200)
+    reader = threading.Thread(
+        target=lambda: tail.extend(iter(proc.stdout.readline, b"")),  # type: ignore[union-attr]
+        daemon=True,
+    )
+    reader.start()
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -55,7 +65,8 @@ def server_process(port: int, **env: str) -> Iterator[str]:
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
+                reader.join(5)
+                out = b"".join(tail).decode(errors="replace")
                 raise RuntimeError(f"server did not start: {out}")
             time.sleep(0.1)
         yield base
@@ -66,6 +77,7 @@ def server_process(port: int, **env: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        reader.join(5)
         if proc.stdout:
             proc.stdout.close()
 
