@@ -63,26 +63,24 @@ class _BoundTie(LayerRule):
     def batch_grads(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """``ĝ_n`` of the tie: every use's per-sample gradient, added."""
         del module, x, b
-        total: Tensor | None = None
-        for layer, key, calls in self._parts():
-            for c in calls:
-                assert c.b is not None
-                g = layer.rule.bind(c).batch_grads(layer.module, c.x, c.b)[key]
-                total = g if total is None else total + g
-        assert total is not None
-        return {self._local(): total}
+        return {self._local(): self._added("batch_grads")}
 
     def grad_sum(self, module: nn.Module, x: Tensor, b: Tensor) -> dict[str, Tensor]:
         """``Σ_n ĝ_n``: the uses' sums, added (no per-sample tensor)."""
         del module, x, b
+        return {self._local(): self._added("grad_sum")}
+
+    def _added(self, method: str) -> Tensor:
+        """One statistic of every use of the tie (by its rule's ``method``), added."""
         total: Tensor | None = None
         for layer, key, calls in self._parts():
             for c in calls:
                 assert c.b is not None
-                g = layer.rule.bind(c).grad_sum(layer.module, c.x, c.b)[key]
+                rule = layer.rule.bind(c)
+                g: Tensor = getattr(rule, method)(layer.module, c.x, c.b)[key]
                 total = g if total is None else total + g
         assert total is not None
-        return {self._local(): total}
+        return total
 
     def _chunks(self, module: nn.Module) -> Iterator[Tensor]:
         """``ĝ_n`` a few samples at a time."""
